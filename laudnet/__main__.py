@@ -1,0 +1,5 @@
+import sys
+
+from laudnet.cli import main
+
+sys.exit(main())

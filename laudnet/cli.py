@@ -1,0 +1,49 @@
+"""`laudnet` command line: one sub-command per module, imported only when it runs.
+
+Each sub-command module exposes `add_arguments(parser)` and `run(args) -> int`. Imports are lazy so that light
+commands (`laudnet latency`) answer without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("laudnet.demo", "build each model, run a batch, print per-block activation rates and FLOPs"),
+    "models": ("laudnet.demo", "list the registered models"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="laudnet",
+        description="Latency-aware unified dynamic networks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<12} {text}" for name, (_, text) in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help="one of: " + ", ".join(COMMANDS))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _top_parser().print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        _top_parser().error(f"unknown command {name!r}; choose from: {', '.join(COMMANDS)}")
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"laudnet {name}", description=COMMANDS[name][1])
+    add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
+    add(parser)
+    args = parser.parse_args(rest)
+    runner = getattr(module, f"run_{name}", None) or module.run
+    return int(runner(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
