@@ -1,0 +1,159 @@
+"""What every LAUD model shares: the dynamic blocks, their records, temperature, FLOPs and input checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from laudnet.blocks.base import PARADIGMS, DynamicBlock
+from laudnet.info import DynamicInfo, collect_info
+
+# Paper defaults: spatial S^net = 4-4-2-1 (LASNet/LAUDNet), channel G = 1 (the official ImageNet scripts).
+DEFAULT_GRANULARITY = {"spatial": (4, 4, 2, 1), "channel": (1, 1, 1, 1)}
+
+
+def parse_granularity(
+    paradigm: str, granularity: int | str | tuple[int, ...] | list[int] | None, n_stages: int = 4
+) -> tuple[int | None, ...]:
+    """Per-stage granularity from an int, a ``"4-4-2-1"`` string or a sequence; None → the paradigm's default."""
+    if paradigm not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {paradigm!r}; choose from: {', '.join(PARADIGMS)}")
+    if paradigm in ("static", "layer"):
+        if granularity is not None:
+            raise ValueError(f"paradigm {paradigm!r} takes no granularity, got {granularity!r}")
+        return (None,) * n_stages
+    if granularity is None:
+        return DEFAULT_GRANULARITY[paradigm]
+    if isinstance(granularity, str):
+        try:
+            values = tuple(int(v) for v in granularity.split("-"))
+        except ValueError:
+            raise ValueError(f"granularity {granularity!r} is not of the form 'a-b-c-d' with integers") from None
+    elif isinstance(granularity, int):
+        values = (granularity,) * n_stages
+    else:
+        values = tuple(granularity)
+    if len(values) != n_stages:
+        raise ValueError(f"granularity needs {n_stages} values (one per stage), got {granularity!r}")
+    what = "spatial patch size S" if paradigm == "spatial" else "channel group size G"
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{what} must be a positive integer, got {v!r} in {granularity!r}")
+    return values
+
+
+@dataclass
+class ModelFlops:
+    """Per-image multiply-accumulates of a model.
+
+    Attributes:
+        dense: the static network at the requested input size.
+        dynamic: the batch-mean of the last forward (None before any forward).
+        dense_last: the static network at the last forward's input size (the reference of `ratio`).
+        blocks: (name, dense, dynamic) per dynamic block of the last forward.
+    """
+
+    dense: float
+    dynamic: float | None = None
+    dense_last: float | None = None
+    blocks: list[tuple[str, float, float]] | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.dynamic is None else self.dynamic / self.dense_last
+
+
+class DynamicModel(nn.Module):
+    """Base of LAUD models. Subclasses define `stages()`, `_stem_flops`, `_head_flops`, `forward_features` and
+    `forward_head`, and call `_record_static(x)` at the start of `forward_features`."""
+
+    paradigm: str
+    in_chans: int = 3
+
+    def stages(self) -> list[nn.Sequential]:
+        raise NotImplementedError
+
+    def _stem_flops(self, hw: tuple[int, int]) -> tuple[float, tuple[int, int]]:
+        raise NotImplementedError
+
+    def _head_flops(self, channels: int, hw: tuple[int, int]) -> float:
+        raise NotImplementedError
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected an input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        self._last_hw = (int(x.shape[2]), int(x.shape[3]))
+
+    # --- dynamic blocks -------------------------------------------------------------------------------------------
+    def dynamic_blocks(self) -> list[DynamicBlock]:
+        return [b for stage in self.stages() for b in stage]
+
+    def collect_info(self) -> list[DynamicInfo]:
+        """The `DynamicInfo` of every block from the last forward, in order."""
+        return collect_info(self)
+
+    def set_temperature(self, temperature: float) -> None:
+        """Gumbel-softmax temperature of every masker."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        for m in self.modules():
+            if hasattr(m, "override") and hasattr(m, "temperature"):
+                m.temperature = float(temperature)
+
+    def masker_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if "masker" in n]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if "masker" not in n]
+
+    # --- FLOPs ----------------------------------------------------------------------------------------------------
+    def dense_flops(self, hw: tuple[int, int] = (224, 224)) -> float:
+        """MACs of the static network per image at input size hw (no maskers)."""
+        total, hw = self._stem_flops(hw)
+        channels = 0
+        for block in self.dynamic_blocks():
+            total += block.dense_flops(hw)
+            hw = (-(-hw[0] // block.stride), -(-hw[1] // block.stride))
+            channels = block.out_channels
+        return total + self._head_flops(channels, hw)
+
+    def dynamic_flops(self) -> tuple[Tensor, float]:
+        """Per-sample dynamic MACs (B,) of the last forward, differentiable in training, and the static network's
+        MACs at that input size (the reference F_static of the FLOPs-ratio loss)."""
+        hw = getattr(self, "_last_hw", None)
+        if hw is None:
+            raise RuntimeError("run a forward pass before asking for dynamic FLOPs")
+        dense = self.dense_flops(hw)
+        infos = self.collect_info()
+        static_part = dense - sum(i.dense_flops for i in infos)
+        return static_part + torch.stack([i.flops for i in infos]).sum(0), dense
+
+
+def model_flops(model: DynamicModel, input_size: tuple[int, int, int] = (3, 224, 224)) -> ModelFlops:
+    """Dense MACs at `input_size` and, after a forward, the dynamic MACs of that forward (batch mean, per image).
+
+    Args:
+        model: a LAUD model.
+        input_size: (C, H, W) for the dense count.
+    """
+    if len(input_size) != 3 or input_size[0] != model.in_chans:
+        raise ValueError(f"input_size must be ({model.in_chans}, H, W), got {tuple(input_size)}")
+    result = ModelFlops(dense=model.dense_flops((input_size[1], input_size[2])))
+    if getattr(model, "_last_hw", None) is not None:
+        with torch.no_grad():
+            per_sample, dense_last = model.dynamic_flops()
+        result.dynamic = float(per_sample.mean())
+        result.dense_last = dense_last
+        result.blocks = [(i.name, i.dense_flops, float(i.mean_flops)) for i in model.collect_info()]
+    return result

@@ -1,0 +1,84 @@
+"""Gates, maskers and mask expansion."""
+
+import pytest
+import torch
+
+from laudnet.masks import (
+    ChannelMasker,
+    SpatialMasker,
+    conv3x3_input_mask,
+    expand_channel_groups,
+    expand_patches,
+    gumbel_gate,
+    mask_grid_size,
+)
+
+
+def test_eval_gate_is_argmax_and_training_gate_is_straight_through():
+    logits = torch.tensor([[[2.0, -1.0, 0.0], [1.0, 3.0, 0.0]]])  # (B=1, 2, 3)
+    assert gumbel_gate(logits, 1.0, training=False).tolist() == [[1.0, 0.0, 1.0]]
+    leaf = logits.clone().requires_grad_(True)
+    sample = gumbel_gate(leaf, 0.5, training=True)
+    assert set(sample.unique().tolist()) <= {0.0, 1.0}
+    sample.sum().backward()
+    assert leaf.grad.abs().sum() > 0
+
+
+def test_gate_rejects_wrong_shape():
+    with pytest.raises(ValueError, match=r"\(B, 2, ...\)"):
+        gumbel_gate(torch.zeros(2, 3), 1.0, False)
+
+
+def test_training_gate_frequency_follows_logits():
+    torch.manual_seed(0)
+    logits = torch.zeros(4000, 2)
+    logits[:, 0] = 1.0  # P(execute) = sigmoid(1) ≈ 0.731 for the hard Gumbel sample, whatever the temperature
+    rate = gumbel_gate(logits, 5.0, training=True).mean().item()
+    assert abs(rate - 0.731) < 0.03
+
+
+def test_grid_size_and_patch_expansion_with_partial_border():
+    assert mask_grid_size(7, 9, 2) == (4, 5)
+    assert mask_grid_size(7, 9, None) == (1, 1)
+    coarse = torch.arange(20.0).view(1, 1, 4, 5)
+    pixel = expand_patches(coarse, 2, (7, 9))
+    assert pixel.shape == (1, 1, 7, 9)
+    assert pixel[0, 0, 6, 8] == coarse[0, 0, 3, 4]
+    assert pixel[0, 0, 1, 1] == coarse[0, 0, 0, 0] and pixel[0, 0, 2, 1] == coarse[0, 0, 1, 0]
+
+
+def test_spatial_masker_pools_exact_patch_regions():
+    masker = SpatialMasker(1)
+    x = torch.arange(49.0).view(1, 1, 7, 7)
+    pooled = masker.pool(x, stride=1, patch=3, out_hw=(7, 7))
+    assert pooled.shape == (1, 1, 3, 3)
+    assert pooled[0, 0, 0, 0] == x[0, 0, :3, :3].mean()
+    assert pooled[0, 0, 2, 2] == x[0, 0, 6, 6]  # the 1×1 corner patch is averaged over its only pixel
+    # Stride 2: output patch S covers 2S input pixels.
+    pooled = masker.pool(torch.ones(1, 1, 9, 9), stride=2, patch=2, out_hw=(5, 5))
+    assert pooled.shape == (1, 1, 3, 3) and torch.all(pooled == 1)
+
+
+def test_masker_initial_decisions_execute():
+    x = torch.randn(8, 16, 8, 8)
+    spatial = SpatialMasker(16).eval()
+    assert spatial(x, 1, 2, (8, 8)).mean() > 0.9
+    channel = ChannelMasker(16, 32).eval()
+    assert channel.hidden == 16 and channel(x).shape == (8, 32)
+    assert channel(x).mean() > 0.9
+    # Every skip logit is initialised, not only all but the first (the official off-by-one).
+    assert torch.all(channel.fc2.bias[32:] == -2.0) and torch.all(spatial.conv.bias[1:] == 0)
+
+
+def test_conv3x3_input_mask_stride1_and_stride2():
+    out = torch.zeros(1, 1, 4, 4)
+    out[0, 0, 3, 3] = 1
+    m1 = conv3x3_input_mask(out, 1, (4, 4))
+    assert m1[0, 0].nonzero().tolist() == [[2, 2], [2, 3], [3, 2], [3, 3]]
+    m2 = conv3x3_input_mask(out, 2, (7, 7))  # output (3, 3) reads input rows/cols 5..7, 7 is beyond the map
+    assert m2[0, 0].nonzero().tolist() == [[5, 5], [5, 6], [6, 5], [6, 6]]
+
+
+def test_channel_group_expansion():
+    m = expand_channel_groups(torch.tensor([[1.0, 0.0]]), 3)
+    assert m.view(-1).tolist() == [1, 1, 1, 0, 0, 0] and m.shape == (1, 6, 1, 1)
