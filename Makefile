@@ -32,7 +32,7 @@ demo: $(STAMP) data
 	$(VENV)/bin/laudnet demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check laudnet tests benchmarks
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP) data lint
 	$(PY) -m pytest -q tests

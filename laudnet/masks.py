@@ -56,6 +56,21 @@ def mask_grid_size(height: int, width: int, patch: int | None) -> tuple[int, int
     return math.ceil(height / patch), math.ceil(width / patch)
 
 
+def pool_patches(x: Tensor, stride: int, patch: int | None, out_hw: tuple[int, int]) -> Tensor:
+    """Average of x over each output patch's input region (patch S on the output = S·stride on the input).
+
+    Returns (B, C, gh, gw); patch None pools the whole map to one cell.
+    """
+    if patch is None:
+        return x.mean(dim=(2, 3), keepdim=True)
+    k = patch * stride
+    grid = mask_grid_size(*out_hw, patch)
+    if x.shape[-2] <= grid[0] and x.shape[-1] <= grid[1]:
+        return x
+    # ceil_mode windows at the border cover only the existing pixels and are divided by their true size.
+    return F.avg_pool2d(x, kernel_size=k, stride=k, ceil_mode=True)
+
+
 class _Masker(nn.Module):
     """Shared state: temperature, and an override that forces every decision to 1 or 0."""
 
@@ -86,20 +101,9 @@ class SpatialMasker(_Masker):
             self.conv.bias[:groups].fill_(SPATIAL_EXECUTE_BIAS)
             self.conv.bias[groups:].zero_()
 
-    def pool(self, x: Tensor, stride: int, patch: int | None, out_hw: tuple[int, int]) -> Tensor:
-        """Average of x over each patch's input region (patch S on the output = S·stride on the input)."""
-        if patch is None:
-            return x.mean(dim=(2, 3), keepdim=True)
-        k = patch * stride
-        grid = mask_grid_size(*out_hw, patch)
-        if x.shape[-2] <= grid[0] and x.shape[-1] <= grid[1]:
-            return x
-        # ceil_mode windows at the border cover only the existing pixels and are divided by their true size.
-        return F.avg_pool2d(x, kernel_size=k, stride=k, ceil_mode=True)
-
     def forward(self, x: Tensor, stride: int, patch: int | None, out_hw: tuple[int, int]) -> Tensor:
         """Coarse mask (B, g, gh, gw) for an output map of size out_hw."""
-        pooled = self.pool(x, stride, patch, out_hw)
+        pooled = pool_patches(x, stride, patch, out_hw)
         logits = self.conv(pooled)
         b, _, gh, gw = logits.shape
         return self._decide(logits.view(b, 2, self.groups, gh, gw))

@@ -11,6 +11,7 @@ from laudnet.masks import (
     expand_patches,
     gumbel_gate,
     mask_grid_size,
+    pool_patches,
 )
 
 
@@ -48,14 +49,13 @@ def test_grid_size_and_patch_expansion_with_partial_border():
 
 
 def test_spatial_masker_pools_exact_patch_regions():
-    masker = SpatialMasker(1)
     x = torch.arange(49.0).view(1, 1, 7, 7)
-    pooled = masker.pool(x, stride=1, patch=3, out_hw=(7, 7))
+    pooled = pool_patches(x, stride=1, patch=3, out_hw=(7, 7))
     assert pooled.shape == (1, 1, 3, 3)
     assert pooled[0, 0, 0, 0] == x[0, 0, :3, :3].mean()
     assert pooled[0, 0, 2, 2] == x[0, 0, 6, 6]  # the 1×1 corner patch is averaged over its only pixel
     # Stride 2: output patch S covers 2S input pixels.
-    pooled = masker.pool(torch.ones(1, 1, 9, 9), stride=2, patch=2, out_hw=(5, 5))
+    pooled = pool_patches(torch.ones(1, 1, 9, 9), stride=2, patch=2, out_hw=(5, 5))
     assert pooled.shape == (1, 1, 3, 3) and torch.all(pooled == 1)
 
 

@@ -141,6 +141,10 @@ class DynamicBlock(nn.Module):
     def has_projection(self) -> bool:
         raise NotImplementedError
 
+    def conv_bn_pairs(self) -> dict[str, tuple[nn.Conv2d, nn.BatchNorm2d] | None]:
+        """(conv, BN) of conv1, conv2, conv3 and the projection shortcut (None without one)."""
+        raise NotImplementedError
+
     # --- forward --------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -6,7 +6,7 @@ bn2, conv3, bn3, relu, downsample), so torchvision state dicts load unchanged; t
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from laudnet.blocks.base import DynamicBlock
@@ -39,6 +39,12 @@ class DynamicBottleneck(DynamicBlock):
     @property
     def has_projection(self) -> bool:
         return self.downsample is not None
+
+    def conv_bn_pairs(self) -> dict[str, tuple[nn.Conv2d, nn.BatchNorm2d] | None]:
+        """The (conv, BN) pairs that fold into biased convs at inference."""
+        shortcut = (self.downsample[0], self.downsample[1]) if self.downsample is not None else None
+        return {"conv1": (self.conv1, self.bn1), "conv2": (self.conv2, self.bn2), "conv3": (self.conv3, self.bn3),
+                "shortcut": shortcut}
 
     def _conv1(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))

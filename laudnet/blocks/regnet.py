@@ -8,7 +8,7 @@ sparse network cannot compute).
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.regnet import ResBottleneckBlock
 
 from laudnet.blocks.base import DynamicBlock
@@ -41,6 +41,12 @@ class DynamicRegNetBlock(DynamicBlock):
     @property
     def has_projection(self) -> bool:
         return self.proj is not None
+
+    def conv_bn_pairs(self) -> dict[str, tuple[nn.Conv2d, nn.BatchNorm2d] | None]:
+        """The (conv, BN) pairs that fold into biased convs at inference."""
+        shortcut = (self.proj[0], self.proj[1]) if self.proj is not None else None
+        return {"conv1": (self.f.a[0], self.f.a[1]), "conv2": (self.f.b[0], self.f.b[1]),
+                "conv3": (self.f.c[0], self.f.c[1]), "shortcut": shortcut}
 
     def _conv1(self, x: Tensor) -> Tensor:
         return self.f.a(x)

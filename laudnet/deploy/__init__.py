@@ -1,0 +1,6 @@
+"""Inference engine: deployed (BN-folded, hard-mask, sparse-executing) LAUD models."""
+
+from laudnet.deploy.blocks import DeployedBlock as DeployedBlock
+from laudnet.deploy.fold import fold_conv_bn as fold_conv_bn
+from laudnet.deploy.model import DeployedModel as DeployedModel
+from laudnet.deploy.model import deploy as deploy

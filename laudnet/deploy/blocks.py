@@ -1,0 +1,134 @@
+"""Inference form of a dynamic block: BN folded, hard decisions, sub-batch / sparse execution.
+
+Tensors are NCHW in channels_last memory (NHWC underneath), so a sample, a pixel or a run of channels is contiguous:
+`nhwc(x)` is a free view on which samples are gathered and scattered without layout conversion.
+
+Each paradigm has a sparse path and a dense-masked path computing the same function; a block takes the dense path
+when the batch's activation rate exceeds its `dense_above` threshold (where measurement says dense is faster).
+Maskers are reduced to the difference of their two logits (execute iff ≥ 0) and evaluated in fp32.
+
+Non-projection blocks write their output into their input tensor (the previous block's output): no full-tensor copy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from laudnet.blocks.base import DynamicBlock
+from laudnet.deploy.fold import fold_conv_bn
+from laudnet.flops import conv_out_size
+from laudnet.masks import expand_channel_groups, expand_patches, pool_patches
+
+
+def nhwc(x: Tensor) -> Tensor:
+    """NCHW (channels_last) → NHWC view."""
+    return x.permute(0, 2, 3, 1)
+
+
+def nchw(x: Tensor) -> Tensor:
+    """NHWC → NCHW view (channels_last memory)."""
+    return x.permute(0, 3, 1, 2)
+
+
+class DeployedBlock(nn.Module):
+    """A `DynamicBlock` prepared for inference.
+
+    Args:
+        block: the trained block (its weights are copied, the block is left unchanged).
+        dense_above: activation rate above which the dense-masked path runs (1.0: only when everything is active).
+    """
+
+    def __init__(self, block: DynamicBlock, dense_above: float = 1.0) -> None:
+        super().__init__()
+        pairs = block.conv_bn_pairs()
+        self.conv1 = fold_conv_bn(*pairs["conv1"])
+        self.conv2 = fold_conv_bn(*pairs["conv2"])
+        self.conv3 = fold_conv_bn(*pairs["conv3"])
+        self.shortcut = fold_conv_bn(*pairs["shortcut"]) if pairs["shortcut"] is not None else None
+        self.se = copy.deepcopy(block.f.se) if block.se_channels else None
+        self.paradigm = block.paradigm
+        self.granularity = block.granularity
+        self.stride = block.stride
+        self.dense_above = dense_above
+        self.last_rate: float | None = None
+        if self.paradigm in ("spatial", "layer"):
+            conv = block.masker.conv
+            if block.masker.groups != 1:
+                raise ValueError("deploy supports spatial maskers with one mask group")
+            # execute iff (w_e − w_s)·x + (b_e − b_s) ≥ 0
+            self.register_buffer("masker_w", (conv.weight[0] - conv.weight[1]).detach().flatten().float().clone())
+            self.register_buffer("masker_b", (conv.bias[0] - conv.bias[1]).detach().float().reshape(1))
+        elif self.paradigm == "channel":
+            cm = block.channel_masker
+            n = cm.n_groups
+            self.masker_fc1 = copy.deepcopy(cm.fc1).float()
+            self.register_buffer("masker_w2", (cm.fc2.weight[:n] - cm.fc2.weight[n:]).detach().float().clone())
+            self.register_buffer("masker_b2", (cm.fc2.bias[:n] - cm.fc2.bias[n:]).detach().float().clone())
+
+    # --- decisions ------------------------------------------------------------------------------------------------
+    def _out_hw(self, x: Tensor) -> tuple[int, int]:
+        return conv_out_size(x.shape[2], self.stride), conv_out_size(x.shape[3], self.stride)
+
+    def decide(self, x: Tensor) -> Tensor:
+        """Hard decisions: (B, gh, gw) for spatial, (B,) for layer, (B, n_groups) for channel; bool."""
+        if self.paradigm in ("spatial", "layer"):
+            pooled = pool_patches(x, self.stride, self.granularity, self._out_hw(x)).float()
+            logit = torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b
+            return logit[:, 0, 0] >= 0 if self.paradigm == "layer" else logit >= 0
+        if self.paradigm == "channel":
+            hidden = F.relu(self.masker_fc1(x.float().mean(dim=(2, 3))))
+            return hidden @ self.masker_w2.t() + self.masker_b2 >= 0
+        raise RuntimeError("a static block has no decisions")
+
+    # --- dense building blocks ------------------------------------------------------------------------------------
+    def _branch(self, x: Tensor, pixel: Tensor | None = None, channels: Tensor | None = None) -> Tensor:
+        """conv3(SE(conv2(conv1(x)))) with optional masks applied as the training form does."""
+        h = F.relu(self.conv1(x), inplace=True)
+        if channels is not None:
+            h = h * channels
+        h = F.relu(self.conv2(h), inplace=True)
+        if channels is not None:
+            h = h * channels
+        if self.se is not None:
+            h = self.se(h * pixel if pixel is not None else h)
+        y = self.conv3(h)
+        return y * pixel if pixel is not None else y
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        return x if self.shortcut is None else self.shortcut(x)
+
+    # --- forward --------------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.paradigm == "static":
+            return F.relu_(self._branch(x) + self._shortcut(x))
+        keep = self.decide(x)
+        rate = keep.float().mean()
+        self.last_rate = rate  # a 0-d device tensor: reading it is the caller's choice (it synchronises)
+        if self.paradigm == "layer":
+            return self._forward_layer(x, keep)
+        if self.paradigm == "spatial":
+            pixel = expand_patches(keep[:, None].to(x.dtype), self.granularity, self._out_hw(x))
+            return F.relu_(self._branch(x, pixel=pixel) + self._shortcut(x))
+        channels = expand_channel_groups(keep.to(x.dtype), self.granularity)
+        return F.relu_(self._branch(x, channels=channels) + self._shortcut(x))
+
+    def _forward_layer(self, x: Tensor, keep: Tensor) -> Tensor:
+        """Run the residual branch on the compacted sub-batch of executing samples and write it back in place."""
+        idx = keep.nonzero().squeeze(1)
+        n = idx.numel()  # synchronises: the sub-batch size decides the launch shapes
+        s = self._shortcut(x)
+        if n == 0:
+            return F.relu_(s) if self.shortcut is not None else x
+        if n > self.dense_above * x.shape[0]:
+            gate = keep.to(x.dtype).view(-1, 1, 1, 1)
+            return F.relu_(self._branch(x) * gate + s)
+        x_sub = nchw(nhwc(x).index_select(0, idx))
+        s_sub = x_sub if self.shortcut is None else nchw(nhwc(s).index_select(0, idx))
+        z = F.relu_(self._branch(x_sub) + s_sub)
+        out = s if self.shortcut is None else F.relu_(s)
+        nhwc(out).index_copy_(0, idx, nhwc(z))
+        return out

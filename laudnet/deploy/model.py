@@ -1,0 +1,101 @@
+"""`deploy(model)`: a trained LAUD model in inference form (BN folded, hard masks, channels_last, low precision)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from laudnet.deploy.blocks import DeployedBlock
+from laudnet.deploy.fold import fold_conv_bn
+from laudnet.models._base import DynamicModel
+from laudnet.models.regnet import LaudRegNet
+from laudnet.models.resnet import LaudResNet
+
+
+class DeployedModel(nn.Module):
+    """Stem → deployed stages → pooling and classifier, computing in `dtype` with channels_last activations."""
+
+    def __init__(self, stem: nn.Module, stages: list[list[DeployedBlock]], head: nn.Module, dtype: torch.dtype,
+                 in_chans: int = 3) -> None:
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in stages)
+        self.head = head
+        self.dtype = dtype
+        self.in_chans = in_chans
+
+    def blocks(self) -> list[DeployedBlock]:
+        return [b for stage in self.stages for b in stage]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected an input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        x = self.stem(x.to(dtype=self.dtype, memory_format=torch.channels_last))
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
+
+    def activation_rates(self) -> list[float]:
+        """Per-block activation rates of the last forward (synchronises with the device)."""
+        return [float(b.last_rate) if b.last_rate is not None else 1.0 for b in self.blocks()]
+
+
+class _Head(nn.Sequential):
+    def forward(self, x: Tensor) -> Tensor:
+        return self[1](torch.flatten(self[0](x), 1))
+
+
+def _stem_and_head(model: DynamicModel) -> tuple[nn.Module, nn.Module]:
+    if isinstance(model, LaudResNet):
+        stem = nn.Sequential(fold_conv_bn(model.conv1, model.bn1), nn.ReLU(inplace=True), copy.deepcopy(model.maxpool))
+    elif isinstance(model, LaudRegNet):
+        stem = nn.Sequential(fold_conv_bn(model.stem[0], model.stem[1]), nn.ReLU(inplace=True))
+    else:
+        raise TypeError(f"deploy supports LAUD ResNet and RegNet models, got {type(model).__name__}")
+    return stem, _Head(copy.deepcopy(model.avgpool), copy.deepcopy(model.fc))
+
+
+def deploy(
+    model: DynamicModel,
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    dense_above: float | list[float] = 1.0,
+    device: torch.device | str | None = None,
+) -> DeployedModel:
+    """Turn a trained LAUD model into an inference module; the model itself is left unchanged.
+
+    Args:
+        model: a LAUD model (any paradigm).
+        dtype: compute dtype (bf16 on GPU; fp32 for exact comparisons).
+        dense_above: activation rate above which a block runs its dense-masked path: one value, or one per block.
+        device: where the deployed model lives (default: the model's device).
+
+    Returns:
+        A `DeployedModel` in eval mode computing the eval-mode function of `model`.
+    """
+    if not isinstance(model, DynamicModel):
+        raise TypeError(f"deploy expects a LAUD model, got {type(model).__name__}")
+    blocks = model.dynamic_blocks()
+    thresholds = [dense_above] * len(blocks) if isinstance(dense_above, int | float) else list(dense_above)
+    if len(thresholds) != len(blocks):
+        raise ValueError(f"dense_above has {len(thresholds)} values for {len(blocks)} blocks")
+    stem, head = _stem_and_head(model)
+    it = iter(thresholds)
+    stages = [[DeployedBlock(b, next(it)) for b in stage] for stage in model.stages()]
+    deployed = DeployedModel(stem, stages, head, dtype, model.in_chans)
+    device = device if device is not None else next(model.parameters()).device
+    # Masker weights stay fp32 (buffers and the channel masker's fc1): decisions must not flip with rounding.
+    deployed = deployed.to(device=device).eval()
+    for m in deployed.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear) and not _is_masker(deployed, m):
+            m.to(dtype=dtype, memory_format=torch.channels_last) if isinstance(m, nn.Conv2d) else m.to(dtype)
+    return deployed
+
+
+def _is_masker(deployed: DeployedModel, module: nn.Module) -> bool:
+    return any(getattr(b, "masker_fc1", None) is module for b in deployed.blocks())
