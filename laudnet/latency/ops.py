@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from laudnet.latency.hardware import HardwareSpec
 
 
@@ -46,19 +48,25 @@ ZERO = Cost(0.0)
 
 
 # ---- helpers (spec 11.2) ---------------------------------------------------------------------------------------------
-def ceil_eff(x: float, unit: float) -> float:
+# The helpers take numbers or numpy arrays: the tile searches evaluate every candidate tiling at once (a Python loop
+# over the ~60k candidates of a sparse conv takes ~0.2 s; the array form ~2 ms), then re-cost the winner on scalars.
+def ceil_eff(x, unit):
     """Fraction of `ceil(x / unit)` units of work that `x` actually uses."""
-    return x / (math.ceil(x / unit) * unit)
+    return x / (np.ceil(x / unit) * unit)
 
 
-def mem_eff(n: float, gap: float, concurrent: float) -> float:
+def mem_eff(n, gap, concurrent):
     """Useful fraction of memory requests reading runs of `n` elements separated by `gap` elements."""
-    gap = max(gap, 0)
-    if n > concurrent:
-        return ceil_eff(n, concurrent)
-    if n + gap > concurrent:
-        return n / concurrent
-    return n / (n + gap)
+    gap = np.maximum(gap, 0)
+    return np.where(n > concurrent, ceil_eff(n, concurrent), np.where(n + gap > concurrent, n / concurrent,
+                                                                       n / (n + gap)))
+
+
+def _grid(*axes: tuple[int, ...]) -> list[np.ndarray]:
+    """Candidate values per search axis as float arrays broadcastable against each other (axis i on dimension i)."""
+    n = len(axes)
+    return [np.asarray(a, dtype=np.float64).reshape([-1 if i == j else 1 for j in range(n)])
+            for i, a in enumerate(axes)]
 
 
 @lru_cache(maxsize=4096)
@@ -156,12 +164,9 @@ class OpModel:
         """The model of the same device at another batch size (shared, so that its memo is reused)."""
         return get_op_model(self.hw, batch, self.compat)
 
-    # -- composition ------------------------------------------------------------------------------------------------
+    # -- composition ---------------------------------------------------------------------------------------------------
     def _join(self, compute: float, memory: float) -> float:
         return compute + memory if self.add_mode else max(compute, memory)
-
-    def _mem(self, pe_traffic: float, dram_traffic: float, run: float, gap: float) -> float:
-        return dram_traffic / self.dram + pe_traffic / self.l2 / mem_eff(run, gap, self.sector)
 
     def _cached(self, key: tuple, fn) -> Cost:
         hit = self._memo.get(key)
@@ -170,9 +175,29 @@ class OpModel:
         return hit
 
     def _imbalance(self, n_tiles: int, c_tile: int, density: float, group: int) -> float:
-        return expected_max_density(n_tiles, c_tile, round(density, 12), group)
+        return expected_max_density(int(n_tiles), int(c_tile), round(float(density), 12), int(group))
 
-    # -- dense convolution (spec 11.3 simulate_conv) -----------------------------------------------------------------
+    def _imbalance_axis(self, channels: int, tiles: tuple[int, ...], density: float, group: int, ndim: int,
+                        axis: int = 0):
+        """`_imbalance` for every channel-tile candidate, shaped to broadcast along search axis `axis`."""
+        if density >= 1:
+            return 1.0
+        values = [self._imbalance(math.ceil(channels / t), t, density, group) for t in tiles]
+        return np.asarray(values).reshape([-1 if i == axis else 1 for i in range(ndim)])
+
+    def _pick(self, compute, mem) -> tuple[int, ...]:
+        """Index of the best candidate; the first one on ties, as the official search keeps the first."""
+        compute, mem = np.broadcast_arrays(compute, mem)
+        lat = compute + mem if self.add_mode else np.maximum(compute, mem)
+        return np.unravel_index(int(np.argmin(lat)), lat.shape)
+
+    def _best(self, compute, mem) -> Cost:
+        compute, mem = np.broadcast_arrays(compute, mem)
+        idx = self._pick(compute, mem)
+        c, m = float(compute[idx]), float(mem[idx])
+        return Cost(self._join(c, m) + self.launch, c, m, 1)
+
+    # -- dense convolution (spec 11.3 simulate_conv) -------------------------------------------------------------------
     def conv(self, cin: int, cout: int, out_h: int, out_w: int, ks: int = 1, groups: int = 1, stride: int = 1,
              in_density: float = 1.0, out_density: float = 1.0, group: int = 1) -> Cost:
         """Convolution (or channel-masked convolution with gathered weights) producing `cout x out_h x out_w`.
@@ -187,64 +212,50 @@ class OpModel:
     def _conv(self, cin, cout, out_h, out_w, ks, groups, stride, ic, oc, group) -> Cost:
         B = self.batch
         cpg = cin // groups
-        best = None
-        for ct in tile_candidates(cout):
-            n_ct = math.ceil(cout / ct)
-            touched = math.ceil(ct / (cout // groups))  # conv groups a channel tile reads
-            for ht in tile_candidates(out_h):
-                n_ht = math.ceil(out_h / ht)
-                for wt in tile_candidates(out_w):
-                    n_tiles = n_ct * n_ht * math.ceil(out_w / wt)
-                    if self.compat:  # compat: FLAG 15, the halo is (t + k - 1) * s instead of (t - 1) * s + k
-                        in_tile = touched * cpg * (ht + ks - 1) * stride * (wt + ks - 1) * stride
-                    else:
-                        in_tile = touched * cpg * ((ht - 1) * stride + ks) * ((wt - 1) * stride + ks)
-                    w_tile = ct * cpg * ks * ks
-                    w_all = cout * cpg * ks * ks
-                    if B == 1:  # one sample: only its kept channels' weights are read
-                        w_tile *= ic * oc
-                        w_all *= oc
-                    pe_traffic = (w_tile + in_tile * ic * B + ct * ht * wt * oc * B) * n_tiles
-                    dram = w_all + cin * out_h * stride * out_w * stride * B * ic + cout * out_h * out_w * B * oc
-                    mem = self._mem(pe_traffic, dram, wt, out_w - wt)
-                    if self.compat:
-                        # compat: FLAG 15 (rho_in counted twice) and FLAG 18 (group size never reaches this model)
-                        busy = ic * self._imbalance(n_ct, ct, ic * oc, 1)
-                        lanes, fill = self.lanes, self.fill
-                    else:  # fix: FLAG 15 / FLAG 18, rho_in times the busiest tile's kept output channels at group G
-                        busy = ic * self._imbalance(n_ct, ct, oc, group)
-                        lanes, fill = self.mm_lanes, self.mm_fill
-                    macs = ct * ht * wt * cpg * ks * ks * B
-                    compute = macs / self.freq / lanes * busy / ceil_eff(ct * ht * wt, fill) * math.ceil(
-                        n_tiles / self.n_pes)
-                    lat = self._join(compute, mem)
-                    if best is None or lat < best[0]:
-                        best = (lat, compute, mem)
-        return Cost(best[0] + self.launch, best[1], best[2], 1)
+        c_cand = tile_candidates(cout)
+        ct, ht, wt = _grid(c_cand, tile_candidates(out_h), tile_candidates(out_w))
+        n_ct = np.ceil(cout / ct)
+        n_tiles = n_ct * np.ceil(out_h / ht) * np.ceil(out_w / wt)
+        touched = np.ceil(ct / (cout // groups))  # conv groups a channel tile reads
+        if self.compat:  # compat: FLAG 15, the halo is (t + k - 1) * s instead of (t - 1) * s + k
+            in_tile = touched * cpg * (ht + ks - 1) * stride * (wt + ks - 1) * stride
+        else:
+            in_tile = touched * cpg * ((ht - 1) * stride + ks) * ((wt - 1) * stride + ks)
+        w_tile = ct * cpg * ks * ks
+        w_all = cout * cpg * ks * ks
+        if B == 1:  # one sample: only its kept channels' weights are read
+            w_tile = w_tile * (ic * oc)
+            w_all = w_all * oc
+        pe_traffic = (w_tile + in_tile * ic * B + ct * ht * wt * oc * B) * n_tiles
+        dram = w_all + cin * out_h * stride * out_w * stride * B * ic + cout * out_h * out_w * B * oc
+        mem = dram / self.dram + pe_traffic / self.l2 / mem_eff(wt, out_w - wt, self.sector)
+        if self.compat:
+            # compat: FLAG 15 (rho_in counted twice) and FLAG 18 (group size never reaches this model)
+            busy = self._imbalance_axis(cout, c_cand, ic * oc, 1, ct.ndim)
+            lanes, fill = self.lanes, self.fill
+        else:  # fix: FLAG 15 / FLAG 18, rho_in times the busiest tile's kept output channels at group size G
+            busy = self._imbalance_axis(cout, c_cand, oc, group, ct.ndim)
+            lanes, fill = self.mm_lanes, self.mm_fill
+        macs = ct * ht * wt * cpg * ks * ks * B
+        compute = macs / self.freq / lanes * ic * busy / ceil_eff(ct * ht * wt, fill) * np.ceil(n_tiles / self.n_pes)
+        return self._best(compute, mem)
 
-    # -- element-wise add (simulate_add) ------------------------------------------------------------------------------
+    # -- element-wise add (simulate_add) -------------------------------------------------------------------------------
     def add(self, c: int, h: int, w: int) -> Cost:
         """Element-wise sum of two `c x h x w` maps (the residual add)."""
         return self._cached(("add", c, h, w), lambda: self._add(c, h, w))
 
     def _add(self, c, h, w) -> Cost:
         B = self.batch
-        best = None
-        for ct in tile_candidates(c):
-            for ht in tile_candidates(h):
-                for wt in tile_candidates(w):
-                    tile = ct * ht * wt
-                    n_tiles = math.ceil(c / ct) * math.ceil(h / ht) * math.ceil(w / wt)
-                    compute = tile / self.freq / self.lanes / ceil_eff(tile, self.fill) * math.ceil(n_tiles / self.n_pes)
-                    if self.compat:  # compat: every tile's 3 operands come from DRAM, padded tiles included
-                        mem = 3 * tile * n_tiles / self.dram
-                    else:  # fix: DRAM moves the maps once; tiles move through L2 at the sector efficiency
-                        mem = self._mem(3 * tile * n_tiles, 3 * c * h * w, wt, w - wt)
-                    compute, mem = compute * B, mem * B
-                    lat = self._join(compute, mem)
-                    if best is None or lat < best[0]:
-                        best = (lat, compute, mem)
-        return Cost(best[0] + self.launch, best[1], best[2], 1)
+        ct, ht, wt = _grid(tile_candidates(c), tile_candidates(h), tile_candidates(w))
+        tile = ct * ht * wt
+        n_tiles = np.ceil(c / ct) * np.ceil(h / ht) * np.ceil(w / wt)
+        compute = tile / self.freq / self.lanes / ceil_eff(tile, self.fill) * np.ceil(n_tiles / self.n_pes)
+        if self.compat:  # compat: every tile's 3 operands come from DRAM, padded tiles included
+            mem = 3 * tile / self.dram * n_tiles
+        else:  # fix: DRAM moves the maps once; tiles move through L2 at the sector efficiency
+            mem = 3 * c * h * w / self.dram + 3 * tile * n_tiles / self.l2 / mem_eff(wt, w - wt, self.sector)
+        return self._best(compute * B, mem * B)
 
     # -- pooling -------------------------------------------------------------------------------------------------------
     def avg_pool(self, c: int, h: int, w: int, out_h: int, out_w: int) -> Cost:
@@ -292,56 +303,44 @@ class OpModel:
 
     def _broadcast_mul(self, c, h, w) -> Cost:
         B = self.batch
-        best = None
-        for ct in tile_candidates(c):
-            for ht in tile_candidates(h):
-                for wt in tile_candidates(w):
-                    tile = ct * ht * wt
-                    n_tiles = math.ceil(c / ct) * math.ceil(h / ht) * math.ceil(w / wt)
-                    mem = self._mem((2 * tile + ct) * n_tiles, 2 * c * h * w + c, wt, w - wt) * B
-                    compute = tile / self.freq / self.lanes / ceil_eff(tile, self.fill) * math.ceil(
-                        n_tiles / self.n_pes) * B
-                    lat = self._join(compute, mem)
-                    if best is None or lat < best[0]:
-                        best = (lat, compute, mem)
-        return Cost(best[0] + self.launch, best[1], best[2], 1)
+        ct, ht, wt = _grid(tile_candidates(c), tile_candidates(h), tile_candidates(w))
+        tile = ct * ht * wt
+        n_tiles = np.ceil(c / ct) * np.ceil(h / ht) * np.ceil(w / wt)
+        mem = (2 * c * h * w + c) / self.dram + (2 * tile + ct) * n_tiles / self.l2 / mem_eff(wt, w - wt, self.sector)
+        compute = tile / self.freq / self.lanes / ceil_eff(tile, self.fill) * np.ceil(n_tiles / self.n_pes)
+        return self._best(compute * B, mem * B)
 
-    # -- fully connected (simulate_fc) ----------------------------------------------------------------------------------
+    # -- fully connected (simulate_fc) ---------------------------------------------------------------------------------
     def fc(self, cin: int, cout: int, rows: int = 1) -> Cost:
         """Fully connected layer `cin -> cout` on `rows` vectors per sample."""
         return self._cached(("fc", cin, cout, rows), lambda: self._fc(cin, cout, rows))
 
     def _fc(self, cin, cout, rows) -> Cost:
         B = self.batch * rows
-        best = None
-        for co in tile_candidates(cout):
-            for ci in tile_candidates(cin):
-                if self.compat:
-                    # compat: FLAG 16, tile count = product of tile sizes; weights re-read for every sample
-                    n_tiles = co * ci
-                    pe_traffic = (co * ci + ci + co) * n_tiles * B
-                    dram = (cin * cout + cin + cout) * B
-                    gap = cin
-                    lanes, fill = self.lanes, self.fill
-                else:  # fix: FLAG 16, tiles counted by number; the weight is read once per batch
-                    n_tiles = math.ceil(cout / co) * math.ceil(cin / ci)
-                    pe_traffic = (co * ci + (ci + co) * B) * n_tiles
-                    dram = cin * cout + (cin + cout) * B
-                    gap = cin - ci
-                    lanes, fill = self.mm_lanes, self.mm_fill
-                compute = ci * co * B / self.freq / lanes / ceil_eff(ci * co * B, fill) * math.ceil(n_tiles / self.n_pes)
-                mem = self._mem(pe_traffic, dram, ci, gap)
-                lat = self._join(compute, mem)
-                if best is None or lat < best[0]:
-                    best = (lat, compute, mem)
-        return Cost(best[0] + self.launch, best[1], best[2], 1)
+        co, ci = _grid(tile_candidates(cout), tile_candidates(cin))
+        if self.compat:
+            # compat: FLAG 16, tile count = product of tile sizes; weights re-read for every sample
+            n_tiles = co * ci
+            pe_traffic = (co * ci + ci + co) * n_tiles * B
+            dram = (cin * cout + cin + cout) * B
+            gap = cin
+            lanes, fill = self.lanes, self.fill
+        else:  # fix: FLAG 16, tiles counted by number; the weight is read once per batch
+            n_tiles = np.ceil(cout / co) * np.ceil(cin / ci)
+            pe_traffic = (co * ci + (ci + co) * B) * n_tiles
+            dram = cin * cout + (cin + cout) * B
+            gap = cin - ci
+            lanes, fill = self.mm_lanes, self.mm_fill
+        compute = ci * co * B / self.freq / lanes / ceil_eff(ci * co * B, fill) * np.ceil(n_tiles / self.n_pes)
+        mem = dram / self.dram + pe_traffic / self.l2 / mem_eff(ci, gap, self.sector)
+        return self._best(compute, mem)
 
     # -- squeeze-and-excitation (simulate_se) --------------------------------------------------------------------------
     def se(self, c: int, h: int, w: int, squeeze: int) -> Cost:
         """Dense SE: global pool, fc c->squeeze, fc squeeze->c, rescale (4 kernels)."""
         return self.global_pool(c, h, w) + self.fc(c, squeeze) + self.fc(squeeze, c) + self.broadcast_mul(c, h, w)
 
-    # -- sparse ops over S x S patches (spec 11.3 simulate_dynamic_conv, scatter_add, dynamic SE) --------------------
+    # -- sparse ops over S x S patches (spec 11.3 simulate_dynamic_conv, scatter_add, dynamic SE) ----------------------
     @staticmethod
     def n_patches(h: int, w: int, patch: int, density: float) -> int:
         """Active patches: the density rounded up to whole patches (a block with any active pixel computes)."""
@@ -374,44 +373,41 @@ class OpModel:
         mean_patches = (grid + 1) / 2
         if self.compat:  # compat: FLAG 17, the halo only fed a print; the patch that is computed is S x S
             side = patch
-        best = None
-        for npp in tile_candidates(256):
-            for ct in tile_candidates(cout):
-                for ht in tile_candidates(side):
-                    for wt in tile_candidates(side):
-                        n_tiles = math.ceil(cout / ct) * math.ceil(side / ht) * math.ceil(side / wt)
-                        mem = self._gconv_mem(n_tiles, ct, ht, wt, cin, cout, out_h, out_w, groups, stride, ks, side,
-                                              gathered, mean_patches, ic, oc)
-                        compute = self._gconv_compute(ct, ht, wt, npp, cin, cout, groups, ks, mean_patches, ic, oc,
-                                                      group) * math.ceil(n_tiles / self.n_pes)
-                        lat = self._join(compute, mem)
-                        if best is None or lat < best[0]:
-                            best = (lat, ct, ht, wt, npp, n_tiles)
-        _, ct, ht, wt, npp, n_tiles = best
-        mem = self._gconv_mem(n_tiles, ct, ht, wt, cin, cout, out_h, out_w, groups, stride, ks, side, gathered,
-                              n_patches, ic, oc)
-        compute = self._gconv_compute(ct, ht, wt, npp, cin, cout, groups, ks, n_patches, ic, oc, group) * math.ceil(
+        if self.compat:  # compat: FLAG 15 / FLAG 18 as in `conv`
+            density, grp = ic * oc, group
+        else:
+            density, grp = oc, group
+        axes = (tile_candidates(256), tile_candidates(cout), tile_candidates(side), tile_candidates(side))
+        npp, ct, ht, wt = _grid(*axes)
+        busy = self._imbalance_axis(cout, axes[1], density, grp, 4, axis=1)
+        n_tiles = np.ceil(cout / ct) * np.ceil(side / ht) * np.ceil(side / wt)
+        args = (cin, cout, out_h, out_w, groups, stride, ks, side, gathered, ic, oc)
+        mem = self._gconv_mem(n_tiles, ct, ht, wt, mean_patches, *args)
+        compute = self._gconv_compute(ct, ht, wt, npp, mean_patches, busy, cin, groups, ks, ic) * np.ceil(
+            n_tiles / self.n_pes)
+        i = self._pick(compute, mem)
+        npp, ct, ht, wt = (float(a[i[k]]) for k, a in enumerate(axes))
+        busy = self._imbalance(math.ceil(cout / ct), ct, density, grp)
+        n_tiles = math.ceil(cout / ct) * math.ceil(side / ht) * math.ceil(side / wt)
+        mem = float(self._gconv_mem(n_tiles, ct, ht, wt, n_patches, *args))
+        compute = float(self._gconv_compute(ct, ht, wt, npp, n_patches, busy, cin, groups, ks, ic)) * math.ceil(
             n_tiles / self.n_pes)
         return Cost(self._join(compute, mem) + self.launch, compute, mem, 1)
 
-    def _gconv_compute(self, ct, ht, wt, npp, cin, cout, groups, ks, n_patches, ic, oc, group) -> float:
+    def _gconv_compute(self, ct, ht, wt, npp, n_patches, busy, cin, groups, ks, ic):
         if n_patches == 0:
             return 0.0
         B = self.batch
         lanes, fill = (self.lanes, self.fill) if self.compat else (self.mm_lanes, self.mm_fill)
         per_batch = ct * ht * wt * (cin // groups) * ks * ks * npp / self.freq / lanes / ceil_eff(
             ct * ht * wt * B * npp, fill)
-        if self.compat:  # compat: FLAG 15 / FLAG 18 as in `conv`
-            busy = ic * self._imbalance(math.ceil(cout / ct), ct, ic * oc, group)
-        else:
-            busy = ic * self._imbalance(math.ceil(cout / ct), ct, oc, group)
-        return per_batch * math.ceil(n_patches / npp) * busy * B
+        return per_batch * np.ceil(n_patches / npp) * ic * busy * B
 
-    def _gconv_mem(self, n_tiles, ct, ht, wt, cin, cout, out_h, out_w, groups, stride, ks, side, gathered,
-                   n_patches, ic, oc) -> float:
+    def _gconv_mem(self, n_tiles, ct, ht, wt, n_patches, cin, cout, out_h, out_w, groups, stride, ks, side, gathered,
+                   ic, oc):
         B = self.batch
         cpg = cin // groups
-        touched = math.ceil(ct / (cout // groups))
+        touched = np.ceil(ct / (cout // groups))
         w_tile = ct * cpg * ks * ks
         if self.compat:  # compat: FLAG 15 halo form
             in_tile = touched * cpg * (ht + ks - 1) * stride * (wt + ks - 1) * stride * n_patches
@@ -420,7 +416,7 @@ class OpModel:
             in_tile = touched * cpg * ((ht - 1) * stride + ks) * ((wt - 1) * stride + ks) * n_patches
             in_patch = (side - 1) * stride + ks
         if B == 1:
-            w_tile *= ic * oc
+            w_tile = w_tile * (ic * oc)
         pe_traffic = (w_tile + in_tile * ic * B + ct * ht * wt * n_patches * oc * B) * n_tiles
         w_all = cout * cpg * ks * ks
         read = n_patches * cin * in_patch * in_patch if gathered else cin * out_h * stride * out_w * stride
@@ -434,36 +430,32 @@ class OpModel:
         """Residual add that writes `n_patches` computed patches into the identity map (full map in and out)."""
         return self._cached(("sadd", c, h, w, patch, n_patches), lambda: self._scatter_add(c, h, w, patch, n_patches))
 
-    def _elementwise_patches_mem(self, n_tiles, ct, ht, wt, c, h, w, patch, n_patches) -> float:
+    def _elementwise_patches_mem(self, n_tiles, ct, ht, wt, c, h, w, patch, n_patches):
         B = self.batch
         tile = ct * ht * wt * n_patches
         pe_traffic = 3 * tile * n_tiles * B
         dram = (n_patches * c * patch * patch + 2 * c * h * w) * B
         return dram / self.dram + pe_traffic / self.l2 / mem_eff(wt, patch - wt, self.sector)
 
-    def _elementwise_patches_compute(self, ct, ht, wt, npp, n_patches) -> float:
+    def _elementwise_patches_compute(self, ct, ht, wt, npp, n_patches):
         B = self.batch
         per_batch = ct * ht * wt * npp / self.freq / self.lanes / ceil_eff(ct * ht * wt * B * npp, self.fill)
-        return per_batch * math.ceil(n_patches / npp) * B
+        return per_batch * np.ceil(n_patches / npp) * B
 
     def _scatter_add(self, c, h, w, patch, n_patches) -> Cost:
         grid = math.ceil(h / patch) * math.ceil(w / patch)
         mean_patches = (grid + 1) / 2
-        best = None
-        for npp in tile_candidates(grid):
-            for ct in tile_candidates(c):
-                for ht in tile_candidates(patch):
-                    for wt in tile_candidates(patch):
-                        n_tiles = math.ceil(c / ct) * math.ceil(patch / ht) * math.ceil(patch / wt)
-                        mem = self._elementwise_patches_mem(n_tiles, ct, ht, wt, c, h, w, patch, mean_patches)
-                        compute = self._elementwise_patches_compute(ct, ht, wt, npp, mean_patches) * math.ceil(
-                            n_tiles / self.n_pes)
-                        lat = self._join(compute, mem)
-                        if best is None or lat < best[0]:
-                            best = (lat, ct, ht, wt, npp, n_tiles)
-        _, ct, ht, wt, npp, n_tiles = best
-        mem = self._elementwise_patches_mem(n_tiles, ct, ht, wt, c, h, w, patch, n_patches)
-        compute = self._elementwise_patches_compute(ct, ht, wt, npp, n_patches) * math.ceil(n_tiles / self.n_pes)
+        axes = (tile_candidates(grid), tile_candidates(c), tile_candidates(patch), tile_candidates(patch))
+        npp, ct, ht, wt = _grid(*axes)
+        n_tiles = np.ceil(c / ct) * np.ceil(patch / ht) * np.ceil(patch / wt)
+        mem = self._elementwise_patches_mem(n_tiles, ct, ht, wt, c, h, w, patch, mean_patches)
+        compute = self._elementwise_patches_compute(ct, ht, wt, npp, mean_patches) * np.ceil(n_tiles / self.n_pes)
+        i = self._pick(compute, mem)
+        npp, ct, ht, wt = (float(a[i[k]]) for k, a in enumerate(axes))
+        n_tiles = math.ceil(c / ct) * math.ceil(patch / ht) * math.ceil(patch / wt)
+        mem = float(self._elementwise_patches_mem(n_tiles, ct, ht, wt, c, h, w, patch, n_patches))
+        compute = float(self._elementwise_patches_compute(ct, ht, wt, npp, n_patches)) * math.ceil(
+            n_tiles / self.n_pes)
         return Cost(self._join(compute, mem) + self.launch, compute, mem, 1)
 
     def gather(self, c: int, h: int, w: int, patch: int, n_patches: int, halo: int = 0) -> Cost:
@@ -494,41 +486,40 @@ class OpModel:
         return self._cached(("dse", c, h, w, squeeze, patch, n_patches),
                             lambda: self._dynamic_se(c, h, w, squeeze, patch, n_patches))
 
-    def _dpool_mem(self, n_tiles, ct, ht, wt, c, h, w, patch, n_patches) -> float:
-        pe_traffic = (ct * ht * wt * n_patches + ct) * n_tiles + ct * math.ceil(h / ht) * math.ceil(w / wt) + ct
+    def _dpool_mem(self, n_tiles, ct, ht, wt, c, h, w, patch, n_patches):
+        pe_traffic = (ct * ht * wt * n_patches + ct) * n_tiles + ct * np.ceil(h / ht) * np.ceil(w / wt) + ct
         dram = n_patches * c * patch * patch + c * h * w
         return (dram / self.dram + pe_traffic / self.l2 / mem_eff(wt, patch - wt, self.sector)) * self.batch
 
-    def _dpool_compute(self, ct, ht, wt, npp, n_patches) -> float:
+    def _dpool_compute(self, ct, ht, wt, npp, n_patches):
         per_batch = ct * ht * wt * npp / self.freq / self.lanes / ceil_eff(ct * npp, self.fill)
         reduce = ct * npp / self.freq / self.lanes / ceil_eff(ct, self.fill)
-        return (per_batch * math.ceil(n_patches / npp) + reduce) * self.batch
+        return (per_batch * np.ceil(n_patches / npp) + reduce) * self.batch
+
+    def _reduce_tree_array(self, c_par, n):
+        return np.vectorize(self._reduce_tree, otypes=[float])(c_par, n)
 
     def _dynamic_se(self, c, h, w, squeeze, patch, n_patches) -> Cost:
         grid = math.ceil(h / patch) * math.ceil(w / patch)
         mean_patches = (grid + 1) / 2
-        best = None
-        for npp in tile_candidates(grid):
-            for ct in tile_candidates(c):
-                for ht in tile_candidates(patch):
-                    for wt in tile_candidates(patch):
-                        n_ht, n_wt = math.ceil(patch / ht), math.ceil(patch / wt)
-                        n_tiles = math.ceil(c / ct) * n_ht * n_wt
-                        mem = self._dpool_mem(n_tiles, ct, ht, wt, c, h, w, patch, mean_patches)
-                        compute = (self._dpool_compute(ct, ht, wt, npp, mean_patches) * math.ceil(n_tiles / self.n_pes)
-                                   + self._reduce_tree(ct, n_ht * n_wt))
-                        lat = self._join(compute, mem)
-                        if best is None or lat < best[0]:
-                            best = (lat, ct, ht, wt, npp, n_tiles)
-        _, ct, ht, wt, npp, n_tiles = best
-        mem = self._dpool_mem(n_tiles, ct, ht, wt, c, h, w, patch, n_patches)
+        axes = (tile_candidates(grid), tile_candidates(c), tile_candidates(patch), tile_candidates(patch))
+        npp, ct, ht, wt = _grid(*axes)
+        n_ht, n_wt = np.ceil(patch / ht), np.ceil(patch / wt)
+        n_tiles = np.ceil(c / ct) * n_ht * n_wt
+        mem = self._dpool_mem(n_tiles, ct, ht, wt, c, h, w, patch, mean_patches)
+        compute = (self._dpool_compute(ct, ht, wt, npp, mean_patches) * np.ceil(n_tiles / self.n_pes)
+                   + self._reduce_tree_array(ct, n_ht * n_wt))
+        i = self._pick(compute, mem)
+        npp, ct, ht, wt = (float(a[i[k]]) for k, a in enumerate(axes))
+        n_tiles = math.ceil(c / ct) * math.ceil(patch / ht) * math.ceil(patch / wt)
+        mem = float(self._dpool_mem(n_tiles, ct, ht, wt, c, h, w, patch, n_patches))
         # compat: the final reduction is re-costed over the whole map's tile grid, not the patch's
-        compute = (self._dpool_compute(ct, ht, wt, npp, n_patches) * math.ceil(n_tiles / self.n_pes)
+        compute = (float(self._dpool_compute(ct, ht, wt, npp, n_patches)) * math.ceil(n_tiles / self.n_pes)
                    + self._reduce_tree(ct, math.ceil(h / ht) * math.ceil(w / wt)))
         pool = Cost(self._join(compute, mem) + self.launch, compute, mem, 1)
         return pool + self.fc(c, squeeze) + self.fc(squeeze, c) + self.broadcast_mul(c, h, w)
 
-    # -- maskers ---------------------------------------------------------------------------------------------------------
+    # -- maskers -------------------------------------------------------------------------------------------------------
     def masker_conv1(self, cin: int, cout: int, h: int, w: int, patch: int, density: float, out_density: float = 1.0,
                      try_unfused: bool = True) -> Cost:
         """Spatial/layer masker scheduled with conv1 (simulate_masker_conv1), the cheaper of two schedules.
@@ -554,7 +545,7 @@ class OpModel:
         return pool + self.conv(cin, 2, mask_size, mask_size, 1)
 
     def channel_masker(self, cin: int, h: int, w: int, n_groups: int) -> Cost:
-        """Channel masker MLP: global pool, fc cin -> hidden, fc hidden -> n_groups (one logit per group at inference)."""
+        """Channel masker MLP: global pool, fc cin -> hidden, fc hidden -> n_groups; one logit per group."""
         if self.compat:
             # compat: FLAG 19, the official predictor passes n_groups = cin // G and hidden = n // 16 (capped)
             if n_groups == 1:
@@ -570,7 +561,7 @@ class OpModel:
         return side, max(1, round(rows / side))
 
     def linear(self, rows: int, cin: int, cout: int, in_density: float = 1.0, out_density: float = 1.0) -> Cost:
-        """`rows x cin @ cin x cout` per sample with a shared weight (token rows folded into a square map as a 1x1 conv).
+        """`rows x cin @ cin x cout` per sample with a shared weight (rows folded into a square map, as a 1x1 conv).
 
         compat (FLAG 22): the official predictor folds batch into the rows *and* multiplies by the batch; here rows
         are per sample and the batch enters once, through the op model.

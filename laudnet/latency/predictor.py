@@ -98,7 +98,8 @@ def _densities(geom: ModelGeometry, density: float | Sequence[float] | None,
         values = [float(values)] * geom.num_blocks
     values = [float(v) for v in values]
     if len(values) != geom.num_blocks:
-        raise ValueError(f"{geom.name} has {geom.num_blocks} blocks (depths {geom.depths}); got {len(values)} densities")
+        raise ValueError(f"{geom.name} has {geom.num_blocks} blocks (depths {geom.depths}); "
+                         f"got {len(values)} densities")
     bad = [v for v in values if not 0.0 <= v <= 1.0]
     if bad:
         raise ValueError(f"densities must lie in [0, 1], got {bad[:5]}")
