@@ -44,6 +44,9 @@ class HardwareSpec:
         tc_macs_per_pe_cycle: dense tensor-core MACs per engine and cycle at 16-bit precision, or None when the device
             has no tensor cores (or they are not modelled). TF32 runs at half this rate.
         precision: default precision of predictions on this device.
+        conv_efficiency: achieved throughput of a k x k convolution (k > 1) relative to a matrix product of the same
+            MACs (implicit-GEMM and Winograd overheads); 1 in the paper's model, measured by `laudnet calibrate`.
+            Not used in compat mode.
         description: free text (source of the numbers).
     """
 
@@ -60,11 +63,12 @@ class HardwareSpec:
     batch: int = 1
     tc_macs_per_pe_cycle: float | None = None
     precision: str = "fp32"
+    conv_efficiency: float = 1.0
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         for key in ("n_pes", "pe_fp32s", "frequency", "mem_bandwidth", "l2_speed_frac", "fp32_cycles",
-                    "mem_concurrent_bytes", "batch"):
+                    "mem_concurrent_bytes", "batch", "conv_efficiency"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"hardware {self.name!r}: {key} must be a positive number, got {value!r}")

@@ -185,6 +185,10 @@ class OpModel:
         values = [self._imbalance(math.ceil(channels / t), t, density, group) for t in tiles]
         return np.asarray(values).reshape([-1 if i == axis else 1 for i in range(ndim)])
 
+    def _conv_eff(self, ks: int) -> float:
+        """Measured k x k conv efficiency relative to a GEMM (beyond the paper; 1 in compat mode and for 1x1)."""
+        return 1.0 if self.compat or ks == 1 else self.hw.conv_efficiency
+
     def _pick(self, compute, mem) -> tuple[int, ...]:
         """Index of the best candidate; the first one on ties, as the official search keeps the first."""
         compute, mem = np.broadcast_arrays(compute, mem)
@@ -238,7 +242,7 @@ class OpModel:
             lanes, fill = self.mm_lanes, self.mm_fill
         macs = ct * ht * wt * cpg * ks * ks * B
         compute = macs / self.freq / lanes * ic * busy / ceil_eff(ct * ht * wt, fill) * np.ceil(n_tiles / self.n_pes)
-        return self._best(compute, mem)
+        return self._best(compute / self._conv_eff(ks), mem)
 
     # -- element-wise add (simulate_add) -------------------------------------------------------------------------------
     def add(self, c: int, h: int, w: int) -> Cost:
@@ -401,7 +405,7 @@ class OpModel:
         lanes, fill = (self.lanes, self.fill) if self.compat else (self.mm_lanes, self.mm_fill)
         per_batch = ct * ht * wt * (cin // groups) * ks * ks * npp / self.freq / lanes / ceil_eff(
             ct * ht * wt * B * npp, fill)
-        return per_batch * np.ceil(n_patches / npp) * ic * busy * B
+        return per_batch * np.ceil(n_patches / npp) * ic * busy * B / self._conv_eff(ks)
 
     def _gconv_mem(self, n_tiles, ct, ht, wt, n_patches, cin, cout, out_h, out_w, groups, stride, ks, side, gathered,
                    ic, oc):
