@@ -111,6 +111,17 @@ class HardwareSpec:
         return self.tc_macs_per_pe_cycle / 2 if self.precision == "tf32" else self.tc_macs_per_pe_cycle
 
     @property
+    def matmul_fill(self) -> float:
+        """Outputs a tile needs to keep an engine's matrix units busy.
+
+        FP32 (the paper): one output per lane for `fp32_cycles` cycles. Tensor cores reduce `k` = 8 (tf32) or 16
+        (bf16/fp16) products into each output per instruction (mma m16n8k8 / m16n8k16), so they need k times fewer
+        outputs in flight for the same MAC rate.
+        """
+        k = {"fp32": 1, "tf32": 8}.get(self.precision, 16)
+        return self.matmul_lanes * self.fp32_cycles / k
+
+    @property
     def peak_macs(self) -> float:
         """Peak matrix MACs/s of the whole device at this precision."""
         return self.n_pes * self.matmul_lanes * self.frequency

@@ -152,7 +152,7 @@ class OpModel:
         self.lanes = hw.pe_fp32s  # CUDA-core lanes: element-wise work and FP32 matmuls
         self.mm_lanes = hw.matmul_lanes  # tensor cores at 16-bit precision
         self.fill = hw.pe_fp32s * hw.fp32_cycles  # outputs a tile needs to keep an engine full
-        self.mm_fill = self.mm_lanes * hw.fp32_cycles
+        self.mm_fill = hw.matmul_fill
         self.dram = hw.mem_elem_bandwidth
         self.l2 = hw.l2_elem_bandwidth
         self.sector = hw.mem_concurrent
