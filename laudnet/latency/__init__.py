@@ -9,6 +9,7 @@ Needs neither a GPU nor the model code: models are described by small geometry t
 
 from laudnet.latency.blocks import PARADIGMS as PARADIGMS
 from laudnet.latency.blocks import block_cost as block_cost
+from laudnet.latency.blocks import transformer_block as transformer_block
 from laudnet.latency.geometry import BlockGeometry as BlockGeometry
 from laudnet.latency.geometry import ModelGeometry as ModelGeometry
 from laudnet.latency.geometry import get_geometry as get_geometry

@@ -124,3 +124,32 @@ def block_cost(op: OpModel, b: BlockGeometry, paradigm: str, density: float, gra
     if paradigm == "layer":
         return layer_block(op, b, density)
     raise ValueError(f"unknown paradigm {paradigm!r}; choose from {', '.join(PARADIGMS)}")
+
+
+def transformer_block(op: OpModel, tokens: int, dim: int, heads: int, mlp_ratio: float = 4.0,
+                      token_density: float = 1.0, head_density: float = 1.0, attn_density: float = 1.0,
+                      mlp_density: float = 1.0) -> Cost:
+    """Pre-norm ViT block with AdaViT-style skipping (spec 12), for the ViT work.
+
+    Args:
+        tokens: tokens entering the block (class token included).
+        token_density: fraction of tokens kept (selected by a token gather) for attention and MLP.
+        head_density: fraction of attention heads kept (also thins the MLP's input, as in AdaViT).
+        attn_density / mlp_density: probability that the attention / MLP sub-block runs (layer skipping).
+    """
+    for name, v in (("token_density", token_density), ("head_density", head_density),
+                    ("attn_density", attn_density), ("mlp_density", mlp_density)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {v}")
+    kept = max(1, int(tokens * token_density))
+    hidden = int(dim * mlp_ratio)
+    policy = ZERO
+    if attn_density < 1 or mlp_density < 1:
+        policy = policy + op.fc(dim, 2)
+    if head_density < 1:
+        policy = policy + op.fc(dim, heads)
+    if kept < tokens:
+        policy = policy + op.linear(tokens, dim, 1) + op.token_gather(tokens, kept, dim)
+    attn = op.layernorm(tokens, dim) + op.attention(kept, dim, heads, head_density) + op.elementwise(kept, dim)
+    mlp = op.layernorm(kept, dim) + op.mlp(kept, dim, hidden, in_density=head_density) + op.elementwise(kept, dim)
+    return policy + attn.scale(attn_density) + mlp.scale(mlp_density)

@@ -560,25 +560,30 @@ class OpModel:
         return self.avg_pool(cin, h, w, 1, 1) + self.fc(cin, hidden) + self.fc(hidden, n_groups)
 
     # -- transformer ops (spec 12) -------------------------------------------------------------------------------------
+    # Token rows are per sample. compat reproduces the official predictor's batch handling (FLAG 22: the batch is folded
+    # into the rows and counted again by the operator), not its exact map layouts, for which no reference numbers
+    # exist.
     def _as_map(self, rows: int) -> tuple[int, int]:
         side = max(1, round(math.sqrt(rows)))
         return side, max(1, round(rows / side))
 
+    def _rows(self, rows: int) -> int:
+        return rows * self.batch if self.compat else rows  # compat: FLAG 22
+
     def linear(self, rows: int, cin: int, cout: int, in_density: float = 1.0, out_density: float = 1.0) -> Cost:
         """`rows x cin @ cin x cout` per sample with a shared weight (rows folded into a square map, as a 1x1 conv).
 
-        compat (FLAG 22): the official predictor folds batch into the rows *and* multiplies by the batch; here rows
-        are per sample and the batch enters once, through the op model.
+        `in_density` / `out_density` keep that fraction of the input / output features (head skipping).
         """
         cin_k = max(1, round(cin * in_density))
         cout_k = max(1, round(cout * out_density))
-        h, w = self._as_map(rows)
+        h, w = self._as_map(self._rows(rows))
         return self.conv(cin_k, cout_k, h, w, 1)
 
     def batched_matmul(self, mats: int, m: int, k: int, n: int) -> Cost:
         """`mats` independent products `m x k @ k x n` per sample whose operands are both activations (attention)."""
-        if self.compat:  # compat: FLAG 22, treated as one shared-weight linear over mats*m rows
-            h, w = self._as_map(mats * m)
+        if self.compat:  # compat: FLAG 22, one shared-weight linear over batch * mats * m rows, batch counted again
+            h, w = self._as_map(self._rows(mats * m))
             return self.conv(k, n, h, w, 1)
         # fix: FLAG 22, both operands are activations: each of the batch * mats products reads its own right operand
         B = self.batch
@@ -588,13 +593,15 @@ class OpModel:
         return Cost(inner.latency + extra_weights, inner.compute, inner.memory + extra_weights, 1)
 
     def elementwise(self, rows: int, dim: int) -> Cost:
-        h, w = self._as_map(rows)
-        return self.add(dim, h, w)
+        """One element-wise pass over `rows x dim` (GELU, residual add, scaling)."""
+        if self.compat:  # compat: FLAG 22, the (B, L, C) tensor is the map C x B x L, and the batch multiplies again
+            return self.add(dim, self.batch, rows)
+        return self.add(dim, *self._as_map(rows))
 
     def row_reduce(self, rows: int, dim: int) -> Cost:
         """Reduce each of `rows` vectors of length `dim` (softmax/layernorm statistics)."""
         side = math.ceil(math.sqrt(dim))
-        return self.global_pool(rows, side, side)
+        return self.global_pool(self._rows(rows), side, side)
 
     def softmax(self, rows: int, dim: int) -> Cost:
         """max, exp-subtract, sum, divide, fused into one kernel (4 passes, 1 launch)."""

@@ -120,8 +120,8 @@ def _check_granularity(geom: ModelGeometry, paradigm: str, gran: list[int] | Non
             if st.width % g:
                 raise ValueError(f"channel granularity {g} does not divide the bottleneck width {st.width} "
                                  f"(widths {[x.width for x in geom.stages]})")
-    else:
-        gran = None
+    elif gran is not None:
+        raise ValueError(f"a granularity applies to spatial (S) and channel (G) skipping, not to {paradigm!r}")
     return gran
 
 

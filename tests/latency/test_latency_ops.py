@@ -83,3 +83,15 @@ def test_transformer_ops():
     # per-sample activations as right operands: a larger batch costs more than proportionally less
     small = get_op_model(load_hardware("h100"), 1).batched_matmul(6, 197, 64, 197)
     assert full.latency > small.latency > 0
+
+
+def test_transformer_block_skipping_saves_time():
+    from laudnet.latency.blocks import transformer_block
+
+    for compat, hw in ((False, "h100"), (True, "v100")):
+        op = get_op_model(load_hardware(hw), 64, compat)
+        full = transformer_block(op, 197, 384, 6).latency
+        for kwargs in ({"token_density": 0.5}, {"head_density": 0.5}, {"attn_density": 0.5}, {"mlp_density": 0.0}):
+            assert transformer_block(op, 197, 384, 6, **kwargs).latency < full, kwargs
+        with pytest.raises(ValueError, match="token_density"):
+            transformer_block(op, 197, 384, 6, token_density=1.5)

@@ -105,3 +105,8 @@ def test_bad_input_is_a_clear_error(kwargs, message):
     args = {"model_name": "resnet50", "paradigm": "layer", "density": 0.5, "hardware": "v100", **kwargs}
     with pytest.raises(ValueError, match=message):
         predict_model(**args)
+
+
+def test_granularity_only_for_spatial_and_channel():
+    with pytest.raises(ValueError, match="not to 'layer'"):
+        predict_model("resnet50", "layer", 0.5, "4-4-2-1")
