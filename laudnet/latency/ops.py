@@ -35,6 +35,10 @@ class Cost:
     memory: float = 0.0
     launches: int = 0
 
+    def __post_init__(self) -> None:  # plain floats (the searches produce numpy scalars)
+        for key in ("latency", "compute", "memory"):
+            object.__setattr__(self, key, float(getattr(self, key)))
+
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.latency + other.latency, self.compute + other.compute, self.memory + other.memory,
                     self.launches + other.launches)

@@ -28,6 +28,18 @@ def test_compat_resnet50_ratios_match_paper(paradigm, granularity, expected, tol
     assert p.ratio == pytest.approx(expected, rel=tol)
 
 
+def test_compat_other_published_numbers():
+    # The spec's FLAG 21 note: with the uniform rate applied to all 33 blocks, ResNet-101 layer skipping at 0.5 on
+    # V100 has ratio 0.5625 (the official script, hard-coding ResNet-50's block list, gives 0.317).
+    assert predict_model("resnet101", "layer", 0.5, hardware="v100", compat="paper").ratio == pytest.approx(0.5625,
+                                                                                                            rel=0.01)
+    # Static RegNetY on TX2 as read from the paper's figure (3.6 ms and 5.4 ms; two significant digits).
+    assert predict_model("regnety_400mf", "static", hardware="tx2", compat="paper").static_ms == pytest.approx(
+        3.6, rel=0.03)
+    assert predict_model("regnety_800mf", "static", hardware="tx2", compat="paper").static_ms == pytest.approx(
+        5.4, rel=0.03)
+
+
 @pytest.mark.parametrize("compat", [None, "paper"])
 @pytest.mark.parametrize("paradigm,granularity", [("layer", None), ("channel", "2-2-2-2"), ("spatial", "4-4-2-1"),
                                                   ("spatial", "1-1-1-1")])
