@@ -7,8 +7,9 @@ skipping. `recommend` picks S and G per stage.
 
 Recommendation rule (ours; the paper chooses by eye from the same curves): at the target activation rate, take the
 finest granularity (smallest S or G, which costs the least accuracy) whose ratio is within `tolerance` of the best
-ratio any granularity reaches in that stage. The break-even rate (highest rate whose ratio stays below 1) is reported
-with it.
+ratio any granularity reaches in that stage. S equal to the stage size is not recommended (one patch per map: the
+rate is rounded up to the whole map, so it never skips). The break-even rate (highest rate whose ratio stays below 1)
+is reported with it.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ def recommend(report: GranularityReport, target_rate: float = 0.5, tolerance: fl
         row: dict = {"stage": si}
         for kind, key in (("spatial", "S"), ("channel", "G")):
             curves = report.stage_curves(si, kind)
+            if kind == "spatial" and len(curves) > 1:
+                # A patch as large as the stage rounds any rate below 1 up to the whole map: it never skips (that is
+                # layer skipping's job), so it is plotted but not recommended.
+                curves = curves[:-1]
             best = min(c.ratio_at(target_rate) for c in curves)
             pick = min((c for c in curves if c.ratio_at(target_rate) <= best * (1 + tolerance)),
                        key=lambda c: c.granularity)

@@ -91,6 +91,7 @@ def _densities(geom: ModelGeometry, density: float | Sequence[float] | None,
                per_block_densities: Sequence[float] | None) -> list[float]:
     if per_block_densities is not None and density is not None and not isinstance(density, (int, float)):
         raise ValueError("give either density or per_block_densities, not two lists")
+    # fix: FLAG 21, the rate list is sized from the model's own depths (the official script hard-codes ResNet-50's)
     values = per_block_densities if per_block_densities is not None else density
     if values is None:
         raise ValueError("a density (activation rate) is needed for a dynamic paradigm")
