@@ -158,13 +158,20 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thorough", action="store_true", help="more repetitions (slower, steadier)")
     parser.add_argument("--compare", default=None,
                         help="JSON list of measured block latencies to check the predictions against")
+    parser.add_argument("--hardware", default=None,
+                        help="with --compare: check this preset or spec file instead of measuring the device")
 
 
 @_clear_errors
 def run_calibrate(args: argparse.Namespace) -> int:
     from laudnet.latency.calibrate import check_ops, compare_blocks, fit_spec, measure_device
-    from laudnet.latency.hardware import save_hardware
+    from laudnet.latency.hardware import load_hardware, save_hardware
 
+    if args.hardware is not None:
+        if not args.compare:
+            raise ValueError("--hardware is for checking a spec against --compare measurements; give --compare FILE")
+        _print_comparison(compare_blocks(_read_measurements(args.compare), load_hardware(args.hardware)))
+        return 0
     meas = measure_device(args.device, quick=not args.thorough)
     spec = fit_spec(meas, args.name)
     out = Path(args.out)
@@ -183,10 +190,34 @@ def run_calibrate(args: argparse.Namespace) -> int:
               f"error {r['rel_error']:.0%}")
     print(f"wrote {out} (use it as --hardware {out})")
     if args.compare:
-        data = json.loads(Path(args.compare).read_text())
-        res = compare_blocks(data, spec)
-        print(f"blocks: n={res['n']}  median error {res['median_rel_error']:.1%}  worst {res['worst_rel_error']:.1%}")
+        _print_comparison(compare_blocks(_read_measurements(args.compare), spec))
     return 0
+
+
+def _read_measurements(path: str) -> list[dict]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"measurements file not found: {file}")
+    data = json.loads(file.read_text())
+    if isinstance(data, dict) and "measurements" in data:
+        data = data["measurements"]
+    if not isinstance(data, list):
+        raise ValueError(f"{file}: expected a JSON list of measurements (or {{'measurements': [...]}})")
+    return data
+
+
+def _print_comparison(res: dict) -> None:
+    print(f"{'block':<28} {'paradigm':<8} {'gran':>4} {'density':>7} {'batch':>5} {'measured':>9} {'predicted':>9} "
+          f"{'error':>6}")
+    for r in res["rows"]:
+        if "model" in r:
+            where = f"{r['model']} stage {r['stage']} block {r['index']}"
+        else:
+            where = f"{r['in_channels']}->{r['out_channels']} @{r['in_size']}"
+        print(f"{where:<28} {r.get('paradigm', 'static'):<8} {r.get('granularity') or '-':>4} "
+              f"{r.get('density', 1.0):>7.2f} {r.get('batch', '-'):>5} {r['measured_ms']:>9.3f} "
+              f"{r['predicted_ms']:>9.3f} {r['signed_error']:>+6.0%}")
+    print(f"blocks: n={res['n']}  median error {res['median_rel_error']:.1%}  worst {res['worst_rel_error']:.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience for python -m

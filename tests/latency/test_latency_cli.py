@@ -112,7 +112,7 @@ def _synthetic(factor_by_case):
 
 
 def test_compare_blocks_reports_median_and_worst_error():
-    # measured = predicted / factor, so the relative error is |factor - 1| / 1 ... of the measured value
+    # measured = predicted / factor, so |predicted - measured| / measured = |factor - 1|: errors 0.1, 0.2 and 0
     cases = {("layer", None, 2, 1, 128): 1.1, ("spatial", "4-4-2-1", 1, 0, 64): 0.8,
              ("channel", "2-2-2-2", 3, 2, 1): 1.0}
     res = compare_blocks(_synthetic(cases), "v100")
@@ -139,3 +139,12 @@ def test_compare_blocks_bad_input(bad, message):
         compare_blocks([m], "v100")
     with pytest.raises(ValueError, match="at least one"):
         compare_blocks([], "v100")
+
+
+def test_calibrate_compare_against_a_preset(tmp_path, capsys):
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps(_synthetic({("layer", None, 2, 1, 1): 1.25, ("static", None, 0, 0, 1): 1.0})))
+    assert main(["calibrate", "--hardware", "v100", "--compare", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "median error 12.5%" in out and "worst 25.0%" in out
+    assert main(["calibrate", "--hardware", "v100"]) == 2
