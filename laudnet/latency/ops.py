@@ -44,7 +44,7 @@ class Cost:
                     self.launches + other.launches)
 
     def scale(self, k: float) -> Cost:
-        """Expected cost of an operator that runs with probability `k` (launches counted as expected too)."""
+        """Expected cost of an operator that runs with probability `k` (the kernel count is left as it is)."""
         return Cost(self.latency * k, self.compute * k, self.memory * k, self.launches)
 
 

@@ -95,3 +95,13 @@ def test_transformer_block_skipping_saves_time():
             assert transformer_block(op, 197, 384, 6, **kwargs).latency < full, kwargs
         with pytest.raises(ValueError, match="token_density"):
             transformer_block(op, 197, 384, 6, token_density=1.5)
+
+
+def test_gather_scatter_costs_grow_with_moved_data():
+    op = get_op_model(load_hardware("v100"), 32)
+    g = [op.gather(256, 56, 56, 4, n).latency for n in (1, 49, 196)]
+    assert g == sorted(g) and g[0] < g[-1]
+    assert op.gather(256, 56, 56, 4, 49, halo=1).latency > op.gather(256, 56, 56, 4, 49).latency
+    s = [op.scatter(256, 56, 56, 4, n).latency for n in (1, 49, 196)]
+    assert s == sorted(s) and s[0] < s[-1]
+    assert op.copy_samples(256, 56, 56).latency < op.with_batch(64).copy_samples(256, 56, 56).latency
