@@ -14,6 +14,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("laudnet.demo", "build each model, run a batch, print per-block activation rates and FLOPs"),
     "models": ("laudnet.demo", "list the registered models"),
+    "latency": ("laudnet.latency.cli", "predict static and dynamic latency of a model on a device"),
+    "granularity": ("laudnet.latency.cli", "latency ratio against activation rate per S and G; plots, table, advice"),
+    "calibrate": ("laudnet.latency.cli", "measure the local device and write a hardware spec for --hardware"),
 }
 
 

@@ -1,0 +1,198 @@
+"""Whole-model latency prediction: static vs dynamic latency per image from per-block activation rates.
+
+`predict_model("resnet50", "layer", density=0.5, hardware="v100")` returns a `Prediction` with the static and dynamic
+latency per image (ms), their ratio and a per-block breakdown. Densities are a single activation rate for every block
+or one rate per block (the per-block rates that `laudnet eval` reports for a trained model).
+
+Two fidelities: `compat="paper"` reproduces the official simulator (FP32, residual stages only, no stem/head, quirks
+as in the spec's section 11); the default (`compat=None`) fixes the flagged quirks and also costs the stem, the
+pooling, the classifier and the ResNet stage-1 projection (fix: FLAG 20).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from laudnet.latency.blocks import PARADIGMS, block_cost
+from laudnet.latency.geometry import ModelGeometry, get_geometry
+from laudnet.latency.hardware import HardwareSpec, load_hardware
+from laudnet.latency.ops import ZERO, Cost, OpModel, get_op_model
+
+COMPAT_MODES = (None, "paper")
+
+
+@dataclass
+class BlockPrediction:
+    """One block: latency per image (ms) of the static and the dynamic block."""
+
+    stage: int
+    index: int
+    density: float
+    granularity: int | None
+    static_ms: float
+    dynamic_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.dynamic_ms / self.static_ms
+
+
+@dataclass
+class Prediction:
+    """Latency prediction for one model, paradigm, device and batch (all latencies per image, ms)."""
+
+    model: str
+    paradigm: str
+    hardware: str
+    precision: str
+    batch: int
+    compat: str | None
+    granularity: list[int] | None
+    static_ms: float
+    dynamic_ms: float
+    blocks: list[BlockPrediction]
+    other_ms: float = 0.0  # stem, pooling, classifier (0 in compat mode, which leaves them out)
+    stages: list[dict] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.dynamic_ms / self.static_ms
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["ratio"] = self.ratio
+        for b, d in zip(self.blocks, out["blocks"], strict=True):
+            d["ratio"] = b.ratio
+        return out
+
+
+def parse_granularity(value: str | int | Sequence[int] | None, n_stages: int = 4) -> list[int] | None:
+    """`"4-4-2-1"`, `4` or `[4, 4, 2, 1]` -> one positive integer per stage (a single value applies to all)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            parts = [int(p) for p in value.replace(",", "-").split("-") if p.strip()]
+        except ValueError as err:
+            raise ValueError(f"granularity must look like 4-4-2-1, got {value!r}") from err
+    elif isinstance(value, int):
+        parts = [value]
+    else:
+        parts = [int(p) for p in value]
+    if len(parts) == 1:
+        parts = parts * n_stages
+    if len(parts) != n_stages or any(p < 1 for p in parts):
+        raise ValueError(f"granularity needs {n_stages} positive integers (one per stage), got {value!r}")
+    return parts
+
+
+def _densities(geom: ModelGeometry, density: float | Sequence[float] | None,
+               per_block_densities: Sequence[float] | None) -> list[float]:
+    if per_block_densities is not None and density is not None and not isinstance(density, (int, float)):
+        raise ValueError("give either density or per_block_densities, not two lists")
+    # fix: FLAG 21, the rate list is sized from the model's own depths (the official script hard-codes ResNet-50's)
+    values = per_block_densities if per_block_densities is not None else density
+    if values is None:
+        raise ValueError("a density (activation rate) is needed for a dynamic paradigm")
+    if isinstance(values, (int, float)):
+        values = [float(values)] * geom.num_blocks
+    values = [float(v) for v in values]
+    if len(values) != geom.num_blocks:
+        raise ValueError(f"{geom.name} has {geom.num_blocks} blocks (depths {geom.depths}); "
+                         f"got {len(values)} densities")
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ValueError(f"densities must lie in [0, 1], got {bad[:5]}")
+    return values
+
+
+def _check_granularity(geom: ModelGeometry, paradigm: str, gran: list[int] | None) -> list[int] | None:
+    if paradigm == "spatial":
+        if gran is None:
+            raise ValueError("spatial skipping needs a granularity S per stage, e.g. 4-4-2-1")
+        for st, s in zip(geom.stages, gran, strict=True):
+            if st.size % s:
+                raise ValueError(f"spatial granularity {s} does not divide the stage size {st.size} "
+                                 f"(stage sizes {[x.size for x in geom.stages]})")
+    elif paradigm == "channel":
+        gran = gran or [1] * len(geom.stages)
+        for st, g in zip(geom.stages, gran, strict=True):
+            if st.width % g:
+                raise ValueError(f"channel granularity {g} does not divide the bottleneck width {st.width} "
+                                 f"(widths {[x.width for x in geom.stages]})")
+    elif gran is not None:
+        raise ValueError(f"a granularity applies to spatial (S) and channel (G) skipping, not to {paradigm!r}")
+    return gran
+
+
+def _head_cost(op: OpModel, geom: ModelGeometry) -> Cost:
+    """Stem, max-pool (ResNet), global pool and classifier: fix: FLAG 20, the official total leaves them out."""
+    if geom.family == "resnet":
+        stem = op.conv(3, geom.stem_channels, 112, 112, 7, stride=2) + op.avg_pool(geom.stem_channels, 112, 112, 56, 56)
+    else:
+        stem = op.conv(3, geom.stem_channels, 112, 112, 3, stride=2)
+    last = geom.stages[-1]
+    return stem + op.avg_pool(last.out_channels, last.size, last.size, 1, 1) + op.fc(last.out_channels,
+                                                                                     geom.num_classes)
+
+
+def predict_model(model_name: str, paradigm: str, density: float | Sequence[float] | None = 0.5,
+                  granularity: str | int | Sequence[int] | None = None, hardware: str | HardwareSpec = "v100",
+                  batch: int | None = None, compat: str | None = None, precision: str | None = None,
+                  per_block_densities: Sequence[float] | None = None) -> Prediction:
+    """Predict static and dynamic latency of a whole model.
+
+    Args:
+        model_name: `resnet50`, `resnet101`, `regnety_400mf`, `regnety_800mf` (or `laud_` names).
+        paradigm: `spatial`, `channel`, `layer` or `static` (dynamic = static).
+        density: activation rate for every block, or a list with one rate per block.
+        granularity: spatial patch size S per stage (`"4-4-2-1"`) or channel group size G per stage (`"2-2-2-2"`,
+            default 1); a single number applies to every stage.
+        hardware: preset name, spec file path, or a `HardwareSpec`.
+        batch: images per batch (default: the device's, 128 for data-centre GPUs, 1 for Jetsons).
+        compat: None (fixed model) or `"paper"` (official simulator, FP32, residual stages only).
+        precision: override the device's default precision (`fp32`, `tf32`, `bf16`, `fp16`).
+        per_block_densities: alternative to a list-valued `density`.
+
+    Raises:
+        ValueError: unknown model/paradigm/hardware/compat mode, densities outside [0, 1] or of the wrong count, a
+            granularity that does not divide the stage (spatial) or the bottleneck width (channel).
+    """
+    if paradigm not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {paradigm!r}; choose from {', '.join(PARADIGMS)}")
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"unknown compat mode {compat!r}; choose None or 'paper'")
+    geom = get_geometry(model_name)
+    hw = load_hardware(hardware)
+    if precision is not None:
+        hw = hw.with_precision(precision)
+    elif compat == "paper" and hw.precision != "fp32":
+        hw = hw.with_precision("fp32")  # the paper's model is FP32-only
+    batch = hw.batch if batch is None else batch
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    op = get_op_model(hw, batch, compat == "paper")
+    gran = _check_granularity(geom, paradigm, parse_granularity(granularity, len(geom.stages)))
+    dens = [1.0] * geom.num_blocks if paradigm == "static" else _densities(geom, density, per_block_densities)
+
+    per_image_ms = 1e3 / batch
+    blocks: list[BlockPrediction] = []
+    for b, d in zip(geom.blocks(), dens, strict=True):
+        g = gran[b.stage] if gran else None
+        static = block_cost(op, b, "static", 1.0, 0)
+        dynamic = static if paradigm == "static" else block_cost(op, b, paradigm, d, g or 0)
+        blocks.append(BlockPrediction(b.stage, b.index, d, g, static.latency * per_image_ms,
+                                      dynamic.latency * per_image_ms))
+    other = ZERO if compat == "paper" else _head_cost(op, geom)
+    other_ms = other.latency * per_image_ms
+    stages = []
+    for si in range(len(geom.stages)):
+        sb = [b for b in blocks if b.stage == si]
+        s_ms, d_ms = sum(b.static_ms for b in sb), sum(b.dynamic_ms for b in sb)
+        stages.append({"stage": si, "blocks": len(sb), "granularity": gran[si] if gran else None,
+                       "static_ms": s_ms, "dynamic_ms": d_ms, "ratio": d_ms / s_ms})
+    return Prediction(
+        model=geom.name, paradigm=paradigm, hardware=hw.name, precision=hw.precision, batch=batch, compat=compat,
+        granularity=gran, static_ms=sum(b.static_ms for b in blocks) + other_ms,
+        dynamic_ms=sum(b.dynamic_ms for b in blocks) + other_ms, blocks=blocks, other_ms=other_ms, stages=stages)
