@@ -1,0 +1,81 @@
+"""`laudnet.deploy`: the inference form computes the eval-mode function of the trained model."""
+
+import pytest
+import torch
+from helpers import randomize_batchnorm
+
+import laudnet
+from laudnet.deploy import deploy, fold_conv_bn
+
+
+def _trained_like(name, paradigm, std=0.5, **kw):
+    """A model whose maskers actually skip (random masker weights) and whose BN is not the identity."""
+    model = laudnet.create_model(name, paradigm=paradigm, num_classes=10, **kw)
+    randomize_batchnorm(model)
+    for n, p in model.named_parameters():
+        if "masker" in n and p.dim() > 1:
+            torch.nn.init.normal_(p, std=std)
+    return model.eval()
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_fold_conv_bn():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    bn = randomize_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(6)))[0].eval()
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(fold_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", laudnet.list_models())
+@pytest.mark.parametrize("paradigm", ["static", "spatial", "channel", "layer"])
+def test_deployed_equals_eval_model_fp32(name, paradigm):
+    model = _trained_like(name, paradigm)
+    x = torch.randn(5, 3, 72, 88)
+    with torch.no_grad():
+        expected = model(x)
+        deployed = deploy(model, torch.float32)
+        out = deployed(x)
+    assert _rel(out, expected) < 1e-5
+    if paradigm != "static":
+        rates = deployed.activation_rates()
+        assert any(0 < r < 1 for r in rates) or (any(r == 0 for r in rates) and any(r == 1 for r in rates))
+        expected_rates = [float(i.density.get("conv3", i.density.get("channel"))) for i in model.collect_info()]
+        assert rates == pytest.approx(expected_rates, abs=1e-6) if paradigm != "spatial" else True
+
+
+@pytest.mark.parametrize("dense_above", [0.0, 0.5, 1.0])
+def test_layer_paths_agree_whatever_the_threshold(dense_above):
+    model = _trained_like("laud_resnet50", "layer")
+    x = torch.randn(7, 3, 64, 64)
+    with torch.no_grad():
+        out = deploy(model, torch.float32, dense_above=dense_above)(x)
+        assert _rel(out, model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_all_or_nothing_layer_decisions(value):
+    model = _trained_like("laud_regnety_400mf", "layer")
+    deployed = deploy(model, torch.float32)
+    for b in deployed.blocks():
+        b.masker_w.zero_()
+        b.masker_b.fill_(1.0 if value else -1.0)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad(), laudnet.mask_override(model, value):
+        assert _rel(deployed(x), model(x)) < 1e-5
+    assert deployed.activation_rates() == [float(value)] * len(deployed.blocks())
+
+
+def test_deploy_leaves_the_model_unchanged_and_checks_input():
+    model = _trained_like("laud_resnet50", "spatial")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deployed = deploy(model, torch.float32)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"expected an input of shape \(B, 3, H, W\)"):
+        deployed(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="dense_above has 2 values for 16 blocks"):
+        deploy(model, dense_above=[0.5, 0.5])
+    with pytest.raises(TypeError, match="expects a LAUD model"):
+        deploy(torch.nn.Linear(2, 2))
