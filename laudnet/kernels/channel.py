@@ -223,19 +223,22 @@ if triton is not None:
             kk = k0 + offs_k
             k_ok = kk < k_end
             ci = tl.load(idx_row + kk, mask=k_ok, other=0)
+            # Masks only where the vector width survives: A's K mask is `kk < KMAX` (the padding slots between
+            # the count and KMAX hold zeros, and B's rows past the count are masked to 0 anyway), B is masked by
+            # rows only (slots past the count read channel idx 0.., a valid address, and are zeroed below).
             a = tl.load(
                 h_img + (hi * W + wi)[:, None] * KMAX + kk[None, :],
-                mask=pix_ok[:, None] & k_ok[None, :],
+                mask=pix_ok[:, None] & (kk < KMAX)[None, :],
                 other=0.0,
             )
             b = tl.load(
                 w_ptr + kh * stride_wh + kw * stride_ww + ci[:, None] * stride_wi + co[None, :] * stride_wo,
-                mask=k_ok[:, None] & slot_ok[None, :],
+                mask=k_ok[:, None],
                 other=0.0,
             )
             acc = tl.dot(a, b, acc)
         bias = tl.load(b_ptr + co, mask=slot_ok, other=0.0).to(tl.float32)
-        acc = tl.maximum(acc + bias[None, :], 0.0)
+        acc = tl.where(slot_ok[None, :], tl.maximum(acc + bias[None, :], 0.0), 0.0)
         y = y_ptr + n.to(tl.int64) * HO * WO * KMAX + offs_m[:, None] * KMAX + offs_n[None, :]
         tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n < KMAX)[None, :])
 
@@ -274,7 +277,8 @@ if triton is not None:
             kk = k0 + offs_k
             k_ok = kk < cnt
             ci = tl.load(idx_row + kk, mask=k_ok, other=0)
-            a = tl.load(h_row + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            # K mask `kk < KMAX` keeps 16-byte loads; slots past the count are zero padding (B rows there are 0 too)
+            a = tl.load(h_row + kk[None, :], mask=m_ok[:, None] & (kk < KMAX)[None, :], other=0.0)
             b = tl.load(
                 w_ptr + ci[:, None] * stride_wi + offs_n[None, :] * stride_wo,
                 mask=k_ok[:, None] & n_ok[None, :],
@@ -473,7 +477,8 @@ def channel_conv3x3(
     over the 9 taps times the sample's active input channels; rows and columns of ``w2`` are gathered by ``idx``.
 
     Args:
-        h: ``[N, H, W, Kmax]`` compacted conv1 output (NHWC-contiguous).
+        h: ``[N, H, W, Kmax]`` compacted conv1 output (NHWC-contiguous); its padding slots are ignored but must be
+            finite (``channel_conv1x1_out`` writes zeros there).
         w2: ``[w, w / conv_groups, 3, 3]`` folded conv2 weight (any strides; ``pack_bottleneck_weights`` layout is
             fastest).
         b2: ``[w]`` folded bias.
@@ -564,7 +569,7 @@ def channel_conv1x1_in(
     """``relu(residual + conv1x1(h) + b3)`` reading only the active input channels; residual add + ReLU fused.
 
     Args:
-        h: ``[N, H, W, Kmax]`` compacted conv2 output (NHWC-contiguous).
+        h: ``[N, H, W, Kmax]`` compacted conv2 output (NHWC-contiguous); padding slots ignored but must be finite.
         w3: ``[Cout, w]`` or ``[Cout, w, 1, 1]`` folded conv3 weight (any strides; ``Cout`` contiguous is fastest).
         b3: ``[Cout]`` folded bias.
         idx, counts: from ``channel_index``.
