@@ -313,14 +313,16 @@ def conv3x3_config(pixels_out: int, kmax: int) -> dict:
     """Default tiles of the conv2 kernel."""
     if _interpreting():
         return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
-    return dict(BM=_fit(64, pixels_out), BN=_fit(64, kmax), BK=_fit(32, kmax), num_warps=4, num_stages=3)
+    # fastest of the benchmark's sweep at stages 2 and 3 (benchmarks/NOTES-channel.md)
+    return dict(BM=_fit(128, pixels_out), BN=_fit(64, kmax), BK=_fit(32, kmax), num_warps=4, num_stages=3)
 
 
 def conv1x1_in_config(p: int, cout: int, kmax: int) -> dict:
     """Default tiles of the conv3 kernel."""
     if _interpreting():
         return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
-    return dict(BM=_fit(128, p), BN=_fit(128, cout), BK=_fit(64, kmax), num_warps=8, num_stages=3)
+    # fastest at stage 2, within 1 % of the fastest at stage 3 (benchmarks/NOTES-channel.md)
+    return dict(BM=_fit(64, p), BN=_fit(128, cout), BK=_fit(64, kmax), num_warps=4, num_stages=3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
