@@ -54,12 +54,17 @@ SWEEP = {  # a few tile shapes per kernel: (BM pixels, BN channels, BK reduction
         dict(BM=128, BN=64, BK=32, num_warps=4, num_stages=3),
         dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=3),
         dict(BM=128, BN=128, BK=32, num_warps=8, num_stages=3),
+        dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3),
+        dict(BM=128, BN=64, BK=32, num_warps=4, num_stages=4),
+        dict(BM=128, BN=32, BK=32, num_warps=4, num_stages=3),
     ],
     "conv1x1_in": [
         dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3),
         dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3),
         dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=3),
         dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=3),
+        dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3, PREFETCH=True),
+        dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=3, PREFETCH=True),
     ],
 }
 
@@ -173,12 +178,14 @@ def check(out_nhwc, x_nhwc, p, mask, group_size, stride, n_check=16):
     return ((a - b).norm() / b.norm()).item()
 
 
-def run_sweep(batch, results, log):
+def run_sweep(args, results, log):
     """Time each kernel alone over SWEEP configs at rate 0.5, G = 16; returns the best config per (stage, kernel)."""
     best = {}
     for spec in BLOCKS:
-        if spec[0] in ("s2", "s3"):  # stage 1 has stage 2's Triton specialization: it reuses stage 2's choice
-            best.update(_sweep_stage(spec, batch, results, log))
+        if (
+            spec[0] in ("s2", "s3") and spec[0] in args.blocks
+        ):  # stage 1 has stage 2's Triton specialization: it reuses stage 2's choice
+            best.update(_sweep_stage(spec, args.batch, results, log))
     best.update({("s1", k): cfg for (s, k), cfg in list(best.items()) if s == "s2"})
     return best
 
@@ -236,7 +243,7 @@ def _sweep_stage(spec, batch, results, log):
 
 def run_blocks(args, best, results, log, save):
     for spec in BLOCKS:
-        if spec[0].split("_")[0] in args.stages:
+        if spec[0] in args.blocks:
             _bench_block(spec, args, best, results, log, save)
 
 
@@ -251,14 +258,7 @@ def _bench_block(spec, args, best, results, log, save):
     configs = {k: best[(stage, k)] for k in SWEEP if (stage, k) in best}
     static_eager = bench(lambda: static_block(x_nchw, p, stride))
     static_graph = bench(graph_of(lambda: static_block(x_nchw, p, stride)))
-    static_compiled = None
-    if args.compile:
-        t0 = time.time()
-        compiled = torch.compile(static_block)
-        compiled(x_nchw, p, stride)
-        static_compiled = bench(lambda: compiled(x_nchw, p, stride))
-        log(f"compile {name}: {time.time() - t0:.0f} s")
-    statics = [t for t in (static_eager, static_graph, static_compiled) if t]
+    statics = [static_eager, static_graph]
     dense = block_flops(size, cin, width, cout, stride, torch.full((args.batch,), width))
     cases = [(g, r) for g in (args.groups_first if first else args.groups) for r in args.rates]
     if not first:  # the G sweep at a fixed rate
@@ -273,6 +273,7 @@ def _bench_block(spec, args, best, results, log, save):
         err = max(check(dyn(None), x_nhwc, p, mask, group_size, stride),
                   check(dyn(width), x_nhwc, p, mask, group_size, stride))  # fmt: skip
         eager = bench(lambda dyn=dyn: dyn(None))
+        eager_nosync = bench(lambda dyn=dyn: dyn(width))
         graph = bench(graph_of(lambda dyn=dyn: dyn(width)))
         counts = ref.expand_channel_mask(mask, group_size).sum(1)
         flops = block_flops(size, cin, width, cout, stride, counts)
@@ -280,19 +281,38 @@ def _bench_block(spec, args, best, results, log, save):
             block=name, size=size, cin=cin, width=width, cout=cout, stride=stride, group_size=group_size,
             rate=rate, density=counts.float().mean().item() / width, kmax_sync=int(counts.max()),
             flops_ratio=sum(flops) / sum(dense),
-            static_eager_ms=static_eager, static_graph_ms=static_graph, static_compiled_ms=static_compiled,
-            dynamic_eager_ms=eager, dynamic_graph_ms=graph,
+            static_eager_ms=static_eager, static_graph_ms=static_graph, static_compiled_ms=None,
+            dynamic_eager_ms=eager, dynamic_eager_nosync_ms=eager_nosync, dynamic_graph_ms=graph,
             r_graph=graph / static_graph, r_eager=eager / static_eager,
-            r_best=min(graph, eager) / min(statics), rel_err=err,
+            r_best=min(graph, eager, eager_nosync) / min(statics), rel_err=err,
         )  # fmt: skip
         results["blocks"].append(row)
         save()
         log(f"{name:8s} G={group_size:2d} rate={rate:.2f} dens={row['density']:.2f} "
             f"static {static_eager * 1e3:6.1f}/{static_graph * 1e3:6.1f} us  dyn {eager * 1e3:6.1f}/"
-            f"{graph * 1e3:6.1f} us  r_graph {row['r_graph']:.2f} r_eager {row['r_eager']:.2f} "
+            f"{graph * 1e3:6.1f} us nosync {eager_nosync * 1e3:6.1f} us  r_graph {row['r_graph']:.2f} "
+            f"r_eager {row['r_eager']:.2f} "
             f"r_best {row['r_best']:.2f} err {err:.1e}")  # fmt: skip
         if err > 2e-2:
             log(f"  !! {name} G={group_size} rate={rate}: output differs from the dense masked reference")
+    if args.compile and time.time() - args.t_start < args.compile_deadline:
+        # after the dynamic cases (and saved), since compiling can take long: a run cut short keeps the rest
+        t0 = time.time()
+        try:
+            compiled = torch.compile(static_block)
+            compiled(x_nchw, p, stride)
+            static_compiled = bench(lambda: compiled(x_nchw, p, stride))
+        except Exception as exc:
+            log(f"compile {name} failed: {type(exc).__name__}: {str(exc)[:200]}")
+            return
+        log(f"compile {name}: {time.time() - t0:.0f} s, {static_compiled * 1e3:.1f} us")
+        for row in results["blocks"]:
+            if row["block"] == name:
+                best_static = min(static_eager, static_graph, static_compiled)
+                fastest = min(row["dynamic_graph_ms"], row["dynamic_eager_ms"], row["dynamic_eager_nosync_ms"])
+                row.update(static_compiled_ms=static_compiled, r_compiled=row["dynamic_graph_ms"] / static_compiled,
+                           r_best=fastest / best_static)  # fmt: skip
+        save()
 
 
 def bucketed_block(x_nchw, p, mask, group_size, stride):
@@ -334,7 +354,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_channel.json")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--stages", default="s1,s2,s3")
+    parser.add_argument("--blocks", default="s3,s2,s1,s3_first,s2_first", help="blocks to time (BLOCKS names)")
     parser.add_argument("--rates", default="0.25,0.5,0.75,1.0")
     parser.add_argument("--groups", default="1,8,32", help="G measured at every rate")
     parser.add_argument("--groups-first", default="8,32", help="G measured at every rate, first blocks")
@@ -343,13 +363,14 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep", action="store_true", help="tune tile configs per stage first")
     parser.add_argument("--bucket", action="store_true", help="also time the bucket-by-pattern alternative")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the static block")
+    parser.add_argument("--compile-deadline", type=float, default=1e9, help="no compile after this many seconds")
     parser.add_argument("--commit", default="unknown")
     args = parser.parse_args(argv)
-    args.stages = args.stages.split(",")
+    args.blocks = args.blocks.split(",")
     args.rates = [float(r) for r in args.rates.split(",")]
     args.groups = [int(g) for g in args.groups.split(",")]
     args.groups_first = [int(g) for g in args.groups_first.split(",")]
-    args.sweep_groups = [int(g) for g in args.sweep_groups.split(",")]
+    args.sweep_groups = [int(g) for g in args.sweep_groups.split(",") if g]
     if not torch.cuda.is_available():
         print("bench_channel needs a CUDA device", file=sys.stderr)
         return 2
@@ -366,7 +387,7 @@ def main(argv=None) -> int:
         ),
         sweep=[], blocks=[], bucket=[],
     )  # fmt: skip
-    t0 = time.time()
+    t0 = args.t_start = time.time()
 
     def log(msg):
         print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
@@ -378,7 +399,7 @@ def main(argv=None) -> int:
     best = {}
     if args.sweep:
         try:
-            best = run_sweep(args.batch, results, log)
+            best = run_sweep(args, results, log)
         except Exception:  # keep going: the block table is worth having with default configs
             log("sweep failed:\n" + traceback.format_exc())
         results["meta"]["best_configs"] = {f"{s}/{k}": cfg for (s, k), cfg in best.items()}

@@ -260,6 +260,7 @@ if triton is not None:
         BM: tl.constexpr,
         BN: tl.constexpr,
         BK: tl.constexpr,
+        PREFETCH: tl.constexpr,  # load the residual tile before the (short) K loop so that its latency overlaps it
     ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -272,6 +273,10 @@ if triton is not None:
         n_ok = offs_n < COUT
         idx_row = idx_ptr + n * stride_in
         h_row = h_ptr + n.to(tl.int64) * P * KMAX + offs_m[:, None] * KMAX
+        io = n.to(tl.int64) * P * COUT + offs_m[:, None] * COUT + offs_n[None, :]
+        io_ok = m_ok[:, None] & n_ok[None, :]
+        if PREFETCH:
+            res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         for k0 in range(0, cnt, BK):
             kk = k0 + offs_k
@@ -286,10 +291,9 @@ if triton is not None:
             )
             acc = tl.dot(a, b, acc)
         bias = tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        io = n.to(tl.int64) * P * COUT + offs_m[:, None] * COUT + offs_n[None, :]
-        io_ok = m_ok[:, None] & n_ok[None, :]
-        res = tl.load(r_ptr + io, mask=io_ok, other=0.0).to(tl.float32)
-        out = tl.maximum(acc + bias[None, :] + res, 0.0)
+        if not PREFETCH:
+            res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
+        out = tl.maximum(acc + bias[None, :] + res.to(tl.float32), 0.0)
         tl.store(o_ptr + io, out.to(o_ptr.dtype.element_ty), mask=io_ok)
 
 
@@ -578,7 +582,8 @@ def channel_conv1x1_in(
         residual: ``[N, H, W, Cout]`` NHWC-contiguous identity branch.
         out: output tensor like ``residual``; may be ``residual`` itself (in place). Default: a new tensor.
         impl: force ``"triton"`` or ``"torch"``.
-        config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``.
+        config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``, optionally ``PREFETCH`` (load the
+            residual tile before the GEMM loop).
 
     Returns:
         The output (``out`` when given). A sample with no active channel gets ``relu(residual + b3)``.
@@ -610,7 +615,7 @@ def channel_conv1x1_in(
         _conv1x1_in_kernel[grid](
             h, w2d, b3, idx, counts, residual, o,
             p, cout, kmax, w2d.stride(0), w2d.stride(1), idx.stride(0),
-            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
+            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], PREFETCH=cfg.get("PREFETCH", False),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
     return o
