@@ -1,0 +1,649 @@
+"""Channel-skipping bottleneck ops: fused Triton kernels over per-sample compacted channels, batch > 1.
+
+LAUDNet (Han et al., TPAMI 2024) lets each sample keep only some groups of ``G`` consecutive channels of a
+bottleneck's width. The official code multiplies dense outputs by the mask; here the skipped work is not done:
+
+1. ``channel_index`` turns the group mask into per-sample compacted channel indices ``idx [N, Kmax]`` + ``counts``.
+2. ``channel_conv1x1_out``: conv1 computes only the active output channels (rows of ``w1`` gathered), bias + ReLU
+   fused, written compacted ``[N, H, W, Kmax]``.
+3. ``channel_conv3x3``: implicit GEMM over the 3x3 window (zero padding 1, stride 1 or 2) reading compacted inputs
+   and gathering the active rows *and* columns of ``w2``, bias + ReLU fused, written compacted.
+4. ``channel_conv1x1_in``: conv3 reads only the active input channels (columns of ``w3`` gathered), bias, residual
+   add and ReLU fused, in place allowed.
+
+Each sample is its own small GEMM (a grouped GEMM with one problem per sample): program ``(slot tile, pixel tile,
+sample)`` loops over the sample's own active channels only, so the work follows each sample's count. Bucketing samples
+by identical pattern would let cuDNN run shared GEMMs, but with per-sample masks almost every pattern is unique
+(``benchmarks/NOTES-channel.md`` measures both), so the per-sample kernels are the engine.
+
+Measured on an H100 (batch 128, bf16; ``benchmarks/NOTES-channel.md``): at channel rate 0.5 with G >= 8 a stage-2/3
+block takes 0.40-0.61x the folded cuDNN block, but about 1.0x a ``torch.compile``-d static block at stage 3. Use
+G >= 8 (the 3x3 weight gather gets 16-byte loads), ``kmax = width`` (no host sync) and CUDA graphs: the default
+``kmax`` reads the counts on the host, which costs ~110 us per block in eager mode. G = 1 is 2-3x slower than G = 8.
+
+The spec is ``channel_ref.py``; every public op here dispatches to the Triton kernel for CUDA tensors (and for any
+tensor under ``TRITON_INTERPRET=1``) and to the reference otherwise. ``impl="triton"|"torch"`` forces a path.
+
+Weights are taken in PyTorch's logical layouts (``w1 [w, Cin]``, ``w2 [w, w, 3, 3]``, ``w3 [Cout, w]``) with any
+strides; ``pack_bottleneck_weights`` returns views of the same logical shapes whose memory layout makes the kernels'
+weight gathers contiguous (``w2`` stored ``[3, 3, w_in, w_out]``, ``w3`` stored ``[w, Cout]``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from laudnet.kernels import channel_ref as ref
+
+try:  # Triton is optional: without it every op runs the reference.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only on machines without triton
+    triton = None
+    tl = None
+
+__all__ = [
+    "channel_index",
+    "channel_conv1x1_out",
+    "channel_conv3x3",
+    "channel_conv1x1_in",
+    "pack_bottleneck_weights",
+    "use_triton",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dispatch
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(t: torch.Tensor, impl: str | None = None) -> bool:
+    """Whether an op on tensor ``t`` runs the Triton kernel: forced by ``impl``, else CUDA (or the interpreter)."""
+    if impl not in (None, "triton", "torch"):
+        raise ValueError(f"impl must be None, 'triton' or 'torch', got {impl!r}")
+    if impl == "torch":
+        return False
+    available = triton is not None and (t.is_cuda or _interpreting())
+    if impl == "triton" and not available:
+        raise ValueError("impl='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
+    return available
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _vec_width(group_size: int) -> int:
+    """Largest power of two <= 8 dividing G: idx holds aligned runs of that many consecutive channels."""
+    vec = 1
+    while vec < 8 and group_size % (2 * vec) == 0:
+        vec *= 2
+    return vec
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _channel_index_kernel(
+        mask_ptr,  # [N, n_groups] bool group mask
+        idx_ptr,  # [N, KMAX] int32 out: active channel ids, compacted, padding 0
+        cnt_ptr,  # [N] int32 out: active channel count
+        n_groups,
+        KMAX,
+        stride_mn,  # mask row stride
+        stride_in,  # idx row stride
+        G: tl.constexpr,  # channels per group
+        G_P2: tl.constexpr,  # next power of two >= G (tl.arange needs one)
+        BLOCK_G: tl.constexpr,  # >= n_groups, power of two
+        BLOCK_K: tl.constexpr,  # padding chunk
+    ):
+        n = tl.program_id(0)
+        g = tl.arange(0, BLOCK_G)
+        keep = tl.load(mask_ptr + n * stride_mn + g, mask=g < n_groups, other=0).to(tl.int32)
+        first_slot = (tl.cumsum(keep, axis=0) - keep) * G  # exclusive prefix sum: where group g's channels go
+        count = tl.sum(keep, axis=0) * G
+        t = tl.arange(0, G_P2)
+        row = idx_ptr + n * stride_in
+        tl.store(
+            row + first_slot[:, None] + t[None, :],
+            g[:, None] * G + t[None, :],
+            mask=(keep[:, None] > 0) & (t[None, :] < G),
+        )
+        for k0 in range(0, KMAX, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            tl.store(row + k, tl.zeros([BLOCK_K], dtype=tl.int32), mask=(k >= count) & (k < KMAX))
+        tl.store(cnt_ptr + n, count)
+
+    @triton.jit
+    def _conv1x1_out_kernel(
+        x_ptr,  # [N, P, CIN] block input, NHWC contiguous (P = H * W)
+        w_ptr,  # [w, CIN] conv1 weight (logical), strides stride_wo, stride_wi
+        b_ptr,  # [w] conv1 bias
+        idx_ptr,  # [N, KMAX] int32 active channel ids
+        cnt_ptr,  # [N] int32 active counts
+        y_ptr,  # [N, P, KMAX] compacted output
+        P,
+        CIN,
+        KMAX,
+        stride_wo,
+        stride_wi,
+        stride_in,  # idx row stride
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        EVEN_K: tl.constexpr,  # CIN % BK == 0: no K masks
+    ):
+        pid_n = tl.program_id(0)  # slot tile: fastest, so the x tile is reused from L2 across slot tiles
+        pid_m = tl.program_id(1)
+        n = tl.program_id(2)
+        cnt = tl.load(cnt_ptr + n)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        offs_k = tl.arange(0, BK)
+        m_ok = offs_m < P
+        slot_ok = offs_n < cnt
+        co = tl.load(idx_ptr + n * stride_in + offs_n, mask=slot_ok, other=0)
+        x_row = x_ptr + n.to(tl.int64) * P * CIN + offs_m[:, None] * CIN
+        w_row = w_ptr + co[:, None] * stride_wo
+        # slot tiles past the count do no GEMM: they only write the zero padding
+        k_end = tl.where(pid_n * BN < cnt, CIN, 0)
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, k_end, BK):
+            kk = k0 + offs_k
+            if EVEN_K:
+                a = tl.load(x_row + kk[None, :], mask=m_ok[:, None], other=0.0)
+                b = tl.load(w_row + kk[None, :] * stride_wi, mask=slot_ok[:, None], other=0.0)
+            else:
+                k_ok = kk < CIN
+                a = tl.load(x_row + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(w_row + kk[None, :] * stride_wi, mask=slot_ok[:, None] & k_ok[None, :], other=0.0)
+            acc = tl.dot(a, tl.trans(b), acc)
+        bias = tl.load(b_ptr + co, mask=slot_ok, other=0.0).to(tl.float32)
+        acc = tl.maximum(acc + bias[None, :], 0.0)  # padding slots: relu(0 + 0) = 0
+        y = y_ptr + n.to(tl.int64) * P * KMAX + offs_m[:, None] * KMAX + offs_n[None, :]
+        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n < KMAX)[None, :])
+
+    @triton.jit
+    def _conv3x3_kernel(
+        h_ptr,  # [N, H, W, KMAX] compacted conv1 output
+        w_ptr,  # [w, w, 3, 3] conv2 weight (logical), strides below
+        b_ptr,  # [w] conv2 bias
+        idx_ptr,  # [N, KMAX] int32 active channel ids (aligned runs of VEC consecutive channels)
+        cnt_ptr,  # [N] int32 active counts
+        y_ptr,  # [N, HO, WO, KMAX] compacted output
+        H,
+        W,
+        HO,
+        WO,
+        KMAX,
+        stride_wo,  # w2 stride along output channels (1 in the packed layout)
+        stride_wi,  # along input channels
+        stride_wh,  # along kernel rows
+        stride_ww,  # along kernel columns
+        stride_in,  # idx row stride
+        STRIDE: tl.constexpr,  # conv stride, 1 or 2
+        VEC: tl.constexpr,  # idx comes in aligned runs of VEC consecutive channels (VEC | G)
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        n = tl.program_id(2)
+        cnt = tl.load(cnt_ptr + n)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        offs_k = tl.arange(0, BK)
+        m_ok = offs_m < HO * WO
+        ho = offs_m // WO
+        wo = offs_m % WO
+        slot_ok = offs_n < cnt
+        idx_row = idx_ptr + n * stride_in
+        # Output channel of each slot, rebuilt from the first slot of its run: it is then provably VEC-contiguous,
+        # which lets the weight-column gather use VEC-wide loads.
+        lead = offs_n - offs_n % VEC
+        co = tl.load(idx_row + lead, mask=slot_ok, other=0) + offs_n % VEC
+        co = tl.max_contiguous(tl.multiple_of(co, VEC), VEC)
+        h_img = h_ptr + n.to(tl.int64) * H * W * KMAX
+        # one flat loop over (tap, K chunk) so that Triton software-pipelines all 9 * ceil(cnt / BK) steps
+        k_end = tl.where(pid_n * BN < cnt, cnt, 0)
+        n_kc = tl.cdiv(k_end, BK)
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for t in range(0, 9 * n_kc):
+            tap = t // n_kc
+            k0 = (t - tap * n_kc) * BK
+            kh = tap // 3
+            kw = tap - kh * 3
+            hi = ho * STRIDE - 1 + kh
+            wi = wo * STRIDE - 1 + kw
+            pix_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            kk = k0 + offs_k
+            k_ok = kk < k_end
+            ci = tl.load(idx_row + kk, mask=k_ok, other=0)
+            # Masks only where the vector width survives: A's K mask is `kk < KMAX` (the padding slots between
+            # the count and KMAX hold zeros, and B's rows past the count are masked to 0 anyway), B is masked by
+            # rows only (slots past the count read channel idx 0.., a valid address, and are zeroed below).
+            a = tl.load(
+                h_img + (hi * W + wi)[:, None] * KMAX + kk[None, :],
+                mask=pix_ok[:, None] & (kk < KMAX)[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + kh * stride_wh + kw * stride_ww + ci[:, None] * stride_wi + co[None, :] * stride_wo,
+                mask=k_ok[:, None],
+                other=0.0,
+            )
+            acc = tl.dot(a, b, acc)
+        bias = tl.load(b_ptr + co, mask=slot_ok, other=0.0).to(tl.float32)
+        acc = tl.where(slot_ok[None, :], tl.maximum(acc + bias[None, :], 0.0), 0.0)
+        y = y_ptr + n.to(tl.int64) * HO * WO * KMAX + offs_m[:, None] * KMAX + offs_n[None, :]
+        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n < KMAX)[None, :])
+
+    @triton.jit
+    def _conv1x1_in_kernel(
+        h_ptr,  # [N, P, KMAX] compacted conv2 output
+        w_ptr,  # [COUT, w] conv3 weight (logical), strides stride_wo, stride_wi
+        b_ptr,  # [COUT] conv3 bias
+        idx_ptr,  # [N, KMAX] int32 active channel ids
+        cnt_ptr,  # [N] int32 active counts
+        r_ptr,  # [N, P, COUT] residual, NHWC contiguous
+        o_ptr,  # [N, P, COUT] output; may be r_ptr (each element is read, then written, by the same program)
+        P,
+        COUT,
+        KMAX,
+        stride_wo,
+        stride_wi,
+        stride_in,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        PREFETCH: tl.constexpr,  # load the residual tile before the (short) K loop so that its latency overlaps it
+    ):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        n = tl.program_id(2)
+        cnt = tl.load(cnt_ptr + n)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        offs_k = tl.arange(0, BK)
+        m_ok = offs_m < P
+        n_ok = offs_n < COUT
+        idx_row = idx_ptr + n * stride_in
+        h_row = h_ptr + n.to(tl.int64) * P * KMAX + offs_m[:, None] * KMAX
+        io = n.to(tl.int64) * P * COUT + offs_m[:, None] * COUT + offs_n[None, :]
+        io_ok = m_ok[:, None] & n_ok[None, :]
+        if PREFETCH:
+            res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, cnt, BK):
+            kk = k0 + offs_k
+            k_ok = kk < cnt
+            ci = tl.load(idx_row + kk, mask=k_ok, other=0)
+            # K mask `kk < KMAX` keeps 16-byte loads; slots past the count are zero padding (B rows there are 0 too)
+            a = tl.load(h_row + kk[None, :], mask=m_ok[:, None] & (kk < KMAX)[None, :], other=0.0)
+            b = tl.load(
+                w_ptr + ci[:, None] * stride_wi + offs_n[None, :] * stride_wo,
+                mask=k_ok[:, None] & n_ok[None, :],
+                other=0.0,
+            )
+            acc = tl.dot(a, b, acc)
+        bias = tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        if not PREFETCH:
+            res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
+        out = tl.maximum(acc + bias[None, :] + res.to(tl.float32), 0.0)
+        tl.store(o_ptr + io, out.to(o_ptr.dtype.element_ty), mask=io_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# launch configurations: named defaults, overridable per call (the benchmark sweeps them)
+
+
+def _fit(block: int, extent: int) -> int:
+    """Shrink a tile to the problem (power of two, >= 16 for tl.dot)."""
+    return max(16, min(block, _next_pow2(extent)))
+
+
+def conv1x1_out_config(p: int, cin: int, kmax: int) -> dict:
+    """Default tiles of the conv1 kernel."""
+    if _interpreting():
+        return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
+    return dict(BM=_fit(128, p), BN=_fit(64, kmax), BK=_fit(64, cin), num_warps=4, num_stages=3)
+
+
+def conv3x3_config(pixels_out: int, kmax: int) -> dict:
+    """Default tiles of the conv2 kernel."""
+    if _interpreting():
+        return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
+    # fastest of the benchmark's sweep at stages 2 and 3 (benchmarks/NOTES-channel.md)
+    return dict(BM=_fit(128, pixels_out), BN=_fit(64, kmax), BK=_fit(32, kmax), num_warps=4, num_stages=3)
+
+
+def conv1x1_in_config(p: int, cout: int, kmax: int) -> dict:
+    """Default tiles of the conv3 kernel."""
+    if _interpreting():
+        return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1, PREFETCH=True)
+    # fastest of the sweep at stages 2 and 3, residual prefetched: 104 vs 111 us at stage 2 (NOTES-channel.md)
+    return dict(BM=_fit(64, p), BN=_fit(128, cout), BK=_fit(64, kmax), num_warps=4, num_stages=3, PREFETCH=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checks shared by the ops
+
+
+def _check_index(idx: torch.Tensor, counts: torch.Tensor, n: int, device: torch.device) -> None:
+    if idx.dtype != torch.int32 or idx.dim() != 2 or idx.shape[0] != n:
+        raise ValueError(f"idx must be int32 [N={n}, Kmax], got {idx.dtype} {tuple(idx.shape)}")
+    if counts.dtype != torch.int32 or counts.shape != (n,):
+        raise ValueError(f"counts must be int32 [N={n}], got {counts.dtype} {tuple(counts.shape)}")
+    if idx.device != device or counts.device != device:
+        raise ValueError(f"idx and counts must be on {device}, got {idx.device} and {counts.device}")
+    if idx.stride(1) != 1:
+        raise ValueError("idx must be contiguous along its last dimension")
+
+
+def _check_nhwc(t: torch.Tensor, name: str, channels: int | None = None) -> None:
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be NHWC [N, H, W, C], got shape {tuple(t.shape)}")
+    if channels is not None and t.shape[3] != channels:
+        raise ValueError(f"{name} must have {channels} channels (last dim), got {t.shape[3]}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be NHWC-contiguous (a channels_last NCHW tensor .permute(0, 2, 3, 1))")
+
+
+def _check_vector(b: torch.Tensor, name: str, length: int) -> None:
+    if b.shape != (length,):
+        raise ValueError(f"{name} must have shape [{length}], got {tuple(b.shape)}")
+
+
+def _weight_2d(weight: torch.Tensor, name: str, shape: tuple[int, int]) -> torch.Tensor:
+    w2d = ref._as_2d(weight, name)
+    if tuple(w2d.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)} (or with trailing 1, 1), got {tuple(weight.shape)}")
+    return w2d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public ops
+
+
+def channel_index(
+    mask_groups: torch.Tensor,
+    group_size: int,
+    kmax: int | None = None,
+    align: int = 16,
+    impl: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample compacted active channel indices and counts from a group mask.
+
+    Args:
+        mask_groups: bool ``[N, n_groups]``; True keeps group ``g`` = channels ``g*G .. g*G+G-1``.
+        group_size: channels per group ``G``.
+        kmax: width of the compacted tensors. Default: the largest count rounded up to ``align``, which reads the
+            counts on the host (a device sync). ``kmax >= n_groups * G`` needs no sync (and no check); a smaller
+            ``kmax`` is checked against the counts (a sync) and rejected if too small.
+        align: rounding multiple for the default ``kmax`` (16 keeps compacted rows 32-byte aligned in bf16).
+        impl: force ``"triton"`` or ``"torch"``; default by device.
+
+    Returns:
+        ``idx`` int32 ``[N, kmax]`` (active channel ids in increasing order, padding slots 0) and ``counts`` int32
+        ``[N]``.
+    """
+    ref.check_mask_groups(mask_groups, group_size)
+    if not use_triton(mask_groups, impl):
+        return ref.channel_index_ref(mask_groups, group_size, kmax, align)
+    mask_groups = mask_groups.contiguous()
+    n, n_groups = mask_groups.shape
+    width = n_groups * group_size
+    if kmax is None or kmax < width:
+        counts = mask_groups.sum(1, dtype=torch.int32) * group_size
+        kmax = ref.resolve_kmax(counts, width, kmax, align)
+    idx = torch.empty(n, kmax, dtype=torch.int32, device=mask_groups.device)
+    counts = torch.empty(n, dtype=torch.int32, device=mask_groups.device)
+    if n:
+        _channel_index_kernel[(n,)](
+            mask_groups,
+            idx,
+            counts,
+            n_groups,
+            kmax,
+            mask_groups.stride(0),
+            idx.stride(0),
+            G=group_size,
+            G_P2=_next_pow2(group_size),
+            BLOCK_G=_next_pow2(max(n_groups, 1)),
+            BLOCK_K=min(1024, _next_pow2(kmax)),
+            num_warps=1 if _interpreting() else 4,
+        )
+    return idx, counts
+
+
+def channel_conv1x1_out(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    idx: torch.Tensor,
+    counts: torch.Tensor,
+    impl: str | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """``relu(conv1x1(x) + b1)`` computed for the active output channels only, written compacted.
+
+    Args:
+        x: ``[N, H, W, Cin]`` NHWC-contiguous block input.
+        w1: ``[w, Cin]`` or ``[w, Cin, 1, 1]`` folded conv1 weight (any strides; ``Cin`` contiguous is fastest).
+        b1: ``[w]`` folded bias.
+        idx, counts: from ``channel_index``.
+        impl: force ``"triton"`` or ``"torch"``.
+        config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``.
+
+    Returns:
+        ``[N, H, W, Kmax]``: slot ``k < counts[n]`` holds channel ``idx[n, k]``, other slots 0.
+    """
+    _check_nhwc(x, "x")
+    n, height, width, cin = x.shape
+    w2d = ref._as_2d(w1, "w1")
+    w2d = _weight_2d(w1, "w1", (w2d.shape[0], cin))
+    _check_vector(b1, "b1", w2d.shape[0])
+    _check_index(idx, counts, n, x.device)
+    if not use_triton(x, impl):
+        return ref.channel_conv1x1_out_ref(x, w2d, b1, idx, counts)
+    kmax = idx.shape[1]
+    p = height * width
+    y = torch.empty(n, height, width, kmax, dtype=x.dtype, device=x.device)
+    cfg = dict(conv1x1_out_config(p, cin, kmax), **(config or {}))
+    grid = (triton.cdiv(kmax, cfg["BN"]), triton.cdiv(p, cfg["BM"]), n)
+    if n and p:
+        _conv1x1_out_kernel[grid](
+            x, w2d, b1, idx, counts, y,
+            p, cin, kmax, w2d.stride(0), w2d.stride(1), idx.stride(0),
+            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], EVEN_K=cin % cfg["BK"] == 0,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    return y
+
+
+def channel_conv3x3(
+    h: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    idx: torch.Tensor,
+    counts: torch.Tensor,
+    stride: int = 1,
+    group_size: int = 1,
+    conv_groups: int = 1,
+    impl: str | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """``relu(conv3x3(h) + b2)``, zero padding 1, from compacted active inputs to compacted active outputs.
+
+    Implicit GEMM over the 3x3 window: for each output pixel tile and output slot tile of a sample, the loop runs
+    over the 9 taps times the sample's active input channels; rows and columns of ``w2`` are gathered by ``idx``.
+
+    Args:
+        h: ``[N, H, W, Kmax]`` compacted conv1 output (NHWC-contiguous); its padding slots are ignored but must be
+            finite (``channel_conv1x1_out`` writes zeros there).
+        w2: ``[w, w / conv_groups, 3, 3]`` folded conv2 weight (any strides; ``pack_bottleneck_weights`` layout is
+            fastest).
+        b2: ``[w]`` folded bias.
+        idx, counts: from ``channel_index``.
+        stride: 1 or 2.
+        group_size: the ``G`` that built ``idx``. It only enables wider weight loads (slots come in aligned runs of
+            G consecutive channels); it must divide the real G (1 is always correct).
+        conv_groups: groups of the 3x3 conv (RegNet). Grouped convs run a dense masked fallback in PyTorch
+            (scatter to full width, cuDNN grouped conv, gather), correct but not faster than dense.
+        impl: force ``"triton"`` or ``"torch"``.
+        config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``.
+
+    Returns:
+        ``[N, Ho, Wo, Kmax]`` with ``Ho = (H - 1) // stride + 1``, padding slots 0.
+    """
+    _check_nhwc(h, "h")
+    n, height, width, kmax = h.shape
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if w2.dim() != 4 or w2.shape[2:] != (3, 3) or w2.shape[0] % conv_groups or w2.shape[0] != w2.shape[1] * conv_groups:
+        raise ValueError(f"w2 must be [w, w / conv_groups, 3, 3] with conv_groups={conv_groups}, got {tuple(w2.shape)}")
+    _check_vector(b2, "b2", w2.shape[0])
+    _check_index(idx, counts, n, h.device)
+    if idx.shape[1] != kmax:
+        raise ValueError(f"h has {kmax} compacted slots but idx has {idx.shape[1]}")
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if conv_groups != 1:
+        return _grouped_conv3x3_fallback(h, w2, b2, idx, counts, stride, conv_groups)
+    if not use_triton(h, impl):
+        return ref.channel_conv3x3_ref(h, w2, b2, idx, counts, stride)
+    ho, wo = (height - 1) // stride + 1, (width - 1) // stride + 1
+    y = torch.empty(n, ho, wo, kmax, dtype=h.dtype, device=h.device)
+    cfg = dict(conv3x3_config(ho * wo, kmax), **(config or {}))
+    # VEC-wide weight loads are only valid when w2 is contiguous along output channels
+    vec = _vec_width(group_size) if w2.stride(0) == 1 else 1
+    vec = min(vec, cfg["BN"])
+    grid = (triton.cdiv(kmax, cfg["BN"]), triton.cdiv(ho * wo, cfg["BM"]), n)
+    if n and ho * wo:
+        _conv3x3_kernel[grid](
+            h, w2, b2, idx, counts, y,
+            height, width, ho, wo, kmax,
+            w2.stride(0), w2.stride(1), w2.stride(2), w2.stride(3), idx.stride(0),
+            STRIDE=stride, VEC=vec, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    return y
+
+
+def _grouped_conv3x3_fallback(
+    h: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    idx: torch.Tensor,
+    counts: torch.Tensor,
+    stride: int,
+    conv_groups: int,
+) -> torch.Tensor:
+    """Grouped 3x3 conv on compacted channels, done densely: scatter to full width, cuDNN, gather the active slots.
+
+    The inactive input channels are zero after the scatter, and the gather keeps only active outputs, so the result
+    equals the channel-skipping computation; it does the dense amount of work.
+    """
+    n, height, width, kmax = h.shape
+    w = w2.shape[0]
+    valid = ref._slot_valid(idx, counts)
+    dense = torch.zeros(n, height, width, w + 1, dtype=h.dtype, device=h.device)
+    # padding slots scatter into a spare channel w, dropped below
+    target = torch.where(valid, idx.long(), torch.full_like(idx, w, dtype=torch.long))
+    dense.scatter_(3, target[:, None, None, :].expand(n, height, width, kmax), h)
+    x = dense[..., :w].permute(0, 3, 1, 2)
+    y = torch.nn.functional.conv2d(x.float(), w2.float(), b2.float(), stride=stride, padding=1, groups=conv_groups)
+    y = torch.relu(y).to(h.dtype).permute(0, 2, 3, 1)
+    return ref.compact_channels(y, idx, counts).contiguous()
+
+
+def channel_conv1x1_in(
+    h: torch.Tensor,
+    w3: torch.Tensor,
+    b3: torch.Tensor,
+    idx: torch.Tensor,
+    counts: torch.Tensor,
+    residual: torch.Tensor,
+    out: torch.Tensor | None = None,
+    impl: str | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """``relu(residual + conv1x1(h) + b3)`` reading only the active input channels; residual add + ReLU fused.
+
+    Args:
+        h: ``[N, H, W, Kmax]`` compacted conv2 output (NHWC-contiguous); padding slots ignored but must be finite.
+        w3: ``[Cout, w]`` or ``[Cout, w, 1, 1]`` folded conv3 weight (any strides; ``Cout`` contiguous is fastest).
+        b3: ``[Cout]`` folded bias.
+        idx, counts: from ``channel_index``.
+        residual: ``[N, H, W, Cout]`` NHWC-contiguous identity branch.
+        out: output tensor like ``residual``; may be ``residual`` itself (in place). Default: a new tensor.
+        impl: force ``"triton"`` or ``"torch"``.
+        config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``, optionally ``PREFETCH`` (load the
+            residual tile before the GEMM loop).
+
+    Returns:
+        The output (``out`` when given). A sample with no active channel gets ``relu(residual + b3)``.
+    """
+    _check_nhwc(h, "h")
+    n, height, width, kmax = h.shape
+    w2d = ref._as_2d(w3, "w3")
+    cout = w2d.shape[0]
+    _check_nhwc(residual, "residual", cout)
+    if residual.shape[:3] != h.shape[:3]:
+        raise ValueError(f"residual {tuple(residual.shape)} does not match h {tuple(h.shape)} in N, H, W")
+    _check_vector(b3, "b3", cout)
+    _check_index(idx, counts, n, h.device)
+    if idx.shape[1] != kmax:
+        raise ValueError(f"h has {kmax} compacted slots but idx has {idx.shape[1]}")
+    if out is not None:
+        _check_nhwc(out, "out", cout)
+        if out.shape != residual.shape or out.dtype != residual.dtype:
+            raise ValueError(f"out must match residual: {tuple(residual.shape)} {residual.dtype}")
+        if out.data_ptr() != residual.data_ptr() and _overlaps(out, residual):
+            raise ValueError("out must be residual itself or not overlap it")
+    if not use_triton(h, impl):
+        return ref.channel_conv1x1_in_ref(h, w2d, b3, idx, counts, residual, out)
+    p = height * width
+    o = torch.empty_like(residual) if out is None else out
+    cfg = dict(conv1x1_in_config(p, cout, kmax), **(config or {}))
+    grid = (triton.cdiv(cout, cfg["BN"]), triton.cdiv(p, cfg["BM"]), n)
+    if n and p:
+        _conv1x1_in_kernel[grid](
+            h, w2d, b3, idx, counts, residual, o,
+            p, cout, kmax, w2d.stride(0), w2d.stride(1), idx.stride(0),
+            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], PREFETCH=cfg.get("PREFETCH", False),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    return o
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    a1, b1 = a0 + a.numel() * a.element_size(), b0 + b.numel() * b.element_size()
+    return a0 < b1 and b0 < a1
+
+
+def pack_bottleneck_weights(
+    w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Copies of the folded conv weights in the memory layouts the kernels gather fastest, same logical shapes.
+
+    ``w1`` -> ``[w, Cin]`` with ``Cin`` contiguous (rows gathered); ``w2`` -> ``[w, w, 3, 3]`` stored as
+    ``[3, 3, w_in, w_out]`` (both channel dims gathered, output channels contiguous); ``w3`` -> ``[Cout, w]``
+    stored as ``[w, Cout]`` (rows of the stored matrix gathered). Call once at deployment.
+    """
+    w1p = ref._as_2d(w1, "w1").contiguous()
+    if w2.dim() != 4 or w2.shape[2:] != (3, 3):
+        raise ValueError(f"w2 must be [w_out, w_in, 3, 3], got {tuple(w2.shape)}")
+    w2p = w2.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+    w3p = ref._as_2d(w3, "w3").t().contiguous().t()
+    return w1p, w2p, w3p
