@@ -5,6 +5,11 @@ import os
 import pytest
 import torch
 
+# Without a GPU, Triton kernels are tested under the interpreter; the variable must be set before triton.jit runs
+# (at the first import of a kernel module). Kernels then run only where a test asks (LAUDNET_KERNELS=triton).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 DEVICE = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from laudnet.blocks.base import DynamicBlock
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.flops import conv_out_size
+from laudnet.kernels import channel as channel_ops
 from laudnet.masks import expand_channel_groups, expand_patches, pool_patches
 
 
@@ -68,6 +69,15 @@ class DeployedBlock(nn.Module):
             self.masker_fc1 = copy.deepcopy(cm.fc1).float()
             self.register_buffer("masker_w2", (cm.fc2.weight[:n] - cm.fc2.weight[n:]).detach().float().clone())
             self.register_buffer("masker_b2", (cm.fc2.bias[:n] - cm.fc2.bias[n:]).detach().float().clone())
+        # The channel kernels cover the plain bottleneck; a grouped 3×3 with SE (RegNetY) runs dense-masked.
+        self.channel_kernels = self.paradigm == "channel" and block.groups == 1 and self.se is None
+        self.width = block.width
+
+    def prepare(self) -> None:
+        """Derive kernel-side weight layouts once the block has its final device and dtype (called by `deploy`)."""
+        if self.channel_kernels:
+            w1, w2, w3 = channel_ops.pack_bottleneck_weights(self.conv1.weight, self.conv2.weight, self.conv3.weight)
+            self._packed = (w1, w2, w3)
 
     # --- decisions ------------------------------------------------------------------------------------------------
     def _out_hw(self, x: Tensor) -> tuple[int, int]:
@@ -113,8 +123,22 @@ class DeployedBlock(nn.Module):
         if self.paradigm == "spatial":
             pixel = expand_patches(keep[:, None].to(x.dtype), self.granularity, self._out_hw(x))
             return F.relu_(self._branch(x, pixel=pixel) + self._shortcut(x))
+        if self.channel_kernels and (self.dense_above >= 1 or float(rate) <= self.dense_above):
+            return self._forward_channel(x, keep)
         channels = expand_channel_groups(keep.to(x.dtype), self.granularity)
         return F.relu_(self._branch(x, channels=channels) + self._shortcut(x))
+
+    def _forward_channel(self, x: Tensor, keep: Tensor) -> Tensor:
+        """Per-sample compacted channels: conv1 computes, conv2 reads and computes, conv3 reads active channels only."""
+        w1, w2, w3 = self._packed
+        # kmax = width: no host synchronisation on the counts (each sample's loops stop at its own count).
+        idx, counts = channel_ops.channel_index(keep, self.granularity, kmax=self.width)
+        h1 = channel_ops.channel_conv1x1_out(nhwc(x), w1, self.conv1.bias, idx, counts)
+        h2 = channel_ops.channel_conv3x3(h1, w2, self.conv2.bias, idx, counts, self.stride,
+                                         group_size=self.granularity)
+        s = nhwc(self._shortcut(x))  # the block input itself, or a fresh projection: written in place
+        channel_ops.channel_conv1x1_in(h2, w3, self.conv3.bias, idx, counts, residual=s, out=s)
+        return nchw(s)
 
     def _forward_layer(self, x: Tensor, keep: Tensor) -> Tensor:
         """Run the residual branch on the compacted sub-batch of executing samples and write it back in place."""

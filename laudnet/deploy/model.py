@@ -94,6 +94,8 @@ def deploy(
     for m in deployed.modules():
         if isinstance(m, nn.Conv2d | nn.Linear) and not _is_masker(deployed, m):
             m.to(dtype=dtype, memory_format=torch.channels_last) if isinstance(m, nn.Conv2d) else m.to(dtype)
+    for b in deployed.blocks():
+        b.prepare()
     return deployed
 
 

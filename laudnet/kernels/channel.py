@@ -63,15 +63,22 @@ def _interpreting() -> bool:
 
 
 def use_triton(t: torch.Tensor, impl: str | None = None) -> bool:
-    """Whether an op on tensor ``t`` runs the Triton kernel: forced by ``impl``, else CUDA (or the interpreter)."""
-    if impl not in (None, "triton", "torch"):
+    """Whether an op on tensor ``t`` runs the Triton kernel.
+
+    ``impl`` (or, when None, the environment variable ``LAUDNET_KERNELS``) forces ``"triton"`` or ``"torch"``
+    (alias ``"reference"``); by default CUDA tensors take the kernel and others the reference. Forcing Triton on CPU
+    tensors needs ``TRITON_INTERPRET=1`` (how CI tests the kernels).
+    """
+    impl = impl or os.environ.get("LAUDNET_KERNELS") or None
+    if impl not in (None, "triton", "torch", "reference"):
         raise ValueError(f"impl must be None, 'triton' or 'torch', got {impl!r}")
-    if impl == "torch":
+    if impl in ("torch", "reference"):
         return False
-    available = triton is not None and (t.is_cuda or _interpreting())
-    if impl == "triton" and not available:
-        raise ValueError("impl='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
-    return available
+    if impl == "triton":
+        if triton is None or not (t.is_cuda or _interpreting()):
+            raise ValueError("impl='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
+        return True
+    return triton is not None and t.is_cuda
 
 
 def _next_pow2(x: int) -> int:
