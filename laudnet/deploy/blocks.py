@@ -56,6 +56,9 @@ class DeployedBlock(nn.Module):
         self.stride = block.stride
         self.dense_above = dense_above
         self.last_rate: float | None = None
+        # Decisions imposed from outside (benchmarks at a chosen activation rate): the masker still runs, so its cost
+        # is measured, but `forced_keep` (shaped like `decide`'s result) replaces its answer.
+        self.forced_keep: Tensor | None = None
         if self.paradigm in ("spatial", "layer"):
             conv = block.masker.conv
             if block.masker.groups != 1:
@@ -88,11 +91,19 @@ class DeployedBlock(nn.Module):
         if self.paradigm in ("spatial", "layer"):
             pooled = pool_patches(x, self.stride, self.granularity, self._out_hw(x)).float()
             logit = torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b
-            return logit[:, 0, 0] >= 0 if self.paradigm == "layer" else logit >= 0
-        if self.paradigm == "channel":
+            keep = logit[:, 0, 0] >= 0 if self.paradigm == "layer" else logit >= 0
+        elif self.paradigm == "channel":
             hidden = F.relu(self.masker_fc1(x.float().mean(dim=(2, 3))))
-            return hidden @ self.masker_w2.t() + self.masker_b2 >= 0
-        raise RuntimeError("a static block has no decisions")
+            keep = hidden @ self.masker_w2.t() + self.masker_b2 >= 0
+        else:
+            raise RuntimeError("a static block has no decisions")
+        if self.forced_keep is not None:
+            if self.forced_keep.shape != keep.shape:
+                raise ValueError(
+                    f"forced_keep has shape {tuple(self.forced_keep.shape)}, decisions are {tuple(keep.shape)}"
+                )
+            return self.forced_keep
+        return keep
 
     # --- dense building blocks ------------------------------------------------------------------------------------
     def _branch(self, x: Tensor, pixel: Tensor | None = None, channels: Tensor | None = None) -> Tensor:

@@ -1,0 +1,238 @@
+"""Whole-model latency of deployed LAUD-ResNets against static torchvision ResNets, measured on one GPU.
+
+For each model, in the same run and process (bf16, channels_last, cudnn.benchmark):
+* static baselines: torchvision's network eager, as a CUDA graph and compiled (`torch.compile`, default mode, unless
+  `--no-compile`), and laudnet's folded static network (deploy of the static paradigm) eager and as a CUDA graph;
+* dynamic: `laudnet.deploy` of each paradigm at chosen activation rates. Decisions are random with the given rate
+  (the masker still runs, so its cost is measured; see `DeployedBlock.forced_keep`). For layer skipping the script
+  also solves, from the FLOPs accounting, the one rate on all blocks that gives a whole-network FLOPs ratio of 0.5.
+  Sync-free paths (channel) are also timed as CUDA graphs.
+* correctness: every dynamic deployed network is compared with the training-form model in eval mode holding the same
+  decisions (relative error, bf16 vs fp32);
+* the latency predictor's ratio for the same case (`laudnet.latency.predict_model`, hardware `h100`).
+
+Timing: CUDA events around each call after warm-up, median of `--iters`. Results: JSON (device, versions, commit).
+Run on the GPU machine: ``python benchmarks/bench_models.py --out results.json --commit $(git rev-parse HEAD)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+from functools import partial
+
+import torch
+import torchvision
+
+import laudnet
+from laudnet.deploy import deploy
+from laudnet.flops import conv_out_size
+from laudnet.masks import mask_grid_size
+
+TORCHVISION = {"laud_resnet50": torchvision.models.resnet50, "laud_resnet101": torchvision.models.resnet101}
+
+
+def time_ms(fn, warmup: int, iters: int) -> float:
+    """Median milliseconds of fn() measured with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def as_graph(fn, x: torch.Tensor):
+    """Capture fn(x) as a CUDA graph on a static input; returns a replay function."""
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(static_x)
+    return graph.replay
+
+
+def block_decision_shapes(model, batch: int, image: int) -> list[tuple[int, ...]]:
+    """Shape of each block's decisions for a batch at image² input."""
+    hw = conv_out_size(conv_out_size(image, 2), 2)  # ResNet stem: conv stride 2, max-pool stride 2
+    shapes = []
+    for block in model.dynamic_blocks():
+        out = conv_out_size(hw, block.stride)
+        if block.paradigm == "layer":
+            shapes.append((batch,))
+        elif block.paradigm == "channel":
+            shapes.append((batch, block.width // block.granularity))
+        else:
+            shapes.append((batch, *mask_grid_size(out, out, block.granularity)))
+        hw = out
+    return shapes
+
+
+def random_decisions(shapes, rate: float, gen: torch.Generator) -> list[torch.Tensor]:
+    """Exactly round(rate·n) active decisions per block (per sample for channel/spatial), positions at random."""
+    masks = []
+    for shape in shapes:
+        flat = shape[-1] if len(shape) == 2 else (shape[1] * shape[2] if len(shape) == 3 else shape[0])
+        rows = 1 if len(shape) == 1 else shape[0]
+        scores = torch.rand(rows, flat, generator=gen)
+        k = round(rate * flat)
+        keep = torch.zeros(rows, flat, dtype=torch.bool)
+        if k:
+            keep.scatter_(1, scores.topk(k, dim=1).indices, True)
+        masks.append(keep.view(shape))
+    return masks
+
+
+def force(model, deployed, masks: list[torch.Tensor]) -> None:
+    """Impose decisions on both forms: the deployed blocks' `forced_keep` and the training-form maskers' outputs."""
+    for block, dblock, keep in zip(model.dynamic_blocks(), deployed.blocks(), masks, strict=True):
+        dblock.forced_keep = keep.cuda()
+        value = keep.float().cuda()
+        if block.paradigm == "layer":
+            value = value.view(-1, 1, 1, 1)
+        elif block.paradigm == "spatial":
+            value = value[:, None]
+        masker = block.masker if block.paradigm in ("layer", "spatial") else block.channel_masker
+        masker.forward = lambda *a, _v=value, **k: _v
+
+
+def flops_ratio(model, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        model(x)
+    return laudnet.model_flops(model, (3, x.shape[2], x.shape[3])).ratio
+
+
+def layer_rate_for_flops(name: str, target: float, image: int) -> float:
+    """The one layer-skipping rate on all blocks whose whole-network FLOPs ratio is `target` (linear in the rate)."""
+    model = laudnet.create_model(name, paradigm="layer").eval()
+    x = torch.randn(1, 3, image, image)
+    ratios = []
+    for value in (0, 1):
+        with laudnet.mask_override(model, value):
+            ratios.append(flops_ratio(model, x))
+    return (target - ratios[0]) / (ratios[1] - ratios[0])
+
+
+def predicted_ratio(name: str, paradigm: str, rate: float, granularity, batch: int) -> float | None:
+    try:
+        from laudnet.latency import predict_model
+
+        gran = "-".join(map(str, granularity)) if paradigm in ("spatial", "channel") else None
+        return predict_model(name, paradigm, density=rate, granularity=gran, hardware="h100", batch=batch).ratio
+    except Exception as e:  # the predictor is reported, not required
+        print(f"  predictor failed: {e}", file=sys.stderr)
+        return None
+
+
+def record(results: list[dict], row: dict, variant: str, fn, args, **extra) -> float | None:
+    """Time fn and append a result row (or the error it raised)."""
+    try:
+        ms = time_ms(fn, args.warmup, args.iters)
+    except Exception as e:
+        traceback.print_exc()
+        results.append(dict(row, variant=variant, error=f"{type(e).__name__}: {e}", **extra))
+        return None
+    results.append(dict(row, variant=variant, ms=ms, **extra))
+    print(f"{row['model']} b{row['batch']} {row['kind']:<8} {row.get('rate', ''):<7} {variant:<26} {ms:8.3f} ms "
+          f"{extra or ''}", flush=True)
+    return ms
+
+
+def bench_model(name: str, args, results: list[dict]) -> None:
+    image = args.image_size
+    tv = TORCHVISION[name]().cuda().eval().to(memory_format=torch.channels_last, dtype=torch.bfloat16)
+    for batch in args.batches:
+        x = torch.randn(batch, 3, image, image, device="cuda").to(memory_format=torch.channels_last)
+        xb = x.to(torch.bfloat16)
+        row = dict(model=name, batch=batch, kind="static")
+        with torch.no_grad():
+            record(results, row, "torchvision eager", partial(tv, xb), args)
+            record(results, row, "torchvision cuda-graph", as_graph(tv, xb), args)
+            if args.compile:
+                t0 = time.time()
+                compiled = torch.compile(tv)
+                compiled(xb)
+                record(results, row, "torchvision compile", partial(compiled, xb), args,
+                       compile_s=round(time.time() - t0, 1))
+            static = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16)
+            record(results, row, "laudnet folded eager", partial(static, x), args)
+            record(results, row, "laudnet folded cuda-graph", as_graph(static, x), args)
+        for paradigm in args.paradigms:
+            model = laudnet.create_model(name, paradigm=paradigm).cuda().eval()
+            deployed = deploy(model, torch.bfloat16)
+            shapes = block_decision_shapes(model, batch, image)
+            rates = list(args.rates)
+            if paradigm == "layer":
+                rates.append(round(layer_rate_for_flops(name, 0.5, image), 4))
+            for rate in rates:
+                gen = torch.Generator().manual_seed(0)
+                force(model, deployed, random_decisions(shapes, rate, gen))
+                row = dict(model=name, batch=batch, kind=paradigm, rate=rate, granularity=list(model.granularity))
+                with torch.no_grad():
+                    ref = model(x)
+                    out = deployed(x)
+                    rel = float((out.float() - ref).norm() / ref.norm())
+                    ratio = laudnet.model_flops(model, (3, image, image)).ratio
+                extra = dict(flops_ratio=round(ratio, 4), rel_error=rel,
+                             predicted_ratio=predicted_ratio(name, paradigm, rate, model.granularity, batch))
+                with torch.no_grad():
+                    record(results, row, "deployed eager", partial(deployed, x), args, **extra)
+                    if paradigm == "channel":
+                        record(results, row, "deployed cuda-graph", as_graph(deployed, x), args, **extra)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["laud_resnet101", "laud_resnet50"])
+    parser.add_argument("--paradigms", nargs="+", default=["layer", "channel", "spatial"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[128, 1])
+    parser.add_argument("--rates", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--commit", default="unknown")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_models.py needs a CUDA device")
+    torch.backends.cudnn.benchmark = True
+    results: list[dict] = []
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, torchvision=torchvision.__version__,
+                triton=_triton_version(), python=platform.python_version(), commit=args.commit, args=vars(args))
+    try:
+        for name in args.models:
+            bench_model(name, args, results)
+    finally:
+        with open(args.out, "w") as f:
+            json.dump(dict(meta=meta, results=results), f, indent=1)
+    return 0
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
