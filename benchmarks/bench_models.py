@@ -173,16 +173,28 @@ def bench_model(name: str, args, results: list[dict]) -> None:
             static = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16)
             record(results, row, "laudnet folded eager", partial(static, x), args)
             record(results, row, "laudnet folded cuda-graph", as_graph(static, x), args)
+            if args.compile:
+                static_c = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16,
+                                  compile=True)
+                t0 = time.time()
+                static_c(x)
+                record(results, row, "laudnet folded compile", partial(static_c, x), args,
+                       compile_s=round(time.time() - t0, 1))
         for paradigm in args.paradigms:
             model = laudnet.create_model(name, paradigm=paradigm).cuda().eval()
             deployed = deploy(model, torch.bfloat16)
+            deployed_c = deploy(model, torch.bfloat16, compile=True) if args.compile and paradigm == "layer" else None
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)
             if paradigm == "layer":
                 rates.append(round(layer_rate_for_flops(name, 0.5, image), 4))
             for rate in rates:
                 gen = torch.Generator().manual_seed(0)
-                force(model, deployed, random_decisions(shapes, rate, gen))
+                masks = random_decisions(shapes, rate, gen)
+                force(model, deployed, masks)
+                if deployed_c is not None:
+                    for dblock, keep in zip(deployed_c.blocks(), masks, strict=True):
+                        dblock.forced_keep = keep.cuda()
                 row = dict(model=name, batch=batch, kind=paradigm, rate=rate, granularity=list(model.granularity))
                 with torch.no_grad():
                     ref = model(x)
@@ -193,6 +205,9 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                              predicted_ratio=predicted_ratio(name, paradigm, rate, model.granularity, batch))
                 with torch.no_grad():
                     record(results, row, "deployed eager", partial(deployed, x), args, **extra)
+                    if deployed_c is not None:
+                        deployed_c(x)  # compile (dynamic shapes: later rates reuse the code)
+                        record(results, row, "deployed compile", partial(deployed_c, x), args, **extra)
                     if paradigm == "channel":
                         record(results, row, "deployed cuda-graph", as_graph(deployed, x), args, **extra)
 

@@ -35,6 +35,28 @@ def nchw(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+def residual_branch(x: Tensor, s: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tensor, b3: Tensor,
+                    stride: int, groups: int) -> Tensor:
+    """relu(s + conv3(relu(conv2(relu(conv1(x)))))) with folded weights: the whole dense bottleneck (no SE).
+
+    A free function of tensors, so that one `torch.compile` (dynamic shapes) serves every block and sub-batch size.
+    """
+    h = F.relu(F.conv2d(x, w1, b1))
+    h = F.relu(F.conv2d(h, w2, b2, stride=stride, padding=1, groups=groups))
+    return F.relu(F.conv2d(h, w3, b3) + s)
+
+
+_COMPILED_BRANCH = None
+
+
+def compiled_residual_branch():
+    """`residual_branch` compiled once per process (Inductor, dynamic batch)."""
+    global _COMPILED_BRANCH
+    if _COMPILED_BRANCH is None:
+        _COMPILED_BRANCH = torch.compile(residual_branch, dynamic=True)
+    return _COMPILED_BRANCH
+
+
 class DeployedBlock(nn.Module):
     """A `DynamicBlock` prepared for inference.
 
@@ -75,6 +97,8 @@ class DeployedBlock(nn.Module):
         # The channel kernels cover the plain bottleneck; a grouped 3×3 with SE (RegNetY) runs dense-masked.
         self.channel_kernels = self.paradigm == "channel" and block.groups == 1 and self.se is None
         self.width = block.width
+        self.groups = block.groups
+        self.branch_fn = residual_branch  # replaced by the compiled form with deploy(compile=True)
 
     def prepare(self) -> None:
         """Derive kernel-side weight layouts once the block has its final device and dtype (called by `deploy`)."""
@@ -122,10 +146,17 @@ class DeployedBlock(nn.Module):
     def _shortcut(self, x: Tensor) -> Tensor:
         return x if self.shortcut is None else self.shortcut(x)
 
+    def _dense_block(self, x: Tensor, s: Tensor) -> Tensor:
+        """relu(s + branch(x)), through the (possibly compiled) functional form where the block has no SE."""
+        if self.se is not None:
+            return F.relu_(self._branch(x) + s)
+        return self.branch_fn(x, s, self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias,
+                              self.conv3.weight, self.conv3.bias, self.stride, self.groups)
+
     # --- forward --------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         if self.paradigm == "static":
-            return F.relu_(self._branch(x) + self._shortcut(x))
+            return self._dense_block(x, self._shortcut(x))
         keep = self.decide(x)
         rate = keep.float().mean()
         self.last_rate = rate  # a 0-d device tensor: reading it is the caller's choice (it synchronises)
@@ -163,7 +194,7 @@ class DeployedBlock(nn.Module):
             return F.relu_(self._branch(x) * gate + s)
         x_sub = nchw(nhwc(x).index_select(0, idx))
         s_sub = x_sub if self.shortcut is None else nchw(nhwc(s).index_select(0, idx))
-        z = F.relu_(self._branch(x_sub) + s_sub)
+        z = self._dense_block(x_sub, s_sub)
         out = s if self.shortcut is None else F.relu_(s)
         nhwc(out).index_copy_(0, idx, nhwc(z))
         return out

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from laudnet.deploy.blocks import DeployedBlock
+from laudnet.deploy.blocks import DeployedBlock, compiled_residual_branch
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.models._base import DynamicModel
 from laudnet.models.regnet import LaudRegNet
@@ -66,6 +66,7 @@ def deploy(
     *,
     dense_above: float | list[float] = 1.0,
     device: torch.device | str | None = None,
+    compile: bool = False,
 ) -> DeployedModel:
     """Turn a trained LAUD model into an inference module; the model itself is left unchanged.
 
@@ -74,6 +75,8 @@ def deploy(
         dtype: compute dtype (bf16 on GPU; fp32 for exact comparisons).
         dense_above: activation rate above which a block runs its dense-masked path: one value, or one per block.
         device: where the deployed model lives (default: the model's device).
+        compile: run the dense parts of blocks (whole static blocks, layer-skipping sub-batches) through one
+            `torch.compile`d function with dynamic batch size.
 
     Returns:
         A `DeployedModel` in eval mode computing the eval-mode function of `model`.
@@ -96,6 +99,8 @@ def deploy(
             m.to(dtype=dtype, memory_format=torch.channels_last) if isinstance(m, nn.Conv2d) else m.to(dtype)
     for b in deployed.blocks():
         b.prepare()
+        if compile:
+            b.branch_fn = compiled_residual_branch()
     return deployed
 
 
