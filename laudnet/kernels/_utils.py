@@ -5,9 +5,9 @@ decorates, whether the function runs compiled or under the CPU interpreter (`TRI
 first launch instead lets the same process run interpreter tests on CPU tensors and compiled kernels on CUDA, whatever
 the import order of the test modules.
 
-Kernels must not call Triton's `@jit` standard-library helpers (`tl.cdiv`, `tl.zeros`, ...): those are decorated when triton is
-imported, so without `TRITON_INTERPRET=1` at that moment they cannot run under the interpreter. Plain integer
-arithmetic does the same job.
+Kernels must not call Triton's `@jit` standard-library helpers (`tl.cdiv`, `tl.zeros`, ...): those are decorated
+when triton is imported, so without `TRITON_INTERPRET=1` at that moment they cannot run under the interpreter. Plain
+integer arithmetic and `tl.full` do the same job.
 """
 
 from __future__ import annotations

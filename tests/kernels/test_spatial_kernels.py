@@ -122,7 +122,9 @@ def test_zero_patches_launch_nothing(interpret, monkeypatch):
     before = res.clone()
     K.conv1x1_scatter_add(y, torch.randn(8, 6, 1, 1), torch.randn(8), res, pidx, 2, impl="triton")
     assert torch.equal(res, before)
-    q = K.pixel_conv1x1(h1, torch.randn(6, 4, 1, 1), None, torch.zeros(0, dtype=torch.int32), compact=True, impl="triton")
+    q = K.pixel_conv1x1(
+        h1, torch.randn(6, 4, 1, 1), None, torch.zeros(0, dtype=torch.int32), compact=True, impl="triton"
+    )
     assert q.shape == (0, 6)
 
 
