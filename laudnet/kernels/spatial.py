@@ -87,6 +87,7 @@ def _gather_conv3x3_kernel_src(
     STRIDE,  # 1 or 2
     HAS_BIAS: tl.constexpr,
     RELU: tl.constexpr,
+    EVEN_K: tl.constexpr,  # C_IN % BLOCK_K == 0: no channel mask, so loads stay 16-byte vectors
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -128,10 +129,14 @@ def _gather_conv3x3_kernel_src(
         ok = pix_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)  # zero padding at the map's borders
         src = ((smp * H + iy) * W + ix).to(tl.int64) * C_IN + c0
         kk = c0 + rk
-        k_ok = kk < C_IN
-        a = tl.load(x_ptr + src[:, None] + rk[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0)
         wrow = (tap * C_IN + kk).to(tl.int64) * C_OUT
-        b = tl.load(w_ptr + wrow[:, None] + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if EVEN_K:
+            a = tl.load(x_ptr + src[:, None] + rk[None, :], mask=ok[:, None], other=0.0)
+            b = tl.load(w_ptr + wrow[:, None] + rn[None, :], mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = kk < C_IN
+            a = tl.load(x_ptr + src[:, None] + rk[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + wrow[:, None] + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -157,6 +162,7 @@ def _conv1x1_scatter_add_kernel_src(
     S,
     HAS_BIAS: tl.constexpr,
     RELU: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -170,18 +176,6 @@ def _conv1x1_scatter_add_kernel_src(
     rk = tl.arange(0, BLOCK_K)
     row_ok = rm < M
     n_ok = rn < C_OUT
-    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    arow = rm.to(tl.int64) * K
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        k_ok = kk < K
-        a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(
-            w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0
-        )
-        acc = tl.dot(a, b, acc)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     ss = S * S
     p = rm // ss
     r = rm - p * ss
@@ -195,7 +189,25 @@ def _conv1x1_scatter_add_kernel_src(
     pix_ok = row_ok & (oy < HO) & (ox < WO)  # pixels beyond the map of border patches are never written
     dst = ((smp * HO + oy) * WO + ox).to(tl.int64) * C_OUT
     m2 = pix_ok[:, None] & n_ok[None, :]
+    # The residual tile is the largest read (C_OUT >= 4*K in a bottleneck): issue it before the GEMM so that its
+    # latency overlaps the short K loop (1-4 iterations).
     res = tl.load(res_ptr + dst[:, None] + rn[None, :], mask=m2, other=0.0)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    arow = rm.to(tl.int64) * K
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        if EVEN_K:
+            a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None], other=0.0)
+            b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = kk < K
+            a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(
+                w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0
+            )
+        acc = tl.dot(a, b, acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc += res.to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
@@ -214,6 +226,7 @@ def _pixel_conv1x1_kernel_src(
     HAS_BIAS: tl.constexpr,
     RELU: tl.constexpr,
     COMPACT: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -231,11 +244,15 @@ def _pixel_conv1x1_kernel_src(
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
-        k_ok = kk < K
-        a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(
-            w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0
-        )
+        if EVEN_K:
+            a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None], other=0.0)
+            b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = kk < K
+            a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(
+                w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0
+            )
         acc = tl.dot(a, b, acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -306,7 +323,7 @@ def gather_conv3x3_triton(
     _gather_conv3x3_kernel[_grid(m, cout, cfg)](
         h1, wp, bias if bias is not None else y, patch_idx.contiguous(), y,
         m, h, w, ho, wo, cin, cout, patch_size, stride,
-        HAS_BIAS=bias is not None, RELU=relu,
+        HAS_BIAS=bias is not None, RELU=relu, EVEN_K=cin % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
@@ -349,7 +366,7 @@ def conv1x1_scatter_add_triton(
     _conv1x1_scatter_add_kernel[_grid(m, cout, cfg)](
         a, wm, bias if bias is not None else a, residual, out, patch_idx.contiguous(),
         m, k, ho, wo, cout, s,
-        HAS_BIAS=bias is not None, RELU=relu,
+        HAS_BIAS=bias is not None, RELU=relu, EVEN_K=k % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
@@ -389,7 +406,7 @@ def pixel_conv1x1_triton(
     _pixel_conv1x1_kernel[_grid(q, cout, cfg)](
         x, wm, bias if bias is not None else wm, pix_idx.contiguous(), out,
         q, cin, cout,
-        HAS_BIAS=bias is not None, RELU=relu, COMPACT=compact,
+        HAS_BIAS=bias is not None, RELU=relu, COMPACT=compact, EVEN_K=cin % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

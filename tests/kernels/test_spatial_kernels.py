@@ -131,8 +131,9 @@ def test_zero_patches_launch_nothing(interpret, monkeypatch):
 @pytest.mark.parametrize("compact", [False, True])
 def test_pixel_conv1x1_interpret(interpret, compact):
     gen = torch.Generator().manual_seed(int(compact))
-    x = torch.randn((N, H, W, 20), generator=gen)
-    wt = torch.randn((18, 20, 1, 1), generator=gen) / 3
+    cin = 32 if compact else 20  # a whole number of K tiles (EVEN_K) and a masked tail
+    x = torch.randn((N, H, W, cin), generator=gen)
+    wt = torch.randn((18, cin, 1, 1), generator=gen) / 3
     b = torch.randn((18,), generator=gen)
     region = R.conv1_pixel_mask(_mask("random", R.patch_grid((H, W), 2), gen), 2, 1, (H, W))
     pix = R.pixel_mask_to_idx(region)
