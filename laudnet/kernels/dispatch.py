@@ -63,6 +63,7 @@ def gather_conv3x3(
     relu: bool = True,
     *,
     groups: int = 1,
+    count: torch.Tensor | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """3x3 conv (padding 1, stride 1/2) + bias (+ ReLU) on the active S x S output patches only, gathered.
@@ -79,6 +80,8 @@ def gather_conv3x3(
         stride: 1 or 2.
         relu: apply ReLU after the bias.
         groups: conv groups.
+        count: int32 `[1]` device tensor: only the first `count` rows of `patch_idx` are valid (sync-free lists from
+            `mask_to_patch_list`); rows of the result past `count*S*S` are unspecified.
         impl: "auto", "reference" or "triton" (see `resolve_impl`).
 
     Returns:
@@ -87,9 +90,9 @@ def gather_conv3x3(
     from .spatial import gather_conv3x3_triton
     from .spatial_ref import gather_conv3x3_ref
 
-    if groups != 1 or resolve_impl(h1, weight, bias, patch_idx, impl=impl) == "reference":
-        return gather_conv3x3_ref(h1, weight, bias, patch_idx, patch_size, stride, relu, groups=groups)
-    return gather_conv3x3_triton(h1, weight, bias, patch_idx, patch_size, stride, relu)
+    if groups != 1 or resolve_impl(h1, weight, bias, patch_idx, count, impl=impl) == "reference":
+        return gather_conv3x3_ref(h1, weight, bias, patch_idx, patch_size, stride, relu, groups=groups, count=count)
+    return gather_conv3x3_triton(h1, weight, bias, patch_idx, patch_size, stride, relu, count=count)
 
 
 def conv1x1_scatter_add(
@@ -102,6 +105,7 @@ def conv1x1_scatter_add(
     relu: bool = True,
     out: torch.Tensor | None = None,
     *,
+    count: torch.Tensor | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """Last 1x1 conv of the block on gathered pixels, + bias + residual, ReLU, scattered in place.
@@ -118,6 +122,7 @@ def conv1x1_scatter_add(
         patch_size: S.
         relu: apply ReLU after the add.
         out: NHWC tensor shaped like `residual` to write into; default `residual` (in place).
+        count: int32 `[1]` device tensor: only the first `count` patches are valid (see `gather_conv3x3`).
         impl: "auto", "reference" or "triton".
 
     Returns:
@@ -126,9 +131,9 @@ def conv1x1_scatter_add(
     from .spatial import conv1x1_scatter_add_triton
     from .spatial_ref import conv1x1_scatter_add_ref
 
-    if resolve_impl(y_gathered, weight, bias, residual, patch_idx, out, impl=impl) == "reference":
-        return conv1x1_scatter_add_ref(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out)
-    return conv1x1_scatter_add_triton(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out)
+    if resolve_impl(y_gathered, weight, bias, residual, patch_idx, out, count, impl=impl) == "reference":
+        return conv1x1_scatter_add_ref(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count)
+    return conv1x1_scatter_add_triton(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count=count)
 
 
 def pixel_conv1x1(
@@ -140,6 +145,7 @@ def pixel_conv1x1(
     out: torch.Tensor | None = None,
     compact: bool = False,
     *,
+    count: torch.Tensor | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """1x1 conv (+ bias, ReLU) on a list of pixels of an NHWC map (sparse conv1; gather-fused conv1 of layer skipping).
@@ -153,14 +159,16 @@ def pixel_conv1x1(
         out: with `compact=False`, NHWC `[N, H, W, Cout]` to write into. When None a new map is made whose pixels
             outside `pix_idx` are unspecified (uninitialised on the Triton path): only read the pixels you computed.
         compact: return `[Q, Cout]` in `pix_idx` order instead.
+        count: int32 `[1]` device tensor: only the first `count` entries of `pix_idx` are valid
+            (`pixel_mask_to_idx_padded`).
         impl: "auto", "reference" or "triton".
     """
     from .spatial import pixel_conv1x1_triton
     from .spatial_ref import pixel_conv1x1_ref
 
-    if resolve_impl(x, weight, bias, pix_idx, out, impl=impl) == "reference":
-        return pixel_conv1x1_ref(x, weight, bias, pix_idx, relu, out, compact)
-    return pixel_conv1x1_triton(x, weight, bias, pix_idx, relu, out, compact)
+    if resolve_impl(x, weight, bias, pix_idx, out, count, impl=impl) == "reference":
+        return pixel_conv1x1_ref(x, weight, bias, pix_idx, relu, out, compact, count)
+    return pixel_conv1x1_triton(x, weight, bias, pix_idx, relu, out, compact, count=count)
 
 
 def rows_add_relu_(

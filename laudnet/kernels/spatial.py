@@ -40,25 +40,35 @@ CONV3X3_CONFIGS: dict[str, GemmConfig] = {
     "m64_n64_k64_w4_s4": GemmConfig(64, 64, 64, 4, 4),
     "m128_n64_k32_w4_s4": GemmConfig(128, 64, 32, 4, 4),
     "m64_n128_k64_w4_s3": GemmConfig(64, 128, 64, 4, 3),
+    "m128_n256_k64_w8_s3": GemmConfig(128, 256, 64, 8, 3),
+    "m128_n128_k64_w8_s4": GemmConfig(128, 128, 64, 8, 4),
+    "m256_n128_k64_w8_s3": GemmConfig(256, 128, 64, 8, 3),
 }
 CONV1X1_CONFIGS: dict[str, GemmConfig] = {
     "m128_n128_k64_w8_s3": GemmConfig(128, 128, 64, 8, 3),
     "m128_n256_k64_w8_s3": GemmConfig(128, 256, 64, 8, 3),
     "m128_n64_k64_w4_s3": GemmConfig(128, 64, 64, 4, 3),
     "m64_n128_k64_w4_s4": GemmConfig(64, 128, 64, 4, 4),
+    "m64_n64_k64_w4_s3": GemmConfig(64, 64, 64, 4, 3),
+    "m128_n64_k64_w4_s2": GemmConfig(128, 64, 64, 4, 2),
 }
 # Small tiles under the interpreter: it runs numpy per program, so fewer, smaller blocks are faster to test.
 _INTERPRET_CONFIG = GemmConfig(32, 16, 16, 1, 1)
 
 
 def _pick_config(kind: str, m: int, k: int, n: int) -> GemmConfig:
-    """Default tile config for a GEMM of M x K x N (`kind` is "conv3x3" or "conv1x1")."""
+    """Default tile config for a GEMM of M x K x N (`kind` is "conv3x3", "scatter" or "conv1x1")."""
     if interpreter_enabled():
         return _INTERPRET_CONFIG
     bk = 64 if k >= 64 else max(16, next_power_of_2(k))
     if kind == "conv3x3":
-        # N = Cout is 64..256 in ResNet stages 1-3; one N tile of 64/128 keeps the halo rows read once per tile.
+        # N = Cout is 64..256 in ResNet stages 1-3. H100 sweep at S=4, rate 0.5 (benchmarks/NOTES-spatial.md):
+        # 128x64 tiles best for Cout = 64, 128x128 with 8 warps for Cout = 128 and 256.
         cfg = CONV3X3_CONFIGS["m128_n128_k64_w8_s3"] if n >= 128 else CONV3X3_CONFIGS["m128_n64_k64_w4_s3"]
+    elif kind == "scatter":
+        # K = width is short (64-256), N = 4*width long: the epilogue (residual read + write) dominates, and
+        # 128x64 tiles with 4 warps beat 128x128/128x256 on all three stages (0.103 vs 0.142 ms in stage 1).
+        cfg = CONV1X1_CONFIGS["m128_n64_k64_w4_s3"]
     else:
         cfg = CONV1X1_CONFIGS["m128_n128_k64_w8_s3"] if n >= 128 else CONV1X1_CONFIGS["m128_n64_k64_w4_s3"]
     if m <= 64 * 132:  # fewer rows than ~1 wave of 128-row tiles on 132 SMs: halve BLOCK_M to fill the machine
@@ -76,6 +86,7 @@ def _gather_conv3x3_kernel_src(
     b_ptr,  # bias [C_OUT] (unused without HAS_BIAS)
     pidx_ptr,  # int32 [P, 3]: (sample, patch_row, patch_col)
     y_ptr,  # output [M = P*S*S, C_OUT], row p*S*S + dy*S + dx
+    cnt_ptr,  # int32 [1]: number of valid patches when HAS_COUNT (the rest of pidx is padding)
     M,
     H,
     W,
@@ -88,6 +99,7 @@ def _gather_conv3x3_kernel_src(
     HAS_BIAS: tl.constexpr,
     RELU: tl.constexpr,
     EVEN_K: tl.constexpr,  # C_IN % BLOCK_K == 0: no channel mask, so loads stay 16-byte vectors
+    HAS_COUNT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -100,10 +112,12 @@ def _gather_conv3x3_kernel_src(
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
+    ss = S * S
+    if HAS_COUNT:  # sync-free launch: the grid covers the capacity, the valid count is read on the device
+        M = tl.load(cnt_ptr) * ss
     row_ok = rm < M
     n_ok = rn < C_OUT
     # Decode each gathered row into its output pixel once; the K loop only adds the tap offset.
-    ss = S * S
     p = rm // ss
     r = rm - p * ss
     dy = r // S
@@ -118,8 +132,10 @@ def _gather_conv3x3_kernel_src(
     ix0 = ox * STRIDE - 1
     k_tiles = (C_IN + BLOCK_K - 1) // BLOCK_K
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    # One flat loop over (tap, channel tile) so the compiler pipelines loads across taps.
-    for i in range(0, 9 * k_tiles):
+    # One flat loop over (tap, channel tile) so the compiler pipelines loads across taps; a tile past the valid rows
+    # runs no iteration (an early exit that also works under the interpreter).
+    n_iter = 9 * k_tiles * (pid_m * BLOCK_M < M)
+    for i in range(0, n_iter):
         tap = i // k_tiles
         c0 = (i - tap * k_tiles) * BLOCK_K
         ky = tap // 3
@@ -154,6 +170,7 @@ def _conv1x1_scatter_add_kernel_src(
     res_ptr,  # residual, NHWC [NB, HO, WO, C_OUT]
     out_ptr,  # output, NHWC like residual (may be the same memory: each element is read then written by one program)
     pidx_ptr,  # int32 [P, 3]
+    cnt_ptr,  # int32 [1]: number of valid patches when HAS_COUNT
     M,
     K,
     HO,
@@ -163,6 +180,7 @@ def _conv1x1_scatter_add_kernel_src(
     HAS_BIAS: tl.constexpr,
     RELU: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0
+    HAS_COUNT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -174,9 +192,11 @@ def _conv1x1_scatter_add_kernel_src(
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
+    ss = S * S
+    if HAS_COUNT:
+        M = tl.load(cnt_ptr) * ss
     row_ok = rm < M
     n_ok = rn < C_OUT
-    ss = S * S
     p = rm // ss
     r = rm - p * ss
     dy = r // S
@@ -194,7 +214,8 @@ def _conv1x1_scatter_add_kernel_src(
     res = tl.load(res_ptr + dst[:, None] + rn[None, :], mask=m2, other=0.0)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     arow = rm.to(tl.int64) * K
-    for k0 in range(0, K, BLOCK_K):
+    k_end = K * (pid_m * BLOCK_M < M)  # no GEMM for a tile past the valid rows
+    for k0 in range(0, k_end, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
             a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None], other=0.0)
@@ -220,6 +241,7 @@ def _pixel_conv1x1_kernel_src(
     b_ptr,  # bias [C_OUT] (unused without HAS_BIAS)
     pix_ptr,  # int32 [Q] flat pixel rows
     out_ptr,  # [Q, C_OUT] when COMPACT, else the output map viewed as [NB*H*W, C_OUT]
+    cnt_ptr,  # int32 [1]: number of valid entries of pix_ptr when HAS_COUNT
     Q,
     K,
     C_OUT,
@@ -227,6 +249,7 @@ def _pixel_conv1x1_kernel_src(
     RELU: tl.constexpr,
     COMPACT: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0
+    HAS_COUNT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -235,6 +258,8 @@ def _pixel_conv1x1_kernel_src(
     num_n = (C_OUT + BLOCK_N - 1) // BLOCK_N
     pid_m = pid // num_n
     pid_n = pid % num_n
+    if HAS_COUNT:
+        Q = tl.load(cnt_ptr)
     rq = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -242,7 +267,8 @@ def _pixel_conv1x1_kernel_src(
     n_ok = rn < C_OUT
     row = tl.load(pix_ptr + rq, mask=q_ok, other=0).to(tl.int64)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_end = K * (pid_m * BLOCK_M < Q)  # no GEMM for a tile past the valid rows
+    for k0 in range(0, k_end, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
             a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None], other=0.0)
@@ -275,6 +301,14 @@ _pixel_conv1x1_kernel = LazyKernel(_pixel_conv1x1_kernel_src)
 # launchers
 
 
+def _check_count(count: torch.Tensor | None, device: torch.device) -> None:
+    if count is not None and (count.dtype != torch.int32 or count.numel() != 1 or count.device != device):
+        raise ValueError(
+            f"count must be an int32 tensor of one element on {device}, "
+            f"got dtype {count.dtype} shape {tuple(count.shape)} on {count.device}"
+        )
+
+
 def _grid(m: int, n: int, cfg: GemmConfig) -> tuple[int]:
     return (-(-m // cfg.block_m) * -(-n // cfg.block_n),)
 
@@ -301,10 +335,12 @@ def gather_conv3x3_triton(
     stride: int,
     relu: bool = True,
     config: GemmConfig | None = None,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton implicit GEMM of `gather_conv3x3_ref` (groups = 1). Same arguments and result."""
     check_nhwc(h1, "h1")
     check_patch_idx(patch_idx, h1.device)
+    _check_count(count, h1.device)
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     if patch_size < 1:
@@ -321,9 +357,9 @@ def gather_conv3x3_triton(
     ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
     cfg = config or _pick_config("conv3x3", m, cin, cout)
     _gather_conv3x3_kernel[_grid(m, cout, cfg)](
-        h1, wp, bias if bias is not None else y, patch_idx.contiguous(), y,
+        h1, wp, bias if bias is not None else y, patch_idx.contiguous(), y, count if count is not None else patch_idx,
         m, h, w, ho, wo, cin, cout, patch_size, stride,
-        HAS_BIAS=bias is not None, RELU=relu, EVEN_K=cin % cfg.block_k == 0,
+        HAS_BIAS=bias is not None, RELU=relu, EVEN_K=cin % cfg.block_k == 0, HAS_COUNT=count is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
@@ -340,10 +376,12 @@ def conv1x1_scatter_add_triton(
     relu: bool = True,
     out: torch.Tensor | None = None,
     config: GemmConfig | None = None,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton kernel of `conv1x1_scatter_add_ref`. Same arguments and result."""
     check_nhwc(residual, "residual")
     check_patch_idx(patch_idx, residual.device)
+    _check_count(count, residual.device)
     out = residual if out is None else out
     check_nhwc(out, "out")
     if out.shape != residual.shape:
@@ -362,11 +400,12 @@ def conv1x1_scatter_add_triton(
         return out
     patch_grid((ho, wo), s)  # validates patch_size
     a = y_gathered.contiguous()
-    cfg = config or _pick_config("conv1x1", m, k, cout)
+    cfg = config or _pick_config("scatter", m, k, cout)
     _conv1x1_scatter_add_kernel[_grid(m, cout, cfg)](
         a, wm, bias if bias is not None else a, residual, out, patch_idx.contiguous(),
+        count if count is not None else patch_idx,
         m, k, ho, wo, cout, s,
-        HAS_BIAS=bias is not None, RELU=relu, EVEN_K=k % cfg.block_k == 0,
+        HAS_BIAS=bias is not None, RELU=relu, EVEN_K=k % cfg.block_k == 0, HAS_COUNT=count is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
@@ -382,11 +421,13 @@ def pixel_conv1x1_triton(
     out: torch.Tensor | None = None,
     compact: bool = False,
     config: GemmConfig | None = None,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton kernel of `pixel_conv1x1_ref`. Same arguments and result (unwritten pixels of a new map: garbage)."""
     check_nhwc(x, "x")
     if pix_idx.dtype != torch.int32 or pix_idx.dim() != 1:
         raise ValueError(f"pix_idx must be int32 [Q], got dtype {pix_idx.dtype} shape {tuple(pix_idx.shape)}")
+    _check_count(count, x.device)
     nb, h, w, cin = x.shape
     wm = _conv1x1_matrix(weight, cin).to(x.dtype).contiguous()
     cout = wm.shape[1]
@@ -404,9 +445,10 @@ def pixel_conv1x1_triton(
         return out
     cfg = config or _pick_config("conv1x1", q, cin, cout)
     _pixel_conv1x1_kernel[_grid(q, cout, cfg)](
-        x, wm, bias if bias is not None else wm, pix_idx.contiguous(), out,
+        x, wm, bias if bias is not None else wm, pix_idx.contiguous(), out, count if count is not None else pix_idx,
         q, cin, cout,
         HAS_BIAS=bias is not None, RELU=relu, COMPACT=compact, EVEN_K=cin % cfg.block_k == 0,
+        HAS_COUNT=count is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

@@ -103,6 +103,70 @@ def mask_to_patch_idx(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask != 0).to(torch.int32)
 
 
+def _compact(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the true entries of a flat bool tensor, first, without a host sync.
+
+    Returns `(idx, count)`: int32 `[T]` whose first `count` entries are the true positions in increasing order (the
+    rest is 0), and `count` as an int32 `[1]` tensor on the same device. cumsum + scatter instead of `nonzero`,
+    so nothing waits for the device and the whole thing can be captured in a CUDA graph.
+    """
+    flat = flat.reshape(-1).bool()
+    t = flat.numel()
+    out = torch.zeros(t + 1, dtype=torch.int32, device=flat.device)
+    if t == 0:
+        return out[:0], torch.zeros(1, dtype=torch.int32, device=flat.device)
+    pos = torch.cumsum(flat, 0, dtype=torch.int32) - 1
+    dest = torch.where(flat, pos.long(), t)  # inactive entries all go to the spare slot t
+    out.scatter_(0, dest, torch.arange(t, dtype=torch.int32, device=flat.device))
+    return out[:t], pos[-1:] + 1
+
+
+def mask_to_patch_list(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sync-free `mask_to_patch_idx`: a fixed-capacity list and a device-side count.
+
+    Args:
+        mask: bool `[N, gh, gw]`.
+
+    Returns:
+        `(patch_idx, count)`: int32 `[N*gh*gw, 3]` whose first `count` rows are the active patches in row-major order
+        (the rest is padding), and an int32 `[1]` count. Pass both to the ops (`count=`): kernels are launched for
+        the capacity and tiles past the count do no work.
+    """
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be [N, gh, gw], got shape {tuple(mask.shape)}")
+    _, gh, gw = mask.shape
+    flat, count = _compact(mask != 0)
+    patch_idx = torch.stack((flat // (gh * gw), (flat // gw) % gh, flat % gw), dim=1).to(torch.int32)
+    return patch_idx, count
+
+
+def pixel_mask_to_idx_padded(pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sync-free `pixel_mask_to_idx`: int32 `[N*H*W]` (valid first) and an int32 `[1]` count."""
+    if pixel_mask.dim() != 3:
+        raise ValueError(f"pixel_mask must be [N, H, W], got shape {tuple(pixel_mask.shape)}")
+    return _compact(pixel_mask)
+
+
+def samples_to_patch_idx(idx: torch.Tensor) -> torch.Tensor:
+    """Active samples `[n]` -> int32 `[n, 3]` of (sample, 0, 0): layer skipping as one patch of S = map size."""
+    if idx.dim() != 1:
+        raise ValueError(f"idx must be 1-D, got shape {tuple(idx.shape)}")
+    z = torch.zeros_like(idx)
+    return torch.stack((idx, z, z), dim=1).to(torch.int32)
+
+
+def _valid_count(count: torch.Tensor | None, capacity: int) -> int:
+    """Host value of a device-side count (the reference may sync), checked against the list's capacity."""
+    if count is None:
+        return capacity
+    if count.dtype != torch.int32 or count.numel() != 1:
+        raise ValueError(f"count must be an int32 tensor of one element, got {count.dtype} {tuple(count.shape)}")
+    c = int(count.item())
+    if not 0 <= c <= capacity:
+        raise ValueError(f"count {c} outside [0, {capacity}]")
+    return c
+
+
 def patch_idx_to_mask(patch_idx: torch.Tensor, n: int, grid: tuple[int, int]) -> torch.Tensor:
     """Inverse of `mask_to_patch_idx`: bool `[N, gh, gw]` mask."""
     mask = torch.zeros((n, *grid), dtype=torch.bool, device=patch_idx.device)
@@ -187,6 +251,7 @@ def gather_conv3x3_ref(
     stride: int,
     relu: bool = True,
     groups: int = 1,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """3x3 conv (padding 1) evaluated only on the active output patches, gathered.
 
@@ -202,6 +267,8 @@ def gather_conv3x3_ref(
         stride: 1 or 2.
         relu: apply ReLU after the bias.
         groups: conv groups.
+        count: int32 `[1]`: only the first `count` patches are valid (from `mask_to_patch_list`); the output keeps
+            P*S*S rows, those past the count are unspecified (0 here).
 
     Returns:
         `[P*S*S, Cout]` in h1's dtype; rows of pixels beyond the map are 0.
@@ -219,6 +286,11 @@ def gather_conv3x3_ref(
     s, p = patch_size, patch_idx.shape[0]
     ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
     gh, gw = patch_grid((ho, wo), s)
+    valid = _valid_count(count, p)
+    if valid < p:
+        res = h1.new_zeros((p * s * s, cout))
+        res[: valid * s * s] = gather_conv3x3_ref(h1, weight, bias, patch_idx[:valid], s, stride, relu, groups)
+        return res
     if p == 0:
         return h1.new_zeros((0, cout))
     t = (s - 1) * stride + 3  # halo tile side
@@ -249,6 +321,7 @@ def conv1x1_scatter_add_ref(
     patch_size: int,
     relu: bool = True,
     out: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`out[active] = relu(residual[active] + y_gathered @ W + b)`, in place; other positions untouched.
 
@@ -261,6 +334,7 @@ def conv1x1_scatter_add_ref(
         patch_size: S.
         relu: apply ReLU after the add.
         out: NHWC tensor like `residual` to write into; default `residual` itself.
+        count: int32 `[1]`: only the first `count` patches (and their rows of `y_gathered`) are valid.
 
     Returns:
         `out`.
@@ -279,6 +353,11 @@ def conv1x1_scatter_add_ref(
     if cout != residual.shape[3]:
         raise ValueError(f"conv output channels {cout} != residual channels {residual.shape[3]}")
     _check_bias(bias, cout)
+    valid = _valid_count(count, p)
+    if valid < p:
+        return conv1x1_scatter_add_ref(
+            y_gathered[: valid * s * s], weight, bias, residual, patch_idx[:valid], s, relu, out
+        )
     if p == 0:
         return out
     _, ho, wo, _ = residual.shape
@@ -303,6 +382,7 @@ def pixel_conv1x1_ref(
     relu: bool = True,
     out: torch.Tensor | None = None,
     compact: bool = False,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """1x1 conv on a list of pixels: `out[q] = act(x[q] @ W + b)` for each flat pixel row q in `pix_idx`.
 
@@ -315,6 +395,8 @@ def pixel_conv1x1_ref(
         out: with `compact=False`, the NHWC `[N, H, W, Cout]` map to write the pixels into (default: a new map whose
             other pixels are unspecified; the reference fills them with 0, the kernel leaves them uninitialised).
         compact: return the `[Q, Cout]` results in `pix_idx` order instead of scattering them.
+        count: int32 `[1]`: only the first `count` entries of `pix_idx` are valid (`pixel_mask_to_idx_padded`);
+            compact rows past it are unspecified (0 here).
 
     Returns:
         `out` (scattered) or the compact `[Q, Cout]` tensor.
@@ -326,6 +408,12 @@ def pixel_conv1x1_ref(
     wm = _conv1x1_matrix(weight, cin)
     cout = wm.shape[1]
     _check_bias(bias, cout)
+    valid = _valid_count(count, pix_idx.shape[0])
+    if valid < pix_idx.shape[0]:
+        res = pixel_conv1x1_ref(x, weight, bias, pix_idx[:valid], relu, out, compact)
+        if compact:
+            res = torch.cat((res, res.new_zeros((pix_idx.shape[0] - valid, cout))))
+        return res
     rows = pix_idx.long()
     z = x.reshape(-1, cin)[rows].float() @ wm.float()
     if bias is not None:

@@ -235,3 +235,62 @@ def test_spatial_kernels_cuda_bf16(cuda, stride, s):
     pix = K.pixel_mask_to_idx(K.conv1_pixel_mask(mask, s, stride, (h, w)))
     got1 = K.pixel_conv1x1(x, w1, None, pix, compact=True)
     assert err_ratio(got1, R.pixel_conv1x1_ref(x.float(), w1.float(), None, pix, compact=True)) < 1e-2
+    # sync-free lists: same results from capacity-sized launches
+    plist, count = K.mask_to_patch_list(mask)
+    got_c = K.gather_conv3x3(h1, w2, b2, plist, s, stride, count=count)
+    assert err_ratio(got_c[: got.shape[0]], got) < 1e-3
+    out_c = res.clone()
+    K.conv1x1_scatter_add(got_c, w3, b3, out_c, plist, s, count=count)
+    assert err_ratio(out_c, out) < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["random", "none", "all"])
+def test_sync_free_count_path_interpret(interpret, kind):
+    """Capacity-sized launches with a device-side count give the same results as exact lists."""
+    gen = torch.Generator().manual_seed(MASK_KINDS.index(kind))
+    s, cin, cm, cout = 2, 20, 18, 20
+    mask = _mask(kind, R.patch_grid((H, W), s), gen)
+    pidx_list, count = K.mask_to_patch_list(mask)
+    pidx = K.mask_to_patch_idx(mask)
+    c = int(count)
+    x = torch.randn((N, H, W, cin), generator=gen)
+    w1 = torch.randn((cm, cin, 1, 1), generator=gen) / 4
+    w2 = torch.randn((cm, cm, 3, 3), generator=gen) / 12
+    w3 = torch.randn((cout, cm, 1, 1), generator=gen) / 4
+    pix, pcount = K.pixel_mask_to_idx_padded(K.conv1_pixel_mask(mask, s, 1, (H, W)))
+    h1 = K.pixel_conv1x1(x, w1, None, pix, count=pcount, impl="triton")
+    h1_ref = R.pixel_conv1x1_ref(x, w1, None, pix[: int(pcount)])
+    region = K.conv1_pixel_mask(mask, s, 1, (H, W))
+    assert err_ratio(h1[region], h1_ref[region]) < 1e-5 if region.any() else True
+    h2 = K.gather_conv3x3(h1, w2, None, pidx_list, s, 1, count=count, impl="triton")
+    assert h2.shape[0] == pidx_list.shape[0] * s * s
+    h2_ref = R.gather_conv3x3_ref(h1_ref, w2, None, pidx, s, 1)
+    assert err_ratio(h2[: c * s * s], h2_ref) < 1e-5 if c else True
+    res = torch.randn((N, H, W, cout), generator=gen)
+    out = K.conv1x1_scatter_add(h2, w3, None, res.clone(), pidx_list, s, count=count, impl="triton")
+    ref = R.conv1x1_scatter_add_ref(h2_ref, w3, None, res.clone(), pidx, s)
+    assert err_ratio(out, ref) < 1e-5
+    if c == 0:
+        assert torch.equal(out, res)
+
+
+def test_layer_skip_as_one_patch_per_sample_interpret(interpret):
+    """Layer skipping through the spatial kernels: S = map size, one patch (idx, 0, 0) per active sample."""
+    gen = torch.Generator().manual_seed(8)
+    n, h, w, c, cm = 4, 5, 3, 16, 16
+    x = torch.randn((n, h, w, c), generator=gen)
+    w1 = torch.randn((cm, c, 1, 1), generator=gen) / 4
+    w2 = torch.randn((cm, cm, 3, 3), generator=gen) / 12
+    w3 = torch.randn((c, cm, 1, 1), generator=gen) / 4
+    idx = torch.tensor([3, 1])
+    pidx = K.samples_to_patch_idx(idx)
+    s = max(h, w)
+    h1 = K.pixel_conv1x1(x, w1, None, K.samples_to_pixel_idx(idx, h * w), impl="triton")
+    h2 = K.gather_conv3x3(h1, w2, None, pidx, s, 1, impl="triton")
+    out = K.conv1x1_scatter_add(h2, w3, None, x.clone(), pidx, s, impl="triton")
+    import torch.nn.functional as F
+
+    xn = x.permute(0, 3, 1, 2)
+    dense = (xn + F.conv2d(F.conv2d(F.conv2d(xn, w1).relu(), w2, padding=1).relu(), w3)).relu().permute(0, 2, 3, 1)
+    assert err_ratio(out[idx], dense[idx]) < 1e-5
+    assert torch.equal(out[[0, 2]], x[[0, 2]])

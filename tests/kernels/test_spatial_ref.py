@@ -157,3 +157,32 @@ def test_reference_rejects_bad_inputs():
         R.patch_mask_to_pixel_mask(torch.ones(1, 2, 2, dtype=torch.bool), 2, (7, 5))
     with pytest.raises(ValueError, match="y_gathered"):
         R.conv1x1_scatter_add_ref(torch.randn(3, 4), torch.randn(4, 4, 1, 1), None, h1, good, 2)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.4, 1.0])
+def test_sync_free_lists_match_nonzero(p):
+    gen = torch.Generator().manual_seed(int(10 * p))
+    mask = torch.rand((3, 4, 5), generator=gen) < p
+    pidx, count = R.mask_to_patch_list(mask)
+    ref = R.mask_to_patch_idx(mask)
+    assert pidx.dtype == count.dtype == torch.int32 and pidx.shape == (60, 3) and count.shape == (1,)
+    assert int(count) == ref.shape[0]
+    assert torch.equal(pidx[: int(count)], ref)
+    pix = torch.rand((2, 3, 5), generator=gen) < p
+    q, qc = R.pixel_mask_to_idx_padded(pix)
+    assert torch.equal(q[: int(qc)], R.pixel_mask_to_idx(pix))
+    assert R.samples_to_patch_idx(torch.tensor([4, 1])).tolist() == [[4, 0, 0], [1, 0, 0]]
+
+
+def test_reference_count_truncates():
+    gen = torch.Generator().manual_seed(0)
+    h1 = torch.randn((2, 7, 5, 3), generator=gen)
+    wt = torch.randn((4, 3, 3, 3), generator=gen)
+    mask = torch.rand((2, 4, 3), generator=gen) < 0.5
+    pidx, count = R.mask_to_patch_list(mask)
+    c = int(count)
+    full = R.gather_conv3x3_ref(h1, wt, None, pidx, 2, 1, count=count)
+    assert full.shape == (24 * 4, 4)
+    torch.testing.assert_close(full[: c * 4], R.gather_conv3x3_ref(h1, wt, None, pidx[:c], 2, 1))
+    with pytest.raises(ValueError, match="count"):
+        R.gather_conv3x3_ref(h1, wt, None, pidx, 2, 1, count=torch.tensor([99], dtype=torch.int32))
