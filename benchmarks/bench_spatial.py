@@ -152,7 +152,23 @@ class Block:
         h2 = spatial.gather_conv3x3_triton(h1, self.w2p, self.b2, pidx, s, 1, config=cfg3)
         return spatial.conv1x1_scatter_add_triton(h2, self.w3p, self.b3, x_nhwc, pidx, s, config=cfg1)
 
+    def spatial_syncfree(self, x_nhwc, mask, s):
+        """Whole deploy path from the coarse mask, no host sync (CUDA-graph capturable): index lists built on the
+        device with a count, capacity-sized launches."""
+        pidx, count = K.mask_to_patch_list(mask)
+        region = K.conv1_pixel_mask(mask, s, 1, (self.size, self.size))
+        pix, pcount = K.pixel_mask_to_idx_padded(region)
+        h1 = spatial.pixel_conv1x1_triton(x_nhwc, self.w1p, self.b1, pix, count=pcount)
+        h2 = spatial.gather_conv3x3_triton(h1, self.w2p, self.b2, pidx, s, 1, count=count)
+        return spatial.conv1x1_scatter_add_triton(h2, self.w3p, self.b3, x_nhwc, pidx, s, count=count)
+
     # -- layer ----------------------------------------------------------------------------------------------
+    def layer_as_spatial(self, x_nhwc, pidx, rows):
+        """Layer skipping through the spatial kernels: one patch of S = map size per active sample."""
+        h1 = spatial.pixel_conv1x1_triton(x_nhwc, self.w1p, self.b1, rows)
+        h2 = spatial.gather_conv3x3_triton(h1, self.w2p, self.b2, pidx, self.size, 1)
+        return spatial.conv1x1_scatter_add_triton(h2, self.w3p, self.b3, x_nhwc, pidx, self.size)
+
     def layer(self, x_nhwc, idx, fused_gather: bool, pix_rows=None):
         n = idx.shape[0]
         if fused_gather:
@@ -190,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--stages", default="1,2,3")
     ap.add_argument("--sweep", action="store_true", help="sweep the named tile configs at S=4, rate 0.5")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the static block")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the static block (best static)")
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop starting new cases after this many seconds")
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under the Triton interpreter")
@@ -225,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
         "spatial_kernels": [],
         "layer": [],
         "sweep": [],
-        "compile": [],
         "checks": [],
         "skipped": [],
     }
@@ -246,15 +261,22 @@ def main(argv: list[str] | None = None) -> int:
     blocks = {st: Block(*STAGES[st], args.batch, dtype) for st in stages}
 
     # ---- static baselines + correctness on the real shapes
-    static_ms = {}
+    static_ms, compiled_ms = {}, {}
     for st, blk in blocks.items():
         g = _median_graph_ms(lambda blk=blk: blk.static(blk.x))
         e = _median_eager_ms(lambda blk=blk: blk.static(blk.x))
         fl, by = _flops_bytes(blk.size, blk.cin, blk.width, args.batch, 1.0, 1.0)
         static_ms[st] = g
-        result["static"].append(
-            dict(stage=st, size=blk.size, cin=blk.cin, width=blk.width, graph_ms=g, eager_ms=e, gflop=fl, gb=by)
-        )
+        row = dict(stage=st, size=blk.size, cin=blk.cin, width=blk.width, graph_ms=g, eager_ms=e, gflop=fl, gb=by)
+        if args.compile:  # the best static baseline: inductor fuses bias/add/ReLU around the cuDNN convs
+            t0 = time.time()
+            fn = torch.compile(blk.static)
+            fn(blk.x)
+            _sync()
+            row["compile_s"] = time.time() - t0
+            row["compile_graph_ms"] = _median_graph_ms(lambda fn=fn, blk=blk: fn(blk.x))
+            compiled_ms[st] = row["compile_graph_ms"]
+        result["static"].append(row)
         # spatial S=4 rate 0.5 and layer rate 0.5 against the dense block masked
         s = 4
         grid = R.patch_grid((blk.size, blk.size), s)
@@ -269,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             pix = K.pixel_mask_to_idx(K.conv1_pixel_mask(mask, s, 1, (blk.size,) * 2)) if conv1 == "sparse" else None
             blk.spatial(xw, pidx, s, pix)
             result["checks"].append(dict(stage=st, op=f"spatial_S4_r0.5_conv1_{conv1}", err=_err_ratio(xw, expect)))
+        xw = x_nhwc.clone()
+        blk.spatial_syncfree(xw, mask, s)
+        result["checks"].append(dict(stage=st, op="spatial_S4_r0.5_syncfree", err=_err_ratio(xw, expect)))
         idx = torch.randperm(args.batch, device=DEV)[: args.batch // 2].sort().values
         for fused in (False, True):
             xw = x_nhwc.clone()
@@ -277,8 +302,11 @@ def main(argv: list[str] | None = None) -> int:
             lexp = x_nhwc.clone()
             lexp[idx] = dense[idx]
             result["checks"].append(dict(stage=st, op=f"layer_r0.5_fused{int(fused)}", err=_err_ratio(xw, lexp)))
+        xw = x_nhwc.clone()
+        blk.layer_as_spatial(xw, K.samples_to_patch_idx(idx), K.samples_to_pixel_idx(idx, blk.size * blk.size))
+        result["checks"].append(dict(stage=st, op="layer_r0.5_as_spatial", err=_err_ratio(xw, lexp)))
         save()
-        print(f"stage {st}: static {g:.3f} ms (graph) {e:.3f} ms (eager); checks {result['checks'][-4:]}", flush=True)
+        print(f"stage {st}: static {row} checks {result['checks'][-6:]}", flush=True)
 
     # ---- spatial skipping
     # the target granularity S=4 on every stage first, so a run cut short by the budget still has it
@@ -307,12 +335,17 @@ def main(argv: list[str] | None = None) -> int:
             gd = _median_graph_ms(lambda xw=xw, pidx=pidx, s=s: blk.spatial(xw, pidx, s))
             gs = _median_graph_ms(lambda xw=xw, pidx=pidx, s=s, pix=pix: blk.spatial(xw, pidx, s, pix))
             ed = _median_eager_ms(lambda xw=xw, pidx=pidx, s=s: blk.spatial(xw, pidx, s))
+            gf = _median_graph_ms(lambda xw=xw, mask=mask, s=s: blk.spatial_syncfree(xw, mask, s))
             fl, by = _flops_bytes(blk.size, blk.cin, blk.width, args.batch, real_rate, 1.0)
             row = dict(
                 stage=st, S=s, rate=rate, pixel_rate=real_rate, conv1_region=c1, P=int(pidx.shape[0]),
                 dense_conv1_graph_ms=gd, sparse_conv1_graph_ms=gs, dense_conv1_eager_ms=ed,
                 static_graph_ms=static_ms[st], r_l_dense_conv1=gd / static_ms[st],
                 r_l_sparse_conv1=gs / static_ms[st], r_l=min(gd, gs) / static_ms[st],
+                syncfree_graph_ms=gf, r_l_syncfree=gf / static_ms[st],
+                static_compile_graph_ms=compiled_ms.get(st),
+                r_l_vs_compile=min(gd, gs) / compiled_ms[st] if st in compiled_ms else None,
+                r_l_syncfree_vs_compile=gf / compiled_ms[st] if st in compiled_ms else None,
                 patch_idx_host_ms=(t1 - t0) * 1e3, pixel_idx_host_ms=(t2 - t1) * 1e3,
                 gflop_dense_conv1=fl, gb_dense_conv1=by,
             )  # fmt: skip
@@ -337,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             result["spatial"].append(row)
             save()
             print(
-                f"spatial st{st} S{s} r{rate}: dense-c1 {gd:.3f} sparse-c1 {gs:.3f} ms "
+                f"spatial st{st} S{s} r{rate}: dense-c1 {gd:.3f} sparse-c1 {gs:.3f} syncfree {gf:.3f} ms "
                 f"(static {static_ms[st]:.3f}) r_l {row['r_l']:.2f} c1-region {c1:.2f}",
                 flush=True,
             )
@@ -356,15 +389,24 @@ def main(argv: list[str] | None = None) -> int:
             t_fus = _median_graph_ms(lambda xw=xw, idx=idx, rows=rows: blk.layer(xw, idx, True, rows))
             t_sel_e = _median_eager_ms(lambda xw=xw, idx=idx: blk.layer(xw, idx, False))
             t_sub = _median_graph_ms(lambda n=n: blk.static(blk.x[:n]))  # ideal: the block on n samples, no copies
+            lp = K.samples_to_patch_idx(idx)
+            t_asp = _median_graph_ms(lambda xw=xw, lp=lp, rows=rows: blk.layer_as_spatial(xw, lp, rows))
             result["layer"].append(
                 dict(
                     stage=st, rate=rate, n=n, index_select_graph_ms=t_sel, fused_gather_graph_ms=t_fus,
                     index_select_eager_ms=t_sel_e, static_subbatch_graph_ms=t_sub, static_graph_ms=static_ms[st],
                     r_l=min(t_sel, t_fus) / static_ms[st], r_l_ideal=t_sub / static_ms[st],
+                    as_spatial_graph_ms=t_asp, r_l_as_spatial=t_asp / static_ms[st],
+                    static_compile_graph_ms=compiled_ms.get(st),
+                    r_l_as_spatial_vs_compile=t_asp / compiled_ms[st] if st in compiled_ms else None,
                 )
             )  # fmt: skip
             save()
-            print(f"layer st{st} r{rate}: select {t_sel:.3f} fused {t_fus:.3f} ideal {t_sub:.3f} ms", flush=True)
+            print(
+                f"layer st{st} r{rate}: select {t_sel:.3f} fused {t_fus:.3f} as-spatial {t_asp:.3f} "
+                f"ideal {t_sub:.3f} ms",
+                flush=True,
+            )
 
     # ---- tile-config sweep at the target point (S=4, rate 0.5)
     if args.sweep:
@@ -390,29 +432,37 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 result["sweep"].append(dict(stage=st, op="conv1x1_scatter_add", config=name, ms=t))
+            region = K.conv1_pixel_mask(mask, 4, 1, (blk.size,) * 2)
+            pix = K.pixel_mask_to_idx(region)
+            x0 = blk.x.permute(0, 2, 3, 1)
+            for name, cfg in spatial.CONV1X1_CONFIGS.items():
+                if over_budget(f"sweep pixel_conv1x1 {name} stage{st}"):
+                    continue
+                t = _median_graph_ms(
+                    lambda cfg=cfg: spatial.pixel_conv1x1_triton(x0, blk.w1p, blk.b1, pix, True, None, False, cfg)
+                )
+                result["sweep"].append(dict(stage=st, op="pixel_conv1x1", config=name, ms=t))
             save()
             print("sweep", [r for r in result["sweep"] if r["stage"] == st], flush=True)
 
-    # ---- torch.compile of the static block (bounded: compile can take minutes)
-    if args.compile:
-        for st, blk in blocks.items():
-            if over_budget(f"compile stage{st}"):
-                continue
-            t0 = time.time()
-            fn = torch.compile(blk.static)
-            fn(blk.x)
-            _sync()
-            tc = time.time() - t0
-            g = _median_graph_ms(lambda fn=fn, blk=blk: fn(blk.x))
-            result["compile"].append(dict(stage=st, compile_s=tc, graph_ms=g, static_eager_graph_ms=static_ms[st]))
-            save()
-            print(f"compile st{st}: {g:.3f} ms (compile {tc:.0f} s)", flush=True)
-
     # ---- summary table (the reply carries the end of the output)
-    print("\nstage S rate  static_ms  dyn_ms  r_l   (best of dense/sparse conv1)")
+    print("\nstage S rate  static_ms compiled_ms  dyn_ms syncfree_ms  r_l  r_l_vs_compile  syncfree_vs_compile")
     for r in result["spatial"]:
         dyn = min(r["dense_conv1_graph_ms"], r["sparse_conv1_graph_ms"])
-        print(f"{r['stage']:>5} {r['S']} {r['rate']:<5} {r['static_graph_ms']:8.3f} {dyn:7.3f} {r['r_l']:.2f}")
+        rc = r["r_l_vs_compile"] or float("nan")
+        rf = r["r_l_syncfree_vs_compile"] or float("nan")
+        cm = r["static_compile_graph_ms"] or 0.0
+        print(
+            f"{r['stage']:>5} {r['S']} {r['rate']:<5} {r['static_graph_ms']:8.3f} {cm:8.3f} "
+            f"{dyn:7.3f} {r['syncfree_graph_ms']:7.3f} {r['r_l']:.2f} {rc:.2f} {rf:.2f}"
+        )
+    print("\nlayer: stage rate  static compiled  select  fused  as_spatial  ideal")
+    for r in result["layer"]:
+        print(
+            f"{r['stage']:>5} {r['rate']:<5} {r['static_graph_ms']:.3f} {r['static_compile_graph_ms'] or 0:.3f} "
+            f"{r['index_select_graph_ms']:.3f} {r['fused_gather_graph_ms']:.3f} {r['as_spatial_graph_ms']:.3f} "
+            f"{r['static_subbatch_graph_ms']:.3f}"
+        )
     result["elapsed_s"] = time.time() - t_start
     save()
     print(f"done in {result['elapsed_s']:.0f} s; skipped: {result['skipped']}")
