@@ -200,6 +200,41 @@ def _flops_bytes(size, cin, width, batch, frac_out, frac_c1, elem=2):
     return fl / 1e9, by / 1e9
 
 
+def render_tables(result: dict) -> str:
+    """Markdown tables (block r_l for spatial and layer skipping) from a results JSON, for NOTES-spatial.md."""
+    lines = [
+        f"{result['device']}, torch {result['torch']}, triton {result['triton']}, commit {result['commit']}, "
+        f"batch {result['batch']}, {result['dtype']}; times are medians of CUDA-graph replays (ms).",
+        "",
+        "| stage | S | rate | static eager | static compiled | dynamic | r_l (eager) | r_l (compiled) "
+        "| sync-free dynamic | r_l sync-free (compiled) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(result["spatial"], key=lambda r: (r["stage"], r["S"], r["rate"])):
+        dyn = min(r["dense_conv1_graph_ms"], r["sparse_conv1_graph_ms"])
+        comp = r.get("static_compile_graph_ms") or float("nan")
+        lines.append(
+            f"| {r['stage']} | {r['S']} | {r['rate']} | {r['static_graph_ms']:.3f} | {comp:.3f} | {dyn:.3f} "
+            f"| {r['r_l']:.2f} | {dyn / comp:.2f} | {r['syncfree_graph_ms']:.3f} "
+            f"| {r['syncfree_graph_ms'] / comp:.2f} |"
+        )
+    lines += [
+        "",
+        "| stage | rate | static eager | static compiled | index_select + cuDNN | conv1 gather-fused | spatial kernels "
+        "(S = map) | r_l best (eager) | r_l best (compiled) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["layer"]:
+        best = min(r["index_select_graph_ms"], r["fused_gather_graph_ms"], r["as_spatial_graph_ms"])
+        comp = r.get("static_compile_graph_ms") or float("nan")
+        lines.append(
+            f"| {r['stage']} | {r['rate']} | {r['static_graph_ms']:.3f} | {comp:.3f} "
+            f"| {r['index_select_graph_ms']:.3f} | {r['fused_gather_graph_ms']:.3f} | {r['as_spatial_graph_ms']:.3f} "
+            f"| {best / r['static_graph_ms']:.2f} | {best / comp:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench_spatial.json"))
@@ -210,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop starting new cases after this many seconds")
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under the Triton interpreter")
+    ap.add_argument("--report", type=Path, help="print the markdown tables of a results JSON and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(render_tables(json.loads(args.report.read_text())))
+        return 0
     global SMOKE, DEV, STAGES, PATCH_SIZES
     if args.smoke:
         import os

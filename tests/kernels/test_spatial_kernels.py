@@ -294,3 +294,32 @@ def test_layer_skip_as_one_patch_per_sample_interpret(interpret):
     dense = (xn + F.conv2d(F.conv2d(F.conv2d(xn, w1).relu(), w2, padding=1).relu(), w3)).relu().permute(0, 2, 3, 1)
     assert err_ratio(out[idx], dense[idx]) < 1e-5
     assert torch.equal(out[[0, 2]], x[[0, 2]])
+
+
+def test_downsampling_block_recipe_interpret(interpret):
+    """First block of a stage (stride 2, projection shortcut): scatter into the projection, then one ReLU pass.
+
+    Inactive positions must be relu(proj(x)) and active ones relu(proj(x) + branch): the scatter writes the latter
+    in place into the un-activated projection, and a final `relu_` (idempotent where already applied) does the rest.
+    """
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(12)
+    n, h, w, c, cm, cout, s, stride = 2, 7, 5, 16, 16, 20, 2, 2
+    x = torch.randn((n, h, w, c), generator=gen)
+    w1 = torch.randn((cm, c, 1, 1), generator=gen) / 4
+    w2 = torch.randn((cm, cm, 3, 3), generator=gen) / 12
+    w3 = torch.randn((cout, cm, 1, 1), generator=gen) / 4
+    wp, bp = torch.randn((cout, c, 1, 1), generator=gen) / 4, torch.randn(cout, generator=gen)
+    ho, wo = R.conv_out_size(h, stride), R.conv_out_size(w, stride)
+    mask = _mask("random", R.patch_grid((ho, wo), s), gen)
+    pidx = K.mask_to_patch_idx(mask)
+    xn = x.permute(0, 3, 1, 2)
+    proj = F.conv2d(xn, wp, bp, stride=stride).permute(0, 2, 3, 1).contiguous()  # un-activated, NHWC
+    h1 = K.pixel_conv1x1(x, w1, None, K.pixel_mask_to_idx(K.conv1_pixel_mask(mask, s, stride, (h, w))), impl="triton")
+    h2 = K.gather_conv3x3(h1, w2, None, pidx, s, stride, impl="triton")
+    out = K.conv1x1_scatter_add(h2, w3, None, proj.clone(), pidx, s, impl="triton").relu_()
+    branch = F.conv2d(F.conv2d(F.conv2d(xn, w1).relu(), w2, stride=stride, padding=1).relu(), w3)
+    pm = K.patch_mask_to_pixel_mask(mask, s, (ho, wo))[..., None]
+    expect = torch.where(pm, (proj + branch.permute(0, 2, 3, 1)).relu(), proj.relu())
+    assert err_ratio(out, expect) < 1e-5
