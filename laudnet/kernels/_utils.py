@@ -1,4 +1,4 @@
-"""Small helpers shared by the kernels: contiguity, Triton availability and lazy `triton.jit`.
+"""Small helpers shared by the kernels: input checks, Triton availability and lazy `triton.jit`.
 
 Kernels are decorated lazily (`LazyKernel`) rather than at import time because `triton.jit` decides once, when it
 decorates, whether the function runs compiled or under the CPU interpreter (`TRITON_INTERPRET=1`). Deciding at the
@@ -57,12 +57,6 @@ class LazyKernel:
 
     def __getitem__(self, grid: Any) -> Any:
         return self._get()[grid]
-
-
-def ensure_contiguous(t: torch.Tensor, name: str) -> torch.Tensor:
-    """Return `t` if contiguous, else a contiguous copy (named in no error: copies are legal but cost a pass)."""
-    del name  # kept in the signature so call sites document what they make contiguous
-    return t if t.is_contiguous() else t.contiguous()
 
 
 def check_nhwc(t: torch.Tensor, name: str) -> None:

@@ -4,6 +4,9 @@ into the residual, and a 1x1 conv over a pixel list.
 Conventions (NHWC maps, `patch_idx`, gathered row order, packed weights) are those of `spatial_ref.py`, which is the
 specification; each launcher here (1) checks shapes, (2) allocates the output, (3) launches (Triton tutorial 03).
 Every GEMM accumulates in fp32; operands are the map's dtype (bf16/fp16 on GPU, fp32 under the interpreter).
+Pixel offsets are computed in int32 before widening, so a map needs N*H*W < 2^31 (ResNet at batch 128: 1.6e6).
+
+H100 measurements, tile sweeps and what limits each kernel: benchmarks/NOTES-spatial.md.
 """
 
 from dataclasses import dataclass
