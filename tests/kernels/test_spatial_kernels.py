@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import err_ratio
+from spatial_testing import cuda_fixture, err_ratio, interpret_fixture  # noqa: F401 (fixtures)
 
 from laudnet import kernels as K
 from laudnet.kernels import spatial

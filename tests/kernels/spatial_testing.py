@@ -1,4 +1,8 @@
-"""Fixtures for the kernel tests: the Triton interpreter on CPU, and a CUDA device for `gpu` tests."""
+"""Fixtures and metrics for the spatial/layer kernel tests (a plain module with a unique name, imported by them).
+
+Kept out of `conftest.py` (and under a unique module name) so that it cannot clash with the conftest files of the
+tests tree. Test modules import the fixture functions, which registers them under their `name=`.
+"""
 
 import pytest
 import torch
@@ -6,8 +10,8 @@ import torch
 from laudnet.kernels._utils import triton_available
 
 
-@pytest.fixture
-def interpret(monkeypatch):
+@pytest.fixture(name="interpret")
+def interpret_fixture(monkeypatch):
     """Run Triton kernels on CPU tensors through the interpreter (kernels are jitted lazily, so order is free)."""
     if not triton_available():
         pytest.skip("triton is not installed")
@@ -15,8 +19,8 @@ def interpret(monkeypatch):
     monkeypatch.delenv("LAUDNET_KERNELS", raising=False)
 
 
-@pytest.fixture
-def cuda(monkeypatch):
+@pytest.fixture(name="cuda")
+def cuda_fixture(monkeypatch):
     """A CUDA device with compiled Triton kernels (the interpreter switched off)."""
     if not torch.cuda.is_available() or not triton_available():
         pytest.skip("needs a CUDA device and triton")
