@@ -14,6 +14,8 @@ timed separately: it belongs to the masker, not to the kernels. Results go to a 
 so a run cut short still leaves its numbers.
 
     python benchmarks/bench_spatial.py --out results.json [--sweep] [--compile] [--budget-s 240]
+    python benchmarks/bench_spatial.py --report results.json     # markdown tables for NOTES-spatial.md
+    python benchmarks/bench_spatial.py --smoke --batch 2         # tiny shapes on CPU (Triton interpreter)
 """
 
 # Closures below are built and called within one loop iteration (timed right away), so the loop-variable binding

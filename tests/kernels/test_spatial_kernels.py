@@ -323,3 +323,15 @@ def test_downsampling_block_recipe_interpret(interpret):
     pm = K.patch_mask_to_pixel_mask(mask, s, (ho, wo))[..., None]
     expect = torch.where(pm, (proj + branch.permute(0, 2, 3, 1)).relu(), proj.relu())
     assert err_ratio(out, expect) < 1e-5
+
+
+def test_pixel_conv1x1_all_pixels_is_dense_conv(interpret):
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(30)
+    x = torch.randn((N, H, W, 16), generator=gen)
+    wt = torch.randn((20, 16, 1, 1), generator=gen) / 4
+    b = torch.randn(20, generator=gen)
+    got = K.pixel_conv1x1(x, wt, b, None, impl="triton")
+    dense = F.conv2d(x.permute(0, 3, 1, 2), wt, b).relu().permute(0, 2, 3, 1)
+    assert got.shape == dense.shape and err_ratio(got, dense) < 1e-5
