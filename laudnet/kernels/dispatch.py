@@ -1,7 +1,7 @@
 """The one place that chooses between the Triton kernels and the pure-PyTorch reference.
 
 Order of precedence:
-1. env `LAUDNET_KERNELS=reference|triton` (unset or `auto`: no override);
+1. env `LAUDNET_KERNELS=reference|triton` (unset or `auto`: no override; `torch` is an alias of `reference`);
 2. the op's `impl` argument (`"auto"`, `"reference"`, `"triton"`);
 3. `auto`: Triton when every tensor is on CUDA and triton imports, else the reference.
 
@@ -18,6 +18,7 @@ import torch
 from ._utils import interpreter_enabled, triton_available
 
 IMPLS = ("auto", "reference", "triton")
+_ALIASES = {"torch": "reference"}  # the channel kernels' spelling of the reference path
 
 
 def resolve_impl(*tensors: torch.Tensor, impl: str = "auto") -> str:
@@ -31,6 +32,7 @@ def resolve_impl(*tensors: torch.Tensor, impl: str = "auto") -> str:
         ValueError: unknown `impl` / env value, or Triton requested where it cannot run.
     """
     env = os.environ.get("LAUDNET_KERNELS", "auto").strip().lower() or "auto"
+    env, impl = _ALIASES.get(env, env), _ALIASES.get(impl, impl)
     if env not in IMPLS:
         raise ValueError(f"LAUDNET_KERNELS must be one of {IMPLS}, got {env!r}")
     if impl not in IMPLS:

@@ -183,6 +183,8 @@ def test_dispatch_rules(monkeypatch):
         K.resolve_impl(x, impl="cuda")
     monkeypatch.setenv("LAUDNET_KERNELS", "reference")
     assert K.resolve_impl(x, impl="triton") == "reference"  # env overrides the call
+    monkeypatch.setenv("LAUDNET_KERNELS", "torch")
+    assert K.resolve_impl(x, impl="triton") == "reference"
     monkeypatch.setenv("LAUDNET_KERNELS", "fast")
     with pytest.raises(ValueError, match="LAUDNET_KERNELS"):
         K.resolve_impl(x)
