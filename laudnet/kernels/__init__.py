@@ -1,0 +1,24 @@
+"""Fused kernels for input-adaptive inference: functional ops that dispatch to Triton or to the PyTorch reference.
+
+Spatial skipping (S x S patches on a block's output grid), layer skipping (compacted sub-batch) — see
+`spatial_ref.py` for the shared conventions. The references themselves are not exported.
+"""
+
+from .dispatch import conv1x1_scatter_add as conv1x1_scatter_add
+from .dispatch import gather_conv3x3 as gather_conv3x3
+from .dispatch import pixel_conv1x1 as pixel_conv1x1
+from .dispatch import resolve_impl as resolve_impl
+from .dispatch import rows_add_relu_ as rows_add_relu_
+from .spatial_ref import conv1_pixel_mask as conv1_pixel_mask
+from .spatial_ref import conv_out_size as conv_out_size
+from .spatial_ref import mask_to_patch_idx as mask_to_patch_idx
+from .spatial_ref import mask_to_patch_list as mask_to_patch_list
+from .spatial_ref import pack_conv1x1_weight as pack_conv1x1_weight
+from .spatial_ref import pack_conv3x3_weight as pack_conv3x3_weight
+from .spatial_ref import patch_grid as patch_grid
+from .spatial_ref import patch_idx_to_mask as patch_idx_to_mask
+from .spatial_ref import patch_mask_to_pixel_mask as patch_mask_to_pixel_mask
+from .spatial_ref import pixel_mask_to_idx as pixel_mask_to_idx
+from .spatial_ref import pixel_mask_to_idx_padded as pixel_mask_to_idx_padded
+from .spatial_ref import samples_to_patch_idx as samples_to_patch_idx
+from .spatial_ref import samples_to_pixel_idx as samples_to_pixel_idx

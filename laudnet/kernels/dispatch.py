@@ -1,0 +1,202 @@
+"""The one place that chooses between the Triton kernels and the pure-PyTorch reference.
+
+Order of precedence:
+1. env `LAUDNET_KERNELS=reference|triton` (unset or `auto`: no override; `torch` is an alias of `reference`);
+2. the op's `impl` argument (`"auto"`, `"reference"`, `"triton"`);
+3. `auto`: Triton when every tensor is on CUDA and triton imports, else the reference.
+
+Triton on CPU tensors is only possible under the interpreter (`TRITON_INTERPRET=1`), which is how CI tests the
+kernels; asking for it otherwise raises instead of silently running the reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ._utils import interpreter_enabled, triton_available
+
+IMPLS = ("auto", "reference", "triton")
+_ALIASES = {"torch": "reference"}  # the channel kernels' spelling of the reference path
+
+
+def resolve_impl(*tensors: torch.Tensor, impl: str = "auto") -> str:
+    """Return `"triton"` or `"reference"` for an op on these tensors.
+
+    Args:
+        *tensors: the op's tensor arguments (None entries are ignored).
+        impl: the caller's wish, one of `IMPLS`.
+
+    Raises:
+        ValueError: unknown `impl` / env value, or Triton requested where it cannot run.
+    """
+    env = os.environ.get("LAUDNET_KERNELS", "auto").strip().lower() or "auto"
+    env, impl = _ALIASES.get(env, env), _ALIASES.get(impl, impl)
+    if env not in IMPLS:
+        raise ValueError(f"LAUDNET_KERNELS must be one of {IMPLS}, got {env!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    choice = env if env != "auto" else impl
+    ts = [t for t in tensors if t is not None]
+    on_cuda = bool(ts) and all(t.is_cuda for t in ts)
+    if choice == "reference":
+        return "reference"
+    if choice == "triton":
+        if not triton_available():
+            raise ValueError("Triton kernels requested but triton does not import")
+        if not on_cuda and not interpreter_enabled():
+            raise ValueError("Triton kernels on CPU tensors need the interpreter: set TRITON_INTERPRET=1")
+        return "triton"
+    return "triton" if on_cuda and triton_available() else "reference"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public ops: each resolves its implementation here and calls the Triton launcher or the reference
+
+
+def gather_conv3x3(
+    h1: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    patch_idx: torch.Tensor,
+    patch_size: int,
+    stride: int,
+    relu: bool = True,
+    *,
+    groups: int = 1,
+    count: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """3x3 conv (padding 1, stride 1/2) + bias (+ ReLU) on the active S x S output patches only, gathered.
+
+    Triton: an implicit GEMM reading each patch's halo straight from `h1`. Grouped convs (`groups > 1`, RegNet) take
+    the reference path on every device: halo tiles gathered with one indexing op, then one cuDNN grouped conv.
+
+    Args:
+        h1: NHWC `[N, H, W, Cin]` (the conv1 output).
+        weight: `[Cout, Cin/groups, 3, 3]`, or packed `[9*Cin, Cout]` (`pack_conv3x3_weight`, groups = 1).
+        bias: `[Cout]` or None.
+        patch_idx: int32 `[P, 3]` of (sample, patch_row, patch_col) on the output grid.
+        patch_size: S.
+        stride: 1 or 2.
+        relu: apply ReLU after the bias.
+        groups: conv groups.
+        count: int32 `[1]` device tensor: only the first `count` rows of `patch_idx` are valid (sync-free lists from
+            `mask_to_patch_list`); rows of the result past `count*S*S` are unspecified.
+        impl: "auto", "reference" or "triton" (see `resolve_impl`).
+
+    Returns:
+        `[P*S*S, Cout]`, row `p*S*S + dy*S + dx`; rows of pixels beyond the map are 0.
+    """
+    from .spatial import gather_conv3x3_triton
+    from .spatial_ref import gather_conv3x3_ref
+
+    if groups != 1 or resolve_impl(h1, weight, bias, patch_idx, count, impl=impl) == "reference":
+        return gather_conv3x3_ref(h1, weight, bias, patch_idx, patch_size, stride, relu, groups=groups, count=count)
+    return gather_conv3x3_triton(h1, weight, bias, patch_idx, patch_size, stride, relu, count=count)
+
+
+def conv1x1_scatter_add(
+    y_gathered: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    patch_idx: torch.Tensor,
+    patch_size: int,
+    relu: bool = True,
+    out: torch.Tensor | None = None,
+    *,
+    count: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Last 1x1 conv of the block on gathered pixels, + bias + residual, ReLU, scattered in place.
+
+    `out[n, y, x] = relu(residual[n, y, x] + (y_gathered @ W + b)[row])` at every in-map pixel of every active
+    patch; pixels of inactive patches are not touched (they keep the residual when `out` is `residual`).
+
+    Args:
+        y_gathered: `[P*S*S, Cmid]` from `gather_conv3x3`.
+        weight: `[Cout, Cmid, 1, 1]` or packed `[Cmid, Cout]` (`pack_conv1x1_weight`).
+        bias: `[Cout]` or None.
+        residual: NHWC `[N, Ho, Wo, Cout]`.
+        patch_idx: int32 `[P, 3]`, each patch at most once (duplicates would race).
+        patch_size: S.
+        relu: apply ReLU after the add.
+        out: NHWC tensor shaped like `residual` to write into; default `residual` (in place).
+        count: int32 `[1]` device tensor: only the first `count` patches are valid (see `gather_conv3x3`).
+        impl: "auto", "reference" or "triton".
+
+    Returns:
+        `out`.
+    """
+    from .spatial import conv1x1_scatter_add_triton
+    from .spatial_ref import conv1x1_scatter_add_ref
+
+    if resolve_impl(y_gathered, weight, bias, residual, patch_idx, out, count, impl=impl) == "reference":
+        return conv1x1_scatter_add_ref(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count)
+    return conv1x1_scatter_add_triton(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count=count)
+
+
+def pixel_conv1x1(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pix_idx: torch.Tensor | None,
+    relu: bool = True,
+    out: torch.Tensor | None = None,
+    compact: bool = False,
+    *,
+    count: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """1x1 conv (+ bias, ReLU) on a list of pixels of an NHWC map (sparse conv1; gather-fused conv1 of layer skipping).
+
+    Args:
+        x: NHWC `[N, H, W, Cin]`.
+        weight: `[Cout, Cin, 1, 1]` or packed `[Cin, Cout]`.
+        bias: `[Cout]` or None.
+        pix_idx: int32 `[Q]` flat pixel rows `n*H*W + y*W + x` (`pixel_mask_to_idx`, `samples_to_pixel_idx`), or
+            None for every pixel: a dense fused 1x1 conv + bias + ReLU in NHWC (on the H100 2.2x faster than cuDNN's
+            conv + `relu_` for ResNet stage-1 conv1, see benchmarks/NOTES-spatial.md).
+        relu: apply ReLU.
+        out: with `compact=False`, NHWC `[N, H, W, Cout]` to write into. When None a new map is made whose pixels
+            outside `pix_idx` are unspecified (uninitialised on the Triton path): only read the pixels you computed.
+        compact: return `[Q, Cout]` in `pix_idx` order instead.
+        count: int32 `[1]` device tensor: only the first `count` entries of `pix_idx` are valid
+            (`pixel_mask_to_idx_padded`).
+        impl: "auto", "reference" or "triton".
+    """
+    from .spatial import pixel_conv1x1_triton
+    from .spatial_ref import pixel_conv1x1_ref
+
+    if pix_idx is None:
+        if x.dim() != 4:
+            raise ValueError(f"x must be a 4-D NHWC tensor [N, H, W, C], got shape {tuple(x.shape)}")
+        pix_idx = torch.arange(x.shape[0] * x.shape[1] * x.shape[2], dtype=torch.int32, device=x.device)
+    if resolve_impl(x, weight, bias, pix_idx, out, count, impl=impl) == "reference":
+        return pixel_conv1x1_ref(x, weight, bias, pix_idx, relu, out, compact, count)
+    return pixel_conv1x1_triton(x, weight, bias, pix_idx, relu, out, compact, count=count)
+
+
+def rows_add_relu_(
+    out: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, relu: bool = True, *, impl: str = "auto"
+) -> torch.Tensor:
+    """Layer-skipping write-back: `out[idx] = relu(out[idx] + y)`, fused and in place; other rows untouched.
+
+    Args:
+        out: `[N, ...]` contiguous (NHWC block input or its projection).
+        y: `[n, ...]` residual-branch output of the compacted sub-batch `x.index_select(0, idx)`.
+        idx: int32/int64 `[n]` distinct active sample indices.
+        relu: apply ReLU after the add.
+        impl: "auto", "reference" or "triton".
+
+    Returns:
+        `out`.
+    """
+    from .layer import rows_add_relu_triton
+    from .layer_ref import rows_add_relu_ref
+
+    if resolve_impl(out, y, idx, impl=impl) == "reference":
+        return rows_add_relu_ref(out, y, idx, relu)
+    return rows_add_relu_triton(out, y, idx, relu)

@@ -1,0 +1,432 @@
+"""Pure-PyTorch reference of the spatial-skipping ops: the specification the Triton kernels are tested against.
+
+Conventions shared by every op (the deployed bottleneck block of LAUDNet, Han et al., TPAMI 2024, with BN folded):
+
+* Feature maps are NHWC contiguous tensors `[N, H, W, C]` (a channels_last NCHW tensor `.permute(0, 2, 3, 1)`).
+* A coarse spatial mask lives on the block's OUTPUT grid: patch size S, grid `ceil(Ho/S) x ceil(Wo/S)`. Border
+  patches may be partial: their pixels beyond the map do not exist, are never read and never written.
+* Active patches are an int32 tensor `patch_idx [P, 3]` of (sample, patch_row, patch_col), each at most once.
+* "Gathered" tensors hold the S*S pixels of each active patch in order: row `p*S*S + dy*S + dx` is output pixel
+  `(patch_row*S + dy, patch_col*S + dx)` of sample `patch_idx[p, 0]`. Rows of pixels beyond the map are zero.
+* Weights come either in torch's conv layout (`[Cout, Cin/groups, kh, kw]`, 4-D) or packed K-major for the GEMM
+  kernels (2-D: `[9*Cin, Cout]` for a 3x3, tap-major (ky, kx) then input channel; `[Cin, Cout]` for a 1x1), as made
+  by `pack_conv3x3_weight` / `pack_conv1x1_weight`.
+
+The reference is also the fallback on CPU and the grouped-conv path on GPU (gather halo tiles, then cuDNN).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._utils import check_nhwc, check_patch_idx
+
+# ---------------------------------------------------------------------------------------------------------------
+# weight layouts
+
+
+def pack_conv3x3_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Torch 3x3 conv weight `[Cout, Cin, 3, 3]` -> contiguous K-major `[9*Cin, Cout]` (row = (ky*3 + kx)*Cin + ci)."""
+    if weight.dim() != 4 or weight.shape[2:] != (3, 3):
+        raise ValueError(f"expected a 3x3 conv weight [Cout, Cin, 3, 3], got shape {tuple(weight.shape)}")
+    cout, cin = weight.shape[:2]
+    return weight.permute(2, 3, 1, 0).reshape(9 * cin, cout).contiguous()
+
+
+def pack_conv1x1_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Torch 1x1 conv weight `[Cout, Cin, 1, 1]` -> contiguous K-major `[Cin, Cout]`."""
+    if weight.dim() != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError(f"expected a 1x1 conv weight [Cout, Cin, 1, 1], got shape {tuple(weight.shape)}")
+    return weight[:, :, 0, 0].t().contiguous()
+
+
+def _conv3x3_torch_weight(weight: torch.Tensor, cin: int) -> torch.Tensor:
+    """Accept torch layout (returned as is) or packed `[9*Cin, Cout]` (unpacked)."""
+    if weight.dim() == 4:
+        return weight
+    if weight.dim() == 2 and weight.shape[0] == 9 * cin:
+        return weight.reshape(3, 3, cin, weight.shape[1]).permute(3, 2, 0, 1)
+    raise ValueError(
+        f"conv3x3 weight must be [Cout, Cin/groups, 3, 3] or packed [9*Cin, Cout] with Cin={cin}, "
+        f"got shape {tuple(weight.shape)}"
+    )
+
+
+def _conv1x1_matrix(weight: torch.Tensor, cin: int) -> torch.Tensor:
+    """Return the 1x1 weight as a K-major `[Cin, Cout]` matrix (a view when possible)."""
+    if weight.dim() == 4:
+        if weight.shape[2:] != (1, 1) or weight.shape[1] != cin:
+            raise ValueError(f"1x1 conv weight must be [Cout, {cin}, 1, 1], got shape {tuple(weight.shape)}")
+        return weight[:, :, 0, 0].t()
+    if weight.dim() == 2 and weight.shape[0] == cin:
+        return weight
+    raise ValueError(f"1x1 conv weight must be [Cout, {cin}, 1, 1] or packed [{cin}, Cout], got {tuple(weight.shape)}")
+
+
+def _check_bias(bias: torch.Tensor | None, cout: int) -> None:
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout):
+        raise ValueError(f"bias must be [Cout] = [{cout}], got shape {tuple(bias.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# masks and index lists
+
+
+def conv_out_size(size: int, stride: int) -> int:
+    """Output size of a 3x3 conv with padding 1 (and of a 1x1 conv with padding 0) at this stride."""
+    return (size - 1) // stride + 1
+
+
+def patch_grid(out_hw: tuple[int, int], patch_size: int) -> tuple[int, int]:
+    """Patch grid `(ceil(Ho/S), ceil(Wo/S))` of an output map."""
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    ho, wo = out_hw
+    return -(-ho // patch_size), -(-wo // patch_size)
+
+
+def mask_to_patch_idx(mask: torch.Tensor) -> torch.Tensor:
+    """Active patches of a coarse mask as an int32 list.
+
+    Compaction needs the count P on the host to size every later tensor, so this is one `torch.nonzero` (one device
+    sync); a Triton prefix-sum would need the same sync and is not worth its own kernel.
+
+    Args:
+        mask: bool (or 0/1) tensor `[N, gh, gw]`.
+
+    Returns:
+        int32 tensor `[P, 3]` of (sample, patch_row, patch_col), in row-major order.
+    """
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be [N, gh, gw], got shape {tuple(mask.shape)}")
+    return torch.nonzero(mask != 0).to(torch.int32)
+
+
+def _compact(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the true entries of a flat bool tensor, first, without a host sync.
+
+    Returns `(idx, count)`: int32 `[T]` whose first `count` entries are the true positions in increasing order (the
+    rest is 0), and `count` as an int32 `[1]` tensor on the same device. cumsum + scatter instead of `nonzero`,
+    so nothing waits for the device and the whole thing can be captured in a CUDA graph.
+    """
+    flat = flat.reshape(-1).bool()
+    t = flat.numel()
+    out = torch.zeros(t + 1, dtype=torch.int32, device=flat.device)
+    if t == 0:
+        return out[:0], torch.zeros(1, dtype=torch.int32, device=flat.device)
+    pos = torch.cumsum(flat, 0, dtype=torch.int32) - 1
+    dest = torch.where(flat, pos.long(), t)  # inactive entries all go to the spare slot t
+    out.scatter_(0, dest, torch.arange(t, dtype=torch.int32, device=flat.device))
+    return out[:t], pos[-1:] + 1
+
+
+def mask_to_patch_list(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sync-free `mask_to_patch_idx`: a fixed-capacity list and a device-side count.
+
+    Args:
+        mask: bool `[N, gh, gw]`.
+
+    Returns:
+        `(patch_idx, count)`: int32 `[N*gh*gw, 3]` whose first `count` rows are the active patches in row-major order
+        (the rest is padding), and an int32 `[1]` count. Pass both to the ops (`count=`): kernels are launched for
+        the capacity and tiles past the count do no work.
+    """
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be [N, gh, gw], got shape {tuple(mask.shape)}")
+    _, gh, gw = mask.shape
+    flat, count = _compact(mask != 0)
+    patch_idx = torch.stack((flat // (gh * gw), (flat // gw) % gh, flat % gw), dim=1).to(torch.int32)
+    return patch_idx, count
+
+
+def pixel_mask_to_idx_padded(pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sync-free `pixel_mask_to_idx`: int32 `[N*H*W]` (valid first) and an int32 `[1]` count."""
+    if pixel_mask.dim() != 3:
+        raise ValueError(f"pixel_mask must be [N, H, W], got shape {tuple(pixel_mask.shape)}")
+    return _compact(pixel_mask)
+
+
+def samples_to_patch_idx(idx: torch.Tensor) -> torch.Tensor:
+    """Active samples `[n]` -> int32 `[n, 3]` of (sample, 0, 0): layer skipping as one patch of S = map size."""
+    if idx.dim() != 1:
+        raise ValueError(f"idx must be 1-D, got shape {tuple(idx.shape)}")
+    z = torch.zeros_like(idx)
+    return torch.stack((idx, z, z), dim=1).to(torch.int32)
+
+
+def _valid_count(count: torch.Tensor | None, capacity: int) -> int:
+    """Host value of a device-side count (the reference may sync), checked against the list's capacity."""
+    if count is None:
+        return capacity
+    if count.dtype != torch.int32 or count.numel() != 1:
+        raise ValueError(f"count must be an int32 tensor of one element, got {count.dtype} {tuple(count.shape)}")
+    c = int(count.item())
+    if not 0 <= c <= capacity:
+        raise ValueError(f"count {c} outside [0, {capacity}]")
+    return c
+
+
+def patch_idx_to_mask(patch_idx: torch.Tensor, n: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `mask_to_patch_idx`: bool `[N, gh, gw]` mask."""
+    mask = torch.zeros((n, *grid), dtype=torch.bool, device=patch_idx.device)
+    if patch_idx.numel():
+        pi = patch_idx.long()
+        mask[pi[:, 0], pi[:, 1], pi[:, 2]] = True
+    return mask
+
+
+def patch_mask_to_pixel_mask(mask: torch.Tensor, patch_size: int, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Coarse mask `[N, gh, gw]` -> output-pixel mask `[N, Ho, Wo]` (nearest upsampling, cropped to the map)."""
+    ho, wo = out_hw
+    if tuple(mask.shape[1:]) != patch_grid(out_hw, patch_size):
+        raise ValueError(
+            f"mask grid {tuple(mask.shape[1:])} does not match ceil({ho}/{patch_size}) x ceil({wo}/{patch_size})"
+        )
+    pix = mask.bool().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
+    return pix[:, :ho, :wo]
+
+
+def conv1_pixel_mask(mask: torch.Tensor, patch_size: int, stride: int, in_hw: tuple[int, int]) -> torch.Tensor:
+    """Pixels of the conv2 (3x3) input that the active output patches need: where conv1 must be computed.
+
+    An active output patch (py, px) reads input rows `[py*S*s - 1, (py*S + S - 1)*s + 1]` (and the same for columns),
+    clipped to the map. This is LAUDNet's `ExpandMask(stride=s, padding=1)`: put each output pixel at the top-left of
+    an s x s cell, then dilate with a 3x3 box.
+
+    Args:
+        mask: coarse mask `[N, gh, gw]` on the block's output grid.
+        patch_size: S.
+        stride: stride s of the 3x3 conv (1 or 2).
+        in_hw: (H, W) of the 3x3 conv's input (= conv1's output).
+
+    Returns:
+        bool `[N, H, W]`.
+    """
+    h, w = in_hw
+    ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
+    out_pix = patch_mask_to_pixel_mask(mask, patch_size, (ho, wo))
+    placed = torch.zeros((mask.shape[0], 1, h, w), dtype=torch.float32, device=mask.device)
+    placed[:, 0, ::stride, ::stride] = out_pix.float()
+    return F.max_pool2d(placed, kernel_size=3, stride=1, padding=1)[:, 0] > 0.5
+
+
+def pixel_mask_to_idx(pixel_mask: torch.Tensor) -> torch.Tensor:
+    """Bool `[N, H, W]` -> int32 `[Q]` flat pixel rows `n*H*W + y*W + x` of an NHWC map viewed as `[N*H*W, C]`."""
+    if pixel_mask.dim() != 3:
+        raise ValueError(f"pixel_mask must be [N, H, W], got shape {tuple(pixel_mask.shape)}")
+    return torch.nonzero(pixel_mask.reshape(-1)).reshape(-1).to(torch.int32)
+
+
+def samples_to_pixel_idx(idx: torch.Tensor, hw: int) -> torch.Tensor:
+    """Sample indices `[n]` -> int32 flat pixel rows `[n*hw]` of those samples, in order (for layer skipping)."""
+    rows = idx.to(torch.int64)[:, None] * hw + torch.arange(hw, device=idx.device)[None, :]
+    return rows.reshape(-1).to(torch.int32)
+
+
+def _patch_pixels(patch_idx: torch.Tensor, patch_size: int, out_hw: tuple[int, int]):
+    """Per gathered row: (sample, oy, ox, inside-map) as int64/bool tensors of length P*S*S."""
+    s = patch_size
+    dev = patch_idx.device
+    pi = patch_idx.long()
+    dy = torch.arange(s, device=dev).repeat_interleave(s)  # row-major within the patch
+    dx = torch.arange(s, device=dev).repeat(s)
+    n = pi[:, 0:1].expand(-1, s * s).reshape(-1)
+    oy = (pi[:, 1:2] * s + dy[None, :]).reshape(-1)
+    ox = (pi[:, 2:3] * s + dx[None, :]).reshape(-1)
+    inside = (oy < out_hw[0]) & (ox < out_hw[1])
+    return n, oy, ox, inside
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ops
+
+
+def gather_conv3x3_ref(
+    h1: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    patch_idx: torch.Tensor,
+    patch_size: int,
+    stride: int,
+    relu: bool = True,
+    groups: int = 1,
+    count: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """3x3 conv (padding 1) evaluated only on the active output patches, gathered.
+
+    Gathers each patch's halo tile (`(S-1)*s + 3` pixels a side, zero beyond the map) and runs one conv on the tile
+    batch; this is exact and is also the GPU path for grouped convs.
+
+    Args:
+        h1: NHWC `[N, H, W, Cin]`.
+        weight: `[Cout, Cin/groups, 3, 3]` or packed `[9*Cin, Cout]` (groups = 1 only).
+        bias: `[Cout]` or None.
+        patch_idx: int32 `[P, 3]`.
+        patch_size: S.
+        stride: 1 or 2.
+        relu: apply ReLU after the bias.
+        groups: conv groups.
+        count: int32 `[1]`: only the first `count` patches are valid (from `mask_to_patch_list`); the output keeps
+            P*S*S rows, those past the count are unspecified (0 here).
+
+    Returns:
+        `[P*S*S, Cout]` in h1's dtype; rows of pixels beyond the map are 0.
+    """
+    check_nhwc(h1, "h1")
+    check_patch_idx(patch_idx, h1.device)
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    nb, h, w, cin = h1.shape
+    wt = _conv3x3_torch_weight(weight, cin)
+    if wt.shape[1] * groups != cin:
+        raise ValueError(f"weight has {wt.shape[1]} input channels per group; with groups={groups} expected Cin={cin}")
+    cout = wt.shape[0]
+    _check_bias(bias, cout)
+    s, p = patch_size, patch_idx.shape[0]
+    ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
+    gh, gw = patch_grid((ho, wo), s)
+    valid = _valid_count(count, p)
+    if valid < p:
+        res = h1.new_zeros((p * s * s, cout))
+        res[: valid * s * s] = gather_conv3x3_ref(h1, weight, bias, patch_idx[:valid], s, stride, relu, groups)
+        return res
+    if p == 0:
+        return h1.new_zeros((0, cout))
+    t = (s - 1) * stride + 3  # halo tile side
+    # Pad 1 on top/left (the conv's padding) and enough on bottom/right for the last (partial) patch's tile.
+    pad_b = max(0, (gh - 1) * s * stride - 1 + t - h)
+    pad_r = max(0, (gw - 1) * s * stride - 1 + t - w)
+    h1p = F.pad(h1, (0, 0, 1, pad_r, 1, pad_b))
+    pi = patch_idx.long()
+    ar = torch.arange(t, device=h1.device)
+    rows = pi[:, 1:2] * (s * stride) + ar  # padded coordinates: input row r -> r + 1
+    cols = pi[:, 2:3] * (s * stride) + ar
+    tiles = h1p[pi[:, 0, None, None], rows[:, :, None], cols[:, None, :]]  # [P, t, t, Cin]
+    tiles = tiles.permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
+    out = F.conv2d(tiles, wt.to(h1.dtype), None if bias is None else bias.to(h1.dtype), stride=stride, groups=groups)
+    if relu:
+        out = out.relu()
+    out = out.permute(0, 2, 3, 1).reshape(p * s * s, cout)
+    _, _, _, inside = _patch_pixels(patch_idx, s, (ho, wo))
+    return out * inside[:, None].to(out.dtype)
+
+
+def conv1x1_scatter_add_ref(
+    y_gathered: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    patch_idx: torch.Tensor,
+    patch_size: int,
+    relu: bool = True,
+    out: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`out[active] = relu(residual[active] + y_gathered @ W + b)`, in place; other positions untouched.
+
+    Args:
+        y_gathered: `[P*S*S, Cmid]` gathered pixels (rows beyond the map are ignored).
+        weight: `[Cout, Cmid, 1, 1]` or packed `[Cmid, Cout]`.
+        bias: `[Cout]` or None.
+        residual: NHWC `[N, Ho, Wo, Cout]`, the identity (or the projection) at full size.
+        patch_idx: int32 `[P, 3]`.
+        patch_size: S.
+        relu: apply ReLU after the add.
+        out: NHWC tensor like `residual` to write into; default `residual` itself.
+        count: int32 `[1]`: only the first `count` patches (and their rows of `y_gathered`) are valid.
+
+    Returns:
+        `out`.
+    """
+    check_nhwc(residual, "residual")
+    check_patch_idx(patch_idx, residual.device)
+    out = residual if out is None else out
+    check_nhwc(out, "out")
+    if out.shape != residual.shape:
+        raise ValueError(f"out shape {tuple(out.shape)} != residual shape {tuple(residual.shape)}")
+    s, p = patch_size, patch_idx.shape[0]
+    if y_gathered.dim() != 2 or y_gathered.shape[0] != p * s * s:
+        raise ValueError(f"y_gathered must be [P*S*S, Cmid] = [{p * s * s}, Cmid], got {tuple(y_gathered.shape)}")
+    wm = _conv1x1_matrix(weight, y_gathered.shape[1])
+    cout = wm.shape[1]
+    if cout != residual.shape[3]:
+        raise ValueError(f"conv output channels {cout} != residual channels {residual.shape[3]}")
+    _check_bias(bias, cout)
+    valid = _valid_count(count, p)
+    if valid < p:
+        return conv1x1_scatter_add_ref(
+            y_gathered[: valid * s * s], weight, bias, residual, patch_idx[:valid], s, relu, out
+        )
+    if p == 0:
+        return out
+    _, ho, wo, _ = residual.shape
+    gh, gw = patch_grid((ho, wo), s)
+    n, oy, ox, inside = _patch_pixels(patch_idx, s, (ho, wo))
+    z = y_gathered.float() @ wm.float()
+    if bias is not None:
+        z = z + bias.float()
+    n, oy, ox, z = n[inside], oy[inside], ox[inside], z[inside]
+    val = residual[n, oy, ox].float() + z
+    if relu:
+        val = val.relu()
+    out[n, oy, ox] = val.to(out.dtype)
+    return out
+
+
+def pixel_conv1x1_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pix_idx: torch.Tensor,
+    relu: bool = True,
+    out: torch.Tensor | None = None,
+    compact: bool = False,
+    count: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """1x1 conv on a list of pixels: `out[q] = act(x[q] @ W + b)` for each flat pixel row q in `pix_idx`.
+
+    Args:
+        x: NHWC `[N, H, W, Cin]`.
+        weight: `[Cout, Cin, 1, 1]` or packed `[Cin, Cout]`.
+        bias: `[Cout]` or None.
+        pix_idx: int32 `[Q]` flat rows `n*H*W + y*W + x`.
+        relu: apply ReLU.
+        out: with `compact=False`, the NHWC `[N, H, W, Cout]` map to write the pixels into (default: a new map whose
+            other pixels are unspecified; the reference fills them with 0, the kernel leaves them uninitialised).
+        compact: return the `[Q, Cout]` results in `pix_idx` order instead of scattering them.
+        count: int32 `[1]`: only the first `count` entries of `pix_idx` are valid (`pixel_mask_to_idx_padded`);
+            compact rows past it are unspecified (0 here).
+
+    Returns:
+        `out` (scattered) or the compact `[Q, Cout]` tensor.
+    """
+    check_nhwc(x, "x")
+    if pix_idx.dtype != torch.int32 or pix_idx.dim() != 1:
+        raise ValueError(f"pix_idx must be int32 [Q], got dtype {pix_idx.dtype} shape {tuple(pix_idx.shape)}")
+    nb, h, w, cin = x.shape
+    wm = _conv1x1_matrix(weight, cin)
+    cout = wm.shape[1]
+    _check_bias(bias, cout)
+    valid = _valid_count(count, pix_idx.shape[0])
+    if valid < pix_idx.shape[0]:
+        res = pixel_conv1x1_ref(x, weight, bias, pix_idx[:valid], relu, out, compact)
+        if compact:
+            res = torch.cat((res, res.new_zeros((pix_idx.shape[0] - valid, cout))))
+        return res
+    rows = pix_idx.long()
+    z = x.reshape(-1, cin)[rows].float() @ wm.float()
+    if bias is not None:
+        z = z + bias.float()
+    if relu:
+        z = z.relu()
+    z = z.to(x.dtype)
+    if compact:
+        return z
+    if out is None:
+        out = x.new_zeros((nb, h, w, cout))
+    check_nhwc(out, "out")
+    if out.shape != (nb, h, w, cout):
+        raise ValueError(f"out must be [{nb}, {h}, {w}, {cout}], got {tuple(out.shape)}")
+    out.view(-1, cout)[rows] = z.to(out.dtype)
+    return out
