@@ -147,7 +147,8 @@ class FashionCanvas(Dataset):
         for _ in range(self.num_clutter):
             other = int(rng.integers(0, len(self.images) - 1))
             other += other >= source  # never a fragment of the item itself
-            ch, cw = (max(1, round(f * s)) for f, s in zip(rng.uniform(*self.fragment_range, size=2), (src_h, src_w)))
+            fy_frac, fx_frac = rng.uniform(*self.fragment_range, size=2)
+            ch, cw = max(1, round(fy_frac * src_h)), max(1, round(fx_frac * src_w))
             cy, cx = int(rng.integers(0, src_h - ch + 1)), int(rng.integers(0, src_w - cw + 1))
             zoom = rng.uniform(*self.scale_range) * n / max(src_h, src_w)  # fragments share the items' scale law
             fh, fw = min(n, max(1, round(ch * zoom))), min(n, max(1, round(cw * zoom)))

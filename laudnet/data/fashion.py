@@ -67,8 +67,8 @@ def load_fashion_arrays(
     for stem, path in zip(stems, paths, strict=True):
         if path is None:
             raise FileNotFoundError(
-                f"Fashion-MNIST file {stem}[.gz] not found in {root}; install the Debian package dataset-fashion-mnist, "
-                "pass root=<folder with the IDX files>, or download=True"
+                f"Fashion-MNIST file {stem}[.gz] not found in {root}; install the Debian package "
+                "dataset-fashion-mnist, pass root=<folder with the IDX files>, or download=True"
             )
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or images.dtype != np.uint8:

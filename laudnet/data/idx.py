@@ -93,7 +93,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     array = np.asarray(array)
     key = array.dtype.kind + str(array.dtype.itemsize)
     if key not in _CODES:
-        raise ValueError(f"IDX cannot store dtype {array.dtype}; use one of uint8, int8, int16, int32, float32, float64")
+        raise ValueError(f"IDX cannot store dtype {array.dtype}; use uint8, int8, int16, int32, float32 or float64")
     code = _CODES[key]
     payload = struct.pack(">2sBB", b"\x00\x00", code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     payload += np.ascontiguousarray(array, dtype=_DTYPES[code]).tobytes()

@@ -100,9 +100,8 @@ def load_checkpoint(
     except pickle.UnpicklingError as err:
         # torch's message is a paragraph; its useful part is the line after "WeightsUnpickler error:".
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = next(
-            (b for a, b in zip(lines, lines[1:]) if a.endswith("WeightsUnpickler error:")), lines[0] if lines else ""
-        )
+        marker = next((k for k, line in enumerate(lines) if line.endswith("WeightsUnpickler error:")), None)
+        detail = lines[marker + 1] if marker is not None and marker + 1 < len(lines) else (lines or [""])[0]
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a laudnet checkpoint: it is not a torch file of tensors and plain "
             f"containers ({detail})"
