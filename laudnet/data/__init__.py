@@ -16,12 +16,22 @@ from laudnet.data.canvas import FashionCanvas as FashionCanvas
 from laudnet.data.canvas import fashion_canvas as fashion_canvas
 from laudnet.data.fashion import CLASSES as FASHION_CLASSES
 from laudnet.data.fashion import FashionMNIST as FashionMNIST
-from laudnet.data.folder import ImageFolderDataset as ImageFolderDataset
-from laudnet.data.folder import build_transforms as build_transforms
-from laudnet.data.folder import class_names
 from laudnet.data.idx import read_idx as read_idx
 from laudnet.data.idx import write_idx as write_idx
 from laudnet.data.sampler import ResumableSampler as ResumableSampler
+
+# torchvision (about 1-6 s to import) is only loaded when image folders are used: `laudnet.data.folder` is imported
+# lazily here and in build_dataset(), so config validation and DDP workers stay light.
+_LAZY = {"ImageFolderDataset": "laudnet.data.folder", "build_transforms": "laudnet.data.folder"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Canonical names; aliases map onto them.
 DATASETS = ("imagefolder", "fashion-mnist", "fashion-canvas")
@@ -58,6 +68,8 @@ def build_dataset(
     if key == "imagefolder":
         if root is None:
             raise ValueError(f"dataset {name!r} needs a data root (root/train/<class>/..., root/val/<class>/...)")
+        from laudnet.data.folder import ImageFolderDataset
+
         return ImageFolderDataset(root, split, image_size, **kw)
     if key == "fashion-mnist":
         return FashionMNIST(root, split, image_size, **kw)
@@ -70,6 +82,8 @@ def num_classes(name: str, root: str | os.PathLike | None = None) -> int:
     if key == "imagefolder":
         if root is None:
             raise ValueError(f"dataset {name!r} needs a data root to count its classes")
+        from laudnet.data.folder import class_names
+
         return len(class_names(root))
     return len(FASHION_CLASSES)
 

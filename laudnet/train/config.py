@@ -235,10 +235,15 @@ def load_yaml_overrides(path: str | os.PathLike) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------- CLI
 
 
+def _granularity_flag(text: str) -> list[int] | None:
+    try:
+        return _parse_granularity(text)
+    except ValueError as err:  # argparse prints ArgumentTypeError messages as they are
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _flag_type(kind: type):
-    if kind is list:
-        return _parse_granularity
-    return kind
+    return _granularity_flag if kind is list else kind
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
