@@ -106,6 +106,18 @@ class TrainConfig:
             return self.lr
         return self.lr_base * self.global_batch(world_size) / self.lr_base_size
 
+    def dataset_kwargs(self, split: str) -> dict[str, Any]:
+        """Options for :func:`laudnet.data.build_dataset` from this config (subset size, canvas clutter and seed)."""
+        from laudnet.data import canonical_name
+
+        kwargs: dict[str, Any] = {}
+        subset = self.train_subset if split == "train" else self.val_subset
+        if subset is not None:
+            kwargs["num_samples"] = subset
+        if canonical_name(self.dataset) == "fashion-canvas":
+            kwargs.update(num_clutter=self.canvas_clutter, seed=self.seed)
+        return kwargs
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -54,17 +55,28 @@ def launched_by_torchrun() -> bool:
     return _env_int("RANK") is not None and _env_int("WORLD_SIZE") is not None
 
 
-def init_distributed(device: str | torch.device = "cpu") -> tuple[WorldInfo, torch.device]:
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` means CUDA when available, else CPU; anything else is parsed by :class:`torch.device`."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def init_distributed(
+    device: str | torch.device = "auto", timeout_s: float | None = None
+) -> tuple[WorldInfo, torch.device]:
     """Join the process group when launched by torchrun; otherwise do nothing.
 
     Args:
-        device: the requested device type. ``cuda`` (any index) becomes ``cuda:LOCAL_RANK`` and uses NCCL; ``cpu``
-            uses gloo.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``. Under torchrun ``cuda`` becomes ``cuda:LOCAL_RANK`` and uses NCCL;
+            ``cpu`` uses gloo.
+        timeout_s: collective timeout (default: torch's, 10 min for NCCL and 30 for gloo); short values make a dead
+            peer fail fast in tests.
 
     Returns:
         ``(world info, device this process should use)``.
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     info = world_info_from_env()
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -75,7 +87,9 @@ def init_distributed(device: str | torch.device = "cpu") -> tuple[WorldInfo, tor
     if launched_by_torchrun() and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         # device_id binds NCCL to this GPU up front (avoids the first collective guessing it).
-        kwargs = {"device_id": device} if backend == "nccl" else {}
+        kwargs: dict = {"device_id": device} if backend == "nccl" else {}
+        if timeout_s is not None:
+            kwargs["timeout"] = timedelta(seconds=timeout_s)
         dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size, **kwargs)
     return info, device
 

@@ -120,3 +120,21 @@ def test_help_lists_groups(capsys):
     out = capsys.readouterr().out
     for text in ("-c FILE", "--masker-lr-mult", "--kd-alpha", "--max-steps-per-epoch", "dynamic:", "(default: 0.5)"):
         assert text in out
+
+
+def test_shipped_imagenet_config():
+    from pathlib import Path
+
+    import laudnet.train.config
+
+    path = Path(laudnet.train.config.__file__).parents[1] / "configs" / "imagenet-finetune.yaml"
+    cfg = parse("-c", str(path), "--data-root", "/data/imagenet")
+    assert cfg.dataset == "imagenet" and cfg.granularity == [4, 4, 2, 1]
+    assert cfg.effective_lr(world_size=8) == pytest.approx(0.08)
+
+
+def test_dataset_kwargs():
+    cfg = parse("--train-subset", "100", "--canvas-clutter", "3", "--seed", "7")
+    assert cfg.dataset_kwargs("train") == {"num_samples": 100, "num_clutter": 3, "seed": 7}
+    assert cfg.dataset_kwargs("val") == {"num_clutter": 3, "seed": 7}
+    assert parse("--dataset", "fashion-mnist", "--val-subset", "5").dataset_kwargs("val") == {"num_samples": 5}

@@ -36,6 +36,11 @@ def test_world_info_from_env(monkeypatch):
         d.world_info_from_env()
 
 
+def test_resolve_device():
+    assert d.resolve_device("cpu") == torch.device("cpu")
+    assert d.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_single_process_is_a_no_op(no_torchrun):
     info, device = d.init_distributed("cpu")
     assert info.world_size == 1 and device == torch.device("cpu") and not d.is_dist()
@@ -63,7 +68,7 @@ def _worker(rank, world, port, out_dir):
     )
     from laudnet.data import build_loader
 
-    info, device = d.init_distributed("cpu")
+    info, device = d.init_distributed("cpu", timeout_s=60)
     mean = d.all_reduce_mean(torch.tensor([float(rank + 1), 10.0 * rank]))
     int_mean = d.all_reduce_mean(torch.tensor(rank, dtype=torch.int64))
     total = d.all_reduce_sum(torch.tensor(rank + 1))
