@@ -63,6 +63,7 @@ class TrainConfig:
     lr: float | None = _f(None, "learning rate; default lr_base x global batch / lr_base_size", "optimisation")
     lr_base: float = _f(0.02, "learning rate per lr_base_size images of global batch", "optimisation")
     lr_base_size: int = _f(256, "batch size that lr_base refers to", "optimisation")
+    min_lr: float = _f(0.0, "end of the per-iteration cosine decay", "optimisation")
     masker_lr_mult: float = _f(1.0, "learning-rate multiplier of the masker parameters", "optimisation")
     weight_decay: float = _f(5e-5, "weight decay (all parameters)", "optimisation")
     momentum: float = _f(0.9, "SGD momentum", "optimisation")
@@ -88,6 +89,8 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", "run")
     amp: bool = _f(True, "bf16 autocast (on CUDA only)", "run")
     channels_last: bool = _f(True, "channels_last memory format (on CUDA only)", "run")
+    checkpoint_every: int = _f(1, "epochs between checkpoints (last.pt is also written on SIGTERM)", "run")
+    eval_every: int = _f(1, "epochs between validations (the last epoch is always validated)", "run")
     max_steps_per_epoch: int | None = _f(None, "stop each epoch after this many optimiser steps (quick runs)", "run")
     log_interval: int = _f(50, "steps between progress-bar metric updates", "run")
     tensorboard: bool = _f(False, "also write TensorBoard logs (needs the tensorboard package)", "run")
@@ -152,7 +155,16 @@ def validate_config(cfg: TrainConfig) -> None:
     from laudnet.data import canonical_name  # local: keeps `import config` light
 
     canonical_name(cfg.dataset)
-    positive = ("image_size", "epochs", "batch_size", "grad_accum", "lr_base_size", "log_interval")
+    positive = (
+        "image_size",
+        "epochs",
+        "batch_size",
+        "grad_accum",
+        "lr_base_size",
+        "log_interval",
+        "checkpoint_every",
+        "eval_every",
+    )
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -164,7 +176,16 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
     if cfg.lr is not None and cfg.lr <= 0:
         raise ValueError(f"lr must be > 0 when set, got {cfg.lr}")
-    for name in ("weight_decay", "momentum", "warmup_epochs", "lambda_flops", "kd_alpha", "workers", "canvas_clutter"):
+    for name in (
+        "min_lr",
+        "weight_decay",
+        "momentum",
+        "warmup_epochs",
+        "lambda_flops",
+        "kd_alpha",
+        "workers",
+        "canvas_clutter",
+    ):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.label_smoothing < 1:
