@@ -34,6 +34,8 @@ from laudnet.deploy import deploy
 from laudnet.flops import conv_out_size
 from laudnet.masks import mask_grid_size
 
+_SAVE = None  # set by main: writes the results file
+
 TORCHVISION = {"laud_resnet50": torchvision.models.resnet50, "laud_resnet101": torchvision.models.resnet101}
 
 
@@ -149,6 +151,8 @@ def record(results: list[dict], row: dict, variant: str, fn, args, **extra) -> f
         results.append(dict(row, variant=variant, error=f"{type(e).__name__}: {e}", **extra))
         return None
     results.append(dict(row, variant=variant, ms=ms, **extra))
+    if _SAVE is not None:
+        _SAVE()  # after every measurement: a run cut short by a time limit keeps what it measured
     print(f"{row['model']} b{row['batch']} {row['kind']:<8} {row.get('rate', ''):<7} {variant:<26} {ms:8.3f} ms "
           f"{extra or ''}", flush=True)
     return ms
@@ -208,8 +212,12 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                     if deployed_c is not None:
                         deployed_c(x)  # compile (dynamic shapes: later rates reuse the code)
                         record(results, row, "deployed compile", partial(deployed_c, x), args, **extra)
-                    if paradigm == "channel":
-                        record(results, row, "deployed cuda-graph", as_graph(deployed, x), args, **extra)
+                    try:
+                        graphed = deployed.graphed(x)
+                    except RuntimeError as e:
+                        results.append(dict(row, variant="deployed cuda-graph", error=str(e)[:300], **extra))
+                    else:
+                        record(results, row, "deployed cuda-graph", partial(graphed, x), args, **extra)
 
 
 def main() -> int:
@@ -231,12 +239,18 @@ def main() -> int:
     results: list[dict] = []
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, torchvision=torchvision.__version__,
                 triton=_triton_version(), python=platform.python_version(), commit=args.commit, args=vars(args))
+    global _SAVE
+
+    def save() -> None:
+        with open(args.out, "w") as f:
+            json.dump(dict(meta=meta, results=results), f, indent=1)
+
+    _SAVE = save
     try:
         for name in args.models:
             bench_model(name, args, results)
     finally:
-        with open(args.out, "w") as f:
-            json.dump(dict(meta=meta, results=results), f, indent=1)
+        save()
     return 0
 
 

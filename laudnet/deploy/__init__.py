@@ -3,4 +3,5 @@
 from laudnet.deploy.blocks import DeployedBlock as DeployedBlock
 from laudnet.deploy.fold import fold_conv_bn as fold_conv_bn
 from laudnet.deploy.model import DeployedModel as DeployedModel
+from laudnet.deploy.model import GraphedModel as GraphedModel
 from laudnet.deploy.model import deploy as deploy

@@ -5,6 +5,8 @@ Tensors are NCHW in channels_last memory (NHWC underneath), so a sample, a pixel
 
 Each paradigm has a sparse path and a dense-masked path computing the same function; a block takes the dense path
 when the batch's activation rate exceeds its `dense_above` threshold (where measurement says dense is faster).
+The fused-kernel paths (ResNet bottlenecks: spatial, layer, channel) never synchronise with the host, so a deployed
+model can be captured as one CUDA graph (`DeployedModel.graphed`).
 Maskers are reduced to the difference of their two logits (execute iff ≥ 0) and evaluated in fp32.
 
 Non-projection blocks write their output into their input tensor (the previous block's output): no full-tensor copy.
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from laudnet import kernels as K
 from laudnet.blocks.base import DynamicBlock
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.flops import conv_out_size
@@ -62,7 +65,8 @@ class DeployedBlock(nn.Module):
 
     Args:
         block: the trained block (its weights are copied, the block is left unchanged).
-        dense_above: activation rate above which the dense-masked path runs (1.0: only when everything is active).
+        dense_above: activation rate above which the dense-masked path runs. The default 1.0 never checks (the check
+            reads the rate on the host, which rules out CUDA graphs).
     """
 
     def __init__(self, block: DynamicBlock, dense_above: float = 1.0) -> None:
@@ -94,8 +98,10 @@ class DeployedBlock(nn.Module):
             self.masker_fc1 = copy.deepcopy(cm.fc1).float()
             self.register_buffer("masker_w2", (cm.fc2.weight[:n] - cm.fc2.weight[n:]).detach().float().clone())
             self.register_buffer("masker_b2", (cm.fc2.bias[:n] - cm.fc2.bias[n:]).detach().float().clone())
-        # The channel kernels cover the plain bottleneck; a grouped 3×3 with SE (RegNetY) runs dense-masked.
-        self.channel_kernels = self.paradigm == "channel" and block.groups == 1 and self.se is None
+        # The fused kernels cover the plain bottleneck; a grouped 3×3 with SE (RegNetY) runs the torch paths.
+        plain = block.groups == 1 and self.se is None
+        self.channel_kernels = self.paradigm == "channel" and plain
+        self.patch_kernels = self.paradigm in ("spatial", "layer") and plain
         self.width = block.width
         self.groups = block.groups
         self.branch_fn = residual_branch  # replaced by the compiled form with deploy(compile=True)
@@ -105,6 +111,9 @@ class DeployedBlock(nn.Module):
         if self.channel_kernels:
             w1, w2, w3 = channel_ops.pack_bottleneck_weights(self.conv1.weight, self.conv2.weight, self.conv3.weight)
             self._packed = (w1, w2, w3)
+        if self.patch_kernels:
+            self._packed = (K.pack_conv1x1_weight(self.conv1.weight), K.pack_conv3x3_weight(self.conv2.weight),
+                            K.pack_conv1x1_weight(self.conv3.weight))
 
     # --- decisions ------------------------------------------------------------------------------------------------
     def _out_hw(self, x: Tensor) -> tuple[int, int]:
@@ -160,15 +169,39 @@ class DeployedBlock(nn.Module):
         keep = self.decide(x)
         rate = keep.float().mean()
         self.last_rate = rate  # a 0-d device tensor: reading it is the caller's choice (it synchronises)
+        dense = self.dense_above < 1 and float(rate) > self.dense_above  # the check synchronises: off by default
+        if self.patch_kernels and not dense:
+            grid = keep.view(-1, 1, 1) if self.paradigm == "layer" else keep
+            return self._forward_patches(x, grid)
         if self.paradigm == "layer":
             return self._forward_layer(x, keep)
         if self.paradigm == "spatial":
             pixel = expand_patches(keep[:, None].to(x.dtype), self.granularity, self._out_hw(x))
             return F.relu_(self._branch(x, pixel=pixel) + self._shortcut(x))
-        if self.channel_kernels and (self.dense_above >= 1 or float(rate) <= self.dense_above):
+        if self.channel_kernels and not dense:
             return self._forward_channel(x, keep)
         channels = expand_channel_groups(keep.to(x.dtype), self.granularity)
         return F.relu_(self._branch(x, channels=channels) + self._shortcut(x))
+
+    def _forward_patches(self, x: Tensor, grid: Tensor) -> Tensor:
+        """Spatial skipping through the fused patch kernels; layer skipping is the case of one patch per sample.
+
+        conv1 on the pixels the active patches' 3×3 windows read → implicit-GEMM 3×3 over the active patches → last
+        1×1 conv with the residual add and ReLU scattered in place. Index lists have a fixed capacity and a
+        device-side count, so nothing synchronises with the host and the block can be captured in a CUDA graph.
+        """
+        w1, w2, w3 = self._packed
+        in_hw, out_hw = (x.shape[2], x.shape[3]), self._out_hw(x)
+        patch = self.granularity if self.paradigm == "spatial" else max(out_hw)
+        patches, count = K.mask_to_patch_list(grid)
+        pixels, pixel_count = K.pixel_mask_to_idx_padded(K.conv1_pixel_mask(grid, patch, self.stride, in_hw))
+        h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=pixel_count)
+        h2 = K.gather_conv3x3(h1, w2, self.conv2.bias, patches, patch, self.stride, count=count)
+        s = nhwc(self._shortcut(x))  # the block input itself, or a fresh projection: written in place
+        K.conv1x1_scatter_add(h2, w3, self.conv3.bias, s, patches, patch, out=s, count=count)
+        if self.shortcut is not None:  # inactive positions of a projection block: relu(projection)
+            s.relu_()
+        return nchw(s)
 
     def _forward_channel(self, x: Tensor, keep: Tensor) -> Tensor:
         """Per-sample compacted channels: conv1 computes, conv2 reads and computes, conv3 reads active channels only."""

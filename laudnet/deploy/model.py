@@ -40,9 +40,46 @@ class DeployedModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
 
+    def graphed(self, example: Tensor) -> GraphedModel:
+        """This model captured as one CUDA graph for inputs shaped like `example` (see `GraphedModel`)."""
+        return GraphedModel(self, example)
+
     def activation_rates(self) -> list[float]:
         """Per-block activation rates of the last forward (synchronises with the device)."""
         return [float(b.last_rate) if b.last_rate is not None else 1.0 for b in self.blocks()]
+
+
+class GraphedModel:
+    """A deployed model replayed from a CUDA graph: no per-kernel launch cost, fixed input shape.
+
+    Works when no block synchronises with the host (the fused-kernel paths); a block that does (e.g. RegNetY layer
+    skipping, or `dense_above` < 1) makes the capture fail with an error that says so.
+    """
+
+    def __init__(self, model: DeployedModel, example: Tensor) -> None:
+        if not example.is_cuda:
+            raise ValueError("CUDA graphs need a CUDA input")
+        self.model = model
+        self.static_input = example.detach().clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up: Triton compilation and cuDNN autotuning happen outside the capture
+                model(self.static_input)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.no_grad(), torch.cuda.graph(self.graph):
+                self.static_output = model(self.static_input)
+        except RuntimeError as e:
+            raise RuntimeError(f"this deployed model synchronises with the host and cannot be captured: {e}") from e
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.shape != self.static_input.shape:
+            raise ValueError(f"graph captured for input {tuple(self.static_input.shape)}, got {tuple(x.shape)}")
+        self.static_input.copy_(x)
+        self.graph.replay()
+        return self.static_output
 
 
 class _Head(nn.Sequential):
