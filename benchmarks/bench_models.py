@@ -87,7 +87,14 @@ def block_decision_shapes(model, batch: int, image: int) -> list[tuple[int, ...]
 
 
 def random_decisions(shapes, rate: float, gen: torch.Generator) -> list[torch.Tensor]:
-    """Exactly round(rate·n) active decisions per block (per sample for channel/spatial), positions at random."""
+    """Exactly round(rate·n) active decisions per block (per sample for channel/spatial), positions at random.
+
+    Layer skipping at batch 1 has one decision per block: round(rate·blocks) blocks execute, chosen at random.
+    """
+    if all(len(shape) == 1 and shape[0] == 1 for shape in shapes):
+        order = torch.randperm(len(shapes), generator=gen)
+        active = set(order[: round(rate * len(shapes))].tolist())
+        return [torch.tensor([i in active]) for i in range(len(shapes))]
     masks = []
     for shape in shapes:
         flat = shape[-1] if len(shape) == 2 else (shape[1] * shape[2] if len(shape) == 3 else shape[0])
@@ -158,6 +165,17 @@ def record(results: list[dict], row: dict, variant: str, fn, args, **extra) -> f
     return ms
 
 
+def record_graph(results: list[dict], row: dict, variant: str, deployed, x, args, **extra) -> None:
+    """Capture a deployed model as a CUDA graph and time its replay (or record why it could not be captured)."""
+    try:
+        graphed = deployed.graphed(x)
+    except Exception as e:
+        traceback.print_exc()
+        results.append(dict(row, variant=variant, error=f"{type(e).__name__}: {str(e)[:300]}", **extra))
+        return
+    record(results, row, variant, partial(graphed, x), args, **extra)
+
+
 def bench_model(name: str, args, results: list[dict]) -> None:
     image = args.image_size
     tv = TORCHVISION[name]().cuda().eval().to(memory_format=torch.channels_last, dtype=torch.bfloat16)
@@ -187,7 +205,7 @@ def bench_model(name: str, args, results: list[dict]) -> None:
         for paradigm in args.paradigms:
             model = laudnet.create_model(name, paradigm=paradigm).cuda().eval()
             deployed = deploy(model, torch.bfloat16)
-            deployed_c = deploy(model, torch.bfloat16, compile=True) if args.compile and paradigm == "layer" else None
+            deployed_sparse = deploy(model, torch.bfloat16, spatial_conv1="sparse") if paradigm == "spatial" else None
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)
             if paradigm == "layer":
@@ -196,8 +214,8 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                 gen = torch.Generator().manual_seed(0)
                 masks = random_decisions(shapes, rate, gen)
                 force(model, deployed, masks)
-                if deployed_c is not None:
-                    for dblock, keep in zip(deployed_c.blocks(), masks, strict=True):
+                if deployed_sparse is not None:
+                    for dblock, keep in zip(deployed_sparse.blocks(), masks, strict=True):
                         dblock.forced_keep = keep.cuda()
                 row = dict(model=name, batch=batch, kind=paradigm, rate=rate, granularity=list(model.granularity))
                 with torch.no_grad():
@@ -209,15 +227,12 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                              predicted_ratio=predicted_ratio(name, paradigm, rate, model.granularity, batch))
                 with torch.no_grad():
                     record(results, row, "deployed eager", partial(deployed, x), args, **extra)
-                    if deployed_c is not None:
-                        deployed_c(x)  # compile (dynamic shapes: later rates reuse the code)
-                        record(results, row, "deployed compile", partial(deployed_c, x), args, **extra)
-                    try:
-                        graphed = deployed.graphed(x)
-                    except RuntimeError as e:
-                        results.append(dict(row, variant="deployed cuda-graph", error=str(e)[:300], **extra))
-                    else:
-                        record(results, row, "deployed cuda-graph", partial(graphed, x), args, **extra)
+                    record_graph(results, row, "deployed cuda-graph", deployed, x, args, **extra)
+                    if deployed_sparse is not None:
+                        record_graph(results, row, "deployed sparse-conv1 cuda-graph", deployed_sparse, x, args,
+                                     **extra)
+                    results.append(dict(row, variant="block rates",
+                                        rates=[round(r, 3) for r in deployed.activation_rates()]))
 
 
 def main() -> int:

@@ -56,6 +56,8 @@ def compiled_residual_branch():
     """`residual_branch` compiled once per process (Inductor, dynamic batch)."""
     global _COMPILED_BRANCH
     if _COMPILED_BRANCH is None:
+        # One compiled function serves blocks of every width; each distinct shape signature is a cache entry.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         _COMPILED_BRANCH = torch.compile(residual_branch, dynamic=True)
     return _COMPILED_BRANCH
 
@@ -105,6 +107,7 @@ class DeployedBlock(nn.Module):
         self.width = block.width
         self.groups = block.groups
         self.branch_fn = residual_branch  # replaced by the compiled form with deploy(compile=True)
+        self.spatial_conv1 = "dense"  # or "sparse": conv1 only on the dilated active region (see _forward_patches)
 
     def prepare(self) -> None:
         """Derive kernel-side weight layouts once the block has its final device and dtype (called by `deploy`)."""
@@ -121,12 +124,14 @@ class DeployedBlock(nn.Module):
 
     def decide(self, x: Tensor) -> Tensor:
         """Hard decisions: (B, gh, gw) for spatial, (B,) for layer, (B, n_groups) for channel; bool."""
-        if self.paradigm in ("spatial", "layer"):
+        # Pool first (fp32 accumulation, no fp32 copy of x), then the masker's tiny GEMM in fp32.
+        if self.paradigm == "layer":
+            keep = x.mean(dim=(2, 3), dtype=torch.float32) @ self.masker_w + self.masker_b >= 0
+        elif self.paradigm == "spatial":
             pooled = pool_patches(x, self.stride, self.granularity, self._out_hw(x)).float()
-            logit = torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b
-            keep = logit[:, 0, 0] >= 0 if self.paradigm == "layer" else logit >= 0
+            keep = torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b >= 0
         elif self.paradigm == "channel":
-            hidden = F.relu(self.masker_fc1(x.float().mean(dim=(2, 3))))
+            hidden = F.relu(self.masker_fc1(x.mean(dim=(2, 3), dtype=torch.float32)))
             keep = hidden @ self.masker_w2.t() + self.masker_b2 >= 0
         else:
             raise RuntimeError("a static block has no decisions")
@@ -192,10 +197,18 @@ class DeployedBlock(nn.Module):
         """
         w1, w2, w3 = self._packed
         in_hw, out_hw = (x.shape[2], x.shape[3]), self._out_hw(x)
-        patch = self.granularity if self.paradigm == "spatial" else max(out_hw)
         patches, count = K.mask_to_patch_list(grid)
-        pixels, pixel_count = K.pixel_mask_to_idx_padded(K.conv1_pixel_mask(grid, patch, self.stride, in_hw))
-        h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=pixel_count)
+        if self.paradigm == "layer":  # conv1 on every pixel of the executing samples
+            patch = max(out_hw)
+            pixels = K.samples_to_pixel_idx(patches[:, 0], in_hw[0] * in_hw[1])
+            h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=count * (in_hw[0] * in_hw[1]))
+        elif self.spatial_conv1 == "sparse":  # conv1 on the pixels the active patches' 3×3 windows read
+            patch = self.granularity
+            pixels, pixel_count = K.pixel_mask_to_idx_padded(K.conv1_pixel_mask(grid, patch, self.stride, in_hw))
+            h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=pixel_count)
+        else:  # dense conv1: no pixel list to build (its cost on the device outweighs the saved conv1 work)
+            patch = self.granularity
+            h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, None)
         h2 = K.gather_conv3x3(h1, w2, self.conv2.bias, patches, patch, self.stride, count=count)
         s = nhwc(self._shortcut(x))  # the block input itself, or a fresh projection: written in place
         K.conv1x1_scatter_add(h2, w3, self.conv3.bias, s, patches, patch, out=s, count=count)

@@ -104,6 +104,7 @@ def deploy(
     dense_above: float | list[float] = 1.0,
     device: torch.device | str | None = None,
     compile: bool = False,
+    spatial_conv1: str = "dense",
 ) -> DeployedModel:
     """Turn a trained LAUD model into an inference module; the model itself is left unchanged.
 
@@ -114,6 +115,8 @@ def deploy(
         device: where the deployed model lives (default: the model's device).
         compile: run the dense parts of blocks (whole static blocks, layer-skipping sub-batches) through one
             `torch.compile`d function with dynamic batch size.
+        spatial_conv1: ``dense`` (default) or ``sparse``: how spatially skipping ResNet blocks compute conv1 — on
+            every pixel (fused Triton 1×1 conv, no index building) or on the dilated active region only.
 
     Returns:
         A `DeployedModel` in eval mode computing the eval-mode function of `model`.
@@ -134,7 +137,10 @@ def deploy(
     for m in deployed.modules():
         if isinstance(m, nn.Conv2d | nn.Linear) and not _is_masker(deployed, m):
             m.to(dtype=dtype, memory_format=torch.channels_last) if isinstance(m, nn.Conv2d) else m.to(dtype)
+    if spatial_conv1 not in ("dense", "sparse"):
+        raise ValueError(f"spatial_conv1 must be 'dense' or 'sparse', got {spatial_conv1!r}")
     for b in deployed.blocks():
+        b.spatial_conv1 = spatial_conv1
         b.prepare()
         if compile:
             b.branch_fn = compiled_residual_branch()

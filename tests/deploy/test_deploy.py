@@ -79,3 +79,13 @@ def test_deploy_leaves_the_model_unchanged_and_checks_input():
         deploy(model, dense_above=[0.5, 0.5])
     with pytest.raises(TypeError, match="expects a LAUD model"):
         deploy(torch.nn.Linear(2, 2))
+
+
+def test_spatial_sparse_conv1_agrees():
+    model = _trained_like("laud_resnet50", "spatial", granularity="2-2-2-1")
+    x = torch.randn(3, 3, 60, 52)
+    with torch.no_grad():
+        out = deploy(model, torch.float32, spatial_conv1="sparse")(x)
+        assert _rel(out, model(x)) < 1e-5
+    with pytest.raises(ValueError, match="spatial_conv1 must be 'dense' or 'sparse'"):
+        deploy(model, spatial_conv1="halo")
