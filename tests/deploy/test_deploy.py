@@ -89,3 +89,18 @@ def test_spatial_sparse_conv1_agrees():
         assert _rel(out, model(x)) < 1e-5
     with pytest.raises(ValueError, match="spatial_conv1 must be 'dense' or 'sparse'"):
         deploy(model, spatial_conv1="halo")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
+def test_deployed_bf16_kernels_and_graph_on_gpu(paradigm):
+    """On a GPU the fused Triton kernels run; bf16 output and its CUDA-graph replay match the fp32 eval model."""
+    model = _trained_like("laud_resnet50", paradigm).cuda()
+    x = torch.randn(8, 3, 96, 112, device="cuda")
+    deployed = deploy(model, torch.bfloat16)
+    with torch.no_grad():
+        expected = model(x)
+        out = deployed(x).float()
+        graphed = deployed.graphed(x)(x).float()
+    assert _rel(out, expected) < 3e-2
+    torch.testing.assert_close(graphed, out, rtol=0, atol=0)
