@@ -94,13 +94,20 @@ def test_spatial_sparse_conv1_agrees():
 @pytest.mark.gpu
 @pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
 def test_deployed_bf16_kernels_and_graph_on_gpu(paradigm):
-    """On a GPU the fused Triton kernels run; bf16 output and its CUDA-graph replay match the fp32 eval model."""
+    """On a GPU the fused Triton kernels run: with the eval model's decisions imposed (bf16 rounding can flip a
+    borderline decision, which is not what this test is about), the bf16 output and its CUDA-graph replay match the
+    fp32 eval model."""
     model = _trained_like("laud_resnet50", paradigm).cuda()
     x = torch.randn(8, 3, 96, 112, device="cuda")
     deployed = deploy(model, torch.bfloat16)
     with torch.no_grad():
         expected = model(x)
+    for block, info in zip(deployed.blocks(), model.collect_info(), strict=True):
+        masks = info.masks
+        keep = masks["channel"] if paradigm == "channel" else masks["patch"][:, 0]
+        block.forced_keep = (keep.view(-1) if paradigm == "layer" else keep) > 0.5
+    with torch.no_grad():
         out = deployed(x).float()
         graphed = deployed.graphed(x)(x).float()
-    assert _rel(out, expected) < 3e-2
-    torch.testing.assert_close(graphed, out, rtol=0, atol=0)
+    assert _rel(out, expected) < 2e-2
+    torch.testing.assert_close(graphed, out)
