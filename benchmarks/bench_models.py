@@ -204,7 +204,7 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                        compile_s=round(time.time() - t0, 1))
         for paradigm in args.paradigms:
             model = laudnet.create_model(name, paradigm=paradigm).cuda().eval()
-            deployed = deploy(model, torch.bfloat16)
+            deployed = deploy(model, torch.bfloat16, compile=args.compile)
             deployed_sparse = deploy(model, torch.bfloat16, spatial_conv1="sparse") if paradigm == "spatial" else None
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)

@@ -218,9 +218,10 @@ class DeployedBlock(nn.Module):
         h2 = K.gather_conv3x3(h1, w2, self.conv2.bias, patches, patch, self.stride, count=count)
         s = nhwc(self._shortcut(x))  # the block input itself, or a fresh projection: written in place
         K.conv1x1_scatter_add(h2, w3, self.conv3.bias, s, patches, patch, out=s, count=count)
+        out = nchw(s)
         if self.shortcut is not None:  # inactive positions of a projection block: relu(projection)
-            s.relu_()
-        return nchw(s)
+            out.relu_()  # on the channels_last NCHW view: PyTorch's vectorised path
+        return out
 
     def _pixel_base(self, hw: int, device: torch.device) -> Tensor:
         """arange(hw) as int32, cached per map size (a constant of the layer-skipping pixel lists)."""

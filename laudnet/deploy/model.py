@@ -113,8 +113,9 @@ def deploy(
         dtype: compute dtype (bf16 on GPU; fp32 for exact comparisons).
         dense_above: activation rate above which a block runs its dense-masked path: one value, or one per block.
         device: where the deployed model lives (default: the model's device).
-        compile: run the dense parts of blocks (whole static blocks, layer-skipping sub-batches) through one
-            `torch.compile`d function with dynamic batch size.
+        compile: compile the stem and head (`torch.compile`), and run the dense parts of blocks (whole static
+            blocks, the torch layer-skipping path) through one compiled function with dynamic batch size. Compilation
+            happens at the first call (also the warm-up of `graphed`).
         spatial_conv1: ``dense`` (default) or ``sparse``: how spatially skipping ResNet blocks compute conv1 — on
             every pixel (fused Triton 1×1 conv, no index building) or on the dilated active region only.
 
@@ -144,6 +145,11 @@ def deploy(
         b.prepare()
         if compile:
             b.branch_fn = compiled_residual_branch()
+    if compile:
+        # The stem's conv, ReLU and max-pool: on an H100 at batch 128 eager cuDNN and max-pool take 1.3 ms of a
+        # 9 ms layer-skipping ResNet-101 (benchmarks/results/profile_layer_*); Inductor fuses the pointwise work.
+        deployed.stem = torch.compile(deployed.stem)
+        deployed.head = torch.compile(deployed.head)
     return deployed
 
 
