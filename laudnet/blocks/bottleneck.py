@@ -19,9 +19,12 @@ class DynamicBottleneck(DynamicBlock):
         block: the torchvision Bottleneck whose layers this block takes over.
         paradigm: ``static``, ``spatial``, ``channel`` or ``layer``.
         granularity: patch size S (spatial) or channel group size G (channel); None otherwise.
+        masker_reduction: hidden-width reduction of the channel masker's MLP.
     """
 
-    def __init__(self, block: Bottleneck, paradigm: str = "static", granularity: int | None = None) -> None:
+    def __init__(
+        self, block: Bottleneck, paradigm: str = "static", granularity: int | None = None, masker_reduction: int = 16
+    ) -> None:
         super().__init__()
         self.conv1, self.bn1 = block.conv1, block.bn1
         self.conv2, self.bn2 = block.conv2, block.bn2
@@ -34,7 +37,7 @@ class DynamicBottleneck(DynamicBlock):
         self.stride = block.conv2.stride[0]
         self.groups = block.conv2.groups
         self.se_channels = 0
-        self._init_dynamic(paradigm, granularity)
+        self._init_dynamic(paradigm, granularity, masker_reduction)
 
     @property
     def has_projection(self) -> bool:

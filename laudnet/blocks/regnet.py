@@ -21,9 +21,16 @@ class DynamicRegNetBlock(DynamicBlock):
         block: the torchvision ResBottleneckBlock whose layers this block takes over.
         paradigm: ``static``, ``spatial``, ``channel`` or ``layer``.
         granularity: patch size S (spatial) or channel group size G (channel); None otherwise.
+        masker_reduction: hidden-width reduction of the channel masker's MLP.
     """
 
-    def __init__(self, block: ResBottleneckBlock, paradigm: str = "static", granularity: int | None = None) -> None:
+    def __init__(
+        self,
+        block: ResBottleneckBlock,
+        paradigm: str = "static",
+        granularity: int | None = None,
+        masker_reduction: int = 16,
+    ) -> None:
         super().__init__()
         self.proj = block.proj
         self.f = block.f
@@ -36,7 +43,7 @@ class DynamicRegNetBlock(DynamicBlock):
         self.groups = conv_b.groups
         se = getattr(self.f, "se", None)
         self.se_channels = se.fc1.out_channels if se is not None else 0
-        self._init_dynamic(paradigm, granularity)
+        self._init_dynamic(paradigm, granularity, masker_reduction)
 
     @property
     def has_projection(self) -> bool:

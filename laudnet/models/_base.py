@@ -46,6 +46,19 @@ def parse_granularity(
     return values
 
 
+def dynamic_stage(stage: nn.Module, block_cls: type[DynamicBlock], paradigm: str, granularity: int | None,
+                  stage_index: int, **block_kwargs) -> nn.Sequential:
+    """Wrap every block of a torchvision stage in `block_cls`, keeping the child names (so state-dict keys stay
+    torchvision's); a bad granularity is reported with the stage and block it concerns."""
+    blocks = nn.Sequential()
+    for name, block in stage.named_children():
+        try:
+            blocks.add_module(name, block_cls(block, paradigm, granularity, **block_kwargs))
+        except ValueError as e:
+            raise ValueError(f"stage {stage_index + 1}, block {name}: {e}") from None
+    return blocks
+
+
 @dataclass
 class ModelFlops:
     """Per-image multiply-accumulates of a model.

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from laudnet.blocks.regnet import DynamicRegNetBlock
 from laudnet.flops import conv_flops, conv_out_size, linear_flops, pool_flops
-from laudnet.models._base import DynamicModel, parse_granularity
+from laudnet.models._base import DynamicModel, dynamic_stage, parse_granularity
 from laudnet.models._registry import register_model
 
 
@@ -59,13 +59,8 @@ class LaudRegNet(DynamicModel):
         self.stem = tv.stem
         trunk = nn.Sequential()
         for i, ((stage_name, stage), gran) in enumerate(zip(tv.trunk_output.named_children(), grans, strict=True)):
-            blocks = nn.Sequential()
-            for block_name, block in stage.named_children():
-                try:
-                    blocks.add_module(block_name, DynamicRegNetBlock(block, paradigm, gran))
-                except ValueError as e:
-                    raise ValueError(f"{block_name} (stage {i + 1}): {e}") from None
-            trunk.add_module(stage_name, blocks)
+            trunk.add_module(stage_name, dynamic_stage(stage, DynamicRegNetBlock, paradigm, gran, i,
+                                                       masker_reduction=masker_reduction))
         self.trunk_output = trunk
         self.avgpool, self.fc = tv.avgpool, tv.fc
 

@@ -14,7 +14,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from laudnet.blocks.bottleneck import DynamicBottleneck
 from laudnet.flops import conv_flops, conv_out_size, linear_flops, pool_flops, window_pool_flops
-from laudnet.models._base import DynamicModel, parse_granularity
+from laudnet.models._base import DynamicModel, dynamic_stage, parse_granularity
 from laudnet.models._registry import register_model
 
 
@@ -59,13 +59,8 @@ class LaudResNet(DynamicModel):
         self.conv1, self.bn1, self.relu, self.maxpool = tv.conv1, tv.bn1, tv.relu, tv.maxpool
         for i, gran in enumerate(grans):
             name = f"layer{i + 1}"
-            blocks = []
-            for j, block in enumerate(getattr(tv, name)):
-                try:
-                    blocks.append(DynamicBottleneck(block, paradigm, gran))
-                except ValueError as e:
-                    raise ValueError(f"{name}.{j} (stage {i + 1}): {e}") from None
-            self.add_module(name, nn.Sequential(*blocks))
+            self.add_module(name, dynamic_stage(getattr(tv, name), DynamicBottleneck, paradigm, gran, i,
+                                                masker_reduction=masker_reduction))
         self.avgpool, self.fc = tv.avgpool, tv.fc
 
     def stages(self) -> list[nn.Sequential]:
