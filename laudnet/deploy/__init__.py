@@ -5,3 +5,4 @@ from laudnet.deploy.fold import fold_conv_bn as fold_conv_bn
 from laudnet.deploy.model import DeployedModel as DeployedModel
 from laudnet.deploy.model import GraphedModel as GraphedModel
 from laudnet.deploy.model import deploy as deploy
+from laudnet.deploy.tune import tune_paths as tune_paths

@@ -108,6 +108,7 @@ class DeployedBlock(nn.Module):
         self.groups = block.groups
         self.branch_fn = residual_branch  # replaced by the compiled form with deploy(compile=True)
         self.spatial_conv1 = "dense"  # or "sparse": conv1 only on the dilated active region (see _forward_patches)
+        self.path = "sparse"  # or "dense": the dense-masked path, where measurement says it is faster (`tune_paths`)
 
     def prepare(self) -> None:
         """Derive kernel-side weight layouts once the block has its final device and dtype (called by `deploy`)."""
@@ -174,19 +175,27 @@ class DeployedBlock(nn.Module):
         keep = self.decide(x)
         rate = keep.float().mean()
         self.last_rate = rate  # a 0-d device tensor: reading it is the caller's choice (it synchronises)
-        dense = self.dense_above < 1 and float(rate) > self.dense_above  # the check synchronises: off by default
-        if self.patch_kernels and not dense:
-            grid = keep.view(-1, 1, 1) if self.paradigm == "layer" else keep
-            return self._forward_patches(x, grid)
+        dense = self.path == "dense" or (self.dense_above < 1 and float(rate) > self.dense_above)  # (syncs)
+        if dense:
+            return self._forward_dense(x, keep)
+        if self.patch_kernels:
+            return self._forward_patches(x, keep.view(-1, 1, 1) if self.paradigm == "layer" else keep)
+        if self.channel_kernels:
+            return self._forward_channel(x, keep)
         if self.paradigm == "layer":
             return self._forward_layer(x, keep)
+        return self._forward_dense(x, keep)
+
+    def _forward_dense(self, x: Tensor, keep: Tensor) -> Tensor:
+        """The dense-masked path: every conv dense, decisions applied as masks (no host synchronisation)."""
+        s = self._shortcut(x)
+        if self.paradigm == "layer":
+            return F.relu_(self._branch(x) * keep.to(x.dtype).view(-1, 1, 1, 1) + s)
         if self.paradigm == "spatial":
             pixel = expand_patches(keep[:, None].to(x.dtype), self.granularity, self._out_hw(x))
-            return F.relu_(self._branch(x, pixel=pixel) + self._shortcut(x))
-        if self.channel_kernels and not dense:
-            return self._forward_channel(x, keep)
+            return F.relu_(self._branch(x, pixel=pixel) + s)
         channels = expand_channel_groups(keep.to(x.dtype), self.granularity)
-        return F.relu_(self._branch(x, channels=channels) + self._shortcut(x))
+        return F.relu_(self._branch(x, channels=channels) + s)
 
     def _forward_patches(self, x: Tensor, grid: Tensor) -> Tensor:
         """Spatial skipping through the fused patch kernels; layer skipping is the case of one patch per sample.
@@ -249,9 +258,6 @@ class DeployedBlock(nn.Module):
         s = self._shortcut(x)
         if n == 0:
             return F.relu_(s) if self.shortcut is not None else x
-        if n > self.dense_above * x.shape[0]:
-            gate = keep.to(x.dtype).view(-1, 1, 1, 1)
-            return F.relu_(self._branch(x) * gate + s)
         x_sub = nchw(nhwc(x).index_select(0, idx))
         s_sub = x_sub if self.shortcut is None else nchw(nhwc(s).index_select(0, idx))
         z = self._dense_block(x_sub, s_sub)

@@ -111,3 +111,26 @@ def test_deployed_bf16_kernels_and_graph_on_gpu(paradigm):
         graphed = deployed.graphed(x)(x).float()
     assert _rel(out, expected) < 2e-2
     torch.testing.assert_close(graphed, out)
+
+
+@pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
+def test_tuned_paths_are_measured_and_keep_the_function(paradigm):
+    from laudnet.deploy import tune_paths
+
+    model = _trained_like("laud_resnet50", paradigm)
+    x = torch.randn(4, 3, 64, 64)
+    deployed = deploy(model, torch.float32)
+    timed = []
+
+    def fake_timer(fn, device, repeats):
+        block = fn.__defaults__[0]  # tune_paths times `lambda b=block, x=x: b(x.clone())`
+        fn()
+        timed.append(block.path)
+        return 1.0 if block.path == "dense" else 2.0  # dense "measures" faster everywhere
+
+    chosen = tune_paths(deployed, x, timer=fake_timer)
+    assert chosen == ["dense"] * 16 and timed == ["sparse", "dense"] * 16
+    with torch.no_grad():
+        assert _rel(deployed(x), model(x)) < 1e-5
+    real = tune_paths(deployed, x, repeats=1)  # the wall-clock timer on CPU: any choice, but a valid one
+    assert set(real) <= {"sparse", "dense"}

@@ -1,0 +1,78 @@
+"""Per-block choice between the sparse and the dense-masked path, decided by measurement on the target device.
+
+Skipping only pays where the skipped work outweighs the cost of skipping (maskers, index lists, less efficient
+kernels): at high activation rates, and for small blocks, the dense path can be faster (benchmarks/NOTES.md). The
+choice depends on the device and on the rates a trained model shows on real data, so it is measured: each block runs
+both paths on the input it receives from a representative batch, and keeps the faster.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from laudnet.deploy.model import DeployedModel
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 3) -> float:
+    """Median seconds of fn() on a device (CUDA events on a GPU, the wall clock elsewhere)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
+               timer: Callable[..., float] = time_call) -> list[str]:
+    """Set each dynamic block's `path` to whichever of ``sparse`` and ``dense`` runs faster on `example`.
+
+    Args:
+        deployed: a deployed model (its blocks' decisions are made by its maskers, or imposed with `forced_keep`).
+        example: a representative input batch (same batch size as in production).
+        repeats: timed calls per block and path.
+        timer: ``timer(fn, device, repeats=...) -> seconds``; the default uses CUDA events on a GPU.
+
+    Returns:
+        The chosen path of every block, in order.
+    """
+    inputs: dict[int, Tensor] = {}
+    blocks = deployed.blocks()
+    hooks = [b.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0].clone()))
+             for i, b in enumerate(blocks)]
+    try:
+        deployed(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    device = example.device
+    chosen = []
+    for i, block in enumerate(blocks):
+        if block.paradigm == "static":
+            chosen.append(block.path)
+            continue
+        x = inputs[i]
+        costs = {}
+        for path in ("sparse", "dense"):
+            block.path = path
+            # Blocks may write into their input: each call gets a copy (the same copy cost on both sides).
+            costs[path] = timer(lambda b=block, x=x: b(x.clone()), device, repeats=repeats)
+        block.path = min(costs, key=costs.get)
+        chosen.append(block.path)
+    return chosen
