@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 
-from laudnet.latency.blocks import PARADIGMS, block_cost
+from laudnet.latency.blocks import PARADIGMS, SPATIAL_CONV1, block_cost
 from laudnet.latency.geometry import BlockGeometry, get_geometry
 from laudnet.latency.hardware import HardwareSpec, load_hardware
 from laudnet.latency.ops import get_op_model
@@ -222,7 +222,11 @@ def compare_blocks(measurements: Sequence[dict], hw: str | HardwareSpec, compat:
     Args:
         measurements: dicts with the block (`model`, 0-based `stage` and `index`, or the geometry fields of
             `BlockGeometry`), `paradigm` (static/spatial/channel/layer), `granularity` (S or G; optional otherwise),
-            `density`, `batch` and `measured_ms` (latency of the block for the whole batch, ms); optional `precision`.
+            `density`, `batch` and `measured_ms` (latency of the block for the whole batch, ms); optional `precision`,
+            `graphed` (true: timed as CUDA-graph replays, so kernels cost the spec's `graph_launch_time`) and
+            `spatial_conv1` ("dense" or "sparse": the engine's conv1 mode of a spatial block) and `masker` (false: the
+            block was timed with its masks given, so the masker network is not predicted either) and `index_lists`
+            (false: the block was timed with its index lists prebuilt).
         hw: device (preset name, spec file or `HardwareSpec`).
         compat: None or "paper".
 
@@ -257,8 +261,14 @@ def compare_blocks(measurements: Sequence[dict], hw: str | HardwareSpec, compat:
         dev = hw.with_precision(m["precision"]) if "precision" in m else hw
         if compat == "paper" and dev.precision != "fp32":
             dev = dev.with_precision("fp32")
+        if m.get("graphed") and compat != "paper":  # compat keeps the paper's single launch time
+            dev = dev.graphed()
+        conv1 = m.get("spatial_conv1", "dense")
+        if conv1 not in SPATIAL_CONV1:
+            raise ValueError(f"measurement {m!r}: spatial_conv1 must be one of {SPATIAL_CONV1}")
         op = get_op_model(dev, batch, compat == "paper")
-        predicted = block_cost(op, block, paradigm, density, gran).latency * 1e3
+        predicted = block_cost(op, block, paradigm, density, gran, spatial_conv1=conv1,
+                               masker=bool(m.get("masker", True)), index=bool(m.get("index_lists", True))).latency * 1e3
         signed = (predicted - measured) / measured
         rows.append({**m, "predicted_ms": predicted, "rel_error": abs(signed), "signed_error": signed})
     worst = max(rows, key=lambda r: r["rel_error"])

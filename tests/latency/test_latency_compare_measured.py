@@ -77,7 +77,7 @@ def test_conversion_takes_the_documented_variants(raw, converted):
     m = by_key[("resnet50 stage 0 block 1", "spatial", 4, 0.5)]
     assert m["measured_ms"] == row["syncfree_graph_ms"] and m["density"] == row["pixel_rate"]
     lay = next(r for r in spatial["layer"] if r["stage"] == 3 and r["rate"] == 0.25)
-    assert by_key[("resnet50 stage 2 block 1", "layer", None, 0.25)]["measured_ms"] == lay["index_select_graph_ms"]
+    assert by_key[("resnet50 stage 2 block 1", "layer", None, 0.25)]["measured_ms"] == lay["as_spatial_graph_ms"]
     # a channel case timed in both runs comes from run 2 (final tiles); one timed only in run 1 from run 1
     run1, run2 = (dict(runs)[p.name] for p in cp.CHANNEL_FILES)
     both = by_key[("resnet50 stage 2 block 1", "channel", 8, 0.5)]
