@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from laudnet.latency.blocks import block_cost, spatial_parts
-from laudnet.latency.calibrate import _block_of, compare_blocks
+from laudnet.latency.calibrate import _block_of, compare_blocks, reclock
 from laudnet.latency.geometry import get_geometry
 from laudnet.latency.hardware import load_hardware
 from laudnet.latency.ops import ZERO, get_op_model
@@ -335,6 +335,32 @@ def _breakdown_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def clock_effect(measurements: list[dict], spec_path: str | Path, frequency: float) -> dict:
+    """The spec refitted at another clock (`reclock`: lanes x clock kept) against the spec as saved: per-paradigm
+    median error of both and the largest relative change of a prediction. Shows what a wrong clock in a calibrated
+    spec does: only the tile-fill thresholds (lanes per engine) move."""
+    spec = load_hardware(spec_path)
+    fitted, moved = compare_blocks(measurements, spec), compare_blocks(measurements, reclock(spec, frequency))
+    change = max(abs(b["predicted_ms"] - a["predicted_ms"]) / a["predicted_ms"]
+                 for a, b in zip(fitted["rows"], moved["rows"], strict=True))
+    return {"spec": Path(spec_path).name, "fitted_hz": spec.frequency, "reclocked_hz": frequency,
+            "fitted": summarize(fitted), "reclocked": summarize(moved), "max_prediction_change": change}
+
+
+def _clock_lines(eff: dict) -> list[str]:
+    lines = ["## Clock of the calibrated spec", "",
+             f"`{eff['spec']}` was fitted with the idle SM clock, {eff['fitted_hz'] / 1e6:.0f} MHz "
+             "(`laudnet calibrate` "
+             "now records the maximum SM clock). The fit constrains lanes x clock only; the same spec refitted at "
+             f"{eff['reclocked_hz'] / 1e6:.0f} MHz (the H100's maximum SM clock, `calibrate.reclock`) changes the "
+             "lanes per engine and with them the tile-fill thresholds. Largest change of a prediction: "
+             f"{_pct(eff['max_prediction_change'])}.", "",
+             "| paradigm | median error, fitted clock | median error, max clock |", "|---|---|---|"]
+    for p, s in eff["fitted"].items():
+        lines.append(f"| {p} | {_pct(s['median_rel_error'])} | {_pct(eff['reclocked'][p]['median_rel_error'])} |")
+    return lines + [""]
+
+
 # ---- report ----------------------------------------------------------------------------------------------------------
 def _pct(x: float) -> str:
     return f"{x:.0%}" if abs(x) >= 0.095 else f"{x:.1%}"
@@ -352,9 +378,22 @@ def _summary_table(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _earlier_note(earlier: dict[str, dict] | None) -> list[str]:
+    """The earlier report's own per-paradigm medians (its measured variants), where they differ in meaning."""
+    if not earlier:
+        return []
+    meds = ", ".join(f"`{spec}` {_pct(bp['layer']['median_rel_error'])}" for spec, bp in earlier.items()
+                     if "layer" in bp)
+    return ["Layer skipping is now compared with the engine's path (`as_spatial_graph`); the earlier report compared "
+            f"it with `index_select_graph` (now an alternative below), with a median error of {meds} there. Its "
+            "overall medians: " + ", ".join(f"`{spec}` {_pct(bp['all']['median_rel_error'])}"
+                                            for spec, bp in earlier.items()) + ".", ""]
+
+
 def render_markdown(measurements: list[dict], skipped: list[dict], results: dict[str, dict],
                     alternatives: dict[str, dict], sources: dict[str, str],
-                    breakdowns: dict[str, list[dict]] | None = None, args_before: str | None = None) -> str:
+                    breakdowns: dict[str, list[dict]] | None = None, args_before: str | None = None,
+                    earlier: dict[str, dict] | None = None, clock: dict | None = None) -> str:
     """The report: per-paradigm errors, worst cases, spatial per-op breakdown, every case, alternatives, skips."""
     hws = list(results)
     lines = ["# Latency predictor against measured block latency (H100, batch 128, bf16)", "",
@@ -369,10 +408,7 @@ def render_markdown(measurements: list[dict], skipped: list[dict], results: dict
              "Measured variant per paradigm (why: see the script's docstring): "
              + "; ".join(f"{p} = `{v}`" for p, v in PRIMARY.items()) + ".", "",
              "## Error per paradigm", "", *_summary_table(results), "",
-             "Layer skipping is now compared with the engine's path (`as_spatial_graph`); the earlier report compared "
-             "it with `index_select_graph` (now an alternative below), against which the earlier predictor had a "
-             "34% (`h100`) / 118% (calibrated) median error. The 'before' columns are the earlier predictions on the "
-             "cases of this table.", "",
+             *_earlier_note(earlier),
              "## Worst cases", ""]
     for hw, res in results.items():
         lines += [f"`{Path(hw).name}`:", "", "| case | measured ms | predicted ms | error | before ms |",
@@ -392,6 +428,8 @@ def render_markdown(measurements: list[dict], skipped: list[dict], results: dict
                       "index building = sync-free block minus the block with prebuilt lists: it also holds the "
                       "capacity-sized launches' idle programs, which the predictor does not model.", "",
                       *_breakdown_table(rows), ""]
+    if clock:
+        lines += _clock_lines(clock)
     lines += ["## Every case", "",
               "| block | paradigm | gran | density | measured ms | variant | "
               + " | ".join(f"{Path(h).name} ms | error | before ms" for h in hws) + " |",
@@ -461,13 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / MEASUREMENTS_FILE).write_text(json.dumps(measurements, indent=1) + "\n")
     breakdowns = {h: spatial_breakdown(spatial, measurements, h) for h in hardware}
+    calibrated = [h for h in hardware if load_hardware(h).frequency < 1e9]  # fitted with an idle clock
+    clock = clock_effect(measurements, calibrated[0], load_hardware("h100").frequency) if calibrated else None
     report = render_markdown(measurements, skipped, results, alternatives, sources, breakdowns,
-                             None if before is None else args.before.name)
+                             None if before is None else args.before.name,
+                             None if before is None else {spec: r["by_paradigm"]
+                                                          for spec, r in _load(args.before)["results"].items()},
+                             clock)
     (args.out_dir / f"{REPORT_STEM}.md").write_text(report)
     summary = {"sources": sources, "variants": PRIMARY, "alternative_variants": ALTERNATIVES, "skipped": skipped,
                "results": {Path(h).name: _slim(r) for h, r in results.items()},
                "alternatives": {Path(h).name: _slim(r) for h, r in alternatives.items()},
-               "spatial_breakdown": {Path(h).name: rows for h, rows in breakdowns.items()}}
+               "spatial_breakdown": {Path(h).name: rows for h, rows in breakdowns.items()}, "clock_effect": clock}
     (args.out_dir / f"{REPORT_STEM}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n".join(_summary_table(results)))
     print("\nalternative variants:")
