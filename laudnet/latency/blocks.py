@@ -182,14 +182,16 @@ def channel_block(op: OpModel, b: BlockGeometry, group: int, density: float, mas
         # engine: `DeployedBlock._forward_channel`: masker, `channel_index` (one kernel: per-sample compacted channel
         # ids, kmax = width), then per-sample compacted GEMMs with gathered weights (`channel_conv1x1_out`,
         # `channel_conv3x3`, `channel_conv1x1_in`): kept channels are packed, so a tile is never partly empty (no
-        # load imbalance; G reaches the masker only), and the residual add is fused into conv3's epilogue, in place.
+        # load imbalance; G reaches the masker and conv2's weight gather), and the residual add is fused into conv3's
+        # epilogue, in place.
         B, n_groups = op.batch, w // group
         cost = op.channel_masker(b.in_channels, h, h, n_groups) if masker else ZERO
         if index:
             cost += op.stream(B * n_groups, 4 * B * (w + 1))
-        cost += op.conv(b.in_channels, w, h, h, 1, out_density=density, compacted=True)
-        cost += op.conv(w, w, o, o, 3, b.groups, b.stride, in_density=density, out_density=density, compacted=True)
-        cost += op.conv(w, b.out_channels, o, o, 1, in_density=density, compacted=True)
+        cost += op.conv(b.in_channels, w, h, h, 1, out_density=density, group=group, compacted="out")
+        cost += op.conv(w, w, o, o, 3, b.groups, b.stride, in_density=density, out_density=density, group=group,
+                        compacted="both")
+        cost += op.conv(w, b.out_channels, o, o, 1, in_density=density, group=group, compacted="in")
         cost += op.epilogue(B * b.out_channels * o * o)
         if b.projection:
             cost += _projection(op, b)

@@ -207,19 +207,23 @@ class OpModel:
 
     # -- dense convolution (spec 11.3 simulate_conv) -------------------------------------------------------------------
     def conv(self, cin: int, cout: int, out_h: int, out_w: int, ks: int = 1, groups: int = 1, stride: int = 1,
-             in_density: float = 1.0, out_density: float = 1.0, group: int = 1, compacted: bool = False) -> Cost:
+             in_density: float = 1.0, out_density: float = 1.0, group: int = 1, compacted: str | None = None) -> Cost:
         """Convolution (or channel-masked convolution with gathered weights) producing `cout x out_h x out_w`.
 
         `in_density` / `out_density` are the kept fractions of input / output channels (channel skipping; per
         sample, so the weights of all channels are read at batch > 1); `group` is the channel-group size G.
-        `compacted`: each sample's kept channels are packed densely before tiling (laudnet's channel kernels), so no
-        tile is partly empty (no load imbalance) but every sample reads its own gathered weights through L2.
+        `compacted` ("in", "out" or "both": which channel dimensions laudnet's channel kernels compact): each
+        sample's kept channels are packed densely before tiling, so no tile is partly empty (no load imbalance), but
+        every tile of every sample reads its own gathered weight tile through L2; gathered in both dimensions ("both",
+        `channel_conv3x3`), the weight loads are runs of G channels, served at the sector efficiency of such runs.
         """
+        if compacted not in (None, "in", "out", "both"):
+            raise ValueError(f"compacted must be None, 'in', 'out' or 'both', got {compacted!r}")
         key = ("conv", cin, cout, out_h, out_w, ks, groups, stride, in_density, out_density, group, compacted)
         return self._cached(key, lambda: self._conv(cin, cout, out_h, out_w, ks, groups, stride, in_density,
                                                     out_density, group, compacted))
 
-    def _conv(self, cin, cout, out_h, out_w, ks, groups, stride, ic, oc, group, compacted=False) -> Cost:
+    def _conv(self, cin, cout, out_h, out_w, ks, groups, stride, ic, oc, group, compacted=None) -> Cost:
         B = self.batch
         cpg = cin // groups
         c_cand = tile_candidates(cout)
@@ -237,8 +241,12 @@ class OpModel:
             w_tile = w_tile * (ic * oc)
             w_all = w_all * oc
         pe_traffic = (w_tile + in_tile * ic * B + ct * ht * wt * oc * B) * n_tiles
-        if compacted and B > 1:  # every sample gathers its own kept weight rows (read from L2, DRAM once)
-            pe_traffic = pe_traffic + (B - 1) * w_all * ic * oc
+        if compacted and B > 1:
+            # engine: `laudnet.kernels.channel`, every sample gathers its own kept weights (DRAM once, L2 per
+            # sample); `channel_conv3x3` gathers both channel dimensions in aligned runs of G, loaded at the sector
+            # efficiency of such runs (benchmarks/NOTES-channel.md, "Choice of G")
+            eff = mem_eff(group, cpg, self.sector) if compacted == "both" else 1.0
+            pe_traffic = pe_traffic + (B - 1) * w_all * ic * oc / eff
         dram = w_all + cin * out_h * stride * out_w * stride * B * ic + cout * out_h * out_w * B * oc
         mem = dram / self.dram + pe_traffic / self.l2 / mem_eff(wt, out_w - wt, self.sector)
         if compacted:  # packed channels fill the tiles: the work is the kept fraction, no busiest-tile excess
