@@ -344,6 +344,8 @@ def clock_effect(measurements: list[dict], spec_path: str | Path, frequency: flo
     change = max(abs(b["predicted_ms"] - a["predicted_ms"]) / a["predicted_ms"]
                  for a, b in zip(fitted["rows"], moved["rows"], strict=True))
     return {"spec": Path(spec_path).name, "fitted_hz": spec.frequency, "reclocked_hz": frequency,
+            "l2_speed_frac": spec.l2_speed_frac, "launch_time": spec.launch_time,
+            "graph_launch_time": spec.graph_launch_time,
             "fitted": summarize(fitted), "reclocked": summarize(moved), "max_prediction_change": change}
 
 
@@ -358,7 +360,14 @@ def _clock_lines(eff: dict) -> list[str]:
              "| paradigm | median error, fitted clock | median error, max clock |", "|---|---|---|"]
     for p, s in eff["fitted"].items():
         lines.append(f"| {p} | {_pct(s['median_rel_error'])} | {_pct(eff['reclocked'][p]['median_rel_error'])} |")
-    return lines + [""]
+    graph = "none" if eff["graph_launch_time"] is None else f"{eff['graph_launch_time'] * 1e6:.1f} us"
+    return lines + ["", f"The clock is not what keeps this spec far from the measurements: its l2_speed_frac "
+                    f"({eff['l2_speed_frac']:.2f}) comes from the earlier launch-bound 2 MiB cache probe, "
+                    f"and its launch time ({eff['launch_time'] * 1e6:.1f} us) was timed eagerly, "
+                    f"while every measured block is a CUDA-graph replay (graph launch time: {graph}). "
+                    "`laudnet calibrate` now probes the cache with "
+                    "graph-replayed copies sized from the L2 and measures the graph launch time; these GPU paths "
+                    "have not been run yet, so this spec is the old one.", ""]
 
 
 # ---- report ----------------------------------------------------------------------------------------------------------
