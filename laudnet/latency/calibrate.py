@@ -83,7 +83,8 @@ def max_sm_clock(nvml=None, props=None) -> tuple[float, str]:
         except Exception:  # no driver access (containers): fall through to the device properties
             pass
     khz = getattr(props, "clock_rate", None)
-    if isinstance(khz, (int, float)) and khz > 0:
+    # cudaDeviceProp::clockRate is in kHz; a value that is no plausible GPU clock then (0.1-5 GHz) is not trusted
+    if isinstance(khz, (int, float)) and 1e5 <= khz <= 5e6:
         return float(khz) * 1e3, "device_properties"
     return 1.5e9, "fallback"
 

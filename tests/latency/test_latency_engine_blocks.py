@@ -120,6 +120,7 @@ def test_max_sm_clock_sources():
     assert max_sm_clock(_nvml(1980), props) == (1.98e9, "nvml")
     assert max_sm_clock(_nvml(fail=True), props) == (1.755e9, "device_properties")
     assert max_sm_clock(_nvml(0), types.SimpleNamespace()) == (1.5e9, "fallback")
+    assert max_sm_clock(_nvml(0), types.SimpleNamespace(clock_rate=1755)) == (1.5e9, "fallback")  # MHz, not kHz
 
 
 def test_cache_probe_bytes():
