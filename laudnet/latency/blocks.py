@@ -249,11 +249,17 @@ def _layer_engine(op: OpModel, b: BlockGeometry, density: float, masker: bool = 
         cost += op.stream(16 * B, 24 * B, launches=9) + op.stream(4 * B, 4 * B * h * h, launches=2)
     if b.projection:
         cost += _projection(op, b) + _relu_pass(op, b.out_channels, o)
+    idle = Cost(3 * op.launch, launches=3)
+    if B == 1:  # one sample runs with probability `density`: the expected cost of the three kernels
+        return cost + _layer_kernels(op, b, 1).scale(density) + idle.scale(1.0 - density)
     k = math.ceil(round(density * B, 9))
-    if k == 0:
-        return cost + Cost(3 * op.launch, launches=3)
-    sub = op.with_batch(k)
-    cost += sub.pixel_gemm(b.in_channels, b.width, h * h) + sub.stream(4 * k * h * h, 0, launches=0)  # + pixel list
+    return cost + (_layer_kernels(op, b, k) if k else idle)
+
+
+def _layer_kernels(op: OpModel, b: BlockGeometry, k: int) -> Cost:
+    """The three spatial kernels on a sub-batch of `k` executing samples, one whole-map patch each."""
+    sub, h, o = op.with_batch(k), b.in_size, b.out_size
+    cost = sub.pixel_gemm(b.in_channels, b.width, h * h) + sub.stream(4 * k * h * h, 0, launches=0)  # + pixel list
     cost += _patch_conv3x3(sub, b, o, 1)
     return cost + sub.pixel_gemm(b.width, b.out_channels, o * o) + sub.epilogue(k * b.out_channels * o * o)
 

@@ -93,6 +93,10 @@ def test_engine_composition_parts():
     zero = layer_block(op, b, 0.0, masker=False, index=False)
     assert zero.launches == 3 and zero.latency == pytest.approx(3 * op.launch)
     assert layer_block(op, b, 1.0).latency < 3 * static_block(op, b).latency
+    # batch 1: the expected cost, linear in the density between "never runs" and "always runs"
+    op1 = get_op_model(load_hardware("h100"), 1)
+    lo, hi = layer_block(op1, b, 0.0).latency, layer_block(op1, b, 1.0).latency
+    assert layer_block(op1, b, 0.25).latency == pytest.approx(lo + 0.25 * (hi - lo))
 
 
 def test_grouped_and_se_blocks_keep_the_paper_composition():
