@@ -1,10 +1,12 @@
 """Calibration of the hardware model on the local device, and validation of block predictions against measurements.
 
-`measure_device` times a large copy (DRAM bandwidth), a small repeated copy (cache / L2 bandwidth), an FP32 matrix
-product, a 16-bit matrix product (CUDA only: tensor cores), a 3x3 convolution and an almost empty kernel (launch
-overhead). `fit_spec` turns them into a `HardwareSpec` whose throughputs are the achieved ones, and `save_hardware`
-writes it for `--hardware FILE`. `compare_blocks` checks block predictions against measured block latencies (from the
-inference engine's benchmarks) and reports the median and worst relative error.
+`measure_device` times a large copy (DRAM bandwidth), a copy that fits in the cache (cache / L2 bandwidth; on a GPU
+many copies replayed from one CUDA graph, so that launches do not bound it), an FP32 matrix product, a 16-bit matrix
+product (CUDA only: tensor cores), a 3x3 convolution and an almost empty kernel (launch overhead: eager, and on a GPU
+also per kernel of a CUDA-graph replay, which is how laudnet's deployed engine runs). On a GPU the clock is the maximum
+SM clock (`max_sm_clock`), not the current one. `fit_spec` turns them into a `HardwareSpec` whose throughputs are the
+achieved ones, and `save_hardware` writes it for `--hardware FILE`. `compare_blocks` checks block predictions against
+measured block latencies (from the inference engine's benchmarks) and reports the median and worst relative error.
 
 Only this module imports torch, and only inside the functions that measure.
 """
@@ -14,9 +16,9 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 
-from laudnet.latency.blocks import PARADIGMS, block_cost
+from laudnet.latency.blocks import PARADIGMS, SPATIAL_CONV1, block_cost
 from laudnet.latency.geometry import BlockGeometry, get_geometry
 from laudnet.latency.hardware import HardwareSpec, load_hardware
 from laudnet.latency.ops import get_op_model
@@ -47,6 +49,82 @@ def _timer(device: str) -> Callable[[Callable[[], object], int, int], float]:
         return statistics.median(samples)
 
     return run
+
+
+def max_sm_clock(nvml=None, props=None) -> tuple[float, str]:
+    """The GPU's maximum SM clock in Hz, and where it came from.
+
+    Only the product lanes x clock is constrained by the fit (`fit_spec` divides the measured MAC rate by the clock),
+    so the clock must be a fixed property of the device, not the momentary clock (an idle GPU reports a few hundred
+    MHz, which inflated the fitted lanes per engine and with them the tile-fill thresholds).
+
+    Args:
+        nvml: the `pynvml` module (nvidia-ml-py); imported here when None, skipped if it does not import.
+        props: `torch.cuda.get_device_properties(0)`; its `clock_rate` (kHz, the peak clock) is the second choice.
+
+    Returns:
+        (hz, source): source is "nvml", "device_properties" or "fallback" (1.5 GHz, a typical data-centre boost
+        clock: the fitted lanes then absorb the difference).
+    """
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except Exception:
+            nvml = None
+    if nvml is not None:
+        try:
+            nvml.nvmlInit()
+            try:
+                mhz = nvml.nvmlDeviceGetMaxClockInfo(nvml.nvmlDeviceGetHandleByIndex(0), nvml.NVML_CLOCK_SM)
+            finally:
+                nvml.nvmlShutdown()
+            if mhz and mhz > 0:
+                return float(mhz) * 1e6, "nvml"
+        except Exception:  # no driver access (containers): fall through to the device properties
+            pass
+    khz = getattr(props, "clock_rate", None)
+    # cudaDeviceProp::clockRate is in kHz; a value that is no plausible GPU clock then (0.1-5 GHz) is not trusted
+    if isinstance(khz, (int, float)) and 1e5 <= khz <= 5e6:
+        return float(khz) * 1e3, "device_properties"
+    return 1.5e9, "fallback"
+
+
+def cache_probe_bytes(l2_bytes: int | None, gpu: bool) -> int:
+    """Size of each of the two buffers of the cache-bandwidth copy: a quarter of the L2 (source and destination
+    together fill half of it, so both stay resident), at most 16 MiB; 2 MiB where the L2 size is unknown (GPU) and
+    64 KiB on a CPU (L1/L2)."""
+    if not gpu:
+        return 1 << 16
+    if not l2_bytes or l2_bytes <= 0:
+        return 1 << 21
+    return max(1 << 16, min(int(l2_bytes) // 4, 1 << 24)) // 4096 * 4096
+
+
+def _graph_timer(fn: Callable[[], object], copies: int, repeats: int) -> float:
+    """Median seconds per call of `fn`, with `copies` calls captured in one CUDA graph and the graph replayed: no host
+    launch cost, only the device's per-kernel cost and the work."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the capture (allocator, kernel selection)
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(copies):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3 / copies)
+    return statistics.median(samples)
 
 
 def _cpu_frequency() -> float:
@@ -84,21 +162,23 @@ def measure_device(device: str = "auto", quick: bool = True) -> dict:
         props = torch.cuda.get_device_properties(0)
         out["name"] = props.name
         out["n_pes"] = props.multi_processor_count
-        try:
-            out["frequency"] = float(torch.cuda.clock_rate()) * 1e6
-        except Exception:  # clock_rate needs pynvml; the lanes x clock product is what is fitted anyway
-            out["frequency"] = 1.5e9
+        out["frequency"], out["frequency_source"] = max_sm_clock(props=props)
+        out["l2_bytes"] = getattr(props, "L2_cache_size", None)
     else:
         out["name"] = "cpu"
         out["n_pes"] = torch.get_num_threads()
         out["frequency"] = _cpu_frequency()
 
     big = (1 << 28 if gpu else 1 << 23) // 4  # elements: 256 MiB on GPU, 8 MiB on CPU (beyond most L2s)
-    small = (1 << 21 if gpu else 1 << 16) // 4  # 2 MiB (GPU L2) / 64 KiB (CPU L1/L2)
+    small = cache_probe_bytes(out.get("l2_bytes"), gpu) // 4
     src, dst = torch.empty(big, device=device), torch.empty(big, device=device)
     out["copy_bandwidth"] = 2 * big * 4 / timer(lambda: dst.copy_(src), repeats, 3 if gpu else 2)
     s_src, s_dst = torch.empty(small, device=device), torch.empty(small, device=device)
-    out["cache_bandwidth"] = 2 * small * 4 / timer(lambda: s_dst.copy_(s_src), repeats, 200 if gpu else 50)
+    if gpu:  # 50 copies per graph replay: the per-kernel launch cost is out, and the copy is several us long
+        out["cache_bandwidth"] = 2 * small * 4 / _graph_timer(lambda: s_dst.copy_(s_src), 50, repeats)
+    else:
+        out["cache_bandwidth"] = 2 * small * 4 / timer(lambda: s_dst.copy_(s_src), repeats, 50)
+    out["cache_probe_bytes"] = small * 4
 
     n = 4096 if gpu else 384
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -147,6 +227,8 @@ def measure_device(device: str = "auto", quick: bool = True) -> dict:
 
     tiny = torch.zeros(1, device=device)
     out["launch_time"] = timer(lambda: tiny.add_(1.0), repeats, 200)
+    if gpu:  # per kernel of a graph replay: what a graph-captured engine pays (`HardwareSpec.graph_launch_time`)
+        out["graph_launch_time"] = _graph_timer(lambda: tiny.add_(1.0), 200, repeats)
     return out
 
 
@@ -164,12 +246,23 @@ def fit_spec(meas: dict, name: str | None = None) -> HardwareSpec:
         l2_speed_frac=max(1.0, meas["cache_bandwidth"] / meas["copy_bandwidth"]),
         mem_concurrent_bytes=32.0 if gpu else 64.0,  # DRAM sector on NVIDIA GPUs, cache line on CPUs
         launch_time=float(meas["launch_time"]), batch=128 if gpu else 1,
+        graph_launch_time=float(meas["graph_launch_time"]) if meas.get("graph_launch_time") else None,
         tc_macs_per_pe_cycle=tc_rate, precision="bf16" if tc_rate else "fp32",
         conv_efficiency=min(1.0, meas["conv_macs"] / meas["fp32_macs"]),
         description=(f"calibrated on {meas['name']} ({meas['device']}): copy {meas['copy_bandwidth'] / 1e9:.1f} GB/s, "
                      f"fp32 matmul {meas['fp32_macs'] * 2 / 1e12:.3f} TFLOP/s, "
                      f"conv {meas['conv_macs'] * 2 / 1e12:.3f} TFLOP/s, launch {meas['launch_time'] * 1e6:.1f} us"),
     )
+
+
+def reclock(spec: HardwareSpec, frequency: float) -> HardwareSpec:
+    """The same fitted device described at another clock: lanes and tensor-core rate rescaled so that lanes x clock
+    (what the calibration measured) is unchanged. Use it to correct a spec fitted with a wrong clock."""
+    if not frequency > 0:
+        raise ValueError(f"frequency must be positive, got {frequency!r}")
+    k = spec.frequency / frequency
+    tc = None if spec.tc_macs_per_pe_cycle is None else spec.tc_macs_per_pe_cycle * k
+    return replace(spec, frequency=float(frequency), pe_fp32s=spec.pe_fp32s * k, tc_macs_per_pe_cycle=tc)
 
 
 def check_ops(meas: dict, hw: HardwareSpec) -> list[dict]:
@@ -222,7 +315,11 @@ def compare_blocks(measurements: Sequence[dict], hw: str | HardwareSpec, compat:
     Args:
         measurements: dicts with the block (`model`, 0-based `stage` and `index`, or the geometry fields of
             `BlockGeometry`), `paradigm` (static/spatial/channel/layer), `granularity` (S or G; optional otherwise),
-            `density`, `batch` and `measured_ms` (latency of the block for the whole batch, ms); optional `precision`.
+            `density`, `batch` and `measured_ms` (latency of the block for the whole batch, ms); optional `precision`,
+            `graphed` (true: timed as CUDA-graph replays, so kernels cost the spec's `graph_launch_time`) and
+            `spatial_conv1` ("dense" or "sparse": the engine's conv1 mode of a spatial block) and `masker` (false: the
+            block was timed with its masks given, so the masker network is not predicted either) and `index_lists`
+            (false: the block was timed with its index lists prebuilt).
         hw: device (preset name, spec file or `HardwareSpec`).
         compat: None or "paper".
 
@@ -257,8 +354,14 @@ def compare_blocks(measurements: Sequence[dict], hw: str | HardwareSpec, compat:
         dev = hw.with_precision(m["precision"]) if "precision" in m else hw
         if compat == "paper" and dev.precision != "fp32":
             dev = dev.with_precision("fp32")
+        if m.get("graphed") and compat != "paper":  # compat keeps the paper's single launch time
+            dev = dev.graphed()
+        conv1 = m.get("spatial_conv1", "dense")
+        if conv1 not in SPATIAL_CONV1:
+            raise ValueError(f"measurement {m!r}: spatial_conv1 must be one of {SPATIAL_CONV1}")
         op = get_op_model(dev, batch, compat == "paper")
-        predicted = block_cost(op, block, paradigm, density, gran).latency * 1e3
+        predicted = block_cost(op, block, paradigm, density, gran, spatial_conv1=conv1,
+                               masker=bool(m.get("masker", True)), index=bool(m.get("index_lists", True))).latency * 1e3
         signed = (predicted - measured) / measured
         rows.append({**m, "predicted_ms": predicted, "rel_error": abs(signed), "signed_error": signed})
     worst = max(rows, key=lambda r: r["rel_error"])

@@ -185,6 +185,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print(f"  bf16 matmul      {meas['bf16_macs'] * 2 / 1e12:9.4f} TFLOP/s")
     print(f"  3x3 conv         {meas['conv_macs'] * 2 / 1e12:9.4f} TFLOP/s {meas['conv_shape']}")
     print(f"  launch overhead  {meas['launch_time'] * 1e6:9.2f} us")
+    if "graph_launch_time" in meas:
+        print(f"  graph launch     {meas['graph_launch_time'] * 1e6:9.2f} us per kernel of a CUDA-graph replay")
+    if "frequency_source" in meas:
+        print(f"  SM clock         {meas['frequency'] / 1e6:9.0f} MHz (max, from {meas['frequency_source']})")
     for r in check_ops(meas, spec):
         print(f"  check {r['op']:<30} measured {r['measured_ms']:.4f} ms  predicted {r['predicted_ms']:.4f} ms  "
               f"error {r['rel_error']:.0%}")

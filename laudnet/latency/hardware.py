@@ -38,7 +38,9 @@ class HardwareSpec:
         l2_speed_frac: L2 bandwidth as a multiple of DRAM bandwidth.
         fp32_cycles: cycles of work an engine needs in flight to be full (the paper's 4).
         mem_concurrent_bytes: bytes per memory request (a 32-byte sector); requests narrower than this waste bandwidth.
-        launch_time: seconds of fixed cost per kernel.
+        launch_time: seconds of fixed cost per kernel launched from the host (eager execution).
+        graph_launch_time: seconds of fixed cost per kernel inside a CUDA-graph replay (how laudnet's deployed
+            engine runs), or None to use `launch_time`. `laudnet calibrate` measures it on a GPU.
         latency_mode: "add" (compute + memory) or "max" (perfect overlap).
         batch: default batch size for this device (128 for data-centre GPUs, 1 for embedded ones).
         tc_macs_per_pe_cycle: dense tensor-core MACs per engine and cycle at 16-bit precision, or None when the device
@@ -59,6 +61,7 @@ class HardwareSpec:
     fp32_cycles: int = 4
     mem_concurrent_bytes: float = 32.0
     launch_time: float = 8e-6
+    graph_launch_time: float | None = None
     latency_mode: str = "add"
     batch: int = 1
     tc_macs_per_pe_cycle: float | None = None
@@ -74,6 +77,10 @@ class HardwareSpec:
                 raise ValueError(f"hardware {self.name!r}: {key} must be a positive number, got {value!r}")
         if self.launch_time < 0:
             raise ValueError(f"hardware {self.name!r}: launch_time must be >= 0, got {self.launch_time!r}")
+        if self.graph_launch_time is not None and (not isinstance(self.graph_launch_time, (int, float))
+                                                   or self.graph_launch_time < 0):
+            raise ValueError(f"hardware {self.name!r}: graph_launch_time must be >= 0 or null, "
+                             f"got {self.graph_launch_time!r}")
         if self.latency_mode not in ("add", "max"):
             raise ValueError(f"hardware {self.name!r}: latency_mode must be 'add' or 'max', got {self.latency_mode!r}")
         if self.precision not in PRECISIONS:
@@ -129,6 +136,12 @@ class HardwareSpec:
     def with_precision(self, precision: str) -> HardwareSpec:
         """The same device at another precision (ValueError if it has no tensor cores for it)."""
         return dataclasses.replace(self, precision=precision)
+
+    def graphed(self) -> HardwareSpec:
+        """The spec for kernels replayed from a CUDA graph: `launch_time` replaced by `graph_launch_time` (when set)."""
+        if self.graph_launch_time is None:
+            return self
+        return dataclasses.replace(self, launch_time=self.graph_launch_time)
 
     def with_batch(self, batch: int) -> HardwareSpec:
         return dataclasses.replace(self, batch=batch)

@@ -207,17 +207,23 @@ class OpModel:
 
     # -- dense convolution (spec 11.3 simulate_conv) -------------------------------------------------------------------
     def conv(self, cin: int, cout: int, out_h: int, out_w: int, ks: int = 1, groups: int = 1, stride: int = 1,
-             in_density: float = 1.0, out_density: float = 1.0, group: int = 1) -> Cost:
+             in_density: float = 1.0, out_density: float = 1.0, group: int = 1, compacted: str | None = None) -> Cost:
         """Convolution (or channel-masked convolution with gathered weights) producing `cout x out_h x out_w`.
 
         `in_density` / `out_density` are the kept fractions of input / output channels (channel skipping; per
         sample, so the weights of all channels are read at batch > 1); `group` is the channel-group size G.
+        `compacted` ("in", "out" or "both": which channel dimensions laudnet's channel kernels compact): each
+        sample's kept channels are packed densely before tiling, so no tile is partly empty (no load imbalance), but
+        every tile of every sample reads its own gathered weight tile through L2; gathered in both dimensions ("both",
+        `channel_conv3x3`), the weight loads are runs of G channels, served at the sector efficiency of such runs.
         """
-        key = ("conv", cin, cout, out_h, out_w, ks, groups, stride, in_density, out_density, group)
+        if compacted not in (None, "in", "out", "both"):
+            raise ValueError(f"compacted must be None, 'in', 'out' or 'both', got {compacted!r}")
+        key = ("conv", cin, cout, out_h, out_w, ks, groups, stride, in_density, out_density, group, compacted)
         return self._cached(key, lambda: self._conv(cin, cout, out_h, out_w, ks, groups, stride, in_density,
-                                                    out_density, group))
+                                                    out_density, group, compacted))
 
-    def _conv(self, cin, cout, out_h, out_w, ks, groups, stride, ic, oc, group) -> Cost:
+    def _conv(self, cin, cout, out_h, out_w, ks, groups, stride, ic, oc, group, compacted=None) -> Cost:
         B = self.batch
         cpg = cin // groups
         c_cand = tile_candidates(cout)
@@ -235,9 +241,18 @@ class OpModel:
             w_tile = w_tile * (ic * oc)
             w_all = w_all * oc
         pe_traffic = (w_tile + in_tile * ic * B + ct * ht * wt * oc * B) * n_tiles
+        if compacted and B > 1:
+            # engine: `laudnet.kernels.channel`, every sample gathers its own kept weights (DRAM once, L2 per
+            # sample); `channel_conv3x3` gathers both channel dimensions in aligned runs of G, loaded at the sector
+            # efficiency of such runs (benchmarks/NOTES-channel.md, "Choice of G")
+            eff = mem_eff(group, cpg, self.sector) if compacted == "both" else 1.0
+            pe_traffic = pe_traffic + (B - 1) * w_all * ic * oc / eff
         dram = w_all + cin * out_h * stride * out_w * stride * B * ic + cout * out_h * out_w * B * oc
         mem = dram / self.dram + pe_traffic / self.l2 / mem_eff(wt, out_w - wt, self.sector)
-        if self.compat:
+        if compacted:  # packed channels fill the tiles: the work is the kept fraction, no busiest-tile excess
+            busy = oc
+            lanes, fill = self.mm_lanes, self.mm_fill
+        elif self.compat:
             # compat: FLAG 15 (rho_in counted twice) and FLAG 18 (group size never reaches this model)
             busy = self._imbalance_axis(cout, c_cand, ic * oc, 1, ct.ndim)
             lanes, fill = self.lanes, self.fill
@@ -434,6 +449,38 @@ class OpModel:
         # patches are contiguous, and indexed reads of whole rows are too when S >= a sector).
         return dram / self.dram + pe_traffic / self.l2
 
+    def pixel_gemm(self, cin: int, cout: int, rows: int, ks: int = 1, in_per_row: float = 1.0,
+                   in_unique: float | None = None) -> Cost:
+        """A convolution run as one GEMM over a list of output pixels (laudnet's Triton kernels).
+
+        engine: `pixel_conv1x1`, `gather_conv3x3` (implicit GEMM) and `conv1x1_scatter_add` in `laudnet.kernels.spatial`
+        tile M = listed output pixels (of every sample and patch together) x N = output channels, K = cin * ks^2: no
+        tile is bounded by a patch, unlike the paper's sparse conv. Tiles are searched over (channels, rows).
+
+        Args:
+            rows: output pixels per sample.
+            ks: kernel size (K = cin * ks^2).
+            in_per_row: input pixels an output pixel brings through L2 (the per-patch halo of a 3x3, amortised).
+            in_unique: input pixels per sample read from DRAM (default `rows`).
+        """
+        key = ("pgemm", cin, cout, rows, ks, in_per_row, in_unique)
+        return self._cached(key, lambda: self._pixel_gemm(cin, cout, rows, ks, in_per_row,
+                                                          rows if in_unique is None else in_unique))
+
+    def _pixel_gemm(self, cin, cout, rows, ks, in_per_row, in_unique) -> Cost:
+        if rows <= 0:
+            return Cost(self.launch, launches=1)  # launched for the list's capacity; every program exits at once
+        m_total = rows * self.batch
+        ct, mt = _grid(tile_candidates(cout), tuple(1 << k for k in range(4, 9)))
+        n_tiles = np.ceil(cout / ct) * np.ceil(m_total / mt)
+        k = cin * ks * ks
+        pe_traffic = (ct * k + mt * cin * in_per_row + ct * mt) * n_tiles
+        dram = cout * k + (in_unique * cin + rows * cout) * self.batch
+        mem = dram / self.dram + pe_traffic / self.l2
+        compute = ct * mt * k / self.freq / self.mm_lanes / ceil_eff(ct * mt, self.mm_fill) * np.ceil(
+            n_tiles / self.n_pes)
+        return self._best(compute / self._conv_eff(ks), mem)
+
     def scatter_add(self, c: int, h: int, w: int, patch: int, n_patches: int) -> Cost:
         """Residual add that writes `n_patches` computed patches into the identity map (full map in and out)."""
         return self._cached(("sadd", c, h, w, patch, n_patches), lambda: self._scatter_add(c, h, w, patch, n_patches))
@@ -481,6 +528,42 @@ class OpModel:
         mem = ((c * h * w + moved) / self.dram + moved / self.l2 / mem_eff(patch, max(0, w - patch), self.sector)
                + moved / self.l2) * self.batch
         return Cost(mem + self.launch, 0.0, mem, 1)
+
+    def stream(self, read_bytes: float, written_bytes: float, launches: int = 1) -> Cost:
+        """A memory-bound pass (index arithmetic, element-wise) moving the given bytes through DRAM and L2.
+
+        `launches` kernels share the traffic (a short sequence of small PyTorch ops); 0 makes it an epilogue of
+        another kernel (traffic only).
+        """
+        moved = float(read_bytes + written_bytes)
+        mem = moved / self.hw.mem_bandwidth + moved / (self.hw.mem_bandwidth * self.hw.l2_speed_frac)
+        return Cost(mem + launches * self.launch, 0.0, mem, launches)
+
+    def compact_list(self, n: int) -> Cost:
+        """Sync-free compaction of `n` flags into an index list and a device-side count.
+
+        Mirrors `laudnet.kernels.spatial_ref._compact`: zeros(n+1) int32, cumsum to int32, - 1, .long(),
+        where(flag, pos, n), arange, scatter_ (+ the count, a one-element op): 8 kernels whose traffic sums to
+        30 bytes read and 36 bytes written per flag.
+        """
+        return self.stream(30 * n, 36 * n, launches=8)
+
+    def patch_list(self, n_cells: int) -> Cost:
+        """`mask_to_patch_list` on `n_cells` coarse-mask cells (batch included): `mask != 0`, `_compact`, then the
+        (sample, row, col) columns by // and % and a stack (5 int32 kernels): 6 kernels besides the compaction."""
+        return self.compact_list(n_cells) + self.stream(29 * n_cells, 29 * n_cells, launches=6)
+
+    def conv1_pixel_list(self, in_pixels: int, out_pixels: int) -> Cost:
+        """`conv1_pixel_mask` + `pixel_mask_to_idx_padded` (batch included): the coarse mask upsampled to output
+        pixels (2 repeat_interleave), a float32 map of the input zeroed, filled at the stride, 3x3 max-pooled and
+        compared (5 kernels), then compacted. Bytes per pixel summed over the 7 mask kernels: read 7 per output pixel
+        + 8 per input pixel, written 10 + 9."""
+        return (self.stream(7 * out_pixels + 8 * in_pixels, 10 * out_pixels + 9 * in_pixels, launches=7)
+                + self.compact_list(in_pixels))
+
+    def epilogue(self, elements: float) -> Cost:
+        """Extra activation traffic of a fused epilogue (e.g. the residual read of a conv + add): no launch."""
+        return self.stream(elements * self.hw.bytes_per_element, 0.0, launches=0)
 
     def copy_samples(self, c: int, h: int, w: int) -> Cost:
         """Copy the batch's `c x h x w` maps by sample index (layer skipping: gather the executing samples into a

@@ -6,7 +6,10 @@ or one rate per block (the per-block rates that `laudnet eval` reports for a tra
 
 Two fidelities: `compat="paper"` reproduces the official simulator (FP32, residual stages only, no stem/head, quirks
 as in the spec's section 11); the default (`compat=None`) fixes the flagged quirks and also costs the stem, the
-pooling, the classifier and the ResNet stage-1 projection (fix: FLAG 20).
+pooling, the classifier and the ResNet stage-1 projection (fix: FLAG 20). In the default mode the dynamic plain
+bottlenecks are composed as laudnet's inference engine runs them (`laudnet.latency.blocks`: fused scatter-add, conv1
+once, sync-free index lists, compacted channels, layer skipping as whole-map patches), masker and index building
+included.
 """
 
 from __future__ import annotations
