@@ -5,3 +5,5 @@ from laudnet.deploy.fold import fold_conv_bn as fold_conv_bn
 from laudnet.deploy.model import DeployedModel as DeployedModel
 from laudnet.deploy.model import GraphedModel as GraphedModel
 from laudnet.deploy.model import deploy as deploy
+from laudnet.deploy.vit import DeployedViT as DeployedViT
+from laudnet.deploy.vit import deploy_vit as deploy_vit
