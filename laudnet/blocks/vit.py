@@ -103,7 +103,7 @@ class TokenMasker(_Masker):
             if self.training:
                 soft = torch.sigmoid(score / self.temperature)
                 hard = hard + soft - soft.detach()
-            mask = torch.cat([hard[:, :1], hard], dim=1)  # index 0 is replaced below
+            mask = F.pad(hard, (1, 0))  # the class token's place, set below
         return torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
 
     def flops(self, dim: int, n_tokens: int) -> float:

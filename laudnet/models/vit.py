@@ -113,6 +113,7 @@ class LaudViT(DynamicModel):
         if not all(type(b) is Block for b in tv.blocks):
             raise ValueError("only timm's pre-norm vision_transformer.Block is supported")
         self.img_size = size
+        self.in_chans = tv.patch_embed.proj.in_channels
         self.patch_size = tv.patch_embed.patch_size[0]
         self.global_pool = tv.global_pool
         self.num_classes = num_classes
