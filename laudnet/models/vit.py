@@ -46,7 +46,7 @@ def _import_timm(name: str):
     try:
         import timm
     except ImportError:
-        raise ImportError(f"{name} needs timm: pip install 'laudnet[vit]' (or pip install timm)") from None
+        raise ImportError(f"the LAUD-ViTs need timm (for {name}): pip install 'laudnet[vit]'") from None
     return timm
 
 

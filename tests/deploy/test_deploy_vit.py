@@ -114,3 +114,35 @@ def test_deploy_leaves_the_model_unchanged_and_checks_input():
         deploy(model, compile=True)
     with pytest.raises(TypeError, match="expects a LAUD-ViT"):
         deploy_vit(laudnet.create_model("laud_regnety_400mf"))
+
+
+def _impose_model_decisions(deployed, model):
+    for block, info in zip(deployed.blocks, model.collect_info(), strict=True):
+        block.forced = tuple(info.masks[k] > 0.5 if k in info.masks else None for k in ("token", "head", "layer"))
+
+
+def test_forced_decisions():
+    """Imposed decisions replace the maskers': the model's own eval decisions give the model's output."""
+    model = _trained_like("token+head+layer")
+    deployed = deploy(model, torch.float32)
+    for block in deployed.blocks:  # maskers that would decide otherwise
+        for name in ("token_masker", "head_masker", "layer_masker"):
+            torch.nn.init.normal_(getattr(block, name).fc.weight, std=3.0)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        assert _rel(deployed(x), expected) > 1e-3
+        _impose_model_decisions(deployed, model)
+        assert _rel(deployed(x), expected) < 1e-5
+
+
+@pytest.mark.gpu
+def test_deployed_bf16_on_gpu():
+    model = _trained_like("token+head+layer", img_size=64, patch_size=16).cuda()
+    x = torch.randn(8, 3, 64, 64, device="cuda")
+    deployed = deploy(model, torch.bfloat16)
+    with torch.no_grad():
+        expected = model(x)
+        _impose_model_decisions(deployed, model)
+        out = deployed(x).float()
+    assert _rel(out, expected) < 2e-2
