@@ -20,6 +20,7 @@ _EXPORTS = {
     "create_model": "laudnet.models",
     "list_models": "laudnet.models",
     "load_torchvision_weights": "laudnet.models",
+    "load_timm_weights": "laudnet.models",
     "model_flops": "laudnet.models._base",
     "deploy": "laudnet.deploy",
 }
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from laudnet.models import ModelFlops as ModelFlops
     from laudnet.models import create_model as create_model
     from laudnet.models import list_models as list_models
+    from laudnet.models import load_timm_weights as load_timm_weights
     from laudnet.models import load_torchvision_weights as load_torchvision_weights
     from laudnet.models._base import model_flops as model_flops
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 import torch
 
@@ -21,7 +22,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=None, help="models to run (default: all registered)")
-    parser.add_argument("--paradigms", nargs="+", default=["spatial", "channel", "layer"])
+    parser.add_argument("--paradigms", nargs="+", default=None,
+                        help="default: spatial, channel, layer for CNNs; token, head, layer, token+head+layer for ViTs")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--blocks", action="store_true", help="print every block, not only stage means")
@@ -43,14 +45,27 @@ def describe(model: laudnet.DynamicModel) -> list[str]:
     return lines
 
 
+CNN_PARADIGMS = ["spatial", "channel", "layer"]
+VIT_PARADIGMS = ["token", "head", "layer", "token+head+layer"]
+
+
+def _is_vit(name: str) -> bool:
+    return "vit" in name or "deit" in name
+
+
 def run_demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     names = args.models or laudnet.list_models()
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)
     print(f"input {tuple(x.shape)}; FLOPs are multiply-accumulates per image; rate = dynamic / dense per block")
     for name in names:
-        for paradigm in args.paradigms:
-            model = laudnet.create_model(name, paradigm=paradigm).eval()
+        vit = _is_vit(name)
+        if vit and args.models is None and importlib.util.find_spec("timm") is None:
+            print(f"{name}: skipped (needs timm: pip install 'laudnet[vit]')")
+            continue
+        for paradigm in args.paradigms or (VIT_PARADIGMS if vit else CNN_PARADIGMS):
+            kwargs = {"img_size": args.image_size} if vit else {}
+            model = laudnet.create_model(name, paradigm=paradigm, **kwargs).eval()
             # Fresh maskers execute almost everything; random masker weights show skipping at work.
             for n, p in model.named_parameters():
                 if "masker" in n and p.dim() > 1:

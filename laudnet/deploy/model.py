@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,10 @@ from laudnet.deploy.fold import fold_conv_bn
 from laudnet.models._base import DynamicModel
 from laudnet.models.regnet import LaudRegNet
 from laudnet.models.resnet import LaudResNet
+from laudnet.models.vit import LaudViT
+
+if TYPE_CHECKING:
+    from laudnet.deploy.vit import DeployedViT
 
 
 class DeployedModel(nn.Module):
@@ -105,8 +110,10 @@ def deploy(
     device: torch.device | str | None = None,
     compile: bool = False,
     spatial_conv1: str = "dense",
-) -> DeployedModel:
+) -> DeployedModel | DeployedViT:
     """Turn a trained LAUD model into an inference module; the model itself is left unchanged.
+
+    A LAUD-ViT goes to `laudnet.deploy.vit.deploy_vit` (token, head and layer skipping in batched PyTorch).
 
     Args:
         model: a LAUD model (any paradigm).
@@ -124,6 +131,12 @@ def deploy(
     """
     if not isinstance(model, DynamicModel):
         raise TypeError(f"deploy expects a LAUD model, got {type(model).__name__}")
+    if isinstance(model, LaudViT):
+        if dense_above != 1.0 or compile or spatial_conv1 != "dense":
+            raise ValueError("dense_above, compile and spatial_conv1 are CNN options; for a ViT see deploy_vit")
+        from laudnet.deploy.vit import deploy_vit
+
+        return deploy_vit(model, dtype, device=device)
     blocks = model.dynamic_blocks()
     thresholds = [dense_above] * len(blocks) if isinstance(dense_above, int | float) else list(dense_above)
     if len(thresholds) != len(blocks):

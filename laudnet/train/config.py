@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
-PARADIGMS = ("spatial", "channel", "layer", "both")
+# CNN paradigms, then the ViT ones (laud_deit_*, laud_vit_base: token, head and layer skipping, combined with "+").
+PARADIGMS = ("spatial", "channel", "layer", "both", "token", "head", "token+head", "token+layer", "head+layer",
+             "token+head+layer")
 MODES = ("dynamic", "static")
 TEMP_SCHEDULES = ("exp", "linear", "cosine")
 
