@@ -1,0 +1,1 @@
+"""Training infrastructure: config, checkpoints, distributed helpers and metrics logging."""

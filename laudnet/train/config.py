@@ -1,0 +1,330 @@
+"""The training configuration: one dataclass, filled from defaults, then a YAML file (``-c``), then command-line flags.
+
+Defaults follow the spec's §9 ImageNet recipe (SGD with Nesterov momentum 0.9, weight decay 5e-5 on all parameters,
+lr 0.02 per 256 images with cosine decay per iteration and no warm-up, target ratio 0.5, λ = 10, KD α = 0.5 and T = 4,
+Gumbel temperature 5.0 → 0.1 exponentially); the quick-run fields (subsets, steps per epoch) are off by default.
+
+Every flag defaults to "not given" (``argparse.SUPPRESS``), so :func:`resolve_config` applies exactly the flags the
+user typed on top of the YAML file, which itself only overrides the keys it names (timm's two-stage scheme, in one
+parser). The resolved config is written next to the run as ``args.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARADIGMS = ("spatial", "channel", "layer", "both")
+MODES = ("dynamic", "static")
+TEMP_SCHEDULES = ("exp", "linear", "cosine")
+
+
+def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None, short: str | None = None):
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "short": short})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; see each field's help (``laudnet train --help``)."""
+
+    # model
+    model: str = _f("laud_resnet50", "registered model name", "model", short="-m")
+    mode: str = _f("dynamic", "static training, or dynamic fine-tuning with maskers", "model", MODES)
+    paradigm: str = _f("spatial", "what the maskers skip", "model", PARADIGMS)
+    granularity: list[int] | None = _f(
+        None, "per-stage granularity, e.g. 4-4-2-1 (spatial patch S or channel group G); default: the model's", "model"
+    )
+    init: str | None = _f(
+        None, "initial weights: a static laudnet checkpoint or a torchvision weights file (.pth)", "model"
+    )
+    # data
+    dataset: str = _f("fashion-canvas", "imagefolder (alias imagenet), fashion-mnist or fashion-canvas", "data")
+    data_root: str | None = _f(None, "data folder (default for fashion-*: /usr/share/datasets/fashion-mnist)", "data")
+    image_size: int = _f(224, "input side (canvas side for fashion-canvas)", "data")
+    train_subset: int | None = _f(None, "use only this many training samples", "data")
+    val_subset: int | None = _f(None, "use only this many validation samples", "data")
+    canvas_clutter: int = _f(6, "fashion-canvas: clutter fragments per image", "data")
+    workers: int = _f(4, "data loader processes per training process", "data", short="-j")
+    # optimisation
+    epochs: int = _f(100, "training epochs", "optimisation")
+    batch_size: int = _f(
+        128, "batch size per process (global = batch_size x processes x grad_accum)", "optimisation", short="-b"
+    )
+    val_batch_size: int | None = _f(None, "validation batch per process (default 1.5 x batch_size)", "optimisation")
+    lr: float | None = _f(None, "learning rate; default lr_base x global batch / lr_base_size", "optimisation")
+    lr_base: float = _f(0.02, "learning rate per lr_base_size images of global batch", "optimisation")
+    lr_base_size: int = _f(256, "batch size that lr_base refers to", "optimisation")
+    min_lr: float = _f(0.0, "end of the per-iteration cosine decay", "optimisation")
+    masker_lr_mult: float = _f(1.0, "learning-rate multiplier of the masker parameters", "optimisation")
+    weight_decay: float = _f(5e-5, "weight decay (all parameters)", "optimisation")
+    momentum: float = _f(0.9, "SGD momentum", "optimisation")
+    nesterov: bool = _f(True, "Nesterov momentum", "optimisation")
+    warmup_epochs: float = _f(0.0, "linear learning-rate warm-up, in epochs", "optimisation")
+    label_smoothing: float = _f(0.0, "label smoothing of the classification loss", "optimisation")
+    grad_accum: int = _f(1, "gradient accumulation steps per optimiser step", "optimisation")
+    clip_grad: float | None = _f(None, "clip the gradient norm to this value", "optimisation")
+    # dynamic
+    target: float = _f(0.5, "target FLOPs ratio t in (0, 1]", "dynamic", short="-t")
+    lambda_flops: float = _f(10.0, "weight of the FLOPs loss", "dynamic")
+    bounds_fraction: float = _f(0.33, "fraction of the epochs over which the per-block bounds relax", "dynamic")
+    kd_alpha: float = _f(0.5, "weight of the self-distillation loss (0: no teacher)", "dynamic")
+    kd_temperature: float = _f(4.0, "distillation temperature T", "dynamic")
+    t0: float = _f(5.0, "initial Gumbel temperature", "dynamic")
+    t_last: float = _f(0.1, "final Gumbel temperature", "dynamic")
+    temp_schedule: str = _f("exp", "Gumbel temperature schedule over all iterations", "dynamic", TEMP_SCHEDULES)
+    # run
+    output: str = _f("runs", "folder of the runs", "run", short="-o")
+    run_name: str | None = _f(None, "run folder name under output (default: from model, mode, dataset)", "run")
+    resume: str | None = _f(None, "checkpoint to resume from, or 'auto' for the run folder's last.pt", "run")
+    seed: int = _f(0, "seed of the model init, the data order and the dataset", "run")
+    device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", "run")
+    amp: bool = _f(True, "bf16 autocast (on CUDA only)", "run")
+    channels_last: bool = _f(True, "channels_last memory format (on CUDA only)", "run")
+    checkpoint_every: int = _f(1, "epochs between checkpoints (last.pt is also written on SIGTERM)", "run")
+    eval_every: int = _f(1, "epochs between validations (the last epoch is always validated)", "run")
+    max_steps_per_epoch: int | None = _f(None, "stop each epoch after this many optimiser steps (quick runs)", "run")
+    log_interval: int = _f(50, "steps between progress-bar metric updates", "run")
+    tensorboard: bool = _f(False, "also write TensorBoard logs (needs the tensorboard package)", "run")
+    progress: bool = _f(True, "show tqdm progress bars", "run")
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+    def global_batch(self, world_size: int = 1) -> int:
+        """Images per optimiser step over all processes."""
+        return self.batch_size * world_size * self.grad_accum
+
+    def effective_lr(self, world_size: int = 1) -> float:
+        """``lr`` if set, else ``lr_base`` scaled linearly by the global batch (spec §9: 0.02 × 1024/256 = 0.08)."""
+        if self.lr is not None:
+            return self.lr
+        return self.lr_base * self.global_batch(world_size) / self.lr_base_size
+
+    def dataset_kwargs(self, split: str) -> dict[str, Any]:
+        """Options for :func:`laudnet.data.build_dataset` from this config (subset size, canvas clutter and seed)."""
+        from laudnet.data import canonical_name
+
+        kwargs: dict[str, Any] = {}
+        subset = self.train_subset if split == "train" else self.val_subset
+        if subset is not None:
+            kwargs["num_samples"] = subset
+        if canonical_name(self.dataset) == "fashion-canvas":
+            kwargs.update(num_clutter=self.canvas_clutter, seed=self.seed)
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _parse_granularity(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.replace(",", "-").split("-")
+    elif isinstance(value, int | list | tuple):
+        parts = [value] if isinstance(value, int) else list(value)
+    else:
+        raise ValueError(f"granularity must be like 4-4-2-1 or a list of ints, got {value!r}")
+    try:
+        out = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise ValueError(f"granularity must be like 4-4-2-1 or a list of ints, got {value!r}") from None
+    if not out or any(g < 1 for g in out):
+        raise ValueError(f"granularity values must be positive integers, got {value!r}")
+    return out
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check ranges and choices; raises ValueError naming the field."""
+    cfg.granularity = _parse_granularity(cfg.granularity)
+    if not 0 < cfg.target <= 1:
+        raise ValueError(f"target must be in (0, 1], got {cfg.target}")
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(cfg, f.name)!r}")
+    from laudnet.data import canonical_name  # local: keeps `import config` light
+
+    canonical_name(cfg.dataset)
+    positive = (
+        "image_size",
+        "epochs",
+        "batch_size",
+        "grad_accum",
+        "lr_base_size",
+        "log_interval",
+        "checkpoint_every",
+        "eval_every",
+    )
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("train_subset", "val_subset", "val_batch_size", "max_steps_per_epoch"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1 when set, got {getattr(cfg, name)}")
+    for name in ("lr_base", "t0", "t_last", "kd_temperature", "masker_lr_mult"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.lr is not None and cfg.lr <= 0:
+        raise ValueError(f"lr must be > 0 when set, got {cfg.lr}")
+    for name in (
+        "min_lr",
+        "weight_decay",
+        "momentum",
+        "warmup_epochs",
+        "lambda_flops",
+        "kd_alpha",
+        "workers",
+        "canvas_clutter",
+    ):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not 0 < cfg.bounds_fraction <= 1:
+        raise ValueError(f"bounds_fraction must be in (0, 1], got {cfg.bounds_fraction}")
+    if cfg.warmup_epochs >= cfg.epochs:
+        raise ValueError(f"warmup_epochs ({cfg.warmup_epochs}) must be shorter than epochs ({cfg.epochs})")
+
+
+# ----------------------------------------------------------------------------------------------------------- typing
+
+
+def _base_type(name: str) -> tuple[type, bool]:
+    """(scalar type, optional) of a field; list fields report list."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    return (list if typing.get_origin(hint) is list else hint), optional
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check a YAML value against the field's type (ints are accepted for floats)."""
+    kind, optional = _base_type(name)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{source}: {name} cannot be null")
+    if kind is list:
+        try:
+            return _parse_granularity(value)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+    ok = (
+        isinstance(value, bool)
+        if kind is bool
+        else isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is float
+        else isinstance(value, int) and not isinstance(value, bool)
+        if kind is int
+        else isinstance(value, str)
+    )
+    if not ok:
+        raise ValueError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def load_yaml_overrides(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config: a mapping of TrainConfig fields (dashes or underscores), checked key by key.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a mapping, an unknown key (naming it and the file), or a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown config key {key!r} in {path}{hint}")
+        out[name] = _coerce(name, value, f"config file {path}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+
+
+def _granularity_flag(text: str) -> list[int] | None:
+    try:
+        return _parse_granularity(text)
+    except ValueError as err:  # argparse prints ArgumentTypeError messages as they are
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _flag_type(kind: type):
+    return _granularity_flag if kind is list else kind
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``-c/--config`` and one flag per TrainConfig field, in argument groups.
+
+    Flags default to "not given", so :func:`resolve_config` knows which ones the user typed.
+    """
+    parser.add_argument("-c", "--config", default=None, metavar="FILE", help="YAML file of options (flags win)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    defaults = TrainConfig.__dataclass_fields__
+    for f in dataclasses.fields(TrainConfig):
+        group = f.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        kind, optional = _base_type(f.name)
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f.metadata["short"]] if f.metadata["short"] else [])
+        default = defaults[f.name].default
+        shown = "-".join(map(str, default)) if isinstance(default, list) else default
+        kwargs: dict[str, Any] = {
+            "default": argparse.SUPPRESS,
+            "dest": f.name,
+            "help": f"{f.metadata['help']} (default: {shown})",
+        }
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _flag_type(kind)
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]
+            kwargs["metavar"] = "N" if kind in (int, float) else "G-G-G-G" if kind is list else "STR"
+        groups[group].add_argument(*flags, **kwargs)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the YAML file named by ``args.config``, then the flags given; validated."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml_overrides(args.config))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return TrainConfig(**values)
+
+
+def save_resolved(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved config as ``run_dir/args.yaml`` (loadable again with ``-c``)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "args.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
