@@ -1,4 +1,4 @@
-"""`laudnet demo` and `laudnet models`: build each model, run a batch, print per-block activation rates and FLOPs."""
+"""`laudnet flops` and `laudnet models`: build each model, run a batch, print per-block activation rates and FLOPs."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+def add_flops_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=None, help="models to run (default: all registered)")
     parser.add_argument("--paradigms", nargs="+", default=["spatial", "channel", "layer"])
     parser.add_argument("--batch", type=int, default=2)
@@ -43,7 +43,7 @@ def describe(model: laudnet.DynamicModel) -> list[str]:
     return lines
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_flops(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     names = args.models or laudnet.list_models()
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)

@@ -87,6 +87,7 @@ class TrainConfig:
     resume: str | None = _f(None, "checkpoint to resume from, or 'auto' for the run folder's last.pt", "run")
     seed: int = _f(0, "seed of the model init, the data order and the dataset", "run")
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", "run")
+    threads: int | None = _f(None, "intra-op CPU threads per process (default: torch's choice)", "run")
     amp: bool = _f(True, "bf16 autocast (on CUDA only)", "run")
     channels_last: bool = _f(True, "channels_last memory format (on CUDA only)", "run")
     checkpoint_every: int = _f(1, "epochs between checkpoints (last.pt is also written on SIGTERM)", "run")
@@ -168,7 +169,7 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("train_subset", "val_subset", "val_batch_size", "max_steps_per_epoch"):
+    for name in ("train_subset", "val_subset", "val_batch_size", "max_steps_per_epoch", "threads"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1 when set, got {getattr(cfg, name)}")
     for name in ("lr_base", "t0", "t_last", "kd_temperature", "masker_lr_mult"):
@@ -251,8 +252,22 @@ def load_yaml_overrides(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if data is None:
         return {}
+    return check_overrides(data, f"config file {path}", where=f" in {path}")
+
+
+def check_overrides(data: Any, source: str, where: str = "") -> dict[str, Any]:
+    """Check a mapping of TrainConfig fields (dashes or underscores) key by key; returns it with canonical names.
+
+    Args:
+        data: the mapping (e.g. parsed YAML).
+        source: what it is, for messages (``config file x.yaml``).
+        where: appended to the unknown-key message (`` in x.yaml``).
+
+    Raises:
+        ValueError: not a mapping, an unknown key (naming it, with the closest field), or a value of the wrong type.
+    """
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+        raise ValueError(f"{source} must hold a mapping of option: value, got {type(data).__name__}")
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     out = {}
     for key, value in data.items():
@@ -260,8 +275,8 @@ def load_yaml_overrides(path: str | os.PathLike) -> dict[str, Any]:
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown config key {key!r} in {path}{hint}")
-        out[name] = _coerce(name, value, f"config file {path}")
+            raise ValueError(f"unknown config key {key!r}{where}{hint}")
+        out[name] = _coerce(name, value, source)
     return out
 
 
