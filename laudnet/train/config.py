@@ -46,6 +46,9 @@ class TrainConfig:
     init: str | None = _f(
         None, "initial weights: a static laudnet checkpoint or a torchvision weights file (.pth)", "model"
     )
+    zero_init_residual: bool = _f(
+        True, "without init: start every residual branch at zero (last BN scale 0), which steadies training", "model"
+    )
     # data
     dataset: str = _f("fashion-canvas", "imagefolder (alias imagenet), fashion-mnist or fashion-canvas", "data")
     data_root: str | None = _f(None, "data folder (default for fashion-*: /usr/share/datasets/fashion-mnist)", "data")

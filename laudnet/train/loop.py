@@ -147,6 +147,18 @@ def load_init(model: nn.Module, state_dict: dict[str, Tensor]) -> bool:
     return head_fits
 
 
+def zero_init_residual(model: nn.Module) -> None:
+    """Set the scale of every block's last BN to 0, so each residual block starts as its shortcut.
+
+    From scratch, torchvision's init makes the residual sums grow with depth; on fashion-canvas at 64 px, SGD at lr 0.05
+    then diverged in the first steps (loss 12 after 8 steps, chance is 2.3). Starting the branches at zero (Goyal et
+    al., 2017) keeps the early network shallow in effect.
+    """
+    for block in model.dynamic_blocks():
+        conv3 = block.conv_bn_pairs()["conv3"]
+        nn.init.zeros_(conv3[1].weight)
+
+
 # ------------------------------------------------------------------------------------------------------ schedules
 
 
@@ -476,6 +488,9 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
     model = build_model(cfg, num_classes)
     teacher = None
     init_note = "random init"
+    if cfg.init is None and cfg.zero_init_residual:
+        zero_init_residual(model)
+        init_note += ", residual branches zero-initialised"
     if cfg.init is not None:
         state_dict, kind = read_init_state(cfg.init, cfg.model)
         head_loaded = load_init(model, state_dict)
