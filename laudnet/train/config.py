@@ -56,6 +56,8 @@ class TrainConfig:
     train_subset: int | None = _f(None, "use only this many training samples", "data")
     val_subset: int | None = _f(None, "use only this many validation samples", "data")
     canvas_clutter: int = _f(6, "fashion-canvas: clutter fragments per image", "data")
+    canvas_scale_min: float = _f(0.25, "fashion-canvas: smallest item side, as a fraction of the canvas", "data")
+    canvas_scale_max: float = _f(0.5, "fashion-canvas: largest item side, as a fraction of the canvas", "data")
     workers: int = _f(4, "data loader processes per training process", "data", short="-j")
     # optimisation
     epochs: int = _f(100, "training epochs", "optimisation")
@@ -122,7 +124,11 @@ class TrainConfig:
         if subset is not None:
             kwargs["num_samples"] = subset
         if canonical_name(self.dataset) == "fashion-canvas":
-            kwargs.update(num_clutter=self.canvas_clutter, seed=self.seed)
+            kwargs.update(
+                num_clutter=self.canvas_clutter,
+                scale_range=(self.canvas_scale_min, self.canvas_scale_max),
+                seed=self.seed,
+            )
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,6 +202,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 < cfg.bounds_fraction <= 1:
         raise ValueError(f"bounds_fraction must be in (0, 1], got {cfg.bounds_fraction}")
+    if not 0 < cfg.canvas_scale_min <= cfg.canvas_scale_max <= 1:
+        raise ValueError(
+            f"canvas scales must satisfy 0 < canvas_scale_min <= canvas_scale_max <= 1, got "
+            f"{cfg.canvas_scale_min} and {cfg.canvas_scale_max}"
+        )
     if cfg.warmup_epochs >= cfg.epochs:
         raise ValueError(f"warmup_epochs ({cfg.warmup_epochs}) must be shorter than epochs ({cfg.epochs})")
 

@@ -65,7 +65,8 @@ def test_unknown_config_key(base, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("epochs: 1\nlambda_flop: 5\n")
     code, err, _ = _run([*base, "-c", str(config)], capsys)
-    assert code == 2 and "unknown config key 'lambda_flop'" in err and "did you mean 'lambda_flops'" in err and "\n" not in err
+    assert code == 2 and "unknown config key 'lambda_flop'" in err and "did you mean 'lambda_flops'" in err
+    assert "\n" not in err
 
 
 def test_checkpoint_of_another_model(base, tmp_path, capsys):

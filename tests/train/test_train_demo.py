@@ -15,7 +15,8 @@ def test_shipped_demo_config():
     static, dynamic = load_demo_config(DEFAULT_CONFIG, output="somewhere")
     assert static.mode == "static" and dynamic.mode == "dynamic" and dynamic.paradigm == "spatial"
     assert dynamic.dataset == "fashion-canvas" and dynamic.model == "laud_regnety_400mf"
-    assert static.output == dynamic.output == "somewhere" and (static.run_name, dynamic.run_name) == ("static", "dynamic")
+    assert static.output == dynamic.output == "somewhere"
+    assert (static.run_name, dynamic.run_name) == ("static", "dynamic")
 
 
 def test_demo_config_errors(tmp_path):
