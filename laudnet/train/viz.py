@@ -172,8 +172,8 @@ def plot_mask_overlays(
             else:
                 # Red where the stage computes; what stays grey was skipped (output = shortcut).
                 overlay = torch.zeros(*maps.shape[-2:], 4)
-                overlay[..., 0] = 1.0
-                overlay[..., 3] = 0.5 * maps[r, c - 1]
+                overlay[..., 0], overlay[..., 1], overlay[..., 2] = 1.0, 0.15, 0.1
+                overlay[..., 3] = 0.65 * maps[r, c - 1]
                 ax.imshow(overlay.numpy())
                 rate = f" {float(stage_rates[r, c - 1]):.2f}" if stage_rates is not None else ""
                 ax.set_title(f"stage {c}{rate}", fontsize=7)
