@@ -420,10 +420,6 @@ def _check_resume_state(state: dict[str, Any], path: Path, cfg: TrainConfig, mod
             raise CheckpointError(f"checkpoint {path} has {key} {state.get(key)!r}, but this run has {value!r}")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def _gather_rng_states() -> list[dict[str, Any]]:
     state = capture_rng_state()
     if not dist_utils.is_dist():
