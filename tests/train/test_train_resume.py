@@ -74,3 +74,32 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path, fashion_root):
     train(cfg, log=None)
     again = train(_config(tmp_path, fashion_root, "done", epochs=1, resume="auto"), log=None)
     assert again.steps_run == 0 and again.epochs_done == 1 and not again.interrupted
+
+
+def test_cli_sigterm_from_outside_then_resume(tmp_path, fashion_root):
+    """`laudnet train` in a subprocess, terminated by another process: exit 143, then --resume auto finishes it."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "cli"
+    argv = [sys.executable, "-m", "laudnet", "train", "--model", "laud_regnety_400mf", "--paradigm", "layer",
+            "--dataset", "fashion-canvas", "--data-root", str(fashion_root), "--image-size", "32", "--train-subset",
+            "80", "--val-subset", "8", "-b", "4", "--epochs", "3", "--lr", "0.05", "-j", "0", "--threads", "1",
+            "--no-progress", "-o", str(tmp_path), "--run-name", "cli"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.csv").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # during epoch 2, or while epoch 1 is being saved
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "SIGTERM: s" in out and "--resume auto" in out
+    stopped = load_checkpoint(run / "last.pt")
+    assert 20 <= stopped["global_step"] < 60
+
+    done = subprocess.run([*argv, "--resume", "auto"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    final = load_checkpoint(run / "last.pt")
+    assert (final["global_step"], final["epoch"], final["step_in_epoch"]) == (60, 3, 0)
+    assert [r["epoch"] for r in _rows(run)] == ["0", "1", "2"]
