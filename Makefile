@@ -28,8 +28,9 @@ data:
 		echo "fashion-mnist: missing and apt is not usable; tests that need it will be skipped"; \
 	fi
 
+# Trains a small dynamic network on fashion-canvas (CPU, a few minutes); writes runs/demo/report.json and plots.
 demo: $(STAMP) data
-	$(VENV)/bin/laudnet demo
+	$(VENV)/bin/laudnet demo -o runs/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,8 +12,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("laudnet.demo", "build each model, run a batch, print per-block activation rates and FLOPs"),
+    "demo": ("laudnet.train.demo", "train a small dynamic network on fashion-canvas on the CPU, evaluate and plot it"),
+    "flops": ("laudnet.demo", "build each model, run a batch, print per-block activation rates and FLOPs"),
     "models": ("laudnet.demo", "list the registered models"),
+    "train": ("laudnet.train.cli", "train a static or dynamic network (-c config.yaml; torchrun for several GPUs)"),
+    "eval": ("laudnet.train.cli", "evaluate a checkpoint: top-1/top-5, FLOPs, per-block activation rates"),
+    "viz": ("laudnet.train.cli", "plot per-block activation rates and spatial masks of checkpoints"),
     "latency": ("laudnet.latency.cli", "predict static and dynamic latency of a model on a device"),
     "granularity": ("laudnet.latency.cli", "latency ratio against activation rate per S and G; plots, table, advice"),
     "calibrate": ("laudnet.latency.cli", "measure the local device and write a hardware spec for --hardware"),

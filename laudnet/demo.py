@@ -1,4 +1,4 @@
-"""`laudnet demo` and `laudnet models`: build each model, run a batch, print per-block activation rates and FLOPs."""
+"""`laudnet flops` and `laudnet models`: build each model, run a batch, print per-block activation rates and FLOPs."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+def add_flops_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=None, help="models to run (default: all registered)")
     parser.add_argument("--paradigms", nargs="+", default=None,
                         help="default: spatial, channel, layer for CNNs; token, head, layer, token+head+layer for ViTs")
@@ -53,7 +53,7 @@ def _is_vit(name: str) -> bool:
     return "vit" in name or "deit" in name
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_flops(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     names = args.models or laudnet.list_models()
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)

@@ -11,7 +11,7 @@ from laudnet.cli import main
 def test_help_lists_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "demo" in out and "models" in out
+    assert all(name in out for name in ("demo", "flops", "models", "train", "eval", "viz"))
 
 
 def test_models_command(capsys):
@@ -19,8 +19,8 @@ def test_models_command(capsys):
     assert capsys.readouterr().out.split() == ["laud_resnet101", "laud_resnet50"]
 
 
-def test_demo_prints_rates_and_flops(capsys):
-    assert main(["demo", "--models", "laud_regnety_400mf", "--paradigms", "layer", "--image-size", "64"]) == 0
+def test_flops_prints_rates_and_flops(capsys):
+    assert main(["flops", "--models", "laud_regnety_400mf", "--paradigms", "layer", "--image-size", "64"]) == 0
     out = capsys.readouterr().out
     assert "laud_regnety_400mf layer" in out and "stage 4:" in out and "ratio" in out
 

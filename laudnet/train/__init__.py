@@ -1,1 +1,2 @@
-"""Training infrastructure: config, checkpoints, distributed helpers and metrics logging."""
+"""Training: config, checkpoints, distributed helpers, metrics, losses and schedules, the loop (`loop.py`), the
+`train`/`eval`/`viz` commands (`cli.py`), plots (`viz.py`) and the CPU demo (`demo.py`)."""

@@ -48,6 +48,9 @@ class TrainConfig:
     init: str | None = _f(
         None, "initial weights: a static laudnet checkpoint or a torchvision weights file (.pth)", "model"
     )
+    zero_init_residual: bool = _f(
+        True, "without init: start every residual branch at zero (last BN scale 0), which steadies training", "model"
+    )
     # data
     dataset: str = _f("fashion-canvas", "imagefolder (alias imagenet), fashion-mnist or fashion-canvas", "data")
     data_root: str | None = _f(None, "data folder (default for fashion-*: /usr/share/datasets/fashion-mnist)", "data")
@@ -55,6 +58,8 @@ class TrainConfig:
     train_subset: int | None = _f(None, "use only this many training samples", "data")
     val_subset: int | None = _f(None, "use only this many validation samples", "data")
     canvas_clutter: int = _f(6, "fashion-canvas: clutter fragments per image", "data")
+    canvas_scale_min: float = _f(0.25, "fashion-canvas: smallest item side, as a fraction of the canvas", "data")
+    canvas_scale_max: float = _f(0.5, "fashion-canvas: largest item side, as a fraction of the canvas", "data")
     workers: int = _f(4, "data loader processes per training process", "data", short="-j")
     # optimisation
     epochs: int = _f(100, "training epochs", "optimisation")
@@ -89,6 +94,7 @@ class TrainConfig:
     resume: str | None = _f(None, "checkpoint to resume from, or 'auto' for the run folder's last.pt", "run")
     seed: int = _f(0, "seed of the model init, the data order and the dataset", "run")
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", "run")
+    threads: int | None = _f(None, "intra-op CPU threads per process (default: torch's choice)", "run")
     amp: bool = _f(True, "bf16 autocast (on CUDA only)", "run")
     channels_last: bool = _f(True, "channels_last memory format (on CUDA only)", "run")
     checkpoint_every: int = _f(1, "epochs between checkpoints (last.pt is also written on SIGTERM)", "run")
@@ -120,7 +126,11 @@ class TrainConfig:
         if subset is not None:
             kwargs["num_samples"] = subset
         if canonical_name(self.dataset) == "fashion-canvas":
-            kwargs.update(num_clutter=self.canvas_clutter, seed=self.seed)
+            kwargs.update(
+                num_clutter=self.canvas_clutter,
+                scale_range=(self.canvas_scale_min, self.canvas_scale_max),
+                seed=self.seed,
+            )
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,7 +180,7 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("train_subset", "val_subset", "val_batch_size", "max_steps_per_epoch"):
+    for name in ("train_subset", "val_subset", "val_batch_size", "max_steps_per_epoch", "threads"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1 when set, got {getattr(cfg, name)}")
     for name in ("lr_base", "t0", "t_last", "kd_temperature", "masker_lr_mult"):
@@ -194,6 +204,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 < cfg.bounds_fraction <= 1:
         raise ValueError(f"bounds_fraction must be in (0, 1], got {cfg.bounds_fraction}")
+    if not 0 < cfg.canvas_scale_min <= cfg.canvas_scale_max <= 1:
+        raise ValueError(
+            f"canvas scales must satisfy 0 < canvas_scale_min <= canvas_scale_max <= 1, got "
+            f"{cfg.canvas_scale_min} and {cfg.canvas_scale_max}"
+        )
     if cfg.warmup_epochs >= cfg.epochs:
         raise ValueError(f"warmup_epochs ({cfg.warmup_epochs}) must be shorter than epochs ({cfg.epochs})")
 
@@ -253,8 +268,22 @@ def load_yaml_overrides(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if data is None:
         return {}
+    return check_overrides(data, f"config file {path}", where=f" in {path}")
+
+
+def check_overrides(data: Any, source: str, where: str = "") -> dict[str, Any]:
+    """Check a mapping of TrainConfig fields (dashes or underscores) key by key; returns it with canonical names.
+
+    Args:
+        data: the mapping (e.g. parsed YAML).
+        source: what it is, for messages (``config file x.yaml``).
+        where: appended to the unknown-key message (`` in x.yaml``).
+
+    Raises:
+        ValueError: not a mapping, an unknown key (naming it, with the closest field), or a value of the wrong type.
+    """
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+        raise ValueError(f"{source} must hold a mapping of option: value, got {type(data).__name__}")
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     out = {}
     for key, value in data.items():
@@ -262,8 +291,8 @@ def load_yaml_overrides(path: str | os.PathLike) -> dict[str, Any]:
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown config key {key!r} in {path}{hint}")
-        out[name] = _coerce(name, value, f"config file {path}")
+            raise ValueError(f"unknown config key {key!r}{where}{hint}")
+        out[name] = _coerce(name, value, source)
     return out
 
 

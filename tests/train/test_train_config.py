@@ -134,7 +134,10 @@ def test_shipped_imagenet_config():
 
 
 def test_dataset_kwargs():
-    cfg = parse("--train-subset", "100", "--canvas-clutter", "3", "--seed", "7")
-    assert cfg.dataset_kwargs("train") == {"num_samples": 100, "num_clutter": 3, "seed": 7}
-    assert cfg.dataset_kwargs("val") == {"num_clutter": 3, "seed": 7}
+    cfg = parse("--train-subset", "100", "--canvas-clutter", "3", "--seed", "7", "--canvas-scale-max", "0.7")
+    scale = (0.25, 0.7)
+    assert cfg.dataset_kwargs("train") == {"num_samples": 100, "num_clutter": 3, "scale_range": scale, "seed": 7}
+    assert cfg.dataset_kwargs("val") == {"num_clutter": 3, "scale_range": scale, "seed": 7}
+    with pytest.raises(ValueError, match="canvas_scale_min <= canvas_scale_max"):
+        parse("--canvas-scale-min", "0.8", "--canvas-scale-max", "0.7")
     assert parse("--dataset", "fashion-mnist", "--val-subset", "5").dataset_kwargs("val") == {"num_samples": 5}

@@ -1,0 +1,277 @@
+"""``laudnet train``, ``laudnet eval`` and ``laudnet viz``: the command line over :mod:`laudnet.train.loop`.
+
+- ``laudnet train -c config.yaml [--flag value ...]``: flags override the YAML file, which overrides the defaults;
+  under ``torchrun`` every process runs the same command (one per GPU).
+- ``laudnet eval CHECKPOINT``: top-1/top-5, mean dense and dynamic FLOPs and per-block activation rates, as a table
+  and a JSON file.
+- ``laudnet viz CHECKPOINT [CHECKPOINT ...]``: the per-block activation-rate chart (runs side by side) and, for
+  spatial models, mask overlays on validation images, as PNGs.
+
+Bad input (a missing data root, an unknown model or config key, a target outside (0, 1], a checkpoint of another
+model, ...) ends the command with one line ``laudnet <command>: error: <message>`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+EXIT_TERMINATED = 143  # 128 + SIGTERM: the run stopped on request and can be resumed
+
+
+def _guard(command: str, fn: Callable[[], int]) -> int:
+    """Run ``fn``; a bad-input error becomes one line on stderr and exit status 2."""
+    from laudnet.train.checkpoint import CheckpointError
+
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError) as err:
+        print(f"laudnet {command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+# ----------------------------------------------------------------------------------------------------------- train
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from laudnet.train.config import add_train_arguments as add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    def body() -> int:
+        from laudnet.train.config import resolve_config
+        from laudnet.train.loop import train
+
+        cfg = resolve_config(args)
+        result = train(cfg)
+        if result.interrupted:
+            return EXIT_TERMINATED
+        if result.last_eval is not None:
+            print(f"done: {result.run_dir} (best val top-1 {result.best_top1:.2f}%)")
+        return 0
+
+    return _guard("train", body)
+
+
+# ------------------------------------------------------------------------------------------------------------ eval
+
+
+def _add_data_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data (default: the checkpoint's training config)")
+    group.add_argument("--dataset", default=None, help="dataset name")
+    group.add_argument("--data-root", default=None, help="data folder")
+    group.add_argument("--image-size", type=int, default=None, help="input side")
+    group.add_argument("--val-subset", type=int, default=None, help="evaluate only this many images")
+    group.add_argument("-b", "--batch-size", type=int, default=128, help="evaluation batch (default: 128)")
+    group.add_argument("-j", "--workers", type=int, default=0, help="data loader processes (default: 0)")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a laudnet checkpoint (last.pt or best.pt of a run)")
+    parser.add_argument("-m", "--model", default=None, help="refuse a checkpoint of another model than this one")
+    parser.add_argument("--json", default=None, help="where to write the JSON (default: <checkpoint>.eval.json)")
+    _add_data_overrides(parser)
+
+
+def load_trained(path: str | Path, model_name: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The model of a laudnet checkpoint (eval mode, on CPU) and the checkpoint dict.
+
+    Raises:
+        FileNotFoundError, CheckpointError: no such file, not a laudnet checkpoint, or of another model.
+    """
+    from laudnet.models import create_model
+    from laudnet.train.checkpoint import CheckpointError, load_checkpoint
+
+    state = load_checkpoint(path, expected_model=model_name)
+    if "config" not in state or "paradigm" not in state or "num_classes" not in state:
+        raise CheckpointError(f"checkpoint {path} has no training config: it was not written by laudnet train")
+    model = create_model(
+        state["model_name"],
+        paradigm=state["paradigm"],
+        granularity=state.get("granularity"),
+        num_classes=state["num_classes"],
+    )
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def _eval_config(state: dict[str, Any], args: argparse.Namespace):
+    from laudnet.train.config import TrainConfig
+
+    values = dict(state["config"])
+    for key in ("dataset", "data_root", "image_size", "val_subset", "threads"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    values.update(workers=args.workers, device=args.device, resume=None, init=None)
+    return TrainConfig(**values)
+
+
+def evaluate_checkpoint(path: str | Path, args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
+    """(EvalResult, checkpoint dict, config) of a checkpoint on its validation set (with ``args``' overrides)."""
+    import torch
+
+    from laudnet.data import build_loader
+    from laudnet.train.distributed import resolve_device
+    from laudnet.train.loop import build_datasets, check_config_inputs, evaluate
+
+    model, state = load_trained(path, getattr(args, "model", None))
+    cfg = _eval_config(state, args)
+    check_config_inputs(cfg)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    (val_set,), classes = build_datasets(cfg, ("val",))
+    if classes != state["num_classes"]:
+        raise ValueError(f"{cfg.dataset} has {classes} classes but the checkpoint {path} has {state['num_classes']}")
+    if args.batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {args.batch_size}")
+    device = resolve_device(cfg.device)
+    loader = build_loader(val_set, args.batch_size, train=False, num_workers=cfg.workers)
+    result = evaluate(model.to(device), loader, device, amp=cfg.amp, channels_last=cfg.channels_last)
+    return result, state, cfg
+
+
+def format_eval(result, title: str) -> str:
+    """A text table of an :class:`~laudnet.train.loop.EvalResult`."""
+    from laudnet.train.viz import short_block_name
+
+    lines = [
+        title,
+        f"  top-1 {result.top1:6.2f} %   top-5 {result.top5:6.2f} %   ({result.num_samples} images)",
+        f"  FLOPs per image: dense {result.dense_flops / 1e6:.2f} M, dynamic {result.dynamic_flops / 1e6:.2f} M, "
+        f"ratio {result.flops_ratio:.3f}",
+        "  block    activation rate",
+    ]
+    for name, rate in zip(result.block_names, result.block_rates, strict=True):
+        lines.append(f"  {short_block_name(name):<8} {rate:6.3f} {'#' * round(20 * min(rate, 1.0))}")
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    def body() -> int:
+        result, state, cfg = evaluate_checkpoint(args.checkpoint, args)
+        gran = state.get("granularity")
+        what = f"{state['model_name']} {state['paradigm']}" + (f" ({'-'.join(map(str, gran))})" if gran else "")
+        print(format_eval(result, f"{args.checkpoint}: {what}, {cfg.dataset} val at {cfg.image_size} px"))
+        out = Path(args.json) if args.json else Path(f"{args.checkpoint}.eval.json")
+        payload = {
+            "checkpoint": str(args.checkpoint),
+            "model": state["model_name"],
+            "paradigm": state["paradigm"],
+            "granularity": gran,
+            "target": state["config"].get("target") if state["paradigm"] != "static" else None,
+            "dataset": cfg.dataset,
+            "image_size": cfg.image_size,
+            **result.to_dict(),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
+
+    return _guard("eval", body)
+
+
+# ------------------------------------------------------------------------------------------------------------- viz
+
+
+def add_viz_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="+", help="laudnet checkpoints; several runs are drawn side by side")
+    parser.add_argument("--labels", nargs="+", default=None, help="legend labels (default: paradigm and target)")
+    parser.add_argument("-o", "--out", default="viz", help="output folder (default: viz)")
+    parser.add_argument("--num-images", type=int, default=6, help="images in the mask overlays (default: 6)")
+    _add_data_overrides(parser)
+
+
+def _run_label(state: dict[str, Any]) -> str:
+    if state["paradigm"] == "static":
+        return "static"
+    gran = state.get("granularity")
+    gran_text = f" {'-'.join(map(str, gran))}" if gran else ""
+    return f"{state['paradigm']}{gran_text} t={state['config'].get('target')}"
+
+
+def mask_figure(model, cfg, path: Path, num_images: int, title: str) -> Path:
+    """Mask overlays of a spatial ``model`` on the first ``num_images`` validation images of ``cfg``'s dataset."""
+    import torch
+
+    from laudnet.data import build_dataset
+    from laudnet.data.canvas import IMAGENET_MEAN, IMAGENET_STD, FashionCanvas
+    from laudnet.train.viz import plot_mask_overlays, spatial_mask_maps
+
+    if num_images < 1:
+        raise ValueError(f"--num-images must be positive, got {num_images}")
+    kwargs = cfg.dataset_kwargs("val")
+    kwargs.pop("num_samples", None)
+    dataset = build_dataset(cfg.dataset, cfg.data_root, "val", cfg.image_size, **kwargs)
+    count = min(num_images, len(dataset))
+    boxes: list[Any] | None = None
+    if isinstance(dataset, FashionCanvas):
+        samples = [dataset.sample(i) for i in range(count)]
+        images = torch.stack([s.image for s in samples])
+        shown = torch.stack([s.grey for s in samples])
+        boxes = [s.box for s in samples]
+        labels = [s.label for s in samples]
+    else:
+        pairs = [dataset[i] for i in range(count)]
+        images = torch.stack([p[0] for p in pairs])
+        labels = [int(p[1]) for p in pairs]
+        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        shown = (images * std + mean).clamp(0, 1)
+        if images.shape[1] == 3 and cfg.dataset.startswith("fashion"):
+            shown = shown[:, 0]
+    device = next(model.parameters()).device
+    maps, rates, logits = spatial_mask_maps(model, images.to(device))
+    classes = getattr(dataset, "classes", None)
+
+    def name(k: int) -> str:
+        return str(classes[k]) if classes is not None and k < len(classes) else str(k)
+
+    preds = logits.argmax(1).tolist()
+    titles = [f"{name(y)} -> {name(p)}" for y, p in zip(labels, preds, strict=True)]
+    return plot_mask_overlays(
+        shown.cpu(), maps.cpu(), path, boxes=boxes, titles=titles, stage_rates=rates.cpu(), suptitle=title
+    )
+
+
+def run_viz(args: argparse.Namespace) -> int:
+    def body() -> int:
+        from laudnet.train.viz import RateSeries, plot_activation_rates
+
+        if args.labels is not None and len(args.labels) != len(args.checkpoints):
+            raise ValueError(f"--labels has {len(args.labels)} entries for {len(args.checkpoints)} checkpoints")
+        out = Path(args.out)
+        series, spatial, targets = [], [], set()
+        for k, ckpt in enumerate(args.checkpoints):
+            result, state, cfg = evaluate_checkpoint(ckpt, args)
+            label = args.labels[k] if args.labels else _run_label(state)
+            series.append(RateSeries(label, result.block_names, result.block_rates, result.flops_ratio))
+            if state["paradigm"] != "static":
+                targets.add(cfg.target)
+            if state["paradigm"] == "spatial":
+                spatial.append((ckpt, label, cfg))
+            print(f"{ckpt}: {label}: top-1 {result.top1:.2f}%, FLOPs ratio {result.flops_ratio:.3f} "
+                  f"({result.num_samples} images)")
+        target = targets.pop() if len(targets) == 1 else None
+        path = plot_activation_rates(series, out / "activation_rates.png", target=target)
+        print(f"wrote {path}")
+        for ckpt, label, cfg in spatial:
+            model, _ = load_trained(ckpt)
+            fname = "masks.png" if len(spatial) == 1 else f"masks-{Path(ckpt).parent.name}-{Path(ckpt).stem}.png"
+            box = ", green = item box" if "canvas" in cfg.dataset else ""
+            title = f"{label}: red = computed, grey = skipped{box}"
+            path = mask_figure(model, cfg, out / fname, args.num_images, title)
+            print(f"wrote {path}")
+        if not spatial:
+            print("no spatial model among the checkpoints: no mask overlays")
+        return 0
+
+    return _guard("viz", body)

@@ -1,0 +1,22 @@
+"""The FLOPs loss drives a fresh dynamic network from executing everything to the target ratio."""
+
+from __future__ import annotations
+
+import pytest
+
+from laudnet.train.config import TrainConfig
+from laudnet.train.loop import train
+
+
+def test_flops_ratio_reaches_target(tmp_path, fashion_root):
+    cfg = TrainConfig(
+        model="laud_regnety_400mf", mode="dynamic", paradigm="spatial", granularity=[2, 2, 1, 1], target=0.5,
+        dataset="fashion-canvas", data_root=str(fashion_root), image_size=32, train_subset=96, val_subset=64,
+        batch_size=16, epochs=4, lr=0.05, workers=0, progress=False, output=str(tmp_path), run_name="flops",
+    )
+    ratios = []
+    result = train(cfg, on_step=lambda s: ratios.append(s.metrics["flops_ratio"]), log=None)
+    assert len(ratios) == 24
+    assert ratios[0] > 0.9  # the maskers start by executing (almost) everything
+    assert sum(ratios[-3:]) / 3 == pytest.approx(0.5, abs=0.1)  # sampled (Gumbel) decisions at the end
+    assert result.last_eval.flops_ratio == pytest.approx(0.5, abs=0.1)  # deterministic decisions on the val set
