@@ -90,6 +90,7 @@ def load_trained(path: str | Path, model_name: str | None = None) -> tuple[Any, 
     """
     from laudnet.models import create_model
     from laudnet.train.checkpoint import CheckpointError, load_checkpoint
+    from laudnet.train.loop import size_kwargs
 
     state = load_checkpoint(path, expected_model=model_name)
     if "config" not in state or "paradigm" not in state or "num_classes" not in state:
@@ -99,6 +100,7 @@ def load_trained(path: str | Path, model_name: str | None = None) -> tuple[Any, 
         paradigm=state["paradigm"],
         granularity=state.get("granularity"),
         num_classes=state["num_classes"],
+        **size_kwargs(state["model_name"], state["config"].get("image_size", 224)),
     )
     model.load_state_dict(state["model"])
     return model.eval(), state

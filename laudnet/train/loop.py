@@ -106,7 +106,13 @@ def build_model(cfg: TrainConfig, num_classes: int, paradigm: str | None = None)
     granularity = cfg.granularity if paradigm in ("spatial", "channel") else None
     if granularity is not None and len(granularity) == 1:  # one value for every stage
         granularity = granularity[0]
-    return create_model(cfg.model, paradigm=paradigm, granularity=granularity, num_classes=num_classes)
+    return create_model(cfg.model, paradigm=paradigm, granularity=granularity, num_classes=num_classes,
+                        **size_kwargs(cfg.model, cfg.image_size))
+
+
+def size_kwargs(model_name: str, image_size: int) -> dict[str, int]:
+    """Builder arguments that depend on the image size: a ViT's position embedding is built for one size."""
+    return {"img_size": image_size} if "vit" in model_name or "deit" in model_name else {}
 
 
 def read_init_state(path: str | Path, model_name: str) -> tuple[dict[str, Tensor], str]:
@@ -155,8 +161,8 @@ def zero_init_residual(model: nn.Module) -> None:
     al., 2017) keeps the early network shallow in effect.
     """
     for block in model.dynamic_blocks():
-        conv3 = block.conv_bn_pairs()["conv3"]
-        nn.init.zeros_(conv3[1].weight)
+        if hasattr(block, "conv_bn_pairs"):  # CNN bottlenecks; ViT blocks (pre-norm) need no such start
+            nn.init.zeros_(block.conv_bn_pairs()["conv3"][1].weight)
 
 
 # ------------------------------------------------------------------------------------------------------ schedules

@@ -281,7 +281,7 @@ def test_demo_and_training_config_take_the_vit_paradigms(capsys):
     from laudnet.cli import main
     from laudnet.train.config import TrainConfig
 
-    assert main(["demo", "--models", "laud_deit_tiny", "--paradigms", "token+head", "--image-size", "32"]) == 0
+    assert main(["flops", "--models", "laud_deit_tiny", "--paradigms", "token+head", "--image-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "laud_deit_tiny token+head" in out and "ratio" in out
     assert TrainConfig(model="laud_deit_small", paradigm="token+head+layer").paradigm == "token+head+layer"
