@@ -30,7 +30,7 @@ def _clear_errors(fn):
     return wrapper
 
 
-_DENSITY_KEYS = ("per_block_densities", "block_densities", "densities", "rates", "activation_rates")
+_DENSITY_KEYS = ("per_block_densities", "block_densities", "densities", "rates", "activation_rates", "block_rates")
 
 
 def _add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +48,9 @@ def _model_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def read_densities(value: str) -> list[float]:
-    """Per-block activation rates from `0.5,0.4,...` or a JSON file (a list, or a dict holding one under
-    per_block_densities / block_densities / densities / rates, or `blocks: [{"density": ...}, ...]`)."""
+    """Per-block activation rates from `0.5,0.4,...` or a JSON file: a list, or a dict holding one under
+    per_block_densities / block_densities / densities / rates / block_rates (what `laudnet eval` writes; a
+    {block: rate} dict as in the demo's report works too), or `blocks: [{"density": ...}, ...]`."""
     path = Path(value)
     if path.suffix.lower() == ".json" or path.is_file():
         if not path.is_file():
@@ -65,6 +66,8 @@ def read_densities(value: str) -> list[float]:
                     data = [b["density"] for b in data["blocks"]]
                 else:
                     raise ValueError(f"{path}: no per-block densities under any of {_DENSITY_KEYS} or 'blocks'")
+        if isinstance(data, dict):  # {block name: rate}, as in the demo's report.json (blocks in forward order)
+            data = list(data.values())
         if not isinstance(data, list):
             raise ValueError(f"{path}: per-block densities must be a list of numbers")
         return [float(v) for v in data]

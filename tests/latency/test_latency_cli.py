@@ -148,3 +148,20 @@ def test_calibrate_compare_against_a_preset(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "median error 12.5%" in out and "worst 25.0%" in out
     assert main(["calibrate", "--hardware", "v100"]) == 2
+
+
+def test_densities_from_laudnet_eval_and_demo_reports(tmp_path, capsys):
+    import json
+
+    rates = [0.3 + 0.02 * i for i in range(16)]  # laud_resnet50 has 16 blocks
+    eval_json = tmp_path / "last.eval.json"
+    eval_json.write_text(json.dumps({"top1": 50.0, "block_names": [f"b{i}" for i in range(16)], "block_rates": rates}))
+    demo_json = tmp_path / "report.json"
+    demo_json.write_text(json.dumps({"top1": 50.0, "block_rates": {f"b{i}": r for i, r in enumerate(rates)}}))
+    outs = []
+    for path in (eval_json, demo_json):
+        assert main(["latency", "--model", "laud_resnet50", "--paradigm", "layer", "--densities", str(path),
+                     "--hardware", "v100", "--json"]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0]["dynamic_ms"] == outs[1]["dynamic_ms"]
+    assert [b["density"] for b in outs[0]["blocks"]] == pytest.approx(rates)
