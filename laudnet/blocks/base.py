@@ -167,8 +167,9 @@ class DynamicBlock(nn.Module):
                 h2 = self._se(h2 * pixel)
             y = self._conv3(h2) * pixel
             conv1_mask = conv3x3_input_mask(pixel, self.stride, in_hw) if patch is not None else coarse
-            r1 = conv1_mask.flatten(1).mean(1)
-            r2 = pixel.flatten(1).mean(1)
+            # fp32 rates: under bf16 autocast the masks are bf16, the FLOPs they weigh reach 1e9
+            r1 = conv1_mask.flatten(1).float().mean(1)
+            r2 = pixel.flatten(1).float().mean(1)
             se_fc_rate = r2.gt(0).to(r2) if patch is not None else r2
             flops = (
                 terms["conv1"] * r1
@@ -183,7 +184,7 @@ class DynamicBlock(nn.Module):
             h1 = self._conv1(x) * cmask
             h2 = self._se(self._conv2(h1) * cmask)
             y = self._conv3(h2)
-            rc = groups.mean(1)
+            rc = groups.float().mean(1)
             # conv2 loses input and output channels: per-sample rate squared.
             flops = (
                 (terms["conv1"] + terms["conv3"] + terms["se_pool"] + terms["se_fc"]) * rc
