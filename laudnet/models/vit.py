@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from laudnet.blocks.vit import DynamicViTBlock, check_keep_ratio, parse_vit_paradigm
 from laudnet.models._base import DynamicModel
 from laudnet.models._registry import register_model
-from laudnet.models.weights import _preview, _read_state_dict
+from laudnet.models.weights import load_backbone_weights
 
 
 @dataclass(frozen=True)
@@ -188,27 +188,7 @@ def load_timm_weights(
         ValueError: unexpected keys, missing backbone keys or shape mismatches (each named), or an unreadable file.
         FileNotFoundError: the file does not exist.
     """
-    sd = dict(_read_state_dict(state_dict))
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    if exclude_head:
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    own = model.state_dict()
-    unexpected = [k for k in sd if k not in own]
-    missing = [k for k in own if k not in sd and "masker" not in k and not (exclude_head and k.startswith("head."))]
-    mismatched = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
-                  if k in own and v.shape != own[k].shape]
-    problems = []
-    if unexpected:
-        problems.append(f"unexpected keys (not in the model): {_preview(unexpected)}")
-    if missing:
-        problems.append(f"missing backbone keys: {_preview(missing)}")
-    if mismatched:
-        problems.append(f"shape mismatches: {_preview(mismatched, 3)}")
-    if problems:
-        raise ValueError(f"state dict does not fit {type(model).__name__}: " + "; ".join(problems))
-    model.load_state_dict(sd, strict=False)
-    return model
+    return load_backbone_weights(model, state_dict, exclude_head=exclude_head, head_prefix="head.")
 
 
 def _create_vit(variant: str, **kwargs) -> LaudViT:

@@ -53,16 +53,31 @@ def load_torchvision_weights(
             named), or an unreadable file.
         FileNotFoundError: the file does not exist.
     """
+    return load_backbone_weights(model, state_dict, exclude_head=exclude_head, head_prefix="fc.")
+
+
+def load_backbone_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor] | str | os.PathLike,
+    *,
+    exclude_head: bool = False,
+    head_prefix: str = "fc.",
+) -> nn.Module:
+    """Load a state dict whose keys are the model's except its maskers; `head_prefix` names the classifier's keys.
+
+    Shared by `load_torchvision_weights` (``fc.``) and the ViTs' `load_timm_weights` (``head.``).
+    """
     sd = dict(_read_state_dict(state_dict))
     if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
         sd = {k[len("module."):]: v for k, v in sd.items()}
     if exclude_head:
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+        sd = {k: v for k, v in sd.items() if not k.startswith(head_prefix)}
     own = model.state_dict()
     unexpected = [k for k in sd if k not in own]
-    missing = [k for k in own if k not in sd and "masker" not in k and not (exclude_head and k.startswith("fc."))]
-    mismatched = [f"{k}: {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in sd if k in own
-                  and sd[k].shape != own[k].shape]
+    missing = [k for k in own
+               if k not in sd and "masker" not in k and not (exclude_head and k.startswith(head_prefix))]
+    mismatched = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+                  if k in own and v.shape != own[k].shape]
     problems = []
     if unexpected:
         problems.append(f"unexpected keys (not in the model): {_preview(unexpected)}")
