@@ -285,14 +285,20 @@ def block_cost(op: OpModel, b: BlockGeometry, paradigm: str, density: float, gra
 
 def transformer_block(op: OpModel, tokens: int, dim: int, heads: int, mlp_ratio: float = 4.0,
                       token_density: float = 1.0, head_density: float = 1.0, attn_density: float = 1.0,
-                      mlp_density: float = 1.0) -> Cost:
+                      mlp_density: float = 1.0, engine: bool = False,
+                      maskers: frozenset[str] | None = None) -> Cost:
     """Pre-norm ViT block with AdaViT-style skipping (spec 12), for the ViT work.
 
     Args:
         tokens: tokens entering the block (class token included).
         token_density: fraction of tokens kept (selected by a token gather) for attention and MLP.
-        head_density: fraction of attention heads kept (also thins the MLP's input, as in AdaViT).
+        head_density: fraction of attention heads kept (also thins the MLP's input, as in AdaViT, unless `engine`).
         attn_density / mlp_density: probability that the attention / MLP sub-block runs (layer skipping).
+        engine: compose as laudnet's LAUD-ViT runs (`laudnet.deploy.vit.DeployedViTBlock`): a skipped head only
+            removes its attention and projection columns (the MLP reads the full projected width), and each
+            sub-block's kept-token results are added back into the residual stream (an index_add per sub-block).
+        maskers: the maskers that run (a subset of token, head, layer), whatever the densities; None: those of the
+            parts whose density is below 1.
     """
     for name, v in (("token_density", token_density), ("head_density", head_density),
                     ("attn_density", attn_density), ("mlp_density", mlp_density)):
@@ -300,13 +306,27 @@ def transformer_block(op: OpModel, tokens: int, dim: int, heads: int, mlp_ratio:
             raise ValueError(f"{name} must lie in [0, 1], got {v}")
     kept = max(1, int(tokens * token_density))
     hidden = int(dim * mlp_ratio)
+    if maskers is None:
+        maskers = frozenset(name for name, on in (("layer", attn_density < 1 or mlp_density < 1),
+                                                  ("head", head_density < 1), ("token", kept < tokens)) if on)
+    # engine: laudnet's maskers give two logits per decision (`laudnet.blocks.vit`), AdaViT's policies one
+    per_decision = 2 if engine else 1
     policy = ZERO
-    if attn_density < 1 or mlp_density < 1:
-        policy = policy + op.fc(dim, 2)
-    if head_density < 1:
-        policy = policy + op.fc(dim, heads)
+    if "layer" in maskers:
+        policy = policy + op.fc(dim, 2 * per_decision)
+    if "head" in maskers:
+        policy = policy + op.fc(dim, heads * per_decision)
+    if "token" in maskers:
+        policy = policy + op.linear(tokens, dim, per_decision)
     if kept < tokens:
-        policy = policy + op.linear(tokens, dim, 1) + op.token_gather(tokens, kept, dim)
-    attn = op.layernorm(tokens, dim) + op.attention(kept, dim, heads, head_density) + op.elementwise(kept, dim)
-    mlp = op.layernorm(kept, dim) + op.mlp(kept, dim, hidden, in_density=head_density) + op.elementwise(kept, dim)
+        policy = policy + op.token_gather(tokens, kept, dim)
+    norm1 = op.layernorm(tokens, dim)
+    if engine:  # engine: norm1 always runs, the maskers read its output
+        policy, norm1 = policy + norm1, ZERO
+    attn = norm1 + op.attention(kept, dim, heads, head_density) + op.elementwise(kept, dim)
+    mlp = op.layernorm(kept, dim) + op.mlp(kept, dim, hidden, in_density=1.0 if engine else head_density)
+    mlp = mlp + op.elementwise(kept, dim)
+    if engine and kept < tokens:  # engine: `index_add` of the kept rows into the residual stream, per sub-block
+        attn = attn + op.token_gather(tokens, kept, dim)
+        mlp = mlp + op.token_gather(tokens, kept, dim)
     return policy + attn.scale(attn_density) + mlp.scale(mlp_density)

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from laudnet.latency.geometry import list_models
+from laudnet.latency.geometry import is_vit, list_models, list_vit_models
 from laudnet.latency.hardware import PRECISIONS, list_hardware
 
 
@@ -44,7 +44,8 @@ def _add_device_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help=f"one of {', '.join(list_models())} (laud_ prefix accepted)")
+    parser.add_argument("--model", required=True,
+                        help=f"one of {', '.join(list_models() + list_vit_models())} (laud_ prefix accepted)")
 
 
 def read_densities(value: str) -> list[float]:
@@ -80,12 +81,16 @@ def read_densities(value: str) -> list[float]:
 # ---- laudnet latency -------------------------------------------------------------------------------------------------
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arg(parser)
-    parser.add_argument("--paradigm", choices=["spatial", "channel", "layer", "static"], default="layer")
-    parser.add_argument("--density", type=float, default=0.5, help="activation rate of every block (default 0.5)")
+    parser.add_argument("--paradigm", default="layer",
+                        help="CNNs: spatial, channel, layer or static; ViTs: static or a +-combination of token, head "
+                             "and layer, e.g. token+head+layer (default layer)")
+    parser.add_argument("--density", type=float, default=0.5,
+                        help="activation rate of every block (default 0.5); ViTs: the rate of each skipped part")
     parser.add_argument("--densities", default=None,
                         help="per-block activation rates: comma list or JSON file (e.g. from laudnet eval)")
     parser.add_argument("--granularity", default=None,
-                        help="per stage: patch size S for spatial (4-4-2-1), group size G for channel (2-2-2-2)")
+                        help="CNNs only, per stage: patch size S for spatial (4-4-2-1), group size G for channel "
+                             "(2-2-2-2)")
     _add_device_args(parser)
     parser.add_argument("--blocks", action="store_true", help="also print every block")
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
@@ -93,7 +98,10 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
 
 def format_prediction(p, show_blocks: bool = False) -> str:
     gran = "-".join(map(str, p.granularity)) if p.granularity else "-"
-    mode = "compat paper (residual stages only)" if p.compat else "default (stem, pooling and classifier included)"
+    vit = is_vit(p.model)
+    other = "embed, norm, fc" if vit else "stem, pool, fc"
+    mode = ("compat paper (residual stages only)" if p.compat else
+            f"default ({'patch embedding, final norm' if vit else 'stem, pooling'} and classifier included)")
     lines = [f"{p.model}  {p.paradigm}  granularity {gran}  on {p.hardware} ({p.precision}), batch {p.batch}, {mode}",
              f"static {p.static_ms:.4f} ms/img   dynamic {p.dynamic_ms:.4f} ms/img   ratio {p.ratio:.3f}", "",
              f"{'stage':>5} {'blocks':>6} {'gran':>5} {'static ms':>10} {'dynamic ms':>11} {'ratio':>6}"]
@@ -102,7 +110,7 @@ def format_prediction(p, show_blocks: bool = False) -> str:
         lines.append(f"{s['stage'] + 1:>5} {s['blocks']:>6} {g:>5} {s['static_ms']:>10.4f} {s['dynamic_ms']:>11.4f} "
                      f"{s['ratio']:>6.3f}")
     if p.other_ms:
-        lines.append(f"{'stem, pool, fc':>18} {p.other_ms:>10.4f} {p.other_ms:>11.4f}")
+        lines.append(f"{other:>18} {p.other_ms:>10.4f} {p.other_ms:>11.4f}")
     if show_blocks:
         lines += ["", f"{'stage':>5} {'block':>5} {'density':>7} {'static ms':>10} {'dynamic ms':>11} {'ratio':>6}"]
         for b in p.blocks:

@@ -1,7 +1,8 @@
-"""Per-stage geometry of the models the predictor knows (ResNet-50/101, RegNetY-400MF/800MF at 224x224 input).
+"""Geometry of the models the predictor knows: per-stage tables of the CNNs (ResNet-50/101, RegNetY-400MF/800MF) and
+one row per ViT (DeiT-Ti/S, ViT-B/16), all at 224x224 input.
 
-Small tables instead of `nn.Module`s, so that a prediction needs neither torch nor the model code. A test checks them
-against torchvision's `resnet50/101` and `regnet_y_400mf/800mf`.
+Small tables instead of `nn.Module`s, so that a prediction needs neither torch nor the model code. Tests check them
+against torchvision's `resnet50/101` and `regnet_y_400mf/800mf` and against the LAUD-ViTs built on timm.
 """
 
 from __future__ import annotations
@@ -123,14 +124,102 @@ _ALIASES = {
 }
 
 
+@dataclass(frozen=True)
+class ViTGeometry:
+    """A plain class-token ViT (timm `VisionTransformer`, pre-norm blocks).
+
+    Args:
+        name: table key (`deit_tiny`, `deit_small`, `vit_base`).
+        dim: embedding width.
+        heads: attention heads per block.
+        depth: number of blocks.
+        patch: patch side of the patch embedding (a `patch x patch` stride-`patch` conv).
+        img_size: input side.
+        mlp_ratio: MLP hidden width over `dim`.
+        num_classes: classifier outputs.
+    """
+
+    name: str
+    dim: int
+    heads: int
+    depth: int
+    patch: int = 16
+    img_size: int = 224
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    family: str = "vit"
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.img_size // self.patch
+
+    @property
+    def tokens(self) -> int:
+        """Tokens entering every block: the patches plus the class token."""
+        return self.grid**2 + 1
+
+    @property
+    def hidden(self) -> int:
+        return int(self.dim * self.mlp_ratio)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.depth
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return (self.depth,)
+
+
+# timm's deit_tiny/small_patch16_224 and vit_base_patch16_224 (laudnet.models.vit.MODEL_CFGS).
+VIT_MODELS: dict[str, ViTGeometry] = {
+    "deit_tiny": ViTGeometry("deit_tiny", dim=192, heads=3, depth=12),
+    "deit_small": ViTGeometry("deit_small", dim=384, heads=6, depth=12),
+    "vit_base": ViTGeometry("vit_base", dim=768, heads=12, depth=12),
+}
+_VIT_ALIASES = {
+    "laud_deit_tiny": "deit_tiny", "laud_deit_small": "deit_small", "laud_vit_base": "vit_base",
+    "deit_tiny_patch16_224": "deit_tiny", "deit_small_patch16_224": "deit_small", "vit_base_patch16_224": "vit_base",
+}
+
+
+def _vit_key(name: str) -> str | None:
+    key = name.lower()
+    key = _VIT_ALIASES.get(key, key)
+    return key if key in VIT_MODELS else None
+
+
 def list_models() -> list[str]:
+    """The CNNs (their geometry: `get_geometry`)."""
     return list(MODELS)
 
 
+def list_vit_models() -> list[str]:
+    """The ViTs (their geometry: `get_vit_geometry`)."""
+    return list(VIT_MODELS)
+
+
+def is_vit(name: str) -> bool:
+    """Whether `name` is one of the ViTs (`deit_tiny`, `laud_deit_small`, `vit_base_patch16_224`, ...)."""
+    return _vit_key(name) is not None
+
+
+def get_vit_geometry(name: str) -> ViTGeometry:
+    """The geometry of a ViT by name (`deit_tiny`, `laud_deit_small`, `vit_base`, timm names)."""
+    key = _vit_key(name)
+    if key is None:
+        raise ValueError(f"unknown ViT {name!r}; known: {', '.join(VIT_MODELS)} (and laud_ aliases)")
+    return VIT_MODELS[key]
+
+
 def get_geometry(name: str) -> ModelGeometry:
-    """The geometry of a model by name (`resnet50`, `laud_resnet101`, `regnety_400mf`, `regnet_y_800mf`, ...)."""
+    """The geometry of a CNN by name (`resnet50`, `laud_resnet101`, `regnety_400mf`, `regnet_y_800mf`, ...)."""
     key = name.lower()
     key = _ALIASES.get(key, key)
     if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)} (and laud_ aliases)")
+        if is_vit(name):
+            raise ValueError(f"{name!r} is a ViT; this needs a CNN ({', '.join(MODELS)})")
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}, {', '.join(VIT_MODELS)} "
+                         "(and laud_ aliases)")
     return MODELS[key]

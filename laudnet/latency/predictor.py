@@ -4,6 +4,12 @@
 latency per image (ms), their ratio and a per-block breakdown. Densities are a single activation rate for every block
 or one rate per block (the per-block rates that `laudnet eval` reports for a trained model).
 
+The LAUD-ViTs (`deit_tiny`, `deit_small`, `vit_base`) take the paradigms `static` or a `+`-combination of `token`,
+`head` and `layer` (`token+head+layer`); a block's density is then the rate of each part it skips: the fraction of
+tokens kept (class token included), of heads kept, and the probability that the attention and the MLP sub-block run.
+Their blocks are costed by `transformer_block` as laudnet's inference engine runs them (`laudnet.deploy.vit`), plus
+the patch embedding, class/position embedding, final norm and classifier.
+
 Two fidelities: `compat="paper"` reproduces the official simulator (FP32, residual stages only, no stem/head, quirks
 as in the spec's section 11); the default (`compat=None`) fixes the flagged quirks and also costs the stem, the
 pooling, the classifier and the ResNet stage-1 projection (fix: FLAG 20). In the default mode the dynamic plain
@@ -17,12 +23,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from laudnet.latency.blocks import PARADIGMS, block_cost
-from laudnet.latency.geometry import ModelGeometry, get_geometry
+from laudnet.latency.blocks import PARADIGMS, block_cost, transformer_block
+from laudnet.latency.geometry import ModelGeometry, ViTGeometry, get_geometry, get_vit_geometry, is_vit
 from laudnet.latency.hardware import HardwareSpec, load_hardware
 from laudnet.latency.ops import ZERO, Cost, OpModel, get_op_model
 
 COMPAT_MODES = (None, "paper")
+VIT_PARTS = ("token", "head", "layer")
+
+
+def parse_vit_paradigm(paradigm: str) -> tuple[str, frozenset[str]]:
+    """`static` or a `+`-combination of token, head and layer -> (canonical name token+head+layer order, parts).
+
+    The same rule as `laudnet.blocks.vit.parse_vit_paradigm`, here so that the predictor never imports torch.
+    """
+    if paradigm == "static":
+        return "static", frozenset()
+    parts = paradigm.split("+") if isinstance(paradigm, str) else []
+    if not parts or any(p not in VIT_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown ViT paradigm {paradigm!r}; choose 'static' or a '+'-combination of token, head, "
+                         "layer (e.g. 'token', 'head+layer', 'token+head+layer')")
+    return "+".join(p for p in VIT_PARTS if p in parts), frozenset(parts)
 
 
 @dataclass
@@ -90,7 +111,7 @@ def parse_granularity(value: str | int | Sequence[int] | None, n_stages: int = 4
     return parts
 
 
-def _densities(geom: ModelGeometry, density: float | Sequence[float] | None,
+def _densities(geom: ModelGeometry | ViTGeometry, density: float | Sequence[float] | None,
                per_block_densities: Sequence[float] | None) -> list[float]:
     if per_block_densities is not None and density is not None and not isinstance(density, (int, float)):
         raise ValueError("give either density or per_block_densities, not two lists")
@@ -147,9 +168,12 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
     """Predict static and dynamic latency of a whole model.
 
     Args:
-        model_name: `resnet50`, `resnet101`, `regnety_400mf`, `regnety_800mf` (or `laud_` names).
-        paradigm: `spatial`, `channel`, `layer` or `static` (dynamic = static).
-        density: activation rate for every block, or a list with one rate per block.
+        model_name: `resnet50`, `resnet101`, `regnety_400mf`, `regnety_800mf`, or the ViTs `deit_tiny`,
+            `deit_small`, `vit_base` (or `laud_` names).
+        paradigm: CNNs: `spatial`, `channel`, `layer` or `static` (dynamic = static). ViTs: `static` or a
+            `+`-combination of `token`, `head` and `layer`.
+        density: activation rate for every block, or a list with one rate per block (ViTs: the rate of each part
+            the paradigm skips).
         granularity: spatial patch size S per stage (`"4-4-2-1"`) or channel group size G per stage (`"2-2-2-2"`,
             default 1); a single number applies to every stage.
         hardware: preset name, spec file path, or a `HardwareSpec`.
@@ -160,22 +184,35 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
 
     Raises:
         ValueError: unknown model/paradigm/hardware/compat mode, densities outside [0, 1] or of the wrong count, a
-            granularity that does not divide the stage (spatial) or the bottleneck width (channel).
+            granularity that does not divide the stage (spatial) or the bottleneck width (channel), a CNN paradigm or
+            a granularity or compat mode for a ViT, a ViT paradigm for a CNN.
     """
-    if paradigm not in PARADIGMS:
-        raise ValueError(f"unknown paradigm {paradigm!r}; choose from {', '.join(PARADIGMS)}")
     if compat not in COMPAT_MODES:
         raise ValueError(f"unknown compat mode {compat!r}; choose None or 'paper'")
-    geom = get_geometry(model_name)
+    vit = isinstance(model_name, str) and is_vit(model_name)
+    if vit:
+        paradigm, parts = parse_vit_paradigm(paradigm)
+        if granularity is not None:
+            raise ValueError(f"{model_name} is a ViT: its paradigms (token, head, layer) take no granularity, "
+                             f"got {granularity!r}")
+        if compat == "paper":
+            raise ValueError("compat='paper' reproduces the official CNN simulator; it does not apply to the ViTs")
+    elif paradigm not in PARADIGMS:
+        hint = "; token, head and layer combinations are for the ViTs" if "+" in str(paradigm) or paradigm in (
+            "token", "head") else ""
+        raise ValueError(f"unknown paradigm {paradigm!r} for a CNN; choose from {', '.join(PARADIGMS)}{hint}")
     hw = load_hardware(hardware)
     if precision is not None:
         hw = hw.with_precision(precision)
     elif compat == "paper" and hw.precision != "fp32":
         hw = hw.with_precision("fp32")  # the paper's model is FP32-only
     batch = hw.batch if batch is None else batch
-    if not isinstance(batch, int) or batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     op = get_op_model(hw, batch, compat == "paper")
+    if vit:
+        return _predict_vit(op, get_vit_geometry(model_name), paradigm, parts, density, per_block_densities)
+    geom = get_geometry(model_name)
     gran = _check_granularity(geom, paradigm, parse_granularity(granularity, len(geom.stages)))
     dens = [1.0] * geom.num_blocks if paradigm == "static" else _densities(geom, density, per_block_densities)
 
@@ -199,3 +236,30 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
         model=geom.name, paradigm=paradigm, hardware=hw.name, precision=hw.precision, batch=batch, compat=compat,
         granularity=gran, static_ms=sum(b.static_ms for b in blocks) + other_ms,
         dynamic_ms=sum(b.dynamic_ms for b in blocks) + other_ms, blocks=blocks, other_ms=other_ms, stages=stages)
+
+
+def _vit_other_cost(op: OpModel, g: ViTGeometry) -> Cost:
+    """Patch embedding (a stride-`patch` conv), class token and position embedding, final norm, classifier."""
+    embed = op.conv(3, g.dim, g.grid, g.grid, g.patch, stride=g.patch) + op.elementwise(g.tokens, g.dim)
+    return embed + op.layernorm(g.tokens, g.dim) + op.fc(g.dim, g.num_classes)
+
+
+def _predict_vit(op: OpModel, g: ViTGeometry, paradigm: str, parts: frozenset[str],
+                 density: float | Sequence[float] | None, per_block_densities: Sequence[float] | None) -> Prediction:
+    dens = [1.0] * g.num_blocks if paradigm == "static" else _densities(g, density, per_block_densities)
+    per_image_ms = 1e3 / op.batch
+    static = transformer_block(op, g.tokens, g.dim, g.heads, g.mlp_ratio, engine=True, maskers=frozenset())
+    blocks: list[BlockPrediction] = []
+    for i, d in enumerate(dens):
+        dynamic = static if paradigm == "static" else transformer_block(
+            op, g.tokens, g.dim, g.heads, g.mlp_ratio, token_density=d if "token" in parts else 1.0,
+            head_density=d if "head" in parts else 1.0, attn_density=d if "layer" in parts else 1.0,
+            mlp_density=d if "layer" in parts else 1.0, engine=True, maskers=parts)
+        blocks.append(BlockPrediction(0, i, d, None, static.latency * per_image_ms, dynamic.latency * per_image_ms))
+    other_ms = _vit_other_cost(op, g).latency * per_image_ms
+    s_ms, d_ms = sum(b.static_ms for b in blocks), sum(b.dynamic_ms for b in blocks)
+    stages = [{"stage": 0, "blocks": len(blocks), "granularity": None, "static_ms": s_ms, "dynamic_ms": d_ms,
+               "ratio": d_ms / s_ms}]
+    return Prediction(model=g.name, paradigm=paradigm, hardware=op.hw.name, precision=op.hw.precision,
+                      batch=op.batch, compat=None, granularity=None, static_ms=s_ms + other_ms,
+                      dynamic_ms=d_ms + other_ms, blocks=blocks, other_ms=other_ms, stages=stages)
