@@ -286,7 +286,7 @@ def block_cost(op: OpModel, b: BlockGeometry, paradigm: str, density: float, gra
 def transformer_block(op: OpModel, tokens: int, dim: int, heads: int, mlp_ratio: float = 4.0,
                       token_density: float = 1.0, head_density: float = 1.0, attn_density: float = 1.0,
                       mlp_density: float = 1.0, engine: bool = False,
-                      maskers: frozenset[str] | None = None) -> Cost:
+                      maskers: frozenset[str] | None = None, token_bucket: int = 1) -> Cost:
     """Pre-norm ViT block with AdaViT-style skipping (spec 12), for the ViT work.
 
     Args:
@@ -299,6 +299,8 @@ def transformer_block(op: OpModel, tokens: int, dim: int, heads: int, mlp_ratio:
             sub-block's kept-token results are added back into the residual stream (an index_add per sub-block).
         maskers: the maskers that run (a subset of token, head, layer), whatever the densities; None: those of the
             parts whose density is below 1.
+        token_bucket: with `engine`, the attention runs on the kept-token count rounded up to a multiple of this
+            (padded keys masked out, `DeployedViTBlock.token_bucket`); the MLP on the kept tokens exactly.
     """
     for name, v in (("token_density", token_density), ("head_density", head_density),
                     ("attn_density", attn_density), ("mlp_density", mlp_density)):
@@ -323,9 +325,18 @@ def transformer_block(op: OpModel, tokens: int, dim: int, heads: int, mlp_ratio:
     norm1 = op.layernorm(tokens, dim)
     if engine:  # engine: norm1 always runs, the maskers read its output
         policy, norm1 = policy + norm1, ZERO
-    attn = norm1 + op.attention(kept, dim, heads, head_density) + op.elementwise(kept, dim)
-    mlp = op.layernorm(kept, dim) + op.mlp(kept, dim, hidden, in_density=1.0 if engine else head_density)
-    mlp = mlp + op.elementwise(kept, dim)
+    if not isinstance(token_bucket, int) or token_bucket < 1:
+        raise ValueError(f"token_bucket must be a positive integer, got {token_bucket!r}")
+    padded = min(tokens, math.ceil(kept / token_bucket) * token_bucket) if engine else kept
+    attn = norm1 + op.attention(padded, dim, heads, head_density) + op.elementwise(kept, dim)
+    if engine and kept < tokens:
+        # engine: `DeployedViTBlock._mlp` packs the kept tokens of the whole batch into one (B * kept, C) matrix
+        packed = op.with_batch(1)
+        mlp = (packed.layernorm(op.batch * kept, dim) + packed.mlp(op.batch * kept, dim, hidden)
+               + packed.elementwise(op.batch * kept, dim))
+    else:
+        mlp = op.layernorm(kept, dim) + op.mlp(kept, dim, hidden, in_density=1.0 if engine else head_density)
+        mlp = mlp + op.elementwise(kept, dim)
     if engine and kept < tokens:  # engine: `index_add` of the kept rows into the residual stream, per sub-block
         attn = attn + op.token_gather(tokens, kept, dim)
         mlp = mlp + op.token_gather(tokens, kept, dim)

@@ -30,6 +30,7 @@ from laudnet.latency.ops import ZERO, Cost, OpModel, get_op_model
 
 COMPAT_MODES = (None, "paper")
 VIT_PARTS = ("token", "head", "layer")
+VIT_TOKEN_BUCKET = 8  # laudnet.deploy.vit.deploy_vit's default: the attention's kept-token count rounded up to 8
 
 
 def parse_vit_paradigm(paradigm: str) -> tuple[str, frozenset[str]]:
@@ -254,7 +255,7 @@ def _predict_vit(op: OpModel, g: ViTGeometry, paradigm: str, parts: frozenset[st
         dynamic = static if paradigm == "static" else transformer_block(
             op, g.tokens, g.dim, g.heads, g.mlp_ratio, token_density=d if "token" in parts else 1.0,
             head_density=d if "head" in parts else 1.0, attn_density=d if "layer" in parts else 1.0,
-            mlp_density=d if "layer" in parts else 1.0, engine=True, maskers=parts)
+            mlp_density=d if "layer" in parts else 1.0, engine=True, maskers=parts, token_bucket=VIT_TOKEN_BUCKET)
         blocks.append(BlockPrediction(0, i, d, None, static.latency * per_image_ms, dynamic.latency * per_image_ms))
     other_ms = _vit_other_cost(op, g).latency * per_image_ms
     s_ms, d_ms = sum(b.static_ms for b in blocks), sum(b.dynamic_ms for b in blocks)

@@ -16,7 +16,7 @@ from laudnet.latency.ops import get_op_model
 ROOT = Path(__file__).resolve().parents[2]
 VITS = ("laud_deit_tiny", "laud_deit_small", "laud_vit_base")
 VIT_PARADIGMS = ("static", "token", "head", "layer", "token+head", "head+layer", "token+layer", "token+head+layer")
-DENSITIES = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.0)
+DENSITIES = tuple(i / 20 for i in range(20, -1, -1))  # 1.0, 0.95, ..., 0.0
 
 
 @pytest.mark.parametrize("name", VITS)
