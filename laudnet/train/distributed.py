@@ -6,6 +6,7 @@ helpers behave as a world of one, so a laptop run needs no launcher. NCCL is use
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -142,3 +143,39 @@ def cleanup() -> None:
     """Leave the process group if one was joined."""
     if is_dist():
         dist.destroy_process_group()
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BN running statistics) to every process, in place (no-op without DDP).
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step every rank still holds the
+    statistics of its own last batch; syncing them before validation makes all ranks evaluate (and checkpoint) one
+    model.
+    """
+    if is_dist():
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=src)
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``module`` (names, dtypes, shapes and exact bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        # Viewed as bytes: bit-exact, and independent of the dtype (numpy has no bfloat16).
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def gather_digests(module: torch.nn.Module) -> list[str]:
+    """:func:`state_digest` of every process's replica, in rank order (a list of one without DDP).
+
+    Data-parallel replicas must hold bit-identical weights after every optimiser step; this is the check.
+    """
+    digest = state_digest(module)
+    if not is_dist():
+        return [digest]
+    out: list[str | None] = [None] * get_world_size()
+    dist.all_gather_object(out, digest)
+    return [str(d) for d in out]

@@ -23,6 +23,7 @@ No argparse here: the command line is :mod:`laudnet.train.cli`.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import threading
@@ -362,6 +363,8 @@ class TrainResult:
         best_top1: best validation top-1 (None before any validation).
         last_eval: the last validation.
         history: the metric rows logged by this call.
+        replica_digests: with several processes, the SHA-256 of each rank's final weights (identical when the
+            data-parallel replicas stayed in sync; also written to ``replicas.json``); None for one process.
     """
 
     run_dir: Path
@@ -372,6 +375,7 @@ class TrainResult:
     best_top1: float | None
     last_eval: EvalResult | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    replica_digests: list[str] | None = None
 
 
 class _TerminationFlag:
@@ -643,6 +647,7 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
             train_loader.sampler.set_epoch(epoch, start_batch=first_step * cfg.grad_accum)
             model.train()
             t_epoch = time.time()
+            images_in_epoch = 0
             batches = iter(train_loader)
             bar = _progress(range(first_step, steps_per_epoch), steps_per_epoch - first_step,
                             f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
@@ -651,6 +656,7 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
                 raw_model.set_temperature(temperature)
                 optimizer.zero_grad(set_to_none=True)
                 step_terms = torch.zeros(len(_LOSS_TERMS), dtype=torch.float64)
+                step_images = 0
                 for micro in range(cfg.grad_accum):
                     images, labels = next(batches)[:2]
                     images = images.to(device, non_blocking=True)
@@ -668,17 +674,22 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
                         out = criterion(logits.float(), labels, raw_model, epoch=epoch, teacher_logits=teacher_logits)
                         (out["loss"] / cfg.grad_accum).backward()
                     b = len(labels)
-                    terms = torch.tensor([float(out[k].detach()) for k in _LOSS_TERMS], dtype=torch.float64)
+                    # One device-to-host copy per micro-batch (not one synchronisation per term).
+                    values = torch.stack([out[k].detach().float() for k in _LOSS_TERMS]
+                                         + [(logits.argmax(1) == labels).sum().float()]).double().cpu()
+                    terms = values[: len(_LOSS_TERMS)]
                     step_terms += terms
                     sums[: len(_LOSS_TERMS)] += terms * b
-                    sums[-2] += float((logits.argmax(1) == labels).sum())
+                    sums[-2] += float(values[-1])
                     sums[-1] += b
+                    step_images += b
                 if cfg.clip_grad is not None:
                     nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 state.lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 state.global_step += 1
+                images_in_epoch += step_images
                 state.step_in_epoch = step + 1
                 state.temperature = temperature
                 state.metrics = {k: float(v) / cfg.grad_accum for k, v in zip(_LOSS_TERMS, step_terms, strict=True)}
@@ -704,6 +715,11 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
                 break
             state.step_in_epoch = 0
             # ---- end of epoch: metrics, validation, checkpoints
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            # Training throughput of this process (validation excluded); the first epoch includes warm-up.
+            train_seconds = time.time() - t_epoch
+            dist_utils.broadcast_buffers(raw_model)
             totals = dist_utils.all_reduce_sum(sums.to(device)).cpu()
             seen = max(float(totals[-1]), 1.0)
             row: dict[str, Any] = {f"train_{k}" if k == "loss" else k: float(totals[i]) / seen
@@ -722,6 +738,8 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
                 if best_top1 is None or last_eval.top1 > best_top1:
                     best_top1, improved = last_eval.top1, True
             row["epoch_time_s"] = time.time() - t_epoch
+            row["train_images_per_s"] = images_in_epoch / max(train_seconds, 1e-9)
+            row["train_images_per_s_all"] = row["train_images_per_s"] * world
             logger.log(epoch, row)
             history.append({"epoch": epoch, **row})
             say(_epoch_line(epoch, cfg.epochs, row))
@@ -736,6 +754,9 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
                 say(f"SIGTERM: stopped after epoch {epoch + 1}; resume with --resume auto")
                 break
     logger.close()
+    digests = None
+    if world > 1 and not interrupted:
+        digests = _check_replicas(raw_model, run_dir if main else None, say)
     return TrainResult(
         run_dir=run_dir,
         epochs_done=epochs_done,
@@ -745,7 +766,21 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
         best_top1=best_top1,
         last_eval=last_eval,
         history=history,
+        replica_digests=digests,
     )
+
+
+def _check_replicas(model: nn.Module, run_dir: Path | None, say: Callable[[str], None]) -> list[str]:
+    """Compare the final weights of every rank (collective); rank 0 writes ``replicas.json`` and says the verdict."""
+    digests = dist_utils.gather_digests(model)
+    identical = len(set(digests)) == 1
+    if run_dir is not None:
+        (run_dir / "replicas.json").write_text(json.dumps({"identical": identical, "sha256": digests}, indent=2) + "\n")
+    if identical:
+        say(f"replicas: the weights of all {len(digests)} processes are bit-identical (sha256 {digests[0][:12]})")
+    else:
+        warnings.warn(f"data-parallel replicas diverged: weight digests {digests}", stacklevel=2)
+    return digests
 
 
 def _epoch_line(epoch: int, epochs: int, row: dict[str, Any]) -> str:

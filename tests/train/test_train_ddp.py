@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 
@@ -34,7 +35,8 @@ def _worker(rank, world, port, out, root):
     from laudnet.train.loop import train
 
     result = train(_config(out, root, "ddp"), log=None)
-    torch.save({"steps": result.steps_run, "global_step": result.global_step}, f"{out}/rank{rank}.pt")
+    torch.save({"steps": result.steps_run, "global_step": result.global_step, "digests": result.replica_digests},
+               f"{out}/rank{rank}.pt")
 
 
 def _free_port():
@@ -61,7 +63,12 @@ def test_two_processes_match_one(tmp_path, fashion_root, no_torchrun):
     assert single.steps_run == 6
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(fashion_root)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert all(r == {"steps": 6, "global_step": 6} for r in ranks)
+    assert all((r["steps"], r["global_step"]) == (6, 6) for r in ranks)
+    # Every rank gathered the same two digests, they agree (DDP replicas in sync), and rank 0 wrote the verdict.
+    assert ranks[0]["digests"] == ranks[1]["digests"] and len(set(ranks[0]["digests"])) == 1
+    assert json.loads((tmp_path / "ddp" / "replicas.json").read_text()) == {
+        "identical": True, "sha256": ranks[0]["digests"]}
+    assert single.replica_digests is None
 
     want = load_checkpoint(single.run_dir / "last.pt")
     got = load_checkpoint(tmp_path / "ddp" / "last.pt")
@@ -77,3 +84,7 @@ def test_two_processes_match_one(tmp_path, fashion_root, no_torchrun):
     init = build_model(_config(tmp_path, fashion_root, "x"), 10).state_dict()
     assert max(float((want["model"][k] - init[k]).abs().max()) for k in names) > 1e-3
     assert _train_loss(tmp_path / "ddp") == pytest.approx(_train_loss(single.run_dir), rel=1e-4)
+    with open(tmp_path / "ddp" / "metrics.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["train_images_per_s"]) > 0
+    assert float(row["train_images_per_s_all"]) == pytest.approx(2 * float(row["train_images_per_s"]))

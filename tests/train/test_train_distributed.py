@@ -1,3 +1,4 @@
+import copy
 import socket
 
 import pytest
@@ -111,3 +112,18 @@ def test_two_process_gloo(tmp_path, no_torchrun):
     single.set_epoch(1)
     together = torch.cat([r["first"] for r in results]).tolist()
     assert sorted(together) == sorted(list(single)[:8]) and len(set(together)) == 8
+
+
+def test_state_digest_sees_one_bit_and_buffers(no_torchrun):
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).to(torch.bfloat16)
+    b = copy.deepcopy(a)
+    assert d.state_digest(a) == d.state_digest(b)
+    assert d.gather_digests(a) == [d.state_digest(a)]  # a world of one
+    with torch.no_grad():
+        bits = b[0].weight.view(torch.int16)
+        bits[0, 0] ^= 1  # the lowest mantissa bit of one weight
+    assert d.state_digest(a) != d.state_digest(b)
+    c = copy.deepcopy(a)
+    c[1].running_mean += 1e-3  # buffers count too
+    assert d.state_digest(a) != d.state_digest(c)
