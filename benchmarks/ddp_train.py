@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--val-subset", type=int, default=None)
     p.add_argument("--device", default="cuda", help="cuda (NCCL) or cpu (gloo, for a smoke run)")
-    p.add_argument("--stage-timeout", type=float, default=300.0, help="seconds before a stage is stopped")
+    p.add_argument("--stage-timeout", type=float, default=400.0, help="seconds before a stage is stopped")
     p.add_argument("--commit", default="unknown")
     return p.parse_args(argv)
 
