@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from laudnet.latency.blocks import block_cost, spatial_parts
-from laudnet.latency.calibrate import _block_of, compare_blocks, reclock
+from laudnet.latency.calibrate import _block_of, compare_blocks
 from laudnet.latency.geometry import get_geometry
 from laudnet.latency.hardware import load_hardware
 from laudnet.latency.ops import ZERO, get_op_model
@@ -52,7 +52,7 @@ from laudnet.latency.ops import ZERO, get_op_model
 RESULTS = Path(__file__).resolve().parent / "results"
 SPATIAL_FILE = RESULTS / "bench_spatial_h100_9198376.json"
 CHANNEL_FILES = (RESULTS / "bench_channel_h100_run1.json", RESULTS / "bench_channel_h100_run2.json")
-CALIBRATED_SPEC = RESULTS / "h100_calibrated_371cd12.yaml"
+CALIBRATED_SPEC = RESULTS / "h100_calibrated_1e74193.yaml"
 MEASUREMENTS_FILE = "h100_block_measurements.json"
 # The report of the predictor before it composed blocks as the engine runs them (commit 73760ee): its per-case
 # predictions become the "before" columns.
@@ -335,41 +335,6 @@ def _breakdown_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def clock_effect(measurements: list[dict], spec_path: str | Path, frequency: float) -> dict:
-    """The spec refitted at another clock (`reclock`: lanes x clock kept) against the spec as saved: per-paradigm
-    median error of both and the largest relative change of a prediction. Shows what a wrong clock in a calibrated
-    spec does: only the tile-fill thresholds (lanes per engine) move."""
-    spec = load_hardware(spec_path)
-    fitted, moved = compare_blocks(measurements, spec), compare_blocks(measurements, reclock(spec, frequency))
-    change = max(abs(b["predicted_ms"] - a["predicted_ms"]) / a["predicted_ms"]
-                 for a, b in zip(fitted["rows"], moved["rows"], strict=True))
-    return {"spec": Path(spec_path).name, "fitted_hz": spec.frequency, "reclocked_hz": frequency,
-            "l2_speed_frac": spec.l2_speed_frac, "launch_time": spec.launch_time,
-            "graph_launch_time": spec.graph_launch_time,
-            "fitted": summarize(fitted), "reclocked": summarize(moved), "max_prediction_change": change}
-
-
-def _clock_lines(eff: dict) -> list[str]:
-    lines = ["## Clock of the calibrated spec", "",
-             f"`{eff['spec']}` was fitted with the idle SM clock, {eff['fitted_hz'] / 1e6:.0f} MHz "
-             "(`laudnet calibrate` "
-             "now records the maximum SM clock). The fit constrains lanes x clock only; the same spec refitted at "
-             f"{eff['reclocked_hz'] / 1e6:.0f} MHz (the H100's maximum SM clock, `calibrate.reclock`) changes the "
-             "lanes per engine and with them the tile-fill thresholds. Largest change of a prediction: "
-             f"{_pct(eff['max_prediction_change'])}.", "",
-             "| paradigm | median error, fitted clock | median error, max clock |", "|---|---|---|"]
-    for p, s in eff["fitted"].items():
-        lines.append(f"| {p} | {_pct(s['median_rel_error'])} | {_pct(eff['reclocked'][p]['median_rel_error'])} |")
-    graph = "none" if eff["graph_launch_time"] is None else f"{eff['graph_launch_time'] * 1e6:.1f} us"
-    return lines + ["", f"The clock is not what keeps this spec far from the measurements: its l2_speed_frac "
-                    f"({eff['l2_speed_frac']:.2f}) comes from the earlier launch-bound 2 MiB cache probe, "
-                    f"and its launch time ({eff['launch_time'] * 1e6:.1f} us) was timed eagerly, "
-                    f"while every measured block is a CUDA-graph replay (graph launch time: {graph}). "
-                    "`laudnet calibrate` now probes the cache with "
-                    "graph-replayed copies sized from the L2 and measures the graph launch time; these GPU paths "
-                    "have not been run yet, so this spec is the old one.", ""]
-
-
 # ---- report ----------------------------------------------------------------------------------------------------------
 def _pct(x: float) -> str:
     return f"{x:.0%}" if abs(x) >= 0.095 else f"{x:.1%}"
@@ -402,7 +367,7 @@ def _earlier_note(earlier: dict[str, dict] | None) -> list[str]:
 def render_markdown(measurements: list[dict], skipped: list[dict], results: dict[str, dict],
                     alternatives: dict[str, dict], sources: dict[str, str],
                     breakdowns: dict[str, list[dict]] | None = None, args_before: str | None = None,
-                    earlier: dict[str, dict] | None = None, clock: dict | None = None) -> str:
+                    earlier: dict[str, dict] | None = None) -> str:
     """The report: per-paradigm errors, worst cases, spatial per-op breakdown, every case, alternatives, skips."""
     hws = list(results)
     lines = ["# Latency predictor against measured block latency (H100, batch 128, bf16)", "",
@@ -437,8 +402,6 @@ def render_markdown(measurements: list[dict], skipped: list[dict], results: dict
                       "index building = sync-free block minus the block with prebuilt lists: it also holds the "
                       "capacity-sized launches' idle programs, which the predictor does not model.", "",
                       *_breakdown_table(rows), ""]
-    if clock:
-        lines += _clock_lines(clock)
     lines += ["## Every case", "",
               "| block | paradigm | gran | density | measured ms | variant | "
               + " | ".join(f"{Path(h).name} ms | error | before ms" for h in hws) + " |",
@@ -508,18 +471,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / MEASUREMENTS_FILE).write_text(json.dumps(measurements, indent=1) + "\n")
     breakdowns = {h: spatial_breakdown(spatial, measurements, h) for h in hardware}
-    calibrated = [h for h in hardware if load_hardware(h).frequency < 1e9]  # fitted with an idle clock
-    clock = clock_effect(measurements, calibrated[0], load_hardware("h100").frequency) if calibrated else None
     report = render_markdown(measurements, skipped, results, alternatives, sources, breakdowns,
                              None if before is None else args.before.name,
                              None if before is None else {spec: r["by_paradigm"]
-                                                          for spec, r in _load(args.before)["results"].items()},
-                             clock)
+                                                          for spec, r in _load(args.before)["results"].items()})
     (args.out_dir / f"{REPORT_STEM}.md").write_text(report)
     summary = {"sources": sources, "variants": PRIMARY, "alternative_variants": ALTERNATIVES, "skipped": skipped,
                "results": {Path(h).name: _slim(r) for h, r in results.items()},
                "alternatives": {Path(h).name: _slim(r) for h, r in alternatives.items()},
-               "spatial_breakdown": {Path(h).name: rows for h, rows in breakdowns.items()}, "clock_effect": clock}
+               "spatial_breakdown": {Path(h).name: rows for h, rows in breakdowns.items()}}
     (args.out_dir / f"{REPORT_STEM}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n".join(_summary_table(results)))
     print("\nalternative variants:")
