@@ -94,6 +94,8 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     _add_device_args(parser)
     parser.add_argument("--blocks", action="store_true", help="also print every block")
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    parser.add_argument("--graphed", action="store_true",
+                        help="both networks replayed as one CUDA graph (needs a spec with graph_launch_time)")
 
 
 def format_prediction(p, show_blocks: bool = False) -> str:
@@ -102,6 +104,7 @@ def format_prediction(p, show_blocks: bool = False) -> str:
     other = "embed, norm, fc" if vit else "stem, pool, fc"
     mode = ("compat paper (residual stages only)" if p.compat else
             f"default ({'patch embedding, final norm' if vit else 'stem, pooling'} and classifier included)")
+    mode += ", CUDA graph" if p.graphed else ""
     lines = [f"{p.model}  {p.paradigm}  granularity {gran}  on {p.hardware} ({p.precision}), batch {p.batch}, {mode}",
              f"static {p.static_ms:.4f} ms/img   dynamic {p.dynamic_ms:.4f} ms/img   ratio {p.ratio:.3f}", "",
              f"{'stage':>5} {'blocks':>6} {'gran':>5} {'static ms':>10} {'dynamic ms':>11} {'ratio':>6}"]
@@ -126,7 +129,7 @@ def run_latency(args: argparse.Namespace) -> int:
     per_block = read_densities(args.densities) if args.densities else None
     p = predict_model(args.model, args.paradigm, density=None if per_block else args.density,
                       granularity=args.granularity, hardware=args.hardware, batch=args.batch, compat=args.compat,
-                      precision=args.precision, per_block_densities=per_block)
+                      precision=args.precision, per_block_densities=per_block, graphed=args.graphed)
     print(json.dumps(p.to_dict(), indent=2) if args.json else format_prediction(p, args.blocks))
     return 0
 

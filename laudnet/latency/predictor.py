@@ -21,7 +21,7 @@ included.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from laudnet.latency.blocks import PARADIGMS, block_cost, transformer_block
 from laudnet.latency.geometry import ModelGeometry, ViTGeometry, get_geometry, get_vit_geometry, is_vit
@@ -79,6 +79,7 @@ class Prediction:
     blocks: list[BlockPrediction]
     other_ms: float = 0.0  # stem, pooling, classifier (0 in compat mode, which leaves them out)
     stages: list[dict] = field(default_factory=list)
+    graphed: bool = False  # static and dynamic networks both replayed as one CUDA graph
 
     @property
     def ratio(self) -> float:
@@ -165,7 +166,7 @@ def _head_cost(op: OpModel, geom: ModelGeometry) -> Cost:
 def predict_model(model_name: str, paradigm: str, density: float | Sequence[float] | None = 0.5,
                   granularity: str | int | Sequence[int] | None = None, hardware: str | HardwareSpec = "v100",
                   batch: int | None = None, compat: str | None = None, precision: str | None = None,
-                  per_block_densities: Sequence[float] | None = None) -> Prediction:
+                  per_block_densities: Sequence[float] | None = None, graphed: bool = False) -> Prediction:
     """Predict static and dynamic latency of a whole model.
 
     Args:
@@ -182,6 +183,9 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
         compat: None (fixed model) or `"paper"` (official simulator, FP32, residual stages only).
         precision: override the device's default precision (`fp32`, `tf32`, `bf16`, `fp16`).
         per_block_densities: alternative to a list-valued `density`.
+        graphed: both networks replayed as one CUDA graph (as `DeployedModel.graphed` runs): every kernel costs the
+            spec's `graph_launch_time` instead of its eager `launch_time`. Needs a spec that has one
+            (`laudnet calibrate --device cuda` measures it); matters most at small batches.
 
     Raises:
         ValueError: unknown model/paradigm/hardware/compat mode, densities outside [0, 1] or of the wrong count, a
@@ -203,6 +207,13 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
             "token", "head") else ""
         raise ValueError(f"unknown paradigm {paradigm!r} for a CNN; choose from {', '.join(PARADIGMS)}{hint}")
     hw = load_hardware(hardware)
+    if graphed:
+        if compat == "paper":
+            raise ValueError("graphed predictions belong to the default mode, not compat='paper'")
+        if hw.graph_launch_time is None:
+            raise ValueError(f"hardware {hw.name!r} has no graph_launch_time: calibrate the device "
+                             "(laudnet calibrate --device cuda) or add graph_launch_time to its spec file")
+        hw = hw.graphed()
     if precision is not None:
         hw = hw.with_precision(precision)
     elif compat == "paper" and hw.precision != "fp32":
@@ -212,7 +223,8 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     op = get_op_model(hw, batch, compat == "paper")
     if vit:
-        return _predict_vit(op, get_vit_geometry(model_name), paradigm, parts, density, per_block_densities)
+        pred = _predict_vit(op, get_vit_geometry(model_name), paradigm, parts, density, per_block_densities)
+        return replace(pred, graphed=graphed)
     geom = get_geometry(model_name)
     gran = _check_granularity(geom, paradigm, parse_granularity(granularity, len(geom.stages)))
     dens = [1.0] * geom.num_blocks if paradigm == "static" else _densities(geom, density, per_block_densities)
@@ -236,7 +248,8 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
     return Prediction(
         model=geom.name, paradigm=paradigm, hardware=hw.name, precision=hw.precision, batch=batch, compat=compat,
         granularity=gran, static_ms=sum(b.static_ms for b in blocks) + other_ms,
-        dynamic_ms=sum(b.dynamic_ms for b in blocks) + other_ms, blocks=blocks, other_ms=other_ms, stages=stages)
+        dynamic_ms=sum(b.dynamic_ms for b in blocks) + other_ms, blocks=blocks, other_ms=other_ms, stages=stages,
+        graphed=graphed)
 
 
 def _vit_other_cost(op: OpModel, g: ViTGeometry) -> Cost:

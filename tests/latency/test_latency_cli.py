@@ -165,3 +165,17 @@ def test_densities_from_laudnet_eval_and_demo_reports(tmp_path, capsys):
         outs.append(json.loads(capsys.readouterr().out))
     assert outs[0]["dynamic_ms"] == outs[1]["dynamic_ms"]
     assert [b["density"] for b in outs[0]["blocks"]] == pytest.approx(rates)
+
+
+def test_latency_graphed_with_a_calibrated_spec(capsys):
+    spec = str(Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "h100_calibrated_1e74193.yaml")
+    argv = ["latency", "--model", "resnet50", "--paradigm", "layer", "--hardware", spec, "--batch", "1"]
+    assert main([*argv, "--json"]) == 0
+    eager = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--graphed"]) == 0
+    assert "CUDA graph" in capsys.readouterr().out
+    assert main([*argv, "--graphed", "--json"]) == 0
+    graphed = json.loads(capsys.readouterr().out)
+    assert graphed["graphed"] and not eager["graphed"] and graphed["static_ms"] < eager["static_ms"]
+    assert main(["latency", "--model", "resnet50", "--hardware", "h100", "--graphed"]) == 2
+    assert "graph_launch_time" in capsys.readouterr().err

@@ -132,3 +132,22 @@ def test_bad_input_is_a_clear_error(kwargs, message):
 def test_granularity_only_for_spatial_and_channel():
     with pytest.raises(ValueError, match="not to 'layer'"):
         predict_model("resnet50", "layer", 0.5, "4-4-2-1")
+
+
+def test_graphed_predictions_use_the_graph_launch_time():
+    from dataclasses import replace
+
+    spec = replace(load_hardware("h100"), graph_launch_time=1.2e-6)
+    eager = predict_model("resnet50", "layer", density=0.5, hardware=spec, batch=1)
+    graphed = predict_model("resnet50", "layer", density=0.5, hardware=spec, batch=1, graphed=True)
+    assert graphed.graphed and not eager.graphed and graphed.to_dict()["graphed"] is True
+    # Batch 1 is launch-bound: per-kernel launches of ~1 us instead of the eager launch time cut both networks.
+    assert graphed.static_ms < 0.7 * eager.static_ms and graphed.dynamic_ms < 0.7 * eager.dynamic_ms
+    # A kernel's launch is a fixed cost: with a zero graph launch time the latency only drops further.
+    free = predict_model("resnet50", "layer", density=0.5, hardware=replace(spec, graph_launch_time=0.0), batch=1,
+                         graphed=True)
+    assert free.dynamic_ms < graphed.dynamic_ms
+    with pytest.raises(ValueError, match="graph_launch_time"):
+        predict_model("resnet50", "layer", hardware="h100", graphed=True)  # a datasheet preset has none
+    with pytest.raises(ValueError, match="compat"):
+        predict_model("resnet50", "layer", hardware=spec, graphed=True, compat="paper")
