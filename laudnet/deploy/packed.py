@@ -95,6 +95,10 @@ def pack_rows(sel: Tensor, *, sync_free: bool, compute: Tensor | None = None) ->
     return PackedRows(pos, count, keep, cu, n)
 
 
+def _triton_rows(src: Tensor, rows: PackedRows, weight_t: Tensor | None) -> bool:
+    return rows.count is not None and weight_t is not None and dispatch.resolve_impl(src, weight_t) == "triton"
+
+
 def rows_linear(src: Tensor, weight: Tensor, weight_t: Tensor | None, bias: Tensor | None, rows: PackedRows,
                 *, packed: bool = False) -> Tensor:
     """``F.linear`` on the packed rows of `src`.
@@ -110,12 +114,21 @@ def rows_linear(src: Tensor, weight: Tensor, weight_t: Tensor | None, bias: Tens
         (R, Cout) in packing order. With a sync-free packing on CUDA (Triton), rows past `count` are unspecified and
         not computed; on the PyTorch path every row is computed.
     """
-    if rows.count is not None and weight_t is not None and dispatch.resolve_impl(src, weight_t) == "triton":
+    if _triton_rows(src, rows, weight_t):
         m = src.shape[0]
         idx = torch.arange(m, device=src.device, dtype=torch.int32) if packed else rows.pos32
         return dispatch.pixel_conv1x1(src.view(m, 1, 1, src.shape[1]), weight_t, bias, idx, relu=False, compact=True,
                                       count=rows.count, impl="triton")
     return F.linear(src if packed else src[rows.pos], weight, bias)
+
+
+def rows_linears(src: Tensor, layers: list[tuple[Tensor, Tensor | None, Tensor | None]],
+                 rows: PackedRows) -> list[Tensor]:
+    """`rows_linear` of several (weight, weight_t, bias) on the same rows (the PyTorch path gathers them once)."""
+    if _triton_rows(src, rows, layers[0][1]):
+        return [rows_linear(src, w, wt, b, rows) for w, wt, b in layers]
+    gathered = src[rows.pos]
+    return [F.linear(gathered, w, b) for w, _, b in layers]
 
 
 def scatter_rows(x2: Tensor, out: Tensor, rows: PackedRows) -> Tensor:
@@ -158,11 +171,14 @@ def check_varlen_support(device: torch.device | str, dtype: torch.dtype) -> None
 
 
 def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float) -> Tensor:
-    """Attention within each packed sequence: q, k, v (R, H, d) → (R, H, d).
+    """Attention within each packed sequence: q, k, v (R, H, d) contiguous → (R, H, d).
 
-    CUDA in fp16/bf16 runs `torch.nn.attention.varlen.varlen_attn` (flash-attention; rows past ``cu[-1]`` are not
-    computed); elsewhere `varlen_attention_reference`.
+    CUDA in fp16/bf16 runs `torch.nn.attention.varlen.varlen_attn` (flash-attention, or cuDNN where PyTorch chooses
+    it; rows past ``cu[-1]`` are not computed); elsewhere `varlen_attention_reference`. The inputs must be
+    contiguous: some PyTorch versions place cuDNN's ragged sequences at ``cu·H·d`` whatever the strides.
     """
+    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+        raise ValueError("varlen_attention needs contiguous (R, H, d) q, k and v")
     if q.is_cuda and q.dtype in _HALF:
         fn = _flash_varlen()
         if fn is None:

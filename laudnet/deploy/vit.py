@@ -45,6 +45,7 @@ from laudnet.deploy.packed import (
     compact_positions,
     pack_rows,
     rows_linear,
+    rows_linears,
     scatter_rows,
     varlen_attention,
 )
@@ -91,11 +92,12 @@ class DeployedViTBlock(nn.Module):
         if capturable:
             if not all(hasattr(self.mlp, a) for a in ("fc1", "act", "drop1", "norm", "fc2", "drop2")):
                 raise ValueError(f"capturable=True needs timm's Mlp (fc1, act, fc2), got {type(self.mlp).__name__}")
-            # (Cin, Cout) copies of the weights that the Triton row GEMMs read.
-            for name, w in (("qkv", qkv.weight), ("proj", proj.weight), ("fc1", self.mlp.fc1.weight),
-                            ("fc2", self.mlp.fc2.weight)):
+            # (Cin, Cout) copies of the weights that the Triton row GEMMs read; q, k and v apart (contiguous outputs
+            # for the varlen kernel), also per head: qkv_wt_heads[j, i] is head i's (C, d) slice of q, k or v.
+            for name, w in (("proj", proj.weight), ("fc1", self.mlp.fc1.weight), ("fc2", self.mlp.fc2.weight)):
                 self.register_buffer(f"{name}_wt", w.detach().t().contiguous())
-            self.register_buffer("qkv_wt_heads", self.qkv_w_heads.transpose(1, 2).contiguous())
+            self.register_buffer("qkv_wt", qkv.weight.detach().view(3, c, c).transpose(1, 2).contiguous())
+            self.register_buffer("qkv_wt_heads", qkv.weight.detach().view(3, h, d, c).transpose(2, 3).contiguous())
         for name in ("token_masker", "head_masker", "layer_masker"):
             if hasattr(block, name):
                 masker = copy.deepcopy(getattr(block, name))
@@ -217,8 +219,9 @@ class DeployedViTBlock(nn.Module):
             return x
         y2 = y.reshape(b * n, c)
         if heads is None:
-            qkv = rows_linear(y2, self.qkv_w, getattr(self, "qkv_wt", None), self.qkv_b, rows)
-            q, k, v = qkv.view(-1, 3, h, d).unbind(1)
+            wt = getattr(self, "qkv_wt", [None] * 3)
+            layers = [(self.qkv_w[j * c:(j + 1) * c], wt[j], self.qkv_b[j * c:(j + 1) * c]) for j in range(3)]
+            q, k, v = (t.view(-1, h, d) for t in rows_linears(y2, layers, rows))
             o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
             out = rows_linear(o.reshape(-1, c), self.proj_w, getattr(self, "proj_wt", None), self.proj_b, rows,
                               packed=True)
@@ -246,7 +249,7 @@ class DeployedViTBlock(nn.Module):
                 torch.addmm(self.qkv_b_heads[i], y2[tok[start:start + size]], self.qkv_w_heads[i].t(),
                             out=qkv[start:start + size])
                 start += size
-        q, k, v = qkv.view(-1, 3, 1, d).unbind(1)
+        q, k, v = (t.contiguous() for t in qkv.view(-1, 3, 1, d).unbind(1))
         o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
         o_heads[tok, head_of] = o[:, 0]
         return o_heads
@@ -263,8 +266,9 @@ class DeployedViTBlock(nn.Module):
             with_cls = sel_i.clone()
             with_cls[:, 0] = True
             rows = pack_rows(sel_i, sync_free=True, compute=with_cls)
-            qkv = rows_linear(y2, self.qkv_w_heads[i], self.qkv_wt_heads[i], self.qkv_b_heads[i], rows)
-            q, k, v = qkv.view(-1, 3, 1, d).unbind(1)
+            w, bias = self.qkv_w_heads[i], self.qkv_b_heads[i]  # rows (3, d)
+            layers = [(w[j * d:(j + 1) * d], self.qkv_wt_heads[j, i], bias[j * d:(j + 1) * d]) for j in range(3)]
+            q, k, v = (t.view(-1, 1, d) for t in rows_linears(y2, layers, rows))
             o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
             o_heads[:, i].index_copy_(0, torch.where(rows.keep, rows.pos, spare), o[:, 0])
         return o_heads
