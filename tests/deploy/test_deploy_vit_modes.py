@@ -138,10 +138,9 @@ def test_graphed_on_gpu(attention):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         graphed = deployed.graphed(x)
-        out = graphed(x).clone()
-        assert torch.equal(out, eager)
+        assert _rel(graphed(x).clone(), eager) < 1e-3
         x2 = torch.randn_like(x)
-        assert torch.equal(graphed(x2), deployed(x2))  # a new input through the same graph
+        assert _rel(graphed(x2).clone(), deployed(x2)) < 1e-3  # a new input through the same graph
 
 
 @pytest.mark.gpu
