@@ -57,11 +57,12 @@ class DeployedModel(nn.Module):
 class GraphedModel:
     """A deployed model replayed from a CUDA graph: no per-kernel launch cost, fixed input shape.
 
-    Works when no block synchronises with the host (the fused-kernel paths); a block that does (e.g. RegNetY layer
-    skipping, or `dense_above` < 1) makes the capture fail with an error that says so.
+    Works when no block synchronises with the host (the fused-kernel paths; a ViT deployed with ``capturable=True``);
+    a block that does (e.g. RegNetY layer skipping, or `dense_above` < 1) makes the capture fail with an error that
+    says so.
     """
 
-    def __init__(self, model: DeployedModel, example: Tensor) -> None:
+    def __init__(self, model: DeployedModel | DeployedViT, example: Tensor) -> None:
         if not example.is_cuda:
             raise ValueError("CUDA graphs need a CUDA input")
         self.model = model

@@ -4,17 +4,29 @@
 computes the eval-mode function of the model with hard decisions (maskers in fp32):
 
 - **layer skipping**: each sub-block (attention, MLP) runs on the compacted list of the samples that execute it;
-- **token skipping**: the attention gathers each sample's kept tokens (class token first, token order kept) into a
-  (samples, K, C) batch, K the largest kept count rounded up to a multiple of ``token_bucket`` (at most N); padded
-  positions are masked out as keys (`scaled_dot_product_attention` with a key-padding mask) and dropped as queries.
-  The MLP runs on the packed kept tokens of the executing samples (no padding). Results are added back into the
-  residual stream at the kept positions only;
-- **head skipping**: attention runs on (sample, kept head) pairs: each pair's q, k, v come from its head's slice of
-  the qkv weight and its output goes through that head's columns of the projection, so skipped heads cost nothing.
+- **token skipping**, ``attention="bucket"`` (default): the attention gathers each sample's kept tokens (class token
+  first, token order kept) into a (samples, K, C) batch, K the largest kept count rounded up to a multiple of
+  ``token_bucket`` (at most N); padded positions are masked out as keys (`scaled_dot_product_attention` with a
+  key-padding mask) and dropped as queries. ``attention="varlen"``: no padding at all: the kept tokens of the
+  executing samples are packed into one (T, C) list (`laudnet.deploy.packed`), the qkv and output projections run on
+  those T rows and the attention is flash-attention's variable-length kernel (`torch.nn.attention.varlen`), one
+  sequence per sample. In both modes the MLP runs on the packed kept tokens of the executing samples, and results
+  are added back into the residual stream at the kept positions only;
+- **head skipping**: with ``bucket``, attention runs on (sample, kept head) pairs: each pair's q, k, v come from its
+  head's slice of the qkv weight and its output goes through that head's columns of the projection. With ``varlen``
+  each (head, sample) pair is one sequence of the varlen kernel, its q, k, v from per-head GEMMs on that head's
+  packed rows; the projection then runs once on the kept tokens with the skipped heads' inputs at zero (one GEMM
+  over C columns is faster than H thin ones). Either way a skipped head's q, k, v and attention are not computed.
 
-Everything is pure PyTorch; per-sample counts are read on the host (one synchronisation per block), so the module is
-not CUDA-graph capturable. Compared with the training form (attention over all N tokens with dropped keys at weight
-zero, outputs multiplied by the masks), only the order of floating-point sums differs.
+With ``capturable=False`` the per-sample counts are read on the host (a few synchronisations per block). With
+``capturable=True`` nothing is read on the host: every index list has a fixed capacity (B·N token rows, B samples,
+H heads) and carries its count on the device; the GEMMs on packed rows run as Triton kernels that read the count and
+skip the tiles past it (`laudnet.kernels.pixel_conv1x1`; PyTorch on CPU), the varlen attention skips what lies past
+each sequence's end, and bucket attention pads every sample to N tokens and computes every head (masks zero what is
+skipped). The module can then be captured as one CUDA graph (`DeployedViT.graphed`).
+
+Compared with the training form (attention over all N tokens with dropped keys at weight zero, outputs multiplied
+by the masks), only the order of floating-point sums differs.
 """
 
 from __future__ import annotations
@@ -27,6 +39,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from laudnet.blocks.vit import DynamicViTBlock
+from laudnet.deploy.model import GraphedModel
+from laudnet.deploy.packed import (
+    check_varlen_support,
+    compact_positions,
+    pack_rows,
+    rows_linear,
+    rows_linears,
+    scatter_rows,
+    varlen_attention,
+)
 from laudnet.masks import _Masker
 from laudnet.models.vit import LaudViT
 
@@ -36,14 +58,20 @@ class DeployedViTBlock(nn.Module):
 
     Args:
         block: the trained block (its layers are copied).
-        token_bucket: padded token counts are multiples of this (1: pad to the largest count exactly).
+        token_bucket: padded token counts are multiples of this (1: pad to the largest count exactly); bucket
+            attention without `capturable` only.
+        attention: ``bucket`` (padded batches with key-padding masks) or ``varlen`` (packed rows, varlen kernel).
+        capturable: build every index list on the device with a fixed capacity: no host synchronisation.
     """
 
-    def __init__(self, block: DynamicViTBlock, token_bucket: int = 8) -> None:
+    def __init__(self, block: DynamicViTBlock, token_bucket: int = 8, attention: str = "bucket",
+                 capturable: bool = False) -> None:
         super().__init__()
         self.parts = block.parts
         self.paradigm = block.paradigm
         self.token_bucket = token_bucket
+        self.attention = attention
+        self.capturable = capturable
         self.num_heads, self.head_dim, self.dim = block.num_heads, block.head_dim, block.dim
         self.scale = float(block.attn.scale)
         self.norm1, self.norm2 = copy.deepcopy(block.norm1), copy.deepcopy(block.norm2)
@@ -61,6 +89,15 @@ class DeployedViTBlock(nn.Module):
         self.register_buffer("qkv_w_heads", qkv.weight.detach().view(3, h, d, c).transpose(0, 1).reshape(h, 3 * d, c))
         self.register_buffer("qkv_b_heads", qkv_bias.detach().view(3, h, d).transpose(0, 1).reshape(h, 3 * d))
         self.register_buffer("proj_w_heads", proj.weight.detach().view(proj.out_features, h, d).permute(1, 2, 0))
+        if capturable:
+            if not all(hasattr(self.mlp, a) for a in ("fc1", "act", "drop1", "norm", "fc2", "drop2")):
+                raise ValueError(f"capturable=True needs timm's Mlp (fc1, act, fc2), got {type(self.mlp).__name__}")
+            # (Cin, Cout) copies of the weights that the Triton row GEMMs read; q, k and v apart (contiguous outputs
+            # for the varlen kernel), also per head: qkv_wt_heads[j, i] is head i's (C, d) slice of q, k or v.
+            for name, w in (("proj", proj.weight), ("fc1", self.mlp.fc1.weight), ("fc2", self.mlp.fc2.weight)):
+                self.register_buffer(f"{name}_wt", w.detach().t().contiguous())
+            self.register_buffer("qkv_wt", qkv.weight.detach().view(3, c, c).transpose(1, 2).contiguous())
+            self.register_buffer("qkv_wt_heads", qkv.weight.detach().view(3, h, d, c).transpose(2, 3).contiguous())
         for name in ("token_masker", "head_masker", "layer_masker"):
             if hasattr(block, name):
                 masker = copy.deepcopy(getattr(block, name))
@@ -69,18 +106,26 @@ class DeployedViTBlock(nn.Module):
         self.last_density: dict[str, Tensor] = {}
         # Decisions to impose instead of the maskers' (token (B, N), head (B, H), sub-block (B, 2) booleans, None
         # for a part the paradigm does not skip): for benchmarks at chosen rates, and for low-precision tests where
-        # rounding could flip a borderline decision.
+        # rounding could flip a borderline decision. The maskers still run, so that their cost is measured.
         self.forced: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None
 
     # --- decisions ------------------------------------------------------------------------------------------------
     def decide(self, y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Boolean token (B, N), head (B, H) and sub-block (B, 2) decisions, computed in fp32."""
+        """Boolean token (B, N), head (B, H) and sub-block (B, 2) decisions, computed in fp32 (or the imposed ones)."""
         y = y.float()
         tokens = self.token_masker(y) > 0.5 if "token" in self.parts else None
         pooled = y.mean(1) if self.parts & {"head", "layer"} else None
         heads = self.head_masker(pooled) > 0.5 if "head" in self.parts else None
         layers = self.layer_masker(pooled) > 0.5 if "layer" in self.parts else None
-        return tokens, heads, layers
+        if self.forced is None:
+            return tokens, heads, layers
+        for name, own, forced in zip(("token", "head", "sub-block"), (tokens, heads, layers), self.forced, strict=True):
+            if (own is None) != (forced is None) or (own is not None and own.shape != forced.shape):
+                raise ValueError(
+                    f"forced {name} decisions have shape {None if forced is None else tuple(forced.shape)}, the "
+                    f"block's are {None if own is None else tuple(own.shape)}"
+                )
+        return self.forced
 
     # --- attention ------------------------------------------------------------------------------------------------
     def _heads(self, yk: Tensor, heads: Tensor | None, valid: Tensor | None) -> Tensor:
@@ -105,6 +150,7 @@ class DeployedViTBlock(nn.Module):
 
     def _attention(self, x: Tensor, y: Tensor, tokens: Tensor | None, heads: Tensor | None,
                    run: Tensor | None) -> Tensor:
+        """Bucket attention with host-read counts (compacted samples, padding to the bucketed largest count)."""
         b, n, c = x.shape
         rows = torch.arange(b, device=x.device)
         if run is not None:  # sample compaction
@@ -132,6 +178,102 @@ class DeployedViTBlock(nn.Module):
             flat_pos, branch = flat_pos[valid], branch[valid]
         return x.reshape(b * n, c).index_add(0, flat_pos.reshape(-1), branch.reshape(-1, c)).view(b, n, c)
 
+    def _attention_padded(self, x: Tensor, y: Tensor, tokens: Tensor | None, heads: Tensor | None,
+                          run: Tensor | None) -> Tensor:
+        """Bucket attention at full capacity, without host reads: every sample padded to N tokens, every head."""
+        b, n, c = x.shape
+        sel = tokens if tokens is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
+        if run is not None:
+            sel = sel & run[:, None]
+        pos = compact_positions(sel)  # kept tokens first, in token order
+        valid = torch.arange(n, device=x.device) < sel.sum(1, keepdim=True)
+        keys = valid.clone()
+        keys[:, 0] = True  # a sample that skips attention still attends to one key (its results are dropped)
+        yk = y.gather(1, pos[..., None].expand(-1, -1, c))
+        h, d = self.num_heads, self.head_dim
+        q, kk, v = F.linear(yk, self.qkv_w, self.qkv_b).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(kk), v, attn_mask=keys[:, None, None, :],
+                                           scale=self.scale)
+        if heads is not None:  # computed, then zeroed: a skipped head contributes nothing
+            o = o * heads[:, :, None, None].to(o.dtype)
+        branch = self.ls1(F.linear(o.transpose(1, 2).reshape(b, n, c), self.proj_w, self.proj_b))
+        branch = torch.where(valid[..., None], branch, 0)
+        flat_pos = (torch.arange(b, device=x.device)[:, None] * n + pos).reshape(-1)
+        return x.reshape(b * n, c).index_add(0, flat_pos, branch.reshape(-1, c)).view(b, n, c)
+
+    def _attention_varlen(self, x: Tensor, y: Tensor, tokens: Tensor | None, heads: Tensor | None,
+                          run: Tensor | None) -> Tensor:
+        """Attention on the packed kept tokens with the varlen kernel (one sequence per sample, or per (head, sample)
+        pair with head skipping)."""
+        b, n, c = x.shape
+        h, d = self.num_heads, self.head_dim
+        sync_free = self.capturable
+        sel = tokens if tokens is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
+        if run is not None:
+            sel = sel & run[:, None]
+        # Sync-free sequences are never empty: a sample that skips computes its class token too (and drops it).
+        with_cls = sel.clone()
+        with_cls[:, 0] = True
+        rows = pack_rows(sel, sync_free=sync_free, compute=with_cls if run is not None else None)
+        if not sync_free and rows.pos.numel() == 0:
+            return x
+        y2 = y.reshape(b * n, c)
+        if heads is None:
+            wt = getattr(self, "qkv_wt", [None] * 3)
+            layers = [(self.qkv_w[j * c:(j + 1) * c], wt[j], self.qkv_b[j * c:(j + 1) * c]) for j in range(3)]
+            q, k, v = (t.view(-1, h, d) for t in rows_linears(y2, layers, rows))
+            o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
+            out = rows_linear(o.reshape(-1, c), self.proj_w, getattr(self, "proj_wt", None), self.proj_b, rows,
+                              packed=True)
+        else:
+            o_heads = self._head_outputs_sync_free(y2, sel, heads) if sync_free else self._head_outputs(y2, sel, heads)
+            out = rows_linear(o_heads[: b * n].reshape(b * n, c), self.proj_w, getattr(self, "proj_wt", None),
+                              self.proj_b, rows)
+        return scatter_rows(x.reshape(b * n, c), self.ls1(out), rows).view(b, n, c)
+
+    def _head_outputs(self, y2: Tensor, sel: Tensor, heads: Tensor) -> Tensor:
+        """Attention outputs (B·N, H, d) at the token positions, zero for skipped heads; (head, sample) pairs packed
+        together so that one varlen call covers them (host-read sizes)."""
+        bn, c = y2.shape
+        h, d = self.num_heads, self.head_dim
+        pairs = heads.t()[:, :, None] & sel[None]  # (H, B, N)
+        o_heads = y2.new_zeros(bn, h, d)
+        rows = pack_rows(pairs.reshape(h * sel.shape[0], -1), sync_free=False)  # sequences: (head, sample)
+        if rows.pos.numel() == 0:
+            return o_heads
+        head_of, tok = rows.pos // bn, rows.pos % bn
+        qkv = y2.new_empty(rows.pos.numel(), 3 * d)
+        start = 0
+        for i, size in enumerate(pairs.sum((1, 2)).tolist()):  # rows are grouped by head: one GEMM per head
+            if size:
+                torch.addmm(self.qkv_b_heads[i], y2[tok[start:start + size]], self.qkv_w_heads[i].t(),
+                            out=qkv[start:start + size])
+                start += size
+        q, k, v = (t.contiguous() for t in qkv.view(-1, 3, 1, d).unbind(1))
+        o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
+        o_heads[tok, head_of] = o[:, 0]
+        return o_heads
+
+    def _head_outputs_sync_free(self, y2: Tensor, sel: Tensor, heads: Tensor) -> Tensor:
+        """`_head_outputs` without host reads: one fixed-capacity packing, GEMM and varlen call per head. Returns
+        (2·B·N, H, d): rows past B·N are spare targets for the unused packed rows."""
+        bn, c = y2.shape
+        h, d = self.num_heads, self.head_dim
+        o_heads = y2.new_zeros(2 * bn, h, d)
+        spare = torch.arange(bn, 2 * bn, device=y2.device)
+        for i in range(h):
+            sel_i = sel & heads[:, i, None]
+            with_cls = sel_i.clone()
+            with_cls[:, 0] = True
+            rows = pack_rows(sel_i, sync_free=True, compute=with_cls)
+            w, bias = self.qkv_w_heads[i], self.qkv_b_heads[i]  # rows (3, d)
+            layers = [(w[j * d:(j + 1) * d], self.qkv_wt_heads[j, i], bias[j * d:(j + 1) * d]) for j in range(3)]
+            q, k, v = (t.view(-1, 1, d) for t in rows_linears(y2, layers, rows))
+            o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
+            o_heads[:, i].index_copy_(0, torch.where(rows.keep, rows.pos, spare), o[:, 0])
+        return o_heads
+
+    # --- MLP ------------------------------------------------------------------------------------------------------
     def _mlp(self, x: Tensor, tokens: Tensor | None, run: Tensor | None) -> Tensor:
         if tokens is None and run is None:
             return x + self.ls2(self.mlp(self.norm2(x)))
@@ -139,17 +281,35 @@ class DeployedViTBlock(nn.Module):
         sel = tokens if tokens is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
         if run is not None:
             sel = sel & run[:, None]
+        if self.capturable:
+            return self._mlp_sync_free(x, sel)
         pos = sel.reshape(-1).nonzero().squeeze(1)
         flat = x.reshape(b * n, c)
         if pos.numel() == 0:
             return x
         return flat.index_add(0, pos, self.ls2(self.mlp(self.norm2(flat[pos])))).view(b, n, c)
 
+    def _mlp_sync_free(self, x: Tensor, sel: Tensor) -> Tensor:
+        b, n, c = x.shape
+        mlp = self.mlp
+        rows = pack_rows(sel, sync_free=True)
+        z = self.norm2(x).reshape(b * n, c)
+        hidden = mlp.norm(mlp.drop1(mlp.act(rows_linear(z, mlp.fc1.weight, self.fc1_wt, mlp.fc1.bias, rows))))
+        out = mlp.drop2(rows_linear(hidden, mlp.fc2.weight, self.fc2_wt, mlp.fc2.bias, rows, packed=True))
+        return scatter_rows(x.reshape(b * n, c), self.ls2(out), rows).view(b, n, c)
+
     def forward(self, x: Tensor) -> Tensor:
         y = self.norm1(x)
-        tokens, heads, layers = self.decide(y) if self.forced is None else self.forced
+        tokens, heads, layers = self.decide(y)
         run_attn, run_mlp = (layers[:, 0], layers[:, 1]) if layers is not None else (None, None)
-        x = self._attention(x, y, tokens, heads, run_attn)
+        if tokens is None and heads is None and run_attn is None:
+            x = self._attention(x, y, None, None, None)  # dense
+        elif self.attention == "varlen":
+            x = self._attention_varlen(x, y, tokens, heads, run_attn)
+        elif self.capturable:
+            x = self._attention_padded(x, y, tokens, heads, run_attn)
+        else:
+            x = self._attention(x, y, tokens, heads, run_attn)
         x = self._mlp(x, tokens, run_mlp)
         self.last_density = {
             name: t.float().mean()
@@ -162,15 +322,19 @@ class DeployedViTBlock(nn.Module):
 class DeployedViT(nn.Module):
     """Embedding → deployed blocks → final norm, pooling and classifier, computing in `dtype`."""
 
-    def __init__(self, model: LaudViT, dtype: torch.dtype, token_bucket: int) -> None:
+    def __init__(self, model: LaudViT, dtype: torch.dtype, token_bucket: int, attention: str = "bucket",
+                 capturable: bool = False) -> None:
         super().__init__()
         self.dtype = dtype
+        self.attention = attention
+        self.capturable = capturable
         self.img_size, self.patch_size, self.in_chans = model.img_size, model.patch_size, model.in_chans
         self.global_pool = model.global_pool
         self.patch_embed = copy.deepcopy(model.patch_embed)
         self.register_buffer("cls_token", model.cls_token.detach().clone())
         self.register_buffer("pos_embed", model.pos_embed.detach().clone())
-        self.blocks = nn.Sequential(*[DeployedViTBlock(b, token_bucket) for b in model.blocks])
+        self.blocks = nn.Sequential(*[DeployedViTBlock(b, token_bucket, attention, capturable)
+                                       for b in model.blocks])
         self.norm, self.fc_norm, self.head = (copy.deepcopy(m) for m in (model.norm, model.fc_norm, model.head))
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -188,6 +352,14 @@ class DeployedViT(nn.Module):
         x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(1)
         return self.head(self.fc_norm(x))
 
+    def graphed(self, example: Tensor) -> GraphedModel:
+        """This model captured as one CUDA graph for inputs shaped like `example` (`laudnet.deploy.GraphedModel`);
+        needs a model deployed with ``capturable=True``."""
+        if not self.capturable:
+            raise ValueError("a CUDA graph needs a deployed ViT that does not synchronise with the host: "
+                             "deploy_vit(model, ..., capturable=True)")
+        return GraphedModel(self, example)
+
     def densities(self) -> list[dict[str, float]]:
         """Per-block batch-mean rates of the last forward: kept tokens, kept heads, executed attention and MLP."""
         return [{k: float(v) for k, v in b.last_density.items()} for b in self.blocks]
@@ -199,6 +371,8 @@ def deploy_vit(
     *,
     device: torch.device | str | None = None,
     token_bucket: int = 8,
+    attention: str = "bucket",
+    capturable: bool = False,
 ) -> DeployedViT:
     """Turn a trained LAUD-ViT into an inference module; the model itself is left unchanged.
 
@@ -206,7 +380,12 @@ def deploy_vit(
         model: a `LaudViT` (any paradigm).
         dtype: compute dtype (bf16 on GPU; fp32 for exact comparisons). Maskers stay fp32.
         device: where the deployed model lives (default: the model's device).
-        token_bucket: padded kept-token counts are rounded up to a multiple of this.
+        token_bucket: padded kept-token counts are rounded up to a multiple of this (bucket attention, not
+            capturable).
+        attention: ``bucket`` (padded batches, key-padding masks) or ``varlen`` (packed rows, flash-attention's
+            variable-length kernel on CUDA in bf16/fp16; a PyTorch reference of it elsewhere).
+        capturable: no host synchronisation (fixed-capacity index lists with device-side counts), so that
+            `DeployedViT.graphed` can capture the model as a CUDA graph.
 
     Returns:
         A `DeployedViT` in eval mode computing the eval-mode function of `model`.
@@ -215,8 +394,12 @@ def deploy_vit(
         raise TypeError(f"deploy_vit expects a LAUD-ViT, got {type(model).__name__}")
     if isinstance(token_bucket, bool) or not isinstance(token_bucket, int) or token_bucket < 1:
         raise ValueError(f"token_bucket must be a positive integer, got {token_bucket!r}")
+    if attention not in ("bucket", "varlen"):
+        raise ValueError(f"attention must be 'bucket' or 'varlen', got {attention!r}")
     device = device if device is not None else next(model.parameters()).device
-    deployed = DeployedViT(model, dtype, token_bucket).to(device=device).eval()
+    if attention == "varlen":
+        check_varlen_support(device, dtype)
+    deployed = DeployedViT(model, dtype, token_bucket, attention, bool(capturable)).to(device=device).eval()
     maskers = {id(p) for m in deployed.modules() if isinstance(m, _Masker) for p in m.parameters()}
     for p in deployed.parameters():
         p.requires_grad_(False)

@@ -2,27 +2,12 @@
 
 import pytest
 import torch
+from helpers import impose_model_decisions, skipping_vit
 
 import laudnet
 from laudnet.deploy import DeployedViT, deploy, deploy_vit
 
 pytest.importorskip("timm")
-
-TINY = dict(img_size=32, patch_size=8, depth=3, embed_dim=48, num_heads=3)
-
-
-def _trained_like(paradigm, name="laud_deit_tiny", std=0.5, **kw):
-    """A model whose maskers skip about half of everything (random weights, no execute bias) and whose norms are not
-    the identity."""
-    model = laudnet.create_model(name, paradigm=paradigm, num_classes=5, **{**TINY, **kw})
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "masker" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * (std if p.dim() > 1 else 0.1))
-            elif "norm" in n:
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    return model.eval()
 
 
 def _rel(a, b):
@@ -33,7 +18,7 @@ def _rel(a, b):
     "paradigm", ["static", "token", "head", "layer", "token+head", "token+layer", "head+layer", "token+head+layer"]
 )
 def test_deployed_equals_eval_model_fp32(paradigm):
-    model = _trained_like(paradigm)
+    model = skipping_vit(paradigm)
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
@@ -53,7 +38,7 @@ def test_deployed_equals_eval_model_fp32(paradigm):
 
 @pytest.mark.parametrize("name", ["laud_deit_small", "laud_vit_base"])
 def test_other_architectures(name):
-    model = _trained_like("token+head+layer", name, embed_dim=64, num_heads=4)
+    model = skipping_vit("token+head+layer", name, embed_dim=64, num_heads=4)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert _rel(deploy(model, torch.float32)(x), model(x)) < 1e-5
@@ -61,14 +46,14 @@ def test_other_architectures(name):
 
 @pytest.mark.parametrize("bucket", [1, 5, 64])
 def test_token_buckets_agree(bucket):
-    model = _trained_like("token+head")
+    model = skipping_vit("token+head")
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         assert _rel(deploy_vit(model, torch.float32, token_bucket=bucket)(x), model(x)) < 1e-5
 
 
 def test_fixed_keep_ratio():
-    model = _trained_like("token+layer", token_keep_ratio=0.3)
+    model = skipping_vit("token+layer", token_keep_ratio=0.3)
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
@@ -80,7 +65,7 @@ def test_fixed_keep_ratio():
 @pytest.mark.parametrize("value", [0, 1])
 def test_all_or_nothing_decisions(value):
     """Every sample skips (or executes) everything: empty sample lists, no head pairs, class token alone."""
-    model = _trained_like("token+head+layer")
+    model = skipping_vit("token+head+layer")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "masker" in n:
@@ -97,7 +82,7 @@ def test_all_or_nothing_decisions(value):
 
 
 def test_deploy_leaves_the_model_unchanged_and_checks_input():
-    model = _trained_like("token+head+layer")
+    model = skipping_vit("token+head+layer")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     deployed = deploy(model, torch.bfloat16)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -116,14 +101,9 @@ def test_deploy_leaves_the_model_unchanged_and_checks_input():
         deploy_vit(laudnet.create_model("laud_regnety_400mf"))
 
 
-def _impose_model_decisions(deployed, model):
-    for block, info in zip(deployed.blocks, model.collect_info(), strict=True):
-        block.forced = tuple(info.masks[k] > 0.5 if k in info.masks else None for k in ("token", "head", "layer"))
-
-
 def test_forced_decisions():
     """Imposed decisions replace the maskers': the model's own eval decisions give the model's output."""
-    model = _trained_like("token+head+layer")
+    model = skipping_vit("token+head+layer")
     deployed = deploy(model, torch.float32)
     for block in deployed.blocks:  # maskers that would decide otherwise
         for name in ("token_masker", "head_masker", "layer_masker"):
@@ -132,17 +112,17 @@ def test_forced_decisions():
     with torch.no_grad():
         expected = model(x)
         assert _rel(deployed(x), expected) > 1e-3
-        _impose_model_decisions(deployed, model)
+        impose_model_decisions(deployed, model)
         assert _rel(deployed(x), expected) < 1e-5
 
 
 @pytest.mark.gpu
 def test_deployed_bf16_on_gpu():
-    model = _trained_like("token+head+layer", img_size=64, patch_size=16).cuda()
+    model = skipping_vit("token+head+layer", img_size=64, patch_size=16).cuda()
     x = torch.randn(8, 3, 64, 64, device="cuda")
     deployed = deploy(model, torch.bfloat16)
     with torch.no_grad():
         expected = model(x)
-        _impose_model_decisions(deployed, model)
+        impose_model_decisions(deployed, model)
         out = deployed(x).float()
     assert _rel(out, expected) < 2e-2

@@ -1,0 +1,218 @@
+"""Packed token rows for the deployed ViT: index building (with or without host synchronisation), GEMMs on the packed
+rows, and variable-length ("varlen") attention over them.
+
+A selection of tokens (B, N) is packed sample-major: the selected tokens of sample 0 in token order, then those of
+sample 1, ..., so each sample's tokens form one contiguous sequence and `cu` (int32, length S+1) holds the sequence
+boundaries, as flash-attention's varlen interface takes them.
+
+Two ways of building the rows:
+
+- **exact** (`sync_free=False`): `nonzero` gives exactly the selected rows; the host reads their number and the
+  longest sequence. Samples without a selected token get no sequence at all.
+- **sync-free** (`sync_free=True`): the rows are a permutation of all B·N positions with the selected ones first
+  (prefix sums and one scatter, no host read); `count` (a one-element int32 device tensor) says how many are in use,
+  and the sequence bound is N. Everything has a fixed shape, so the work can be captured in a CUDA graph; the GEMMs
+  read `count` on the device and skip the tiles past it (`laudnet.kernels.pixel_conv1x1`), flash-attention skips the
+  blocks past each sequence's end. Rows past `count` hold unspecified values and are never written back.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from laudnet.kernels import dispatch
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class PackedRows:
+    """Selected token rows, packed sample-major (see the module docstring).
+
+    Attributes:
+        pos: int64 (R,) flat token positions b·N + t of the packed rows.
+        count: None when every row is in use (exact packing), else an int32 (1,) device tensor: rows in use.
+        keep: None when every row in use is written back, else a bool (R,): rows whose results are written back
+            (rows computed only to keep a sequence non-empty, and the rows past `count`, are not).
+        cu: int32 (S+1,) sequence boundaries, one sequence per sample (exact packing: per sample with rows).
+        max_len: an upper bound of the sequence lengths (host integer).
+    """
+
+    pos: Tensor
+    count: Tensor | None
+    keep: Tensor | None
+    cu: Tensor
+    max_len: int
+
+    @functools.cached_property
+    def pos32(self) -> Tensor:
+        """`pos` as int32, for the Triton kernels."""
+        return self.pos.to(torch.int32)
+
+
+def compact_positions(sel: Tensor) -> Tensor:
+    """Stable partition along the last dim without host synchronisation: the positions of the True entries in order,
+    then those of the False entries in order (an int64 permutation of ``range(sel.shape[-1])`` per row)."""
+    n = sel.shape[-1]
+    idx = torch.arange(n, device=sel.device).expand_as(sel)
+    before = sel.to(torch.int64).cumsum(-1)  # selected entries up to and including each position
+    count = before[..., -1:]
+    dest = torch.where(sel, before - 1, count + idx - before)  # unselected: count + (unselected before it)
+    return torch.empty_like(idx).scatter_(-1, dest, idx)
+
+
+def pack_rows(sel: Tensor, *, sync_free: bool, compute: Tensor | None = None) -> PackedRows:
+    """Pack the selected tokens of a (B, N) boolean selection.
+
+    Args:
+        sel: (B, N) bool, the tokens whose results are wanted.
+        sync_free: fixed-capacity packing without host reads (see the module docstring).
+        compute: (B, N) bool ⊇ `sel`, the tokens to compute (sync-free only: e.g. the class token of every sample,
+            so that no sequence is empty); default `sel`.
+    """
+    b, n = sel.shape
+    if not sync_free:
+        pos = sel.reshape(-1).nonzero().squeeze(1)
+        counts = sel.sum(1)
+        counts = counts[counts > 0]  # no empty sequences
+        cu = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
+        max_len = int(counts.max()) if counts.numel() else 0
+        return PackedRows(pos, None, None, cu, max_len)
+    compute = sel if compute is None else compute
+    flat = compute.reshape(-1)
+    pos = compact_positions(flat)
+    count = flat.sum(dtype=torch.int32).reshape(1)
+    keep = sel.reshape(-1)[pos]  # rows past `count` are unselected positions: False
+    cu = F.pad(compute.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    return PackedRows(pos, count, keep, cu, n)
+
+
+def _triton_rows(src: Tensor, rows: PackedRows, weight_t: Tensor | None) -> bool:
+    return rows.count is not None and weight_t is not None and dispatch.resolve_impl(src, weight_t) == "triton"
+
+
+def rows_linear(src: Tensor, weight: Tensor, weight_t: Tensor | None, bias: Tensor | None, rows: PackedRows,
+                *, packed: bool = False) -> Tensor:
+    """``F.linear`` on the packed rows of `src`.
+
+    Args:
+        src: (M, Cin) contiguous: token rows by flat position, or (with `packed`) already in packing order.
+        weight: (Cout, Cin). weight_t: the same as a contiguous (Cin, Cout), for the Triton kernel (sync-free only).
+        bias: (Cout,) or None.
+        rows: the packing.
+        packed: `src` row r is packed row r (no gather).
+
+    Returns:
+        (R, Cout) in packing order. With a sync-free packing on CUDA (Triton), rows past `count` are unspecified and
+        not computed; on the PyTorch path every row is computed.
+    """
+    if _triton_rows(src, rows, weight_t):
+        m = src.shape[0]
+        idx = torch.arange(m, device=src.device, dtype=torch.int32) if packed else rows.pos32
+        return dispatch.pixel_conv1x1(src.view(m, 1, 1, src.shape[1]), weight_t, bias, idx, relu=False, compact=True,
+                                      count=rows.count, impl="triton")
+    return F.linear(src if packed else src[rows.pos], weight, bias)
+
+
+def rows_linears(src: Tensor, layers: list[tuple[Tensor, Tensor | None, Tensor | None]],
+                 rows: PackedRows) -> list[Tensor]:
+    """`rows_linear` of several (weight, weight_t, bias) on the same rows (the PyTorch path gathers them once)."""
+    if _triton_rows(src, rows, layers[0][1]):
+        return [rows_linear(src, w, wt, b, rows) for w, wt, b in layers]
+    gathered = src[rows.pos]
+    return [F.linear(gathered, w, b) for w, _, b in layers]
+
+
+def scatter_rows(x2: Tensor, out: Tensor, rows: PackedRows) -> Tensor:
+    """``x2`` (B·N, C) plus the packed results `out` (R, C) at their token positions; rows not kept add nothing."""
+    if rows.keep is not None:
+        out = torch.where(rows.keep[:, None], out, 0)  # also clears unspecified (possibly NaN) rows
+    return x2.index_add(0, rows.pos, out)
+
+
+# --- varlen attention ---------------------------------------------------------------------------------------------
+@functools.cache
+def _flash_varlen() -> Callable | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+@functools.cache
+def _varlen_takes_scale() -> bool:
+    return "scale" in inspect.signature(_flash_varlen()).parameters
+
+
+def varlen_available() -> bool:
+    """True when this PyTorch has `torch.nn.attention.varlen.varlen_attn` (flash-attention on CUDA, PyTorch ≥ 2.9)."""
+    return _flash_varlen() is not None
+
+
+def check_varlen_support(device: torch.device | str, dtype: torch.dtype) -> None:
+    """Raise ValueError when varlen attention cannot run fast here: CUDA in fp16/bf16 without `varlen_attn`.
+
+    (Elsewhere, on CPU or in fp32, the PyTorch reference `varlen_attention_reference` computes the same function.)
+    """
+    if torch.device(device).type == "cuda" and dtype in _HALF and not varlen_available():
+        raise ValueError(
+            f"attention='varlen' needs torch.nn.attention.varlen.varlen_attn (PyTorch >= 2.9); this is torch "
+            f"{torch.__version__}: use attention='bucket'"
+        )
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float) -> Tensor:
+    """Attention within each packed sequence: q, k, v (R, H, d) contiguous → (R, H, d).
+
+    CUDA in fp16/bf16 runs `torch.nn.attention.varlen.varlen_attn` (flash-attention, or cuDNN where PyTorch chooses
+    it; rows past ``cu[-1]`` are not computed); elsewhere `varlen_attention_reference`. The inputs must be
+    contiguous: some PyTorch versions place cuDNN's ragged sequences at ``cu·H·d`` whatever the strides.
+    """
+    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+        raise ValueError("varlen_attention needs contiguous (R, H, d) q, k and v")
+    if q.is_cuda and q.dtype in _HALF:
+        fn = _flash_varlen()
+        if fn is None:
+            check_varlen_support(q.device, q.dtype)
+        if _varlen_takes_scale():
+            return fn(q, k, v, cu, cu, max_len, max_len, scale=scale)
+        # PyTorch 2.9's varlen_attn has no scale argument: it uses 1/√d, so fold the ratio into q.
+        return fn(q * (scale * math.sqrt(q.shape[-1])), k, v, cu, cu, max_len, max_len)
+    return varlen_attention_reference(q, k, v, cu, max_len, scale)
+
+
+def varlen_attention_reference(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float) -> Tensor:
+    """PyTorch reference of `varlen_attention`, without host synchronisation: the packed rows are scattered into a
+    (S, max_len) padded batch, attended with a key-padding mask and gathered back. Rows past ``cu[-1]`` give 0."""
+    r, h, d = q.shape
+    s = cu.numel() - 1
+    if s == 0 or max_len == 0 or r == 0:
+        return q.new_zeros(q.shape)
+    cu = cu.long()
+    row = torch.arange(r, device=q.device)
+    seq = torch.searchsorted(cu[1:], row, right=True)  # s for rows past the last sequence
+    off = row - cu[seq.clamp(max=s - 1)]
+    ok = (seq < s) & (off < max_len)
+    slot = torch.where(ok, seq * max_len + off, s * max_len + row)  # unused rows go to their own spare slots
+
+    def padded(t: Tensor) -> Tensor:
+        buf = t.new_zeros(s * max_len + r, h, d)
+        buf[slot] = t
+        return buf[: s * max_len].view(s, max_len, h, d).transpose(1, 2)
+
+    lengths = cu[1:] - cu[:-1]
+    key_ok = torch.arange(max_len, device=q.device) < lengths[:, None]
+    key_ok[:, 0] = True  # an empty sequence attends to a zero row (no query of it is read back) rather than to nothing
+    o = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=key_ok[:, None, None, :],
+                                       scale=scale)
+    o = o.transpose(1, 2).reshape(s * max_len, h, d)
+    return torch.where(ok[:, None, None], o[slot.clamp(max=s * max_len - 1)], 0)

@@ -1,0 +1,150 @@
+"""Deployed ViT attention modes (bucket / varlen) and the capturable sync-free mode: the same function as the eval
+model; the capturable forward reads nothing on the host; CUDA-graph capture on a GPU."""
+
+import pytest
+import torch
+from helpers import impose_model_decisions, skipping_vit
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import laudnet
+from laudnet.deploy import deploy_vit, packed
+from laudnet.kernels import dispatch
+from laudnet.kernels._utils import interpreter_enabled
+
+pytest.importorskip("timm")
+
+PARADIGMS = ["static", "token", "head", "layer", "token+head", "token+layer", "head+layer", "token+head+layer"]
+MODES = [("varlen", False), ("bucket", True), ("varlen", True)]
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("paradigm", PARADIGMS)
+@pytest.mark.parametrize(("attention", "capturable"), MODES)
+def test_mode_equals_eval_model_fp32(paradigm, attention, capturable):
+    model = skipping_vit(paradigm)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        deployed = deploy_vit(model, torch.float32, attention=attention, capturable=capturable)
+        assert _rel(deployed(x), expected) < 1e-5
+        assert _rel(deployed(x), deploy_vit(model, torch.float32)(x)) < 1e-5  # and the bucket path
+    for info, dens in zip(model.collect_info(), deployed.densities(), strict=True):
+        assert dens == pytest.approx({k: float(v) for k, v in info.density.items()}, abs=1e-6)
+
+
+@pytest.mark.parametrize(("attention", "capturable"), MODES)
+@pytest.mark.parametrize("case", ["all", "none", "mixed"])
+def test_edge_decisions(attention, capturable, case):
+    """Every token / head / sub-block kept, none kept (class tokens alone, no heads, no sample runs), and a batch
+    mixing a sample that keeps everything with one that keeps nothing."""
+    model = skipping_vit("token+head+layer")
+    deployed = deploy_vit(model, torch.float32, attention=attention, capturable=capturable)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+    for block in model.blocks:
+        tokens = torch.ones(3, 17) if case != "none" else torch.zeros(3, 17)
+        heads, layers = torch.ones(3, 3) * tokens[:, :1], torch.ones(3, 2) * tokens[:, :1]
+        if case == "mixed":
+            tokens[1], heads[1], layers[1] = 0, 0, 0
+            heads[2, 1], tokens[2, 5:9] = 0, 0
+        tokens[:, 0] = 1
+        for masker, value in ((block.token_masker, tokens), (block.head_masker, heads), (block.layer_masker, layers)):
+            masker.forward = lambda *a, _v=value, **k: _v
+    with torch.no_grad():
+        expected = model(x)
+        impose_model_decisions(deployed, model)
+        assert _rel(deployed(x), expected) < 1e-5
+
+
+@pytest.mark.parametrize("attention", ["bucket", "varlen"])
+def test_capturable_forward_reads_nothing_on_the_host(attention):
+    """Under FakeTensorMode an op whose output depends on tensor values (nonzero, item, boolean indexing) raises: the
+    capturable forward has none; the default one has (so the check can fail)."""
+    model = skipping_vit("token+head+layer")
+    x = torch.randn(4, 3, 32, 32)
+    capturable = deploy_vit(model, torch.float32, attention=attention, capturable=True)
+    synchronising = deploy_vit(model, torch.float32, attention=attention)
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        assert capturable(x).shape == (4, 5)
+        with pytest.raises(Exception, match="nonzero|data-dependent|Dynamic"):
+            synchronising(x)
+
+
+@pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
+@pytest.mark.parametrize("attention", ["bucket", "varlen"])
+def test_capturable_triton_row_gemms(attention, monkeypatch):
+    """The capturable GEMMs on packed rows through the Triton kernel (interpreted): only the first `count` rows."""
+    monkeypatch.setenv("LAUDNET_KERNELS", "triton")
+    calls = []
+    kernel = dispatch.pixel_conv1x1
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("count"))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "pixel_conv1x1", counting)
+    model = skipping_vit("token+head+layer", depth=2)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out = deploy_vit(model, torch.float32, attention=attention, capturable=True)(x)
+        assert _rel(out, model(x)) < 1e-5
+    assert calls and all(c is not None for c in calls)
+
+
+def test_bad_arguments():
+    model = skipping_vit("token+head+layer")
+    with pytest.raises(ValueError, match="attention must be 'bucket' or 'varlen', got 'packed'"):
+        deploy_vit(model, attention="packed")
+    with pytest.raises(ValueError, match=r"capturable=True\)"):
+        deploy_vit(model, torch.float32).graphed(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA input"):
+        deploy_vit(model, torch.float32, capturable=True).graphed(torch.randn(1, 3, 32, 32))
+    deployed = deploy_vit(model, torch.float32)
+    deployed.blocks[0].forced = (torch.ones(2, 17, dtype=torch.bool), None, None)
+    with pytest.raises(ValueError, match=r"forced head decisions have shape None, the block's are \(2, 3\)"):
+        deployed(torch.randn(2, 3, 32, 32))
+
+
+def test_varlen_needs_the_varlen_kernel_on_gpu(monkeypatch):
+    monkeypatch.setattr(packed, "_flash_varlen", lambda: None)
+    model = skipping_vit("token")
+    with pytest.raises(ValueError, match="PyTorch >= 2.9"):
+        deploy_vit(model, torch.bfloat16, device="cuda", attention="varlen")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["bucket", "varlen"])
+def test_graphed_on_gpu(attention):
+    """bf16 on the GPU: eager and graphed capturable forwards, no host synchronisation, close to the eval model."""
+    model = skipping_vit("token+head+layer", img_size=64, patch_size=16, embed_dim=64, num_heads=4).cuda()
+    x = torch.randn(8, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        expected = model(x)
+    for capturable in (False, True):
+        deployed = deploy_vit(model, torch.bfloat16, attention=attention, capturable=capturable)
+        impose_model_decisions(deployed, model)
+        with torch.no_grad():
+            assert _rel(deployed(x).float(), expected) < 2e-2
+    with torch.no_grad():
+        eager = deployed(x)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            deployed(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        graphed = deployed.graphed(x)
+        assert _rel(graphed(x).clone(), eager) < 1e-3
+        x2 = torch.randn_like(x)
+        assert _rel(graphed(x2).clone(), deployed(x2)) < 1e-3  # a new input through the same graph
+
+
+@pytest.mark.gpu
+def test_laudnet_deploy_of_a_vit_on_gpu():
+    model = skipping_vit("token", img_size=64, patch_size=16, embed_dim=64, num_heads=4).cuda()
+    deployed = laudnet.deploy(model)
+    assert deployed(torch.randn(2, 3, 64, 64, device="cuda")).dtype == torch.bfloat16
