@@ -149,16 +149,16 @@ def plan_jobs(static: TrainConfig, dynamic: TrainConfig, runs: list[str], scratc
                              "through it)")
     static = dataclasses.replace(static, run_name=None)
     jobs = [Job("static", "static", static)]
-    if scratch is not None:
-        paradigm, target = parse_run_spec(scratch)
-        cfg = dataclasses.replace(static, mode="dynamic", **{**_dynamic_fields(dynamic), "paradigm": paradigm,
-                                                             "target": target})
-        jobs.append(Job(f"scratch-{paradigm.replace('+', '-')}-t{target:g}", "scratch", cfg))
     init = str(Path(static.output) / "static" / "best.pt")
     for spec in runs:
         paradigm, target = parse_run_spec(spec)
         cfg = dataclasses.replace(dynamic, run_name=None, paradigm=paradigm, target=target, init=init)
         jobs.append(Job(f"dynamic-{paradigm.replace('+', '-')}-t{target:g}", "dynamic", cfg, needs_static=True))
+    if scratch is not None:  # last in the list: it fills a slot that waits for the static run, or runs at the end
+        paradigm, target = parse_run_spec(scratch)
+        cfg = dataclasses.replace(static, mode="dynamic", **{**_dynamic_fields(dynamic), "paradigm": paradigm,
+                                                             "target": target})
+        jobs.append(Job(f"scratch-{paradigm.replace('+', '-')}-t{target:g}", "scratch", cfg))
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"the runs repeat a paradigm and target: {', '.join(names)}")
@@ -192,16 +192,24 @@ def predict_train_s(job: Job, rates: Rates, factor: float, val_images: int) -> f
 
 
 def predict_schedule(durations: list[float], needs_static: list[bool], slots: int) -> list[tuple[int, float, float]]:
-    """(slot, start, end) of each job when jobs go, in order, to the slot free first; jobs that need the static run
-    (job 0) start after it."""
+    """(slot, start, end) of each job as `run_plan` runs them: whenever a slot is free, it takes the first job in
+    list order that is ready (jobs that need the static run, job 0, wait for its end)."""
     free = [0.0] * slots
-    out: list[tuple[int, float, float]] = []
-    for k, (d, needs) in enumerate(zip(durations, needs_static, strict=True)):
+    placed: dict[int, tuple[int, float, float]] = {}
+    pending = list(range(len(durations)))
+    while pending:
         slot = min(range(slots), key=lambda s: free[s])
-        start = max(free[slot], out[0][2] if needs and k > 0 else 0.0)
-        out.append((slot, start, start + d))
-        free[slot] = start + d
-    return out
+        now = free[slot]
+        static_end = placed[0][2] if 0 in placed else None
+        ready = [k for k in pending if not needs_static[k] or (static_end is not None and static_end <= now)]
+        if not ready:  # only jobs waiting for the static run, which is placed (it is job 0 and needs nothing)
+            free[slot] = static_end
+            continue
+        k = ready[0]
+        pending.remove(k)
+        placed[k] = (slot, now, now + durations[k])
+        free[slot] = now + durations[k]
+    return [placed[k] for k in range(len(durations))]
 
 
 def fit_scale(jobs: list[Job], rates: Rates, slots: int, budget_s: float, val_images: int,
@@ -573,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 360, with --smoke 40)")
     p.add_argument("--deadline-s", type=float, default=540.0,
                    help="SIGTERM the trainings still running after this many seconds (0: never)")
-    p.add_argument("--probe-steps", type=int, default=40, help="steps per epoch of the probe runs")
+    p.add_argument("--probe-steps", type=int, default=100,
+                   help="steps per epoch of the probe runs (default: %(default)s; the second epoch is timed)")
     g = p.add_argument_group("overrides of the config (both sections unless named)")
     g.add_argument("--static-epochs", type=int, default=None)
     g.add_argument("--dynamic-epochs", type=int, default=None)

@@ -139,17 +139,29 @@ def read_init_state(path: str | Path, model_name: str) -> tuple[dict[str, Tensor
     return dict(_read_state_dict(path)), "torchvision"
 
 
+def classifier_prefix(model: nn.Module) -> str:
+    """State-dict prefix of the model's classifier: ``fc.`` (torchvision CNNs) or ``head.`` (timm ViTs)."""
+    own = model.state_dict()
+    for prefix in ("fc.", "head."):
+        if f"{prefix}weight" in own:
+            return prefix
+    raise ValueError(f"{type(model).__name__} has neither an fc nor a head classifier")
+
+
 def load_init(model: nn.Module, state_dict: dict[str, Tensor]) -> bool:
     """Load static weights into ``model`` (maskers stay fresh); returns whether the classifier was loaded.
 
-    The classifier is skipped when its number of classes differs from the model's (fine-tuning on other classes).
+    The classifier (``fc`` of the CNNs, ``head`` of the ViTs) is skipped when its number of classes differs from the
+    model's (fine-tuning on other classes).
     """
-    from laudnet.models import load_torchvision_weights
+    from laudnet.models.weights import load_backbone_weights
 
     own = model.state_dict()
+    prefix = classifier_prefix(model)
+    key = f"{prefix}weight"
     sd = {k: v for k, v in state_dict.items() if "masker" not in k or k in own}
-    head_fits = "fc.weight" in sd and sd["fc.weight"].shape == own["fc.weight"].shape
-    load_torchvision_weights(model, sd, exclude_head=not head_fits)
+    head_fits = key in sd and sd[key].shape == own[key].shape
+    load_backbone_weights(model, sd, exclude_head=not head_fits, head_prefix=prefix)
     return head_fits
 
 

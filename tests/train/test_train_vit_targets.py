@@ -9,6 +9,7 @@ import importlib.util
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -89,6 +90,28 @@ def test_adamw_groups_exempt_biases_norms_and_embeddings():
     assert isinstance(sgd, torch.optim.SGD) and [g["name"] for g in sgd.param_groups] == ["backbone", "masker"]
 
 
+def test_vit_init_loads_the_head_and_keeps_the_teacher(tmp_path):
+    """A dynamic ViT from a static ViT checkpoint takes its classifier (``head``), so it gets the static teacher;
+    a 1000-class timm-style state dict loads the backbone and skips the head."""
+    from laudnet.train.checkpoint import save_checkpoint
+    from laudnet.train.loop import classifier_prefix, load_init, read_init_state
+
+    cfg = TrainConfig(model="laud_deit_tiny", paradigm="token+head+layer", image_size=32)
+    static = build_model(dataclasses.replace(cfg, mode="static"), num_classes=10)
+    path = save_checkpoint(tmp_path / "best.pt", {"model": static.state_dict()}, model_name="laud_deit_tiny")
+    state, kind = read_init_state(path, "laud_deit_tiny")
+    dynamic = build_model(cfg, num_classes=10)
+    assert kind == "laudnet" and classifier_prefix(dynamic) == "head." and load_init(dynamic, state) is True
+    torch.testing.assert_close(dynamic.head.weight, static.head.weight)
+    torch.testing.assert_close(dynamic.blocks[3].mlp.fc1.weight, static.blocks[3].mlp.fc1.weight)
+    imagenet = build_model(dataclasses.replace(cfg, mode="static"), num_classes=1000).state_dict()
+    fresh = build_model(cfg, num_classes=10)
+    head_before = fresh.head.weight.clone()
+    assert load_init(fresh, imagenet) is False
+    torch.testing.assert_close(fresh.head.weight, head_before)
+    torch.testing.assert_close(fresh.pos_embed, imagenet["pos_embed"])
+
+
 # ------------------------------------------------------------------------------------------------------- the plan
 
 
@@ -103,12 +126,12 @@ def test_run_specs(bench):
 def test_plan_and_schedule(bench):
     static, dynamic = load_demo_config(VIT_CANVAS, output="/runs")
     jobs = bench.plan_jobs(static, dynamic, ["token+head+layer@0.3", "token@0.5"], "token+head+layer@0.5")
-    assert [j.name for j in jobs] == ["static", "scratch-token-head-layer-t0.5", "dynamic-token-head-layer-t0.3",
-                                      "dynamic-token-t0.5"]
-    assert [j.needs_static for j in jobs] == [False, False, True, True]
-    assert all(j.cfg.init == "/runs/static/best.pt" for j in jobs[2:]) and jobs[1].cfg.init is None
-    assert jobs[2].cfg.run_name == jobs[2].name and jobs[2].cfg.target == 0.3 and jobs[3].cfg.paradigm == "token"
-    scratch = jobs[1].cfg  # the static run's length and lr, the dynamic section's masker settings
+    assert [j.name for j in jobs] == ["static", "dynamic-token-head-layer-t0.3", "dynamic-token-t0.5",
+                                      "scratch-token-head-layer-t0.5"]
+    assert [j.needs_static for j in jobs] == [False, True, True, False]
+    assert all(j.cfg.init == "/runs/static/best.pt" for j in jobs[1:3]) and jobs[3].cfg.init is None
+    assert jobs[1].cfg.run_name == jobs[1].name and jobs[1].cfg.target == 0.3 and jobs[2].cfg.paradigm == "token"
+    scratch = jobs[3].cfg  # the static run's length and lr, the dynamic section's masker settings
     assert (scratch.mode, scratch.epochs, scratch.lr) == ("dynamic", static.epochs, static.lr)
     assert scratch.masker_lr_mult == dynamic.masker_lr_mult
     with pytest.raises(ValueError, match="repeat"):
@@ -118,9 +141,13 @@ def test_plan_and_schedule(bench):
     assert half.train_subset % static.batch_size == 0 and abs(half.train_subset - static.train_subset / 2) < 256
     assert bench.scaled(static, 1e-9).train_subset == static.batch_size  # at least one batch
 
-    # Two slots: the static and the scratch run side by side, the dynamic runs after the static one.
-    sched = bench.predict_schedule([10.0, 4.0, 5.0, 5.0], [False, False, True, True], 2)
-    assert sched == [(0, 0.0, 10.0), (1, 0.0, 4.0), (1, 10.0, 15.0), (0, 10.0, 15.0)]
+    # Two slots: the scratch run (last in the list) beside the static one, the dynamic runs after the static one.
+    needs = [False, True, True, True, False]
+    sched = bench.predict_schedule([10.0, 5.0, 5.0, 5.0, 4.0], needs, 2)
+    assert sched == [(0, 0.0, 10.0), (0, 10.0, 15.0), (1, 10.0, 15.0), (0, 15.0, 20.0), (1, 0.0, 4.0)]
+    # One slot: the scratch run waits for the others.
+    assert bench.predict_schedule([10.0, 5.0, 4.0], [False, True, False], 1) == [
+        (0, 0.0, 10.0), (0, 10.0, 15.0), (0, 15.0, 19.0)]
 
     rates = bench.Rates(static=1000.0, dynamic=1000.0, startup_s=10.0)
     factor, total = bench.fit_scale(jobs, rates, 2, 500.0, 1000, 5.0)
@@ -128,6 +155,64 @@ def test_plan_and_schedule(bench):
     slower, _ = bench.fit_scale(jobs, dataclasses.replace(rates, static=500.0), 2, 500.0, 1000, 5.0)
     assert slower < factor
     assert bench.fit_scale(jobs, rates, 2, 1.0, 1000, 5.0)[0] == bench.SCALE_RANGE[0]
+
+
+_FAKE_TRAIN = """
+import pathlib, signal, sys, time
+run, seconds, rc = pathlib.Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+def stop(*_):  # as laudnet train does on SIGTERM: save last.pt, exit 143
+    (run / "last.pt").write_text("x")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+run.mkdir(parents=True, exist_ok=True)
+time.sleep(seconds)
+if rc == 0:
+    (run / "last.pt").write_text("x")
+sys.exit(rc)
+"""
+
+
+def _fake_plan(bench, tmp_path, monkeypatch, seconds: dict[str, float], rcs: dict[str, int]):
+    """The plan's jobs with `laudnet train`/`eval` replaced by tiny scripts that sleep and exit as told."""
+    monkeypatch.setattr(bench, "train_argv", lambda job: [
+        sys.executable, "-c", _FAKE_TRAIN, str(job.run_dir), str(seconds.get(job.kind, 0.3)),
+        str(rcs.get(job.kind, 0))])
+    monkeypatch.setattr(bench, "eval_argv", lambda job, extra: [
+        sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write('{}')", str(job.run_dir / "eval.json")])
+    static, dynamic = load_demo_config(VIT_CANVAS, output=str(tmp_path / "runs"))
+    jobs = bench.plan_jobs(static, dynamic, ["token@0.3", "token@0.5", "token@0.7", "head@0.5"], "token@0.5")
+    runner = bench.Runner(["cpu0", "cpu1"], tmp_path / "logs", lambda msg: None, None, [])
+    return jobs, runner
+
+
+def test_runner_schedule(bench, tmp_path, monkeypatch):
+    """Two slots, six jobs: the static and the scratch run first, the four dynamic ones after the static run, never
+    more than one training per slot, each training followed by its evaluation."""
+    jobs, runner = _fake_plan(bench, tmp_path, monkeypatch, {"static": 0.6, "scratch": 0.3, "dynamic": 0.3}, {})
+    bench.run_plan(jobs, runner, lambda: None)
+    assert [j.result["status"] for j in jobs] == ["ok"] * 6
+    trains = [p for p in runner.procs if p.what == "train"]
+    assert [p.job.name for p in trains[:2]] == ["static", "scratch-token-t0.5"]
+    static_end = trains[0].start + jobs[0].result["train_wall_s"]
+    assert all(p.start >= static_end - 0.05 for p in trains if p.job.kind == "dynamic")
+    for slot in ("cpu0", "cpu1"):
+        spans = sorted((p.start, p.start + p.job.result["train_wall_s"]) for p in trains if p.slot == slot)
+        assert all(a[1] <= b[0] + 0.05 for a, b in zip(spans, spans[1:], strict=False))
+    assert len([p for p in runner.procs if p.what == "eval"]) == 6
+
+
+def test_runner_static_failure_and_deadline(bench, tmp_path, monkeypatch):
+    jobs, runner = _fake_plan(bench, tmp_path / "a", monkeypatch, {}, {"static": 1})
+    bench.run_plan(jobs, runner, lambda: None)
+    assert jobs[0].result["status"] == "training failed (exit 1)" and jobs[-1].result["status"] == "ok"
+    assert all(j.result["status"] == "skipped: the static run failed" for j in jobs[1:-1])
+    # At the deadline, the running trainings get SIGTERM, save last.pt and are evaluated; the rest never start.
+    jobs, runner = _fake_plan(bench, tmp_path / "b", monkeypatch, {"static": 30.0, "scratch": 30.0}, {})
+    runner.deadline = time.monotonic() + 1.5
+    bench.run_plan(jobs, runner, lambda: None)
+    assert jobs[0].result["status"] == "interrupted" and jobs[0].result["train_returncode"] == 143
+    assert jobs[-1].result["status"] == "interrupted" and jobs[0].result["train_wall_s"] < 10
+    assert all(j.result["status"].startswith("skipped: deadline") for j in jobs[1:-1])
 
 
 def test_bad_input(bench, tmp_path, capsys):
@@ -149,13 +234,13 @@ def test_bad_model_fails_before_any_run(bench, tmp_path, fashion_root, capsys):
 # ------------------------------------------------------------------------------------------------ the smoke mode
 
 
-@pytest.mark.slow  # ~40 s on 2 idle cores: 10 processes, each importing torch and timm
+@pytest.mark.slow  # ~40 s on 2 idle cores: 8 processes, each importing torch and timm
 def test_smoke_pipeline(bench, tmp_path, fashion_root):
-    """Probe, time fit, static run, three dynamic runs on two CPU slots (one waits for a free slot), evaluations,
-    and the outputs; every recorded command rebuilds the config its run wrote."""
+    """Probe, time fit, the static run, two dynamic runs from it side by side on two CPU slots, evaluations, and the
+    outputs; every recorded command rebuilds the config its run wrote. (`test_runner_*` cover the queueing.)"""
     out = tmp_path / "out"
     argv = ["--smoke", "--data-root", str(fashion_root), "--out", str(out), "--runs-dir", str(tmp_path / "runs"),
-            "--no-scratch", "--runs", "token+head+layer@0.3", "token+head+layer@0.6", "token@0.5",
+            "--no-scratch", "--runs", "token+head+layer@0.3", "token@0.5",
             "--commit", "abc123"]
     assert bench.main(argv) == 0
     report = json.loads((out / "train_vit_targets.json").read_text())
@@ -163,8 +248,7 @@ def test_smoke_pipeline(bench, tmp_path, fashion_root):
     assert meta["commit"] == "abc123" and meta["smoke"] and meta["model"] == "laud_deit_tiny"
     assert plan["rates"]["static_images_per_s"] > 0 and plan["rates"]["startup_s"] > 0
     assert bench.SCALE_RANGE[0] <= plan["scale"] <= bench.SCALE_RANGE[1]
-    assert [r["name"] for r in runs] == ["static", "dynamic-token-head-layer-t0.3", "dynamic-token-head-layer-t0.6",
-                                         "dynamic-token-t0.5"]
+    assert [r["name"] for r in runs] == ["static", "dynamic-token-head-layer-t0.3", "dynamic-token-t0.5"]
     for r in runs:
         assert r["status"] == "ok", r
         assert 0 <= r["eval"]["top1"] <= 100 and r["eval"]["num_samples"] == 16 and r["train_wall_s"] > 0
@@ -178,6 +262,10 @@ def test_smoke_pipeline(bench, tmp_path, fashion_root):
         written = yaml.safe_load((Path(meta["runs_dir"]) / r["name"] / "args.yaml").read_text())
         assert dataclasses.asdict(_parse(argv[5:])) == written
     assert runs[1]["init"] == str(Path(meta["runs_dir"]) / "static" / "best.pt")
+    for r in runs[1:]:  # initialised from the static network, classifier included, which is also the teacher
+        log = Path(r["train_log"]).read_text()
+        assert "init from laudnet weights" in log and "re-initialised" not in log and "no distillation" not in log
+        assert float(yaml.safe_load((Path(meta["runs_dir"]) / r["name"] / "args.yaml").read_text())["kd_alpha"]) > 0
     assert {r["slot"] for r in runs} == {"cpu0", "cpu1"}
     table = (out / "train_vit_targets.md").read_text()
     assert "| token+head+layer t=0.3 | static (teacher) |" in table and "laudnet eval" in table
