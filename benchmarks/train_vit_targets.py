@@ -3,13 +3,13 @@
 The recipe is ``laudnet/configs/vit-canvas.yaml`` (read with `laudnet.train.demo.load_demo_config`, as ``laudnet demo``
 reads its own): a static network trained from scratch, then dynamic networks fine-tuned from its ``best.pt`` with it as
 the distillation teacher, one per ``PARADIGM@TARGET`` (default: token+head+layer at 0.3, 0.5 and 0.7, token at 0.5),
-and, on a GPU that would otherwise wait for the static run, one dynamic network trained from scratch (no teacher) with
-the static run's schedule. Every run is a subprocess ``python -m laudnet train <flags>`` (the flags rebuild its whole
-config, see `laudnet.train.config.config_argv`), then ``python -m laudnet eval`` of its ``last.pt``; one training per
-GPU (``CUDA_VISIBLE_DEVICES``), the evaluations beside the next training.
+and one dynamic network trained from scratch (no teacher) with the static run's schedule, on a GPU that would otherwise
+wait for the static run (last, on a single GPU). Every run is a subprocess ``python -m laudnet train <flags>`` (the
+flags rebuild its whole config, see `laudnet.train.config.config_argv`), then ``python -m laudnet eval`` of its
+``last.pt``; one training per GPU (``CUDA_VISIBLE_DEVICES``), the evaluations beside the next training.
 
-Fitting the time budget: a probe (a few dozen steps of the static and of the dynamic network, one per GPU at once, so
-the CPUs are shared as in the real runs) measures images/s and start-up time; every training length of the config is
+Fitting the time budget: a probe (2 x 100 steps of the static and of the dynamic network, one per GPU at once, so the
+CPUs are shared as in the real runs) measures images/s and start-up time; every training length of the config is
 then scaled by one factor f (through ``train_subset``; epochs stay) so that the predicted schedule ends within
 ``--budget-s``. The JSON records f, the predicted and the measured durations. ``--budget-s 0`` runs the config as is.
 At ``--deadline-s`` the trainings still running get SIGTERM (they save ``last.pt`` and stop; their results are marked
@@ -61,7 +61,9 @@ SCALE_RANGE = (0.25, 3.0)
 # A dynamic fine-tuning step also runs the teacher's forward (about a third of a training step's compute when the GPU
 # is the bottleneck); the probe's dynamic network has no teacher, so its rate is divided by this.
 TEACHER_SLOWDOWN = 1.2
-# Evaluations kill after this many seconds past the training deadline.
+# A probe run taking longer than this is stopped: something is wrong (a stuck data loader, say).
+PROBE_TIMEOUT_S = 240.0
+# Evaluations still running this many seconds after the training deadline are killed.
 EVAL_GRACE_S = 30.0
 
 
@@ -417,7 +419,12 @@ def probe(jobs: list[Job], runner: Runner, steps: int, val_images: int) -> Rates
     for group in groups:
         procs = [runner.launch(p, "train", runner.slots[k], train_argv(p)) for k, p in enumerate(group)]
         for proc in procs:
-            rc = proc.popen.wait()
+            try:
+                rc = proc.popen.wait(timeout=max(1.0, proc.start + PROBE_TIMEOUT_S - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                runner.stop_all(signal.SIGKILL)
+                raise RuntimeError(f"the probe run {proc.job.name} took over {PROBE_TIMEOUT_S:.0f} s; last lines of "
+                                   f"{proc.log}:\n{_tail(proc.log)}") from None
             proc.done = True
             proc.job.result["train_wall_s"] = time.monotonic() - proc.start
             if rc != 0:
