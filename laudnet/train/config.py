@@ -2,7 +2,8 @@
 
 Defaults follow the spec's §9 ImageNet recipe (SGD with Nesterov momentum 0.9, weight decay 5e-5 on all parameters,
 lr 0.02 per 256 images with cosine decay per iteration and no warm-up, target ratio 0.5, λ = 10, KD α = 0.5 and T = 4,
-Gumbel temperature 5.0 → 0.1 exponentially); the quick-run fields (subsets, steps per epoch) are off by default.
+Gumbel temperature 5.0 → 0.1 exponentially); the quick-run fields (subsets, steps per epoch) are off by default. ViTs
+trained from scratch use ``optimizer: adamw`` with ``decay_all: false`` instead (see ``configs/vit-canvas.yaml``).
 
 Every flag defaults to "not given" (``argparse.SUPPRESS``), so :func:`resolve_config` applies exactly the flags the
 user typed on top of the YAML file, which itself only overrides the keys it names (timm's two-stage scheme, in one
@@ -28,6 +29,7 @@ PARADIGMS = ("spatial", "channel", "layer", "both", "token", "head", "token+head
              "token+head+layer")
 MODES = ("dynamic", "static")
 TEMP_SCHEDULES = ("exp", "linear", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None, short: str | None = None):
@@ -72,9 +74,15 @@ class TrainConfig:
     lr_base_size: int = _f(256, "batch size that lr_base refers to", "optimisation")
     min_lr: float = _f(0.0, "end of the per-iteration cosine decay", "optimisation")
     masker_lr_mult: float = _f(1.0, "learning-rate multiplier of the masker parameters", "optimisation")
-    weight_decay: float = _f(5e-5, "weight decay (all parameters)", "optimisation")
+    optimizer: str = _f("sgd", "sgd (spec §9) or adamw (betas 0.9, 0.999: the usual choice for ViTs)", "optimisation",
+                        OPTIMIZERS)
+    weight_decay: float = _f(5e-5, "weight decay (decoupled for adamw)", "optimisation")
+    decay_all: bool = _f(
+        True, "weight decay on every parameter (spec §9); --no-decay-all exempts biases, norm scales, position "
+        "embeddings and class tokens, as ViT recipes do", "optimisation"
+    )
     momentum: float = _f(0.9, "SGD momentum", "optimisation")
-    nesterov: bool = _f(True, "Nesterov momentum", "optimisation")
+    nesterov: bool = _f(True, "Nesterov momentum (SGD)", "optimisation")
     warmup_epochs: float = _f(0.0, "linear learning-rate warm-up, in epochs", "optimisation")
     label_smoothing: float = _f(0.0, "label smoothing of the classification loss", "optimisation")
     grad_accum: int = _f(1, "gradient accumulation steps per optimiser step", "optimisation")
@@ -359,3 +367,30 @@ def save_resolved(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
     path = run_dir / "args.yaml"
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
+
+
+def config_argv(cfg: TrainConfig) -> list[str]:
+    """The ``laudnet train`` flags that rebuild ``cfg`` from the defaults: one per field that differs from its default.
+
+    ``resolve_config`` of these flags (no ``-c`` file) gives back ``cfg``, so a run can be recorded as one exact,
+    self-contained command line.
+
+    Raises:
+        ValueError: a field set to None whose default is not None (no flag can express it).
+    """
+    argv: list[str] = []
+    defaults = TrainConfig.__dataclass_fields__
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == defaults[f.name].default:
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if value is None:
+            raise ValueError(f"{f.name} is None but defaults to {defaults[f.name].default!r}: no flag sets it to None")
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            argv += [flag, "-".join(map(str, value))]
+        else:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv

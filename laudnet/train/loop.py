@@ -7,9 +7,9 @@ process per GPU under ``torchrun`` (DistributedDataParallel; NCCL on GPU, gloo o
 - ``mode: dynamic`` trains with maskers, usually from ``init`` (a static laudnet checkpoint or a torchvision weights
   file), with the frozen static network loaded from the same weights as the distillation teacher (spec §8).
 
-The recipe is the spec's §9: SGD with Nesterov momentum and two parameter groups (maskers get ``masker_lr_mult`` × the
-backbone lr), a per-iteration cosine schedule with optional linear warm-up, the Gumbel temperature updated every
-iteration, label smoothing, gradient accumulation, bf16 autocast and channels_last on CUDA.
+The recipe is the spec's §9: SGD with Nesterov momentum (or AdamW, for ViTs) and two parameter groups (maskers get
+``masker_lr_mult`` × the backbone lr), a per-iteration cosine schedule with optional linear warm-up, the Gumbel
+temperature updated every iteration, label smoothing, gradient accumulation, bf16 autocast and channels_last on CUDA.
 
 Nothing is lost on interruption: ``last.pt`` is written atomically after every epoch and when SIGTERM arrives (after
 the optimiser step in flight), holding the model, optimiser, lr scheduler, epoch, optimiser steps done in that epoch,
@@ -140,17 +140,29 @@ def read_init_state(path: str | Path, model_name: str) -> tuple[dict[str, Tensor
     return dict(_read_state_dict(path)), "torchvision"
 
 
+def classifier_prefix(model: nn.Module) -> str:
+    """State-dict prefix of the model's classifier: ``fc.`` (torchvision CNNs) or ``head.`` (timm ViTs)."""
+    own = model.state_dict()
+    for prefix in ("fc.", "head."):
+        if f"{prefix}weight" in own:
+            return prefix
+    raise ValueError(f"{type(model).__name__} has neither an fc nor a head classifier")
+
+
 def load_init(model: nn.Module, state_dict: dict[str, Tensor]) -> bool:
     """Load static weights into ``model`` (maskers stay fresh); returns whether the classifier was loaded.
 
-    The classifier is skipped when its number of classes differs from the model's (fine-tuning on other classes).
+    The classifier (``fc`` of the CNNs, ``head`` of the ViTs) is skipped when its number of classes differs from the
+    model's (fine-tuning on other classes).
     """
-    from laudnet.models import load_torchvision_weights
+    from laudnet.models.weights import load_backbone_weights
 
     own = model.state_dict()
+    prefix = classifier_prefix(model)
+    key = f"{prefix}weight"
     sd = {k: v for k, v in state_dict.items() if "masker" not in k or k in own}
-    head_fits = "fc.weight" in sd and sd["fc.weight"].shape == own["fc.weight"].shape
-    load_torchvision_weights(model, sd, exclude_head=not head_fits)
+    head_fits = key in sd and sd[key].shape == own[key].shape
+    load_backbone_weights(model, sd, exclude_head=not head_fits, head_prefix=prefix)
     return head_fits
 
 
@@ -178,16 +190,30 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.SGD:
-    """SGD (Nesterov as configured) with a backbone group and a masker group at ``masker_lr_mult`` × lr.
+def _exempt_from_decay(name: str, param: Tensor) -> bool:
+    # The ViT convention (DeiT, timm): biases, norm scales (1-D) and the position embedding and class token are not
+    # decayed: shrinking them toward zero is no regulariser of the mapping, only a bias on the token geometry.
+    return param.ndim <= 1 or name.rsplit(".", 1)[-1] in ("pos_embed", "cls_token")
 
-    Weight decay applies to every parameter, as in the official recipe (spec §9).
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """SGD (Nesterov as configured) or AdamW, with a backbone group and a masker group at ``masker_lr_mult`` × lr.
+
+    Weight decay applies to every parameter, as in the official recipe (spec §9), unless ``decay_all`` is off: then
+    biases, norm scales, the position embedding and the class token get none (each in its own ``*_no_decay`` group).
     """
-    maskers = [p for n, p in model.named_parameters() if "masker" in n and p.requires_grad]
-    backbone = [p for n, p in model.named_parameters() if "masker" not in n and p.requires_grad]
-    groups = [{"params": backbone, "lr": lr, "name": "backbone"}]
-    if maskers:
-        groups.append({"params": maskers, "lr": lr * cfg.masker_lr_mult, "name": "masker"})
+    groups = []
+    for group, mult in (("backbone", 1.0), ("masker", cfg.masker_lr_mult)):
+        params = [(n, p) for n, p in model.named_parameters()
+                  if p.requires_grad and ("masker" in n) == (group == "masker")]
+        exempt = [] if cfg.decay_all else [p for n, p in params if _exempt_from_decay(n, p)]
+        decayed = [p for n, p in params if cfg.decay_all or not _exempt_from_decay(n, p)]
+        if decayed or group == "backbone":
+            groups.append({"params": decayed, "lr": lr * mult, "name": group, "weight_decay": cfg.weight_decay})
+        if exempt:
+            groups.append({"params": exempt, "lr": lr * mult, "name": f"{group}_no_decay", "weight_decay": 0.0})
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
         groups,
         lr=lr,
