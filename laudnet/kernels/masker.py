@@ -231,7 +231,7 @@ def masker_decide_triton(
         block_c = min(16 if interp else 2048, next_power_of_2(c))
         # One row block per program; a whole row of up to 2048 channels in one load (8 KB): no serial C loop, so
         # the 128 layer decisions of a batch run as 128 one-load programs.
-        block_r = min(next_power_of_2(t_cap), max(1, (16 if interp else 2048) // block_c))
+        block_r = min(next_power_of_2(t_cap), 16 if interp else max(1, 2048 // block_c))
         forced_u8 = forced.reshape(-1).contiguous().view(torch.uint8) if forced is not None else keep
         h, w = in_hw
         _masker_decide_kernel[(-(-t_cap // block_r),)](
