@@ -224,8 +224,9 @@ def masker_decide_triton(
     keep = torch.empty(t_cap, dtype=torch.uint8, device=dev)
     patch_idx = torch.empty((t_cap, 3), dtype=torch.int32, device=dev)
     order = torch.empty(t_cap, dtype=torch.int32, device=dev)
-    count = torch.zeros(1, dtype=torch.int32, device=dev)
-    rate = torch.zeros(1, dtype=torch.float32, device=dev)
+    # written by the compaction kernel's first program (no fill launches: two fewer kernels per block)
+    count = (torch.empty if t_cap else torch.zeros)(1, dtype=torch.int32, device=dev)
+    rate = (torch.empty if t_cap else torch.zeros)(1, dtype=torch.float32, device=dev)
     if t_cap:
         interp = interpreter_enabled()
         block_c = min(16 if interp else 2048, next_power_of_2(c))
