@@ -160,3 +160,26 @@ def test_fused_chain_dense_path_and_tuning_interpret(triton_interpreter):
     assert tune_paths(deployed, x, timer=timer) == ["sparse"] * len(deployed.blocks())
     with torch.no_grad():
         assert _rel(deployed(x), model(x)) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("paradigm", ["layer", "spatial"])
+def test_masker_modes_same_output_and_graph_on_gpu(paradigm):
+    """Compiled kernels, bf16: with the eval model's decisions imposed, every masker mode computes the same network
+    (the branch kernels are shared), eagerly and as a CUDA graph (the fused chain is sync-free)."""
+    model = _randomize_maskers(laudnet.create_model("laud_resnet50", paradigm=paradigm)).cuda()
+    x = torch.randn(8, 3, 96, 112, device="cuda")
+    with torch.no_grad():
+        expected = model(x)
+    keeps = [(i.masks["patch"][:, 0] > 0.5) for i in model.collect_info()]
+    outs = {}
+    for mode in MODES:
+        deployed = deploy(model, torch.bfloat16, maskers=mode)
+        for block, keep in zip(deployed.blocks(), keeps, strict=True):
+            block.forced_keep = keep.view(-1) if paradigm == "layer" else keep
+        with torch.no_grad():
+            outs[mode] = deployed(x).float()
+            graphed = deployed.graphed(x)(x).float()
+        torch.testing.assert_close(graphed, outs[mode])
+        assert _rel(outs[mode], expected) < 2e-2, mode
+    assert _rel(outs["fused"], outs["torch"]) < 1e-3 and _rel(outs["kernel"], outs["torch"]) < 1e-3
