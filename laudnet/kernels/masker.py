@@ -186,10 +186,11 @@ def window_sums_triton(x: torch.Tensor, window: int, relu: bool = False, *, spli
     k = window_size((h, w), window)
     windows = n * gh * gw
     interp = interpreter_enabled()
+    window_pixels = min(k, h) * min(k, w)
     block_c = min(16 if interp else 64, next_power_of_2(c))
-    block_p = 16 if interp else 64
+    block_p = min(16 if interp else 64, next_power_of_2(window_pixels))  # small windows: no idle lanes
     c_tiles = -(-c // block_c)
-    max_chunks = -(-min(k, h) * min(k, w) // block_p)
+    max_chunks = -(-window_pixels // block_p)
     if split is None:
         split = 1 if interp else max(1, min(-(-_TARGET_PROGRAMS // max(windows * c_tiles, 1)), max_chunks))
     if split < 1:
