@@ -71,7 +71,7 @@ def test_masker_decide_ref_is_the_deployed_masker():
 
 
 @pytest.mark.parametrize("split", [1, 3])
-@pytest.mark.parametrize("window", [MR.MAP_WINDOW, 2, 3])
+@pytest.mark.parametrize("window", [MR.MAP_WINDOW, 1, 2, 3])
 def test_window_sums_interpret(interpret, window, split):
     gen = torch.Generator().manual_seed(window + 10 * split)
     x = torch.randn((N, H, W, C), generator=gen)
