@@ -260,7 +260,7 @@ class DeployedBlock(nn.Module):
         if self.path == "dense" or (self.dense_above < 1 and float(d.rate) > self.dense_above):  # (syncs)
             if emit is None:
                 return self._forward_dense(x, keep), None
-            out = self._forward_dense(x, keep, act=False)
+            out = self._forward_dense(x, keep, act=False).contiguous(memory_format=torch.channels_last)  # (no-op)
             return out, K.window_sums(nhwc(out), emit, relu=True)  # the final ReLU and the next masker's pooling
         grid = keep.view(-1, 1, 1) if self.paradigm == "layer" else keep
         return self._forward_patches(x, grid, d, pool_out=sums if reuse else None, emit=emit)

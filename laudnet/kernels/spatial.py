@@ -1,5 +1,6 @@
 """Triton kernels for spatial skipping: implicit-GEMM 3x3 conv over active patches, 1x1 conv + scatter-add + ReLU
-into the residual, and a 1x1 conv over a pixel list.
+into the residual (optionally summing the written values per patch for the next block's masker), and a 1x1 conv over
+a pixel list (or over all pixels of a list of samples, for layer skipping).
 
 Conventions (NHWC maps, `patch_idx`, gathered row order, packed weights) are those of `spatial_ref.py`, which is the
 specification; each launcher here (1) checks shapes, (2) allocates the output, (3) launches (Triton tutorial 03).
