@@ -9,7 +9,11 @@ For each model, in the same run and process (bf16, channels_last, cudnn.benchmar
   Sync-free paths (channel) are also timed as CUDA graphs.
 * correctness: every dynamic deployed network is compared with the training-form model in eval mode holding the same
   decisions (relative error, bf16 vs fp32);
-* the latency predictor's ratio for the same case (`laudnet.latency.predict_model`, hardware `h100`).
+* the latency predictor's ratio for the same case (`laudnet.latency.predict_model`, hardware `h100`);
+* with `--compare-maskers`, the spatial and layer networks are also deployed with the other masker bookkeeping
+  paths (`deploy(maskers="kernel")`: Triton decisions and lists, each block pooling its own input; ``"torch"``: the
+  previous torch path) and timed as CUDA graphs in the same run: variants ``deployed cuda-graph maskers=<mode>``.
+  The default rows (``deployed eager`` / ``deployed cuda-graph``) use the default, ``maskers="fused"``.
 
 Timing: CUDA events around each call after warm-up, median of `--iters`. Results: JSON (device, versions, commit).
 Run on the GPU machine: ``python benchmarks/bench_models.py --out results.json --commit $(git rev-parse HEAD)``.
@@ -121,6 +125,19 @@ def force(model, deployed, masks: list[torch.Tensor]) -> None:
         masker.forward = lambda *a, _v=value, **k: _v
 
 
+MASKER_MODES = ("kernel", "torch")  # compared with the default "fused" under --compare-maskers
+
+
+def relative_error(deployed, x: torch.Tensor, ref: torch.Tensor) -> float | str:
+    """||deployed(x) − ref|| / ||ref|| (bf16 deployed network vs fp32 eval model), or the error it raised."""
+    try:
+        out = deployed(x)
+    except Exception as e:
+        traceback.print_exc()
+        return f"{type(e).__name__}: {e}"[:300]
+    return float((out.float() - ref).norm() / ref.norm())
+
+
 def flops_ratio(model, x: torch.Tensor) -> float:
     with torch.no_grad():
         model(x)
@@ -206,6 +223,9 @@ def bench_model(name: str, args, results: list[dict]) -> None:
             model = laudnet.create_model(name, paradigm=paradigm).cuda().eval()
             deployed = deploy(model, torch.bfloat16, compile=args.compile)
             deployed_sparse = deploy(model, torch.bfloat16, spatial_conv1="sparse") if paradigm == "spatial" else None
+            # the masker bookkeeping paths to compare with the default (fused) one, same compile setting
+            others = {mode: deploy(model, torch.bfloat16, compile=args.compile, maskers=mode)
+                      for mode in MASKER_MODES if args.compare_maskers and paradigm in ("layer", "spatial")}
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)
             if paradigm == "layer":
@@ -214,15 +234,15 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                 gen = torch.Generator().manual_seed(0)
                 masks = random_decisions(shapes, rate, gen)
                 force(model, deployed, masks)
-                if deployed_sparse is not None:
-                    for dblock, keep in zip(deployed_sparse.blocks(), masks, strict=True):
-                        dblock.forced_keep = keep.cuda()
+                for other in [deployed_sparse, *others.values()]:
+                    if other is not None:
+                        for dblock, keep in zip(other.blocks(), masks, strict=True):
+                            dblock.forced_keep = keep.cuda()
                 row = dict(model=name, batch=batch, kind=paradigm, rate=rate, granularity=list(model.granularity))
                 with torch.no_grad():
                     ref = model(x)
-                    out = deployed(x)
-                    rel = float((out.float() - ref).norm() / ref.norm())
                     ratio = laudnet.model_flops(model, (3, image, image)).ratio
+                    rel = relative_error(deployed, x, ref)
                 extra = dict(flops_ratio=round(ratio, 4), rel_error=rel,
                              predicted_ratio=predicted_ratio(name, paradigm, rate, model.granularity, batch))
                 with torch.no_grad():
@@ -231,8 +251,14 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                     if deployed_sparse is not None:
                         record_graph(results, row, "deployed sparse-conv1 cuda-graph", deployed_sparse, x, args,
                                      **extra)
-                    results.append(dict(row, variant="block rates",
-                                        rates=[round(r, 3) for r in deployed.activation_rates()]))
+                    for mode, other in others.items():
+                        record_graph(results, row, f"deployed cuda-graph maskers={mode}", other, x, args,
+                                     **dict(extra, rel_error=relative_error(other, x, ref)))
+                    try:
+                        block_rates = [round(r, 3) for r in deployed.activation_rates()]
+                    except Exception as e:  # a failed deployed forward above is already recorded
+                        block_rates = f"{type(e).__name__}: {e}"[:300]
+                    results.append(dict(row, variant="block rates", rates=block_rates))
 
 
 def main() -> int:
@@ -245,6 +271,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--compare-maskers", action="store_true",
+                        help="also time spatial/layer networks deployed with maskers='kernel' and 'torch' (the "
+                             "previous path) as CUDA graphs, against the default maskers='fused'")
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

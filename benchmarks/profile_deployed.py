@@ -25,11 +25,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.4659)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rows", type=int, default=40)
+    parser.add_argument("--maskers", default="fused", choices=["fused", "kernel", "torch"],
+                        help="masker bookkeeping path of deploy (torch: the previous path)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     model = laudnet.create_model(args.model, paradigm=args.paradigm).cuda().eval()
-    deployed = deploy(model, torch.bfloat16)
+    deployed = deploy(model, torch.bfloat16, maskers=args.maskers)
     masks = random_decisions(block_decision_shapes(model, args.batch, 224), args.rate, torch.Generator().manual_seed(0))
     force(model, deployed, masks)
     x = torch.randn(args.batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)

@@ -40,10 +40,36 @@ def report(path: str) -> str:
                 f"| {kind} | {rate:g} | {any_row['flops_ratio']:.3f} | "
                 + (f"{graph['ms']:.2f} ms | **{graph['ms'] / best:.2f}** | " if graph else "— | — | ")
                 + (f"{eager['ms']:.2f} ms | " if eager else "— | ")
-                + f"{any_row['rel_error']:.1e} |"
+                + f"{_fmt_error(any_row['rel_error'])} |"
             )
         lines.append("")
+        lines += _masker_table(cases)
     return "\n".join(lines)
+
+
+def _fmt_error(rel) -> str:
+    return f"{rel:.1e}" if isinstance(rel, int | float) else "failed"
+
+
+def _masker_table(cases: dict) -> list[str]:
+    """CUDA-graph times of the masker bookkeeping paths (`bench_models.py --compare-maskers`), when measured."""
+    prefix = "deployed cuda-graph maskers="
+    modes = sorted({v[len(prefix):] for variants in cases.values() for v in variants if v.startswith(prefix)})
+    if not modes:
+        return []
+    lines = ["masker bookkeeping (CUDA graph): `fused` is the default, `torch` the previous path", "",
+             "| paradigm | rate | fused | " + " | ".join(modes) + " | torch / fused |",
+             "|---|---|---|" + "---|" * len(modes) + "---|"]
+    for (kind, rate), variants in cases.items():
+        if not any(prefix + m in variants for m in modes):
+            continue
+        times = {"fused": variants.get("deployed cuda-graph")}
+        times.update({m: variants.get(prefix + m) for m in modes})
+        ms = {k: r["ms"] if r is not None and "ms" in r else None for k, r in times.items()}
+        cells = [f"{ms[k]:.2f} ms" if ms[k] is not None else "—" for k in ["fused", *modes]]
+        speedup = f"{ms['torch'] / ms['fused']:.2f}x" if ms.get("torch") and ms["fused"] else "—"
+        lines.append(f"| {kind} | {rate:g} | " + " | ".join(cells) + f" | {speedup} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

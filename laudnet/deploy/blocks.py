@@ -10,6 +10,16 @@ model can be captured as one CUDA graph (`DeployedModel.graphed`).
 Maskers are reduced to the difference of their two logits (execute iff ≥ 0) and evaluated in fp32.
 
 Non-projection blocks write their output into their input tensor (the previous block's output): no full-tensor copy.
+
+Masker bookkeeping of the fused patch paths (spatial and layer skipping of plain bottlenecks), selected by `maskers`:
+``torch`` (torch pooling, GEMV, threshold, argsort and list building: ~10 launches per block plus a full read of the
+block input), ``kernel`` (window sums and decisions + lists in three Triton launches, `laudnet.kernels.masker`) or
+``fused`` (the default: as ``kernel``, but each block receives its masker's window sums from the previous block, which
+accumulates them while it writes its output, so no block re-reads its input to pool it). The chain passes the sums
+along in `DeployedModel.forward_features` (`forward_chained`). Summing is exact up to float summation order: a skipped
+window's pixels are not changed by the block, so its sum is kept; an executing window's sum is accumulated by the
+residual-scatter epilogue from the values it writes (after the ReLU, which is why sums cannot be updated
+incrementally); a projection block's final ReLU pass (or the dense path's) sums every window.
 """
 
 from __future__ import annotations
@@ -25,7 +35,10 @@ from laudnet.blocks.base import DynamicBlock
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.flops import conv_out_size
 from laudnet.kernels import channel as channel_ops
+from laudnet.kernels.masker_ref import MAP_WINDOW, MaskerDecisions
 from laudnet.masks import expand_channel_groups, expand_patches, pool_patches
+
+MASKERS = ("fused", "kernel", "torch")
 
 
 def nhwc(x: Tensor) -> Tensor:
@@ -109,6 +122,24 @@ class DeployedBlock(nn.Module):
         self.branch_fn = residual_branch  # replaced by the compiled form with deploy(compile=True)
         self.spatial_conv1 = "dense"  # or "sparse": conv1 only on the dilated active region (see _forward_patches)
         self.path = "sparse"  # or "dense": the dense-masked path, where measurement says it is faster (`tune_paths`)
+        self.maskers = "fused"  # masker bookkeeping of the patch paths, one of MASKERS (see the module docstring)
+        # Window the next block's masker pools (set by `deploy` when both blocks are `fusable` and maskers are
+        # fused): this block then returns that block's window sums from `forward_chained`.
+        self.emit_window: int | None = None
+
+    @property
+    def fusable(self) -> bool:
+        """Whether the masker runs on window sums through the Triton decision kernels (spatial/layer patch paths)."""
+        return self.patch_kernels and self.maskers != "torch"
+
+    @property
+    def in_window(self) -> int:
+        """Window of the block input that the masker averages: S x stride (spatial), `MAP_WINDOW` (layer)."""
+        if self.paradigm == "layer":
+            return MAP_WINDOW
+        if self.paradigm == "spatial":
+            return self.granularity * self.stride
+        raise RuntimeError(f"a {self.paradigm} block has no pooling window")
 
     def prepare(self) -> None:
         """Derive kernel-side weight layouts once the block has its final device and dtype (called by `deploy`)."""
@@ -136,13 +167,14 @@ class DeployedBlock(nn.Module):
             keep = hidden @ self.masker_w2.t() + self.masker_b2 >= 0
         else:
             raise RuntimeError("a static block has no decisions")
-        if self.forced_keep is not None:
-            if self.forced_keep.shape != keep.shape:
-                raise ValueError(
-                    f"forced_keep has shape {tuple(self.forced_keep.shape)}, decisions are {tuple(keep.shape)}"
-                )
-            return self.forced_keep
-        return keep
+        forced = self._imposed(keep.shape)
+        return keep if forced is None else forced
+
+    def _imposed(self, shape: tuple[int, ...]) -> Tensor | None:
+        """`forced_keep`, checked against the shape of the decisions."""
+        if self.forced_keep is not None and tuple(self.forced_keep.shape) != tuple(shape):
+            raise ValueError(f"forced_keep has shape {tuple(self.forced_keep.shape)}, decisions are {tuple(shape)}")
+        return self.forced_keep
 
     # --- dense building blocks ------------------------------------------------------------------------------------
     def _branch(self, x: Tensor, pixel: Tensor | None = None, channels: Tensor | None = None) -> Tensor:
@@ -170,8 +202,31 @@ class DeployedBlock(nn.Module):
 
     # --- forward --------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        """The block on its own: its masker pools `x` itself (see `forward_chained` for the fused chain)."""
+        return self._run(x, None, None)[0]
+
+    def forward_chained(self, x: Tensor, sums: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The block inside the deployed model's chain: takes and returns masker window sums.
+
+        Args:
+            x: the block input (NCHW, channels_last).
+            sums: fp32 window sums of `x` on this block's masker windows (`in_window`), made by the previous block,
+                or None (the masker pools `x` itself). Modified in place (the output's sums are accumulated there
+                where possible).
+
+        Returns:
+            `(output, sums of the output on emit_window)`; the sums are None unless `emit_window` is set.
+        """
+        return self._run(x, sums, self.emit_window)
+
+    def _run(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
         if self.paradigm == "static":
-            return self._dense_block(x, self._shortcut(x))
+            return self._dense_block(x, self._shortcut(x)), None
+        if not self.fusable:
+            return self._forward_torch(x), None
+        return self._forward_kernels(x, sums, emit)
+
+    def _forward_torch(self, x: Tensor) -> Tensor:
         keep = self.decide(x)
         rate = keep.float().mean()
         self.last_rate = rate  # a 0-d device tensor: reading it is the caller's choice (it synchronises)
@@ -179,58 +234,102 @@ class DeployedBlock(nn.Module):
         if dense:
             return self._forward_dense(x, keep)
         if self.patch_kernels:
-            return self._forward_patches(x, keep.view(-1, 1, 1) if self.paradigm == "layer" else keep)
+            return self._forward_patches(x, keep.view(-1, 1, 1) if self.paradigm == "layer" else keep)[0]
         if self.channel_kernels:
             return self._forward_channel(x, keep)
         if self.paradigm == "layer":
             return self._forward_layer(x, keep)
         return self._forward_dense(x, keep)
 
-    def _forward_dense(self, x: Tensor, keep: Tensor) -> Tensor:
-        """The dense-masked path: every conv dense, decisions applied as masks (no host synchronisation)."""
+    def _forward_kernels(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
+        """Spatial/layer skipping with the masker on window sums and Triton decision + list kernels (no host sync).
+
+        `emit`: window of the next block's masker, or None. When it is this block's own window and the shortcut is
+        the identity, the output's sums are accumulated in place in `sums` (skipped windows keep theirs).
+        """
+        in_hw, out_hw = (x.shape[2], x.shape[3]), self._out_hw(x)
+        window = self.in_window
+        if sums is None:
+            sums = K.window_sums(nhwc(x), window)
+        shape = (x.shape[0],) if self.paradigm == "layer" else (x.shape[0], *K.patch_grid(out_hw, self.granularity))
+        # An identity shortcut means the same map size and channels: the next masker's windows are this one's.
+        reuse = emit is not None and emit == window and self.shortcut is None
+        d = K.masker_decide(sums, self.masker_w, self.masker_b, in_hw, window, self._imposed(shape), zero_active=reuse)
+        self.last_rate = d.rate  # a 0-d device tensor
+        keep = d.keep.view(shape)
+        if self.path == "dense" or (self.dense_above < 1 and float(d.rate) > self.dense_above):  # (syncs)
+            if emit is None:
+                return self._forward_dense(x, keep), None
+            out = self._forward_dense(x, keep, act=False).contiguous(memory_format=torch.channels_last)  # (no-op)
+            return out, K.window_sums(nhwc(out), emit, relu=True)  # the final ReLU and the next masker's pooling
+        grid = keep.view(-1, 1, 1) if self.paradigm == "layer" else keep
+        return self._forward_patches(x, grid, d, pool_out=sums if reuse else None, emit=emit)
+
+    def _forward_dense(self, x: Tensor, keep: Tensor, act: bool = True) -> Tensor:
+        """The dense-masked path: every conv dense, decisions applied as masks (no host synchronisation).
+
+        `act=False` returns the sum before the final ReLU (the caller applies it, fused with pooling).
+        """
+        relu = F.relu_ if act else (lambda t: t)
         s = self._shortcut(x)
         if self.paradigm == "layer":
-            return F.relu_(self._branch(x) * keep.to(x.dtype).view(-1, 1, 1, 1) + s)
+            return relu(self._branch(x) * keep.to(x.dtype).view(-1, 1, 1, 1) + s)
         if self.paradigm == "spatial":
             pixel = expand_patches(keep[:, None].to(x.dtype), self.granularity, self._out_hw(x))
-            return F.relu_(self._branch(x, pixel=pixel) + s)
+            return relu(self._branch(x, pixel=pixel) + s)
         channels = expand_channel_groups(keep.to(x.dtype), self.granularity)
-        return F.relu_(self._branch(x, channels=channels) + s)
+        return relu(self._branch(x, channels=channels) + s)
 
-    def _forward_patches(self, x: Tensor, grid: Tensor) -> Tensor:
+    def _forward_patches(self, x: Tensor, grid: Tensor, d: MaskerDecisions | None = None,
+                         pool_out: Tensor | None = None, emit: int | None = None) -> tuple[Tensor, Tensor | None]:
         """Spatial skipping through the fused patch kernels; layer skipping is the case of one patch per sample.
 
         conv1 on the pixels the active patches' 3×3 windows read → implicit-GEMM 3×3 over the active patches → last
         1×1 conv with the residual add and ReLU scattered in place. Index lists have a fixed capacity and a
         device-side count, so nothing synchronises with the host and the block can be captured in a CUDA graph.
+
+        Args:
+            grid: bool decisions `[B, gh, gw]` (`[B, 1, 1]` for layer skipping).
+            d: the lists from `masker_decide`, or None to build them here with torch ops (``maskers="torch"``).
+            pool_out: fp32 window sums to accumulate the active patches' output sums into (see `forward_chained`).
+            emit: window of the next block's masker: its sums are returned (from `pool_out`, or one pass).
         """
         w1, w2, w3 = self._packed
         in_hw, out_hw = (x.shape[2], x.shape[3]), self._out_hw(x)
         if self.paradigm == "layer":  # one whole-map patch per executing sample; conv1 on all of its pixels
             patch, hw = max(out_hw), in_hw[0] * in_hw[1]
-            # Executing samples first (a stable sort of 0/1 flags): 2-3 small kernels, where a cumsum-scatter
-            # compaction takes ~8 (measured 20 µs against 50 µs per block on the H100, benchmarks/results/probe_*).
-            order = torch.argsort((~grid.view(-1)).to(torch.int8), stable=True).to(torch.int32)
-            count = grid.view(-1).sum(dtype=torch.int32).view(1)
-            patches = K.samples_to_patch_idx(order)
-            pixels = (order[:, None] * hw + self._pixel_base(hw, x.device)).view(-1)
-            h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=count * hw)
-        elif self.spatial_conv1 == "sparse":  # conv1 on the pixels the active patches' 3×3 windows read
+            if d is not None:  # the sample list itself drives conv1: no pixel list
+                patches, count = d.patch_idx, d.count
+                h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, d.order, count=count, per_sample=True)
+            else:
+                # Executing samples first (a stable sort of 0/1 flags): 2-3 small kernels, where a cumsum-scatter
+                # compaction takes ~8 (measured 20 µs against 50 µs per block on the H100, benchmarks/results/probe_*).
+                order = torch.argsort((~grid.view(-1)).to(torch.int8), stable=True).to(torch.int32)
+                count = grid.view(-1).sum(dtype=torch.int32).view(1)
+                patches = K.samples_to_patch_idx(order)
+                pixels = (order[:, None] * hw + self._pixel_base(hw, x.device)).view(-1)
+                h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=count * hw)
+        else:
             patch = self.granularity
-            patches, count = K.mask_to_patch_list(grid)
-            pixels, pixel_count = K.pixel_mask_to_idx_padded(K.conv1_pixel_mask(grid, patch, self.stride, in_hw))
-            h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=pixel_count)
-        else:  # dense conv1: no pixel list to build (its cost on the device outweighs the saved conv1 work)
-            patch = self.granularity
-            patches, count = K.mask_to_patch_list(grid)
-            h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, None)
+            patches, count = (d.patch_idx, d.count) if d is not None else K.mask_to_patch_list(grid)
+            if self.spatial_conv1 == "sparse":  # conv1 on the pixels the active patches' 3×3 windows read
+                pixels, pixel_count = K.pixel_mask_to_idx_padded(K.conv1_pixel_mask(grid, patch, self.stride, in_hw))
+                h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=pixel_count)
+            else:  # dense conv1: no pixel list to build (its cost on the device outweighs the saved conv1 work)
+                h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, None)
         h2 = K.gather_conv3x3(h1, w2, self.conv2.bias, patches, patch, self.stride, count=count)
         s = nhwc(self._shortcut(x))  # the block input itself, or a fresh projection: written in place
-        K.conv1x1_scatter_add(h2, w3, self.conv3.bias, s, patches, patch, out=s, count=count)
+        K.conv1x1_scatter_add(h2, w3, self.conv3.bias, s, patches, patch, out=s, count=count, pool_out=pool_out)
         out = nchw(s)
+        sums = pool_out
         if self.shortcut is not None:  # inactive positions of a projection block: relu(projection)
-            out.relu_()  # on the channels_last NCHW view: PyTorch's vectorised path
-        return out
+            if emit is not None:
+                sums = K.window_sums(s, emit, relu=True)  # the ReLU pass pools every window on the way
+            else:
+                out.relu_()  # on the channels_last NCHW view: PyTorch's vectorised path
+        elif sums is None and emit is not None:  # the next masker's windows differ from this block's patches
+            sums = K.window_sums(s, emit)
+        return out, sums
 
     def _pixel_base(self, hw: int, device: torch.device) -> Tensor:
         """arange(hw) as int32, cached per map size (a constant of the layer-skipping pixel lists)."""

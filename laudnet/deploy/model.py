@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from laudnet.deploy.blocks import DeployedBlock, compiled_residual_branch
+from laudnet.deploy.blocks import MASKERS, DeployedBlock, compiled_residual_branch
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.models._base import DynamicModel
 from laudnet.models.regnet import LaudRegNet
@@ -34,12 +34,21 @@ class DeployedModel(nn.Module):
     def blocks(self) -> list[DeployedBlock]:
         return [b for stage in self.stages for b in stage]
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor, *, block_inputs: list[Tensor] | None = None) -> Tensor:
+        """Stem and blocks. Each block hands the next its masker's window sums (`DeployedBlock.forward_chained`).
+
+        Args:
+            x: input batch (B, in_chans, H, W).
+            block_inputs: if given, a copy of every block's input is appended to it (for `tune_paths`).
+        """
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected an input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
         x = self.stem(x.to(dtype=self.dtype, memory_format=torch.channels_last))
-        for stage in self.stages:
-            x = stage(x)
+        sums = None
+        for block in self.blocks():
+            if block_inputs is not None:
+                block_inputs.append(x.clone())
+            x, sums = block.forward_chained(x, sums)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
@@ -111,6 +120,7 @@ def deploy(
     device: torch.device | str | None = None,
     compile: bool = False,
     spatial_conv1: str = "dense",
+    maskers: str = "fused",
 ) -> DeployedModel | DeployedViT:
     """Turn a trained LAUD model into an inference module; the model itself is left unchanged.
 
@@ -126,6 +136,12 @@ def deploy(
             happens at the first call (also the warm-up of `graphed`).
         spatial_conv1: ``dense`` (default) or ``sparse``: how spatially skipping ResNet blocks compute conv1 — on
             every pixel (fused Triton 1×1 conv, no index building) or on the dilated active region only.
+        maskers: masker bookkeeping of spatially and layer skipping ResNet blocks (the fused patch paths):
+            ``fused`` (default) — each block's output kernel also accumulates the next block's masker window sums
+            (no block re-reads its input to pool it) and one Triton kernel pair makes the decisions and index
+            lists; ``kernel`` — the same decision kernels, but each block pools its own input (one Triton pass);
+            ``torch`` — the previous path (torch pooling, GEMV and list building, ~10 launches per block). All three
+            compute the same function (window sums up to float summation order). Other blocks always use torch.
 
     Returns:
         A `DeployedModel` in eval mode computing the eval-mode function of `model`.
@@ -133,8 +149,8 @@ def deploy(
     if not isinstance(model, DynamicModel):
         raise TypeError(f"deploy expects a LAUD model, got {type(model).__name__}")
     if isinstance(model, LaudViT):
-        if dense_above != 1.0 or compile or spatial_conv1 != "dense":
-            raise ValueError("dense_above, compile and spatial_conv1 are CNN options; for a ViT see deploy_vit")
+        if dense_above != 1.0 or compile or spatial_conv1 != "dense" or maskers != "fused":
+            raise ValueError("dense_above, compile, spatial_conv1 and maskers are CNN options (for a ViT: deploy_vit)")
         from laudnet.deploy.vit import deploy_vit
 
         return deploy_vit(model, dtype, device=device)
@@ -154,11 +170,18 @@ def deploy(
             m.to(dtype=dtype, memory_format=torch.channels_last) if isinstance(m, nn.Conv2d) else m.to(dtype)
     if spatial_conv1 not in ("dense", "sparse"):
         raise ValueError(f"spatial_conv1 must be 'dense' or 'sparse', got {spatial_conv1!r}")
-    for b in deployed.blocks():
+    if maskers not in MASKERS:
+        raise ValueError(f"maskers must be one of {MASKERS}, got {maskers!r}")
+    chain = deployed.blocks()
+    for b in chain:
         b.spatial_conv1 = spatial_conv1
+        b.maskers = maskers
         b.prepare()
         if compile:
             b.branch_fn = compiled_residual_branch()
+    if maskers == "fused":  # each block produces the window sums its successor's masker reads
+        for b, nxt in zip(chain, chain[1:], strict=False):
+            b.emit_window = nxt.in_window if b.fusable and nxt.fusable else None
     if compile:
         # The stem's conv, ReLU and max-pool: on an H100 at batch 128 eager cuDNN and max-pool take 1.3 ms of a
         # 9 ms layer-skipping ResNet-101 (benchmarks/results/profile_layer_*); Inductor fuses the pointwise work.

@@ -52,15 +52,9 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
     Returns:
         The chosen path of every block, in order.
     """
-    inputs: dict[int, Tensor] = {}
+    inputs: list[Tensor] = []
     blocks = deployed.blocks()
-    hooks = [b.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0].clone()))
-             for i, b in enumerate(blocks)]
-    try:
-        deployed(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    deployed.forward_features(example, block_inputs=inputs)
     device = example.device
     chosen = []
     for i, block in enumerate(blocks):
@@ -71,6 +65,7 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
         costs = {}
         for path in ("sparse", "dense"):
             block.path = path
+            # A block on its own pools its input itself (no sums from a predecessor): the same cost on both sides.
             # Blocks may write into their input: each call gets a copy (the same copy cost on both sides).
             costs[path] = timer(lambda b=block, x=x: b(x.clone()), device, repeats=repeats)
         block.path = min(costs, key=costs.get)

@@ -1,14 +1,21 @@
 """Fused kernels for input-adaptive inference: functional ops that dispatch to Triton or to the PyTorch reference.
 
 Spatial skipping (S x S patches on a block's output grid), layer skipping (compacted sub-batch) — see
-`spatial_ref.py` for the shared conventions. The references themselves are not exported.
+`spatial_ref.py` for the shared conventions — and their maskers (window sums, decisions and index lists in Triton,
+`masker_ref.py`). The references themselves are not exported.
 """
 
 from .dispatch import conv1x1_scatter_add as conv1x1_scatter_add
 from .dispatch import gather_conv3x3 as gather_conv3x3
+from .dispatch import masker_decide as masker_decide
 from .dispatch import pixel_conv1x1 as pixel_conv1x1
 from .dispatch import resolve_impl as resolve_impl
 from .dispatch import rows_add_relu_ as rows_add_relu_
+from .dispatch import window_sums as window_sums
+from .masker_ref import MAP_WINDOW as MAP_WINDOW
+from .masker_ref import MaskerDecisions as MaskerDecisions
+from .masker_ref import window_counts as window_counts
+from .masker_ref import window_grid as window_grid
 from .spatial_ref import conv1_pixel_mask as conv1_pixel_mask
 from .spatial_ref import conv_out_size as conv_out_size
 from .spatial_ref import mask_to_patch_idx as mask_to_patch_idx

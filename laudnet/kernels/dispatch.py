@@ -108,6 +108,7 @@ def conv1x1_scatter_add(
     out: torch.Tensor | None = None,
     *,
     count: torch.Tensor | None = None,
+    pool_out: torch.Tensor | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """Last 1x1 conv of the block on gathered pixels, + bias + residual, ReLU, scattered in place.
@@ -125,6 +126,9 @@ def conv1x1_scatter_add(
         relu: apply ReLU after the add.
         out: NHWC tensor shaped like `residual` to write into; default `residual` (in place).
         count: int32 `[1]` device tensor: only the first `count` patches are valid (see `gather_conv3x3`).
+        pool_out: fp32 `[N, gh, gw, Cout]` (the output's patch grid) or None: per active patch, the sum of the
+            values written is added to its row (atomically on the Triton path: summation order varies). This is
+            the next block's masker input (`window_sums`) accumulated in the epilogue, without re-reading the map.
         impl: "auto", "reference" or "triton".
 
     Returns:
@@ -133,9 +137,11 @@ def conv1x1_scatter_add(
     from .spatial import conv1x1_scatter_add_triton
     from .spatial_ref import conv1x1_scatter_add_ref
 
-    if resolve_impl(y_gathered, weight, bias, residual, patch_idx, out, count, impl=impl) == "reference":
-        return conv1x1_scatter_add_ref(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count)
-    return conv1x1_scatter_add_triton(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count=count)
+    if resolve_impl(y_gathered, weight, bias, residual, patch_idx, out, count, pool_out, impl=impl) == "reference":
+        return conv1x1_scatter_add_ref(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count,
+                                       pool_out)
+    return conv1x1_scatter_add_triton(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count=count,
+                                      pool_out=pool_out)
 
 
 def pixel_conv1x1(
@@ -148,6 +154,7 @@ def pixel_conv1x1(
     compact: bool = False,
     *,
     count: torch.Tensor | None = None,
+    per_sample: bool = False,
     impl: str = "auto",
 ) -> torch.Tensor:
     """1x1 conv (+ bias, ReLU) on a list of pixels of an NHWC map (sparse conv1; gather-fused conv1 of layer skipping).
@@ -165,6 +172,8 @@ def pixel_conv1x1(
         compact: return `[Q, Cout]` in `pix_idx` order instead.
         count: int32 `[1]` device tensor: only the first `count` entries of `pix_idx` are valid
             (`pixel_mask_to_idx_padded`).
+        per_sample: `pix_idx` is a list of samples (layer skipping, e.g. `masker_decide(...).order`): the rows are
+            all H*W pixels of each listed sample in order, and `count` counts samples. No pixel list is built.
         impl: "auto", "reference" or "triton".
     """
     from .spatial import pixel_conv1x1_triton
@@ -173,10 +182,72 @@ def pixel_conv1x1(
     if pix_idx is None:
         if x.dim() != 4:
             raise ValueError(f"x must be a 4-D NHWC tensor [N, H, W, C], got shape {tuple(x.shape)}")
+        if per_sample:
+            raise ValueError("per_sample needs a list of samples (pix_idx)")
         pix_idx = torch.arange(x.shape[0] * x.shape[1] * x.shape[2], dtype=torch.int32, device=x.device)
     if resolve_impl(x, weight, bias, pix_idx, out, count, impl=impl) == "reference":
-        return pixel_conv1x1_ref(x, weight, bias, pix_idx, relu, out, compact, count)
-    return pixel_conv1x1_triton(x, weight, bias, pix_idx, relu, out, compact, count=count)
+        return pixel_conv1x1_ref(x, weight, bias, pix_idx, relu, out, compact, count, per_sample)
+    return pixel_conv1x1_triton(x, weight, bias, pix_idx, relu, out, compact, count=count, per_sample=per_sample)
+
+
+def window_sums(x: torch.Tensor, window: int, relu: bool = False, *, impl: str = "auto") -> torch.Tensor:
+    """fp32 sums of an NHWC map over `window x window` windows: a spatial/layer masker's pooling, as sums.
+
+    Args:
+        x: NHWC `[N, H, W, C]` contiguous.
+        window: window side K (patch size x stride of the masker's block), or `MAP_WINDOW` (0) for the whole map.
+            Border windows are partial (divide by `window_counts` for the means of `avg_pool2d(ceil_mode=True)`).
+        relu: first apply ReLU to `x` in place and sum the result (a projection block's final pass, fused).
+        impl: "auto", "reference" or "triton".
+
+    Returns:
+        fp32 `[N, ceil(H/K), ceil(W/K), C]` (`[N, 1, 1, C]` for the whole map).
+    """
+    from .masker import window_sums_triton
+    from .masker_ref import window_sums_ref
+
+    if resolve_impl(x, impl=impl) == "reference":
+        return window_sums_ref(x, window, relu)
+    return window_sums_triton(x, window, relu)
+
+
+def masker_decide(
+    sums: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    in_hw: tuple[int, int],
+    window: int,
+    forced: torch.Tensor | None = None,
+    zero_active: bool = False,
+    *,
+    impl: str = "auto",
+):
+    """Decisions of a spatial/layer masker and the compacted lists of active windows, without host sync.
+
+    Execute window w iff `weight . (sums[w] / pixels(w)) + bias >= 0`. Replaces the masker GEMV, threshold, rate and
+    list building (about ten launches) with two Triton launches.
+
+    Args:
+        sums: fp32 `[N, gh, gw, C]` window sums of the block input (`window_sums`, or a producer's `pool_out`).
+        weight: fp32 `[C]` execute-minus-skip weight of the masker's 1x1 conv.
+        bias: fp32 `[1]` execute-minus-skip bias.
+        in_hw: (H, W) of the block input.
+        window: the masker's window side, or `MAP_WINDOW` (0) for layer skipping.
+        forced: bool decisions (`N*gh*gw` elements) imposed instead of the masker's (its logits are still computed).
+        zero_active: zero the active windows' rows of `sums` in place, for the block's output kernel to accumulate
+            their new sums into (`conv1x1_scatter_add(pool_out=sums)`); inactive windows keep theirs.
+        impl: "auto", "reference" or "triton".
+
+    Returns:
+        `MaskerDecisions(keep [N, gh, gw] bool, patch_idx int32 [T, 3], order int32 [T], count int32 [1], rate)`:
+        active windows first (row-major), then the inactive ones; `T = N*gh*gw`.
+    """
+    from .masker import masker_decide_triton
+    from .masker_ref import masker_decide_ref
+
+    if resolve_impl(sums, weight, bias, forced, impl=impl) == "reference":
+        return masker_decide_ref(sums, weight, bias, in_hw, window, forced, zero_active)
+    return masker_decide_triton(sums, weight, bias, in_hw, window, forced, zero_active)
 
 
 def rows_add_relu_(

@@ -1,5 +1,6 @@
 """Triton kernels for spatial skipping: implicit-GEMM 3x3 conv over active patches, 1x1 conv + scatter-add + ReLU
-into the residual, and a 1x1 conv over a pixel list.
+into the residual (optionally summing the written values per patch for the next block's masker), and a 1x1 conv over
+a pixel list (or over all pixels of a list of samples, for layer skipping).
 
 Conventions (NHWC maps, `patch_idx`, gathered row order, packed weights) are those of `spatial_ref.py`, which is the
 specification; each launcher here (1) checks shapes, (2) allocates the output, (3) launches (Triton tutorial 03).
@@ -14,7 +15,14 @@ from dataclasses import dataclass
 import torch
 
 from ._utils import LazyKernel, check_nhwc, check_patch_idx, interpreter_enabled, next_power_of_2
-from .spatial_ref import _check_bias, _conv1x1_matrix, conv_out_size, pack_conv3x3_weight, patch_grid
+from .spatial_ref import (
+    _check_bias,
+    _conv1x1_matrix,
+    check_pool_out,
+    conv_out_size,
+    pack_conv3x3_weight,
+    patch_grid,
+)
 
 # No `from __future__ import annotations` here: Triton reads the `tl.constexpr` annotations of the kernels at runtime.
 try:
@@ -174,16 +182,21 @@ def _conv1x1_scatter_add_kernel_src(
     out_ptr,  # output, NHWC like residual (may be the same memory: each element is read then written by one program)
     pidx_ptr,  # int32 [P, 3]
     cnt_ptr,  # int32 [1]: number of valid patches when HAS_COUNT
+    pool_ptr,  # fp32 [NB*GH*GW, C_OUT]: per-patch sums of the written values are added here (POOL > 0)
     M,
     K,
     HO,
     WO,
     C_OUT,
     S,
+    GH,  # patch grid of the output map (rows of pool_ptr per sample: GH*GW)
+    GW,
     HAS_BIAS: tl.constexpr,
     RELU: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0
     HAS_COUNT: tl.constexpr,
+    POOL: tl.constexpr,  # 0: no sums; 1: loop over the patches a tile touches; 2: one reduction over SEG-row segments
+    SEG: tl.constexpr,  # S*S when POOL == 2 (a power of two dividing BLOCK_M)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -235,7 +248,32 @@ def _conv1x1_scatter_add_kernel_src(
     acc += res.to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    tl.store(out_ptr + dst[:, None] + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=m2)
+    val = acc.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + dst[:, None] + rn[None, :], val, mask=m2)
+    if POOL > 0:
+        # The next block's masker pools this map over the same patches: sum the values just written (as stored,
+        # so the sums equal a later read of the map) per patch, and add them to the patch's row of pool_ptr.
+        v = tl.where(m2, val.to(tl.float32), 0.0)
+        if POOL == 1:  # patches of >= BLOCK_M rows (layer skipping: a whole map) or odd sizes: 1-3 per tile
+            m0 = pid_m * BLOCK_M
+            p_lo = m0 // ss
+            # all operands non-negative: integer division truncates on the GPU and floors in the interpreter
+            p_end = (tl.maximum(tl.minimum(m0 + BLOCK_M, M), m0 + 1) - 1) // ss + 1
+            for jj in range(0, (p_end - p_lo) * (m0 < M)):
+                j = p_lo + jj
+                part = tl.sum(tl.where((p == j)[:, None], v, 0.0), axis=0)
+                jrow = (tl.load(pidx_ptr + j * 3) * GH + tl.load(pidx_ptr + j * 3 + 1)) * GW
+                jrow += tl.load(pidx_ptr + j * 3 + 2)
+                tl.atomic_add(pool_ptr + jrow.to(tl.int64) * C_OUT + rn, part, mask=n_ok)
+        else:  # small power-of-two patches (S = 1, 2, 4, 8): the tile is BLOCK_M // SEG whole patches
+            part = tl.sum(tl.reshape(v, (BLOCK_M // SEG, SEG, BLOCK_N)), axis=1)
+            q = pid_m * (BLOCK_M // SEG) + tl.arange(0, BLOCK_M // SEG)
+            q_ok = q * SEG < M
+            qrow = (tl.load(pidx_ptr + q * 3, mask=q_ok, other=0) * GH
+                    + tl.load(pidx_ptr + q * 3 + 1, mask=q_ok, other=0)) * GW
+            qrow += tl.load(pidx_ptr + q * 3 + 2, mask=q_ok, other=0)
+            ptrs = pool_ptr + qrow.to(tl.int64)[:, None] * C_OUT + rn[None, :]
+            tl.atomic_add(ptrs, part, mask=q_ok[:, None] & n_ok[None, :])
 
 
 def _pixel_conv1x1_kernel_src(
@@ -248,11 +286,13 @@ def _pixel_conv1x1_kernel_src(
     Q,
     K,
     C_OUT,
+    HW,  # pixels per sample (PER_SAMPLE)
     HAS_BIAS: tl.constexpr,
     RELU: tl.constexpr,
     COMPACT: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0
     HAS_COUNT: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,  # pix_ptr lists samples: row q is pixel q % HW of sample pix_ptr[q // HW]
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -263,12 +303,18 @@ def _pixel_conv1x1_kernel_src(
     pid_n = pid % num_n
     if HAS_COUNT:
         Q = tl.load(cnt_ptr)
+        if PER_SAMPLE:
+            Q = Q * HW
     rq = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     q_ok = rq < Q
     n_ok = rn < C_OUT
-    row = tl.load(pix_ptr + rq, mask=q_ok, other=0).to(tl.int64)
+    if PER_SAMPLE:  # layer skipping: no pixel list to build, read or keep
+        smp = tl.load(pix_ptr + rq // HW, mask=q_ok, other=0)
+        row = smp.to(tl.int64) * HW + (rq % HW)
+    else:
+        row = tl.load(pix_ptr + rq, mask=q_ok, other=0).to(tl.int64)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     k_end = K * (pid_m * BLOCK_M < Q)  # no GEMM for a tile past the valid rows
     for k0 in range(0, k_end, BLOCK_K):
@@ -380,6 +426,7 @@ def conv1x1_scatter_add_triton(
     out: torch.Tensor | None = None,
     config: GemmConfig | None = None,
     count: torch.Tensor | None = None,
+    pool_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton kernel of `conv1x1_scatter_add_ref`. Same arguments and result."""
     check_nhwc(residual, "residual")
@@ -399,16 +446,21 @@ def conv1x1_scatter_add_triton(
     if wm.shape[1] != cout:
         raise ValueError(f"conv output channels {wm.shape[1]} != residual channels {cout}")
     _check_bias(bias, cout)
+    gh, gw = patch_grid((ho, wo), s)  # validates patch_size
+    check_pool_out(pool_out, (nb, gh, gw, cout), out.device)
     if m == 0:
         return out
-    patch_grid((ho, wo), s)  # validates patch_size
     a = y_gathered.contiguous()
     cfg = config or _pick_config("scatter", m, k, cout)
+    ss = s * s
+    # POOL 2 (one reshape-reduction per tile) needs whole power-of-two patches per tile; otherwise loop per patch.
+    pool = 0 if pool_out is None else (2 if ss < cfg.block_m and cfg.block_m % ss == 0 and ss & (ss - 1) == 0 else 1)
     _conv1x1_scatter_add_kernel[_grid(m, cout, cfg)](
         a, wm, bias if bias is not None else a, residual, out, patch_idx.contiguous(),
-        count if count is not None else patch_idx,
-        m, k, ho, wo, cout, s,
+        count if count is not None else patch_idx, pool_out if pool_out is not None else a,
+        m, k, ho, wo, cout, s, gh, gw,
         HAS_BIAS=bias is not None, RELU=relu, EVEN_K=k % cfg.block_k == 0, HAS_COUNT=count is not None,
+        POOL=pool, SEG=ss if pool == 2 else 1,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
@@ -425,6 +477,7 @@ def pixel_conv1x1_triton(
     compact: bool = False,
     config: GemmConfig | None = None,
     count: torch.Tensor | None = None,
+    per_sample: bool = False,
 ) -> torch.Tensor:
     """Triton kernel of `pixel_conv1x1_ref`. Same arguments and result (unwritten pixels of a new map: garbage)."""
     check_nhwc(x, "x")
@@ -435,7 +488,7 @@ def pixel_conv1x1_triton(
     wm = _conv1x1_matrix(weight, cin).to(x.dtype).contiguous()
     cout = wm.shape[1]
     _check_bias(bias, cout)
-    q = pix_idx.shape[0]
+    q = pix_idx.shape[0] * (h * w if per_sample else 1)
     if compact:
         out = torch.empty((q, cout), dtype=x.dtype, device=x.device)
     else:
@@ -449,9 +502,9 @@ def pixel_conv1x1_triton(
     cfg = config or _pick_config("conv1x1", q, cin, cout)
     _pixel_conv1x1_kernel[_grid(q, cout, cfg)](
         x, wm, bias if bias is not None else wm, pix_idx.contiguous(), out, count if count is not None else pix_idx,
-        q, cin, cout,
+        q, cin, cout, h * w,
         HAS_BIAS=bias is not None, RELU=relu, COMPACT=compact, EVEN_K=cin % cfg.block_k == 0,
-        HAS_COUNT=count is not None,
+        HAS_COUNT=count is not None, PER_SAMPLE=per_sample,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

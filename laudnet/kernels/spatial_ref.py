@@ -69,6 +69,18 @@ def _check_bias(bias: torch.Tensor | None, cout: int) -> None:
         raise ValueError(f"bias must be [Cout] = [{cout}], got shape {tuple(bias.shape)}")
 
 
+def check_pool_out(pool_out: torch.Tensor | None, shape: tuple[int, int, int, int], device: torch.device) -> None:
+    """Raise ValueError unless `pool_out` is None or a contiguous fp32 tensor of `shape` on `device`."""
+    if pool_out is None:
+        return
+    if (tuple(pool_out.shape) != tuple(shape) or pool_out.dtype != torch.float32 or not pool_out.is_contiguous()
+            or pool_out.device != device):
+        raise ValueError(
+            f"pool_out must be contiguous fp32 [N, gh, gw, Cout] = {list(shape)} on {device} (the output's patch "
+            f"grid), got {pool_out.dtype} {tuple(pool_out.shape)} on {pool_out.device}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # masks and index lists
 
@@ -322,6 +334,7 @@ def conv1x1_scatter_add_ref(
     relu: bool = True,
     out: torch.Tensor | None = None,
     count: torch.Tensor | None = None,
+    pool_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`out[active] = relu(residual[active] + y_gathered @ W + b)`, in place; other positions untouched.
 
@@ -335,6 +348,9 @@ def conv1x1_scatter_add_ref(
         relu: apply ReLU after the add.
         out: NHWC tensor like `residual` to write into; default `residual` itself.
         count: int32 `[1]`: only the first `count` patches (and their rows of `y_gathered`) are valid.
+        pool_out: fp32 `[N, gh, gw, Cout]` on the output's patch grid, or None: the sum of the values written at
+            each active patch's pixels (as stored, in `out`'s dtype) is added to its row — the next block's masker
+            input, accumulated while the map is written (the caller zeroes the active rows first).
 
     Returns:
         `out`.
@@ -353,15 +369,16 @@ def conv1x1_scatter_add_ref(
     if cout != residual.shape[3]:
         raise ValueError(f"conv output channels {cout} != residual channels {residual.shape[3]}")
     _check_bias(bias, cout)
+    nb, ho, wo, _ = residual.shape
+    gh, gw = patch_grid((ho, wo), s)
+    check_pool_out(pool_out, (nb, gh, gw, cout), out.device)
     valid = _valid_count(count, p)
     if valid < p:
         return conv1x1_scatter_add_ref(
-            y_gathered[: valid * s * s], weight, bias, residual, patch_idx[:valid], s, relu, out
+            y_gathered[: valid * s * s], weight, bias, residual, patch_idx[:valid], s, relu, out, pool_out=pool_out
         )
     if p == 0:
         return out
-    _, ho, wo, _ = residual.shape
-    gh, gw = patch_grid((ho, wo), s)
     n, oy, ox, inside = _patch_pixels(patch_idx, s, (ho, wo))
     z = y_gathered.float() @ wm.float()
     if bias is not None:
@@ -370,7 +387,10 @@ def conv1x1_scatter_add_ref(
     val = residual[n, oy, ox].float() + z
     if relu:
         val = val.relu()
-    out[n, oy, ox] = val.to(out.dtype)
+    val = val.to(out.dtype)
+    out[n, oy, ox] = val
+    if pool_out is not None:
+        pool_out.view(-1, cout).index_add_(0, (n * gh + oy // s) * gw + ox // s, val.float())
     return out
 
 
@@ -383,6 +403,7 @@ def pixel_conv1x1_ref(
     out: torch.Tensor | None = None,
     compact: bool = False,
     count: torch.Tensor | None = None,
+    per_sample: bool = False,
 ) -> torch.Tensor:
     """1x1 conv on a list of pixels: `out[q] = act(x[q] @ W + b)` for each flat pixel row q in `pix_idx`.
 
@@ -397,6 +418,8 @@ def pixel_conv1x1_ref(
         compact: return the `[Q, Cout]` results in `pix_idx` order instead of scattering them.
         count: int32 `[1]`: only the first `count` entries of `pix_idx` are valid (`pixel_mask_to_idx_padded`);
             compact rows past it are unspecified (0 here).
+        per_sample: `pix_idx` lists samples instead (layer skipping): every pixel of each listed sample, in order,
+            as if `pix_idx` were `samples_to_pixel_idx(pix_idx, H*W)` (and `count` counts samples).
 
     Returns:
         `out` (scattered) or the compact `[Q, Cout]` tensor.
@@ -405,6 +428,12 @@ def pixel_conv1x1_ref(
     if pix_idx.dtype != torch.int32 or pix_idx.dim() != 1:
         raise ValueError(f"pix_idx must be int32 [Q], got dtype {pix_idx.dtype} shape {tuple(pix_idx.shape)}")
     nb, h, w, cin = x.shape
+    if per_sample:
+        hw = h * w
+        valid = _valid_count(count, pix_idx.shape[0])
+        pixels = samples_to_pixel_idx(pix_idx, hw)
+        return pixel_conv1x1_ref(x, weight, bias, pixels, relu, out, compact,
+                                 torch.tensor([valid * hw], dtype=torch.int32, device=x.device))
     wm = _conv1x1_matrix(weight, cin)
     cout = wm.shape[1]
     _check_bias(bias, cout)

@@ -1,0 +1,249 @@
+"""Triton kernels of the masker ops: window sums of a map, and decisions + compacted window lists in two launches.
+
+The specification is `masker_ref.py`. What they replace in a deployed layer-skipping block (H100 profile of
+ResNet-101 at batch 128, `benchmarks/NOTES.md`): a torch `mean` over every block input (1.0 ms of 9 ms) and about ten
+small launches per block for the GEMV, the threshold, the rate, a stable argsort and the patch and pixel lists (~1 ms).
+
+* `_window_sums_kernel`: program (window, channel tile[, pixel split]) streams the window's pixels and writes fp32
+  sums (deterministic); with a pixel split (few, large windows: a whole map per sample) partial sums are added
+  atomically into a zeroed buffer so that enough programs fill the GPU. Optionally applies ReLU in place (a projection
+  block's final pass, which then also pools for free).
+* `_masker_decide_kernel`: one GEMV row block per program: logits, threshold (or imposed decisions), and zeroes the
+  active rows of the sums in place for the producer-side accumulation (`conv1x1_scatter_add(pool_out=)`).
+* `_compact_kernel`: stable partition of the decisions (active first) into `patch_idx`/`order`, count and rate. Each
+  program counts the active windows before its chunk itself (a re-read of `T` bytes, from L2), so no grid-wide
+  synchronisation and no host sync are needed: everything can be captured in a CUDA graph.
+"""
+
+import torch
+
+from ._utils import LazyKernel, check_nhwc, interpreter_enabled, next_power_of_2
+from .masker_ref import MaskerDecisions, check_decide_args, window_grid, window_size
+
+# No `from __future__ import annotations` here: Triton reads the `tl.constexpr` annotations of the kernels at runtime.
+try:
+    import triton.language as tl
+except Exception:  # the reference path works without triton; the kernels below are then never launched
+
+    class tl:  # noqa: N801 - stands in for triton.language so that the kernel definitions still evaluate
+        constexpr = object
+
+
+# Programs wanted for a memory-bound pass over a map: ~8 per SM on a 132-SM H100, so that enough loads are in flight.
+_TARGET_PROGRAMS = 1024
+
+
+def _window_sums_kernel_src(
+    x_ptr,  # NHWC [N, H, W, C] contiguous; ReLU'd in place when RELU
+    out_ptr,  # fp32 [N*GH*GW, C]: written, or (ATOMIC) accumulated into a zeroed buffer
+    H,
+    W,
+    C,
+    K,  # window side (the map's larger side for a whole-map window)
+    GH,
+    GW,
+    SPLIT,  # programs per window along its pixels (grid axis 2)
+    RELU: tl.constexpr,
+    ATOMIC: tl.constexpr,  # SPLIT > 1: several programs add into one row
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    win = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    part = tl.program_id(2)
+    g = GH * GW
+    n = win // g
+    cell = win - n * g
+    i = cell // GW
+    j = cell - i * GW
+    cols = tl.minimum(W - j * K, K)  # partial windows at the bottom and right borders
+    npix = tl.minimum(H - i * K, K) * cols
+    rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = rc < C
+    rp = tl.arange(0, BLOCK_P)
+    acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
+    for t0 in range(part * BLOCK_P, npix, SPLIT * BLOCK_P):
+        t = t0 + rp
+        ok = t < npix
+        dy = t // cols
+        dx = t - dy * cols
+        pix = ((n * H + i * K + dy) * W + j * K + dx).to(tl.int64) * C
+        ptrs = x_ptr + pix[:, None] + rc[None, :]
+        m = ok[:, None] & c_ok[None, :]
+        v = tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+        if RELU:
+            v = tl.maximum(v, 0.0)
+            tl.store(ptrs, v.to(x_ptr.dtype.element_ty), mask=m)
+        acc += v
+    s = tl.sum(acc, axis=0)
+    dst = out_ptr + win.to(tl.int64) * C + rc
+    if ATOMIC:
+        tl.atomic_add(dst, s, mask=c_ok)
+    else:
+        tl.store(dst, s, mask=c_ok)
+
+
+def _masker_decide_kernel_src(
+    sums_ptr,  # fp32 [R, C] window sums, R = N*GH*GW; active rows zeroed in place when ZERO_ACTIVE
+    w_ptr,  # fp32 [C] execute-minus-skip weight
+    b_ptr,  # fp32 [1] execute-minus-skip bias
+    forced_ptr,  # uint8 [R] imposed decisions (read when HAS_FORCED)
+    keep_ptr,  # uint8 [R] out: decisions
+    R,
+    C,
+    G,  # windows per sample, GH*GW
+    GW,
+    H,  # input map size and window side: each window's pixel count, the mean's divisor
+    W,
+    K,
+    HAS_FORCED: tl.constexpr,
+    ZERO_ACTIVE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < R
+    rc = tl.arange(0, BLOCK_C)
+    row = r.to(tl.int64) * C
+    acc = tl.full((BLOCK_R, BLOCK_C), 0.0, tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + rc
+        c_ok = c < C
+        s = tl.load(sums_ptr + row[:, None] + c[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + c, mask=c_ok, other=0.0)
+        acc += s * w[None, :]
+    cell = r % G
+    i = cell // GW
+    j = cell - i * GW
+    cnt = tl.minimum(H - i * K, K) * tl.minimum(W - j * K, K)
+    # w . (sum / cnt) + b  ==  (w . sum) / cnt + b, up to rounding
+    logit = tl.sum(acc, axis=1) / cnt.to(tl.float32) + tl.load(b_ptr)
+    keep = logit >= 0.0
+    if HAS_FORCED:
+        keep = tl.load(forced_ptr + r, mask=r_ok, other=0) != 0
+    tl.store(keep_ptr + r, keep.to(tl.uint8), mask=r_ok)
+    if ZERO_ACTIVE:
+        zero = tl.full((BLOCK_R, BLOCK_C), 0.0, tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + rc
+            tl.store(sums_ptr + row[:, None] + c[None, :], zero, mask=(r_ok & keep)[:, None] & (c < C)[None, :])
+
+
+def _compact_kernel_src(
+    keep_ptr,  # uint8 [T] decisions
+    pidx_ptr,  # int32 [T, 3] out: (sample, row, col), active windows first
+    order_ptr,  # int32 [T] out: the same list as flat window ids
+    cnt_ptr,  # int32 [1] out: number of active windows
+    rate_ptr,  # fp32 [1] out: count / T
+    T,
+    G,  # windows per sample
+    GW,
+    BLOCK: tl.constexpr,  # windows per program
+):
+    pid = tl.program_id(0)
+    start = pid * BLOCK
+    ar = tl.arange(0, BLOCK)
+    # Every program counts all active windows and those before its own chunk: T bytes from L2, no grid sync.
+    before = tl.full((BLOCK,), 0, tl.int32)
+    total = tl.full((BLOCK,), 0, tl.int32)
+    for t0 in range(0, T, BLOCK):
+        t = t0 + ar
+        k = tl.load(keep_ptr + t, mask=t < T, other=0).to(tl.int32)
+        total += k
+        before += tl.where(t < start, k, 0)
+    n_total = tl.sum(total, axis=0)
+    t = start + ar
+    ok = t < T
+    k = tl.load(keep_ptr + t, mask=ok, other=0).to(tl.int32)
+    act = tl.cumsum(k, axis=0) - k + tl.sum(before, axis=0)  # active windows before t
+    pos = tl.where(k > 0, act, n_total + t - act)  # inactive ones after all active ones, in order too
+    smp = t // G
+    cell = t - smp * G
+    i = cell // GW
+    tl.store(order_ptr + pos, t, mask=ok)
+    tl.store(pidx_ptr + pos * 3, smp, mask=ok)
+    tl.store(pidx_ptr + pos * 3 + 1, i, mask=ok)
+    tl.store(pidx_ptr + pos * 3 + 2, cell - i * GW, mask=ok)
+    first = pid == 0
+    tl.store(cnt_ptr, n_total, mask=first)
+    tl.store(rate_ptr, n_total.to(tl.float32) / T, mask=first)
+
+
+_window_sums_kernel = LazyKernel(_window_sums_kernel_src)
+_masker_decide_kernel = LazyKernel(_masker_decide_kernel_src)
+_compact_kernel = LazyKernel(_compact_kernel_src)
+
+
+def window_sums_triton(x: torch.Tensor, window: int, relu: bool = False, *, split: int | None = None) -> torch.Tensor:
+    """Triton kernel of `window_sums_ref`. Same arguments and result.
+
+    Args:
+        split: programs per window along its pixels (default: enough programs to fill the GPU; 1 is deterministic).
+    """
+    check_nhwc(x, "x")
+    n, h, w, c = x.shape
+    gh, gw = window_grid((h, w), window)
+    k = window_size((h, w), window)
+    windows = n * gh * gw
+    interp = interpreter_enabled()
+    window_pixels = min(k, h) * min(k, w)
+    block_c = min(16 if interp else 64, next_power_of_2(c))
+    block_p = min(16 if interp else 64, next_power_of_2(window_pixels))  # small windows: no idle lanes
+    c_tiles = -(-c // block_c)
+    max_chunks = -(-window_pixels // block_p)
+    if split is None:
+        split = 1 if interp else max(1, min(-(-_TARGET_PROGRAMS // max(windows * c_tiles, 1)), max_chunks))
+    if split < 1:
+        raise ValueError(f"split must be >= 1, got {split}")
+    atomic = split > 1
+    out = (torch.zeros if atomic else torch.empty)((n, gh, gw, c), dtype=torch.float32, device=x.device)
+    if windows == 0 or c == 0:
+        return out.zero_()
+    _window_sums_kernel[(windows, c_tiles, split)](
+        x, out, h, w, c, k, gh, gw, split,
+        RELU=relu, ATOMIC=atomic, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=1 if interp else 4,
+    )  # fmt: skip
+    return out
+
+
+def masker_decide_triton(
+    sums: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    in_hw: tuple[int, int],
+    window: int,
+    forced: torch.Tensor | None = None,
+    zero_active: bool = False,
+) -> MaskerDecisions:
+    """Triton kernels of `masker_decide_ref` (two launches). Same arguments and result."""
+    n, gh, gw, c = check_decide_args(sums, weight, bias, in_hw, window, forced)
+    dev = sums.device
+    for name, t in (("weight", weight), ("bias", bias), ("forced", forced)):
+        if t is not None and t.device != dev:
+            raise ValueError(f"masker {name} is on {t.device} but the sums are on {dev}")
+    t_cap = n * gh * gw
+    keep = torch.empty(t_cap, dtype=torch.uint8, device=dev)
+    patch_idx = torch.empty((t_cap, 3), dtype=torch.int32, device=dev)
+    order = torch.empty(t_cap, dtype=torch.int32, device=dev)
+    # written by the compaction kernel's first program (no fill launches: two fewer kernels per block)
+    count = (torch.empty if t_cap else torch.zeros)(1, dtype=torch.int32, device=dev)
+    rate = (torch.empty if t_cap else torch.zeros)(1, dtype=torch.float32, device=dev)
+    if t_cap:
+        interp = interpreter_enabled()
+        block_c = min(16 if interp else 2048, next_power_of_2(c))
+        # One row block per program; a whole row of up to 2048 channels in one load (8 KB): no serial C loop, so
+        # the 128 layer decisions of a batch run as 128 one-load programs.
+        block_r = min(next_power_of_2(t_cap), 16 if interp else max(1, 2048 // block_c))
+        forced_u8 = forced.reshape(-1).contiguous().view(torch.uint8) if forced is not None else keep
+        h, w = in_hw
+        _masker_decide_kernel[(-(-t_cap // block_r),)](
+            sums, weight.contiguous(), bias.reshape(1), forced_u8, keep,
+            t_cap, c, gh * gw, gw, h, w, window_size(in_hw, window),
+            HAS_FORCED=forced is not None, ZERO_ACTIVE=zero_active, BLOCK_R=block_r, BLOCK_C=block_c,
+            num_warps=1 if interp else 4,
+        )  # fmt: skip
+        block = 16 if interp else 1024
+        _compact_kernel[(-(-t_cap // block),)](
+            keep, patch_idx, order, count, rate, t_cap, gh * gw, gw, BLOCK=block, num_warps=1 if interp else 4
+        )
+    return MaskerDecisions(keep.view(torch.bool).view(n, gh, gw), patch_idx, order, count, rate.view(()))
