@@ -134,3 +134,13 @@ def test_tuned_paths_are_measured_and_keep_the_function(paradigm):
         assert _rel(deployed(x), model(x)) < 1e-5
     real = tune_paths(deployed, x, repeats=1)  # the wall-clock timer on CPU: any choice, but a valid one
     assert set(real) <= {"sparse", "dense"}
+
+
+def test_laudnet_deploy_is_callable_after_the_package_is_imported():
+    # Importing any submodule binds the name `laudnet.deploy` to the package; the function must stay reachable.
+    import laudnet.deploy.vit  # noqa: F401
+
+    model = laudnet.create_model("laud_resnet50", paradigm="layer").eval()
+    first, second = laudnet.deploy(model, torch.float32), laudnet.deploy(model, torch.float32)
+    assert type(first).__name__ == type(second).__name__ == "DeployedModel"
+    assert laudnet.deploy.DeployedModel is type(first)  # and it is still the package
