@@ -7,8 +7,9 @@ boundaries, as flash-attention's varlen interface takes them.
 
 Two ways of building the rows:
 
-- **exact** (`sync_free=False`): `nonzero` gives exactly the selected rows; the host reads their number and the
-  longest sequence. Samples without a selected token get no sequence at all.
+- **exact** (`sync_free=False`): exactly the selected rows; the host reads the per-sample counts once (the only
+  synchronisation) and the rows come from the same stable partition as below, cut at their total. Samples without a
+  selected token get no sequence at all.
 - **sync-free** (`sync_free=True`): the rows are a permutation of all B·N positions with the selected ones first
   (prefix sums and one scatter, no host read); `count` (a one-element int32 device tensor) says how many are in use,
   and the sequence bound is N. Everything has a fixed shape, so the work can be captured in a CUDA graph; the GEMMs
@@ -44,6 +45,7 @@ class PackedRows:
             (rows computed only to keep a sequence non-empty, and the rows past `count`, are not).
         cu: int32 (S+1,) sequence boundaries, one sequence per sample (exact packing: per sample with rows).
         max_len: an upper bound of the sequence lengths (host integer).
+        lengths: exact packing: the host-read number of selected rows of every sample, empty ones included.
     """
 
     pos: Tensor
@@ -51,6 +53,7 @@ class PackedRows:
     keep: Tensor | None
     cu: Tensor
     max_len: int
+    lengths: list[int] | None = None
 
     @functools.cached_property
     def pos32(self) -> Tensor:
@@ -80,12 +83,15 @@ def pack_rows(sel: Tensor, *, sync_free: bool, compute: Tensor | None = None) ->
     """
     b, n = sel.shape
     if not sync_free:
-        pos = sel.reshape(-1).nonzero().squeeze(1)
         counts = sel.sum(1)
-        counts = counts[counts > 0]  # no empty sequences
-        cu = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
-        max_len = int(counts.max()) if counts.numel() else 0
-        return PackedRows(pos, None, None, cu, max_len)
+        lengths = counts.tolist()  # the one host read
+        used = [c for c in lengths if c]
+        pos = compact_positions(sel.reshape(-1))[: sum(used)]
+        # Boundaries of the non-empty sequences, on the device: the non-empty samples are the first len(used) of
+        # a stable partition of the samples.
+        nonempty = compact_positions(counts > 0)[: len(used)]
+        cu = F.pad(counts.cumsum(0)[nonempty], (1, 0)).to(torch.int32)
+        return PackedRows(pos, None, None, cu, max(used, default=0), lengths)
     compute = sel if compute is None else compute
     flat = compute.reshape(-1)
     pos = compact_positions(flat)
@@ -131,11 +137,21 @@ def rows_linears(src: Tensor, layers: list[tuple[Tensor, Tensor | None, Tensor |
     return [F.linear(gathered, w, b) for w, _, b in layers]
 
 
-def scatter_rows(x2: Tensor, out: Tensor, rows: PackedRows) -> Tensor:
+def add_rows(x2: Tensor, pos: Tensor, out: Tensor, keep: Tensor | None = None, *, inplace: bool = False) -> Tensor:
+    """``x2`` (M, C) plus `out` (R, C) at the distinct row positions `pos` (R,); rows where `keep` (R,) is False add
+    nothing (their `out` may hold anything, NaN included).
+
+    The positions are distinct, so this is a gather, an add and a copy: no atomics (`index_add` runs on atomics,
+    which are slow in bf16). In place when `inplace` (x2 must then be a tensor the caller owns).
+    """
+    cur = x2.index_select(0, pos)
+    new = cur + out if keep is None else torch.where(keep[:, None], cur + out, cur)
+    return (x2 if inplace else x2.clone()).index_copy_(0, pos, new)
+
+
+def scatter_rows(x2: Tensor, out: Tensor, rows: PackedRows, *, inplace: bool = False) -> Tensor:
     """``x2`` (B·N, C) plus the packed results `out` (R, C) at their token positions; rows not kept add nothing."""
-    if rows.keep is not None:
-        out = torch.where(rows.keep[:, None], out, 0)  # also clears unspecified (possibly NaN) rows
-    return x2.index_add(0, rows.pos, out)
+    return add_rows(x2, rows.pos, out, rows.keep, inplace=inplace)
 
 
 # --- varlen attention ---------------------------------------------------------------------------------------------

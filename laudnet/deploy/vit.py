@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from laudnet.blocks.vit import DynamicViTBlock
 from laudnet.deploy.model import GraphedModel
 from laudnet.deploy.packed import (
+    add_rows,
     check_varlen_support,
     compact_positions,
     pack_rows,
@@ -88,7 +89,6 @@ class DeployedViTBlock(nn.Module):
         self.register_buffer("proj_b", proj_bias.detach().clone())
         self.register_buffer("qkv_w_heads", qkv.weight.detach().view(3, h, d, c).transpose(0, 1).reshape(h, 3 * d, c))
         self.register_buffer("qkv_b_heads", qkv_bias.detach().view(3, h, d).transpose(0, 1).reshape(h, 3 * d))
-        self.register_buffer("proj_w_heads", proj.weight.detach().view(proj.out_features, h, d).permute(1, 2, 0))
         if capturable:
             if not all(hasattr(self.mlp, a) for a in ("fc1", "act", "drop1", "norm", "fc2", "drop2")):
                 raise ValueError(f"capturable=True needs timm's Mlp (fc1, act, fc2), got {type(self.mlp).__name__}")
@@ -138,15 +138,21 @@ class DeployedViTBlock(nn.Module):
             mask = valid[:, None, None, :] if valid is not None else None
             o = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(kk), v, attn_mask=mask, scale=self.scale)
             return F.linear(o.transpose(1, 2).reshape(s, k, h * d), self.proj_w, self.proj_b)
-        out = self.proj_b.expand(s, k, -1).clone()  # a sample without heads gets the projection bias only
-        sample, head = heads.nonzero(as_tuple=True)
-        if sample.numel() == 0:
-            return out
-        qkv = torch.baddbmm(self.qkv_b_heads[head][:, None, :], yk[sample], self.qkv_w_heads[head].transpose(1, 2))
+        # (sample, kept head) pairs grouped by head: one GEMM per head on the samples that keep it.
+        head, sample = heads.t().nonzero(as_tuple=True)
+        qkv = yk.new_empty(sample.numel(), k, 3 * d)
+        start = 0
+        for i, size in enumerate(heads.sum(0).tolist()):
+            if size:
+                qkv[start:start + size] = F.linear(yk[sample[start:start + size]], self.qkv_w_heads[i],
+                                                   self.qkv_b_heads[i])
+                start += size
         q, kk, v = qkv.split(d, dim=-1)  # (P, K, d) each
         mask = valid[sample][:, None, :] if valid is not None else None
         o = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(kk), v, attn_mask=mask, scale=self.scale)
-        return out.index_add_(0, sample, torch.bmm(o, self.proj_w_heads[head]))
+        o_all = yk.new_zeros(s, h, k, d)  # skipped heads stay zero: the projection's GEMM runs once over all heads
+        o_all[sample, head] = o
+        return F.linear(o_all.transpose(1, 2).reshape(s, k, h * d), self.proj_w, self.proj_b)
 
     def _attention(self, x: Tensor, y: Tensor, tokens: Tensor | None, heads: Tensor | None,
                    run: Tensor | None) -> Tensor:
@@ -173,10 +179,9 @@ class DeployedViTBlock(nn.Module):
         branch = self.ls1(self._heads(yk, heads, valid))
         if valid is None and rows.numel() == b:  # every token of every sample: a plain residual add
             return x + branch
-        flat_pos = rows[:, None] * n + pos
-        if valid is not None:
-            flat_pos, branch = flat_pos[valid], branch[valid]
-        return x.reshape(b * n, c).index_add(0, flat_pos.reshape(-1), branch.reshape(-1, c)).view(b, n, c)
+        flat_pos = (rows[:, None] * n + pos).reshape(-1)  # distinct positions, padded slots included
+        keep = valid.reshape(-1) if valid is not None else None
+        return add_rows(x.reshape(b * n, c), flat_pos, branch.reshape(-1, c), keep).view(b, n, c)
 
     def _attention_padded(self, x: Tensor, y: Tensor, tokens: Tensor | None, heads: Tensor | None,
                           run: Tensor | None) -> Tensor:
@@ -197,9 +202,8 @@ class DeployedViTBlock(nn.Module):
         if heads is not None:  # computed, then zeroed: a skipped head contributes nothing
             o = o * heads[:, :, None, None].to(o.dtype)
         branch = self.ls1(F.linear(o.transpose(1, 2).reshape(b, n, c), self.proj_w, self.proj_b))
-        branch = torch.where(valid[..., None], branch, 0)
-        flat_pos = (torch.arange(b, device=x.device)[:, None] * n + pos).reshape(-1)
-        return x.reshape(b * n, c).index_add(0, flat_pos, branch.reshape(-1, c)).view(b, n, c)
+        flat_pos = (torch.arange(b, device=x.device)[:, None] * n + pos).reshape(-1)  # a permutation of B·N
+        return add_rows(x.reshape(b * n, c), flat_pos, branch.reshape(-1, c), valid.reshape(-1)).view(b, n, c)
 
     def _attention_varlen(self, x: Tensor, y: Tensor, tokens: Tensor | None, heads: Tensor | None,
                           run: Tensor | None) -> Tensor:
@@ -243,8 +247,9 @@ class DeployedViTBlock(nn.Module):
             return o_heads
         head_of, tok = rows.pos // bn, rows.pos % bn
         qkv = y2.new_empty(rows.pos.numel(), 3 * d)
-        start = 0
-        for i, size in enumerate(pairs.sum((1, 2)).tolist()):  # rows are grouped by head: one GEMM per head
+        start, b = 0, sel.shape[0]
+        sizes = [sum(rows.lengths[i * b:(i + 1) * b]) for i in range(h)]
+        for i, size in enumerate(sizes):  # rows are grouped by head: one GEMM per head
             if size:
                 torch.addmm(self.qkv_b_heads[i], y2[tok[start:start + size]], self.qkv_w_heads[i].t(),
                             out=qkv[start:start + size])
@@ -274,7 +279,9 @@ class DeployedViTBlock(nn.Module):
         return o_heads
 
     # --- MLP ------------------------------------------------------------------------------------------------------
-    def _mlp(self, x: Tensor, tokens: Tensor | None, run: Tensor | None) -> Tensor:
+    def _mlp(self, x: Tensor, tokens: Tensor | None, run: Tensor | None, inplace: bool) -> Tensor:
+        """x plus the MLP branch at the selected tokens; x is updated in place when `inplace` (a tensor the block
+        made itself)."""
         if tokens is None and run is None:
             return x + self.ls2(self.mlp(self.norm2(x)))
         b, n, c = x.shape
@@ -282,23 +289,25 @@ class DeployedViTBlock(nn.Module):
         if run is not None:
             sel = sel & run[:, None]
         if self.capturable:
-            return self._mlp_sync_free(x, sel)
+            return self._mlp_sync_free(x, sel, inplace)
         pos = sel.reshape(-1).nonzero().squeeze(1)
         flat = x.reshape(b * n, c)
         if pos.numel() == 0:
             return x
-        return flat.index_add(0, pos, self.ls2(self.mlp(self.norm2(flat[pos])))).view(b, n, c)
+        branch = self.ls2(self.mlp(self.norm2(flat.index_select(0, pos))))
+        return add_rows(flat, pos, branch, inplace=inplace).view(b, n, c)
 
-    def _mlp_sync_free(self, x: Tensor, sel: Tensor) -> Tensor:
+    def _mlp_sync_free(self, x: Tensor, sel: Tensor, inplace: bool) -> Tensor:
         b, n, c = x.shape
         mlp = self.mlp
         rows = pack_rows(sel, sync_free=True)
         z = self.norm2(x).reshape(b * n, c)
         hidden = mlp.norm(mlp.drop1(mlp.act(rows_linear(z, mlp.fc1.weight, self.fc1_wt, mlp.fc1.bias, rows))))
         out = mlp.drop2(rows_linear(hidden, mlp.fc2.weight, self.fc2_wt, mlp.fc2.bias, rows, packed=True))
-        return scatter_rows(x.reshape(b * n, c), self.ls2(out), rows).view(b, n, c)
+        return scatter_rows(x.reshape(b * n, c), self.ls2(out), rows, inplace=inplace).view(b, n, c)
 
     def forward(self, x: Tensor) -> Tensor:
+        x_in = x
         y = self.norm1(x)
         tokens, heads, layers = self.decide(y)
         run_attn, run_mlp = (layers[:, 0], layers[:, 1]) if layers is not None else (None, None)
@@ -310,7 +319,7 @@ class DeployedViTBlock(nn.Module):
             x = self._attention_padded(x, y, tokens, heads, run_attn)
         else:
             x = self._attention(x, y, tokens, heads, run_attn)
-        x = self._mlp(x, tokens, run_mlp)
+        x = self._mlp(x, tokens, run_mlp, inplace=x is not x_in)
         self.last_density = {
             name: t.float().mean()
             for name, t in (("token", tokens), ("head", heads), ("attn", run_attn), ("mlp", run_mlp))

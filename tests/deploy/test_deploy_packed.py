@@ -77,3 +77,26 @@ def test_varlen_support_check(monkeypatch):
     packed.check_varlen_support("cuda", torch.float32)
     with pytest.raises(ValueError, match=r"attention='varlen' needs torch.nn.attention.varlen.varlen_attn"):
         packed.check_varlen_support("cuda", torch.bfloat16)
+
+
+def test_add_rows_matches_index_add_and_ignores_rows_not_kept():
+    x = torch.randn(10, 4)
+    pos = torch.tensor([7, 2, 9, 0])
+    out = torch.randn(4, 4)
+    out[1] = float("nan")  # a row not kept may hold anything
+    keep = torch.tensor([True, False, True, True])
+    expected = x.index_add(0, pos[keep], out[keep])
+    assert torch.equal(packed.add_rows(x, pos, out, keep), expected)
+    assert torch.equal(packed.add_rows(x, pos[keep], out[keep]), expected)
+    y = x.clone()
+    assert packed.add_rows(y, pos, out, keep, inplace=True) is y and torch.equal(y, expected)
+    assert not torch.equal(x, expected)  # not in place by default
+
+
+def test_exact_packing_reads_the_counts_once_and_keeps_them():
+    sel = torch.tensor([[True, False, True], [False, False, False], [False, True, False]])
+    rows = pack_rows(sel, sync_free=False)
+    assert rows.lengths == [2, 0, 1] and rows.max_len == 2
+    assert rows.pos.tolist() == [0, 2, 7] and rows.cu.tolist() == [0, 2, 3]
+    none = pack_rows(torch.zeros(2, 3, dtype=torch.bool), sync_free=False)
+    assert none.pos.numel() == 0 and none.cu.tolist() == [0] and none.max_len == 0

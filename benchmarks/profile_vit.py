@@ -1,0 +1,56 @@
+"""GPU-time breakdown of a deployed LAUD-ViT by kernel (torch.profiler), with exactly controlled decisions as in
+`bench_vit.py`: where token, head or layer skipping spends its time.
+
+Run: ``python benchmarks/profile_vit.py --paradigm token --token 0.5 --attention varlen --out prof.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import laudnet
+from laudnet.deploy import deploy_vit
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from bench_vit import Case, exact_decisions, impose  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="laud_deit_small")
+    parser.add_argument("--paradigm", default="token")
+    parser.add_argument("--token", type=float, default=None)
+    parser.add_argument("--head", type=float, default=None)
+    parser.add_argument("--layer", type=float, default=None)
+    parser.add_argument("--attention", default="varlen", choices=["bucket", "varlen"])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=30)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    model = laudnet.create_model(args.model, paradigm=args.paradigm).cuda().eval()
+    deployed = deploy_vit(model, torch.bfloat16, attention=args.attention)
+    case = Case(args.paradigm, token=args.token, head=args.head, layer=args.layer)
+    impose([deployed], exact_decisions(model, case, args.batch, torch.Generator().manual_seed(0)),
+           torch.device("cuda"))
+    x = torch.randn(args.batch, 3, *model.img_size, device="cuda")
+    with torch.no_grad():
+        for _ in range(3):
+            deployed(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                deployed(x)
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70)
+    with open(args.out, "w") as f:
+        f.write(f"{args}\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
