@@ -13,7 +13,10 @@ For each model, in the same run and process (bf16, channels_last, cudnn.benchmar
 * with `--compare-maskers`, the spatial and layer networks are also deployed with the other masker bookkeeping
   paths (`deploy(maskers="kernel")`: Triton decisions and lists, each block pooling its own input; ``"torch"``: the
   previous torch path) and timed as CUDA graphs in the same run: variants ``deployed cuda-graph maskers=<mode>``.
-  The default rows (``deployed eager`` / ``deployed cuda-graph``) use the default, ``maskers="fused"``.
+  The default rows (``deployed eager`` / ``deployed cuda-graph``) use the default, ``maskers="fused"``;
+* with `--tune`, each case is also deployed with every block's path chosen by measurement
+  (`laudnet.deploy.tune_paths(graphed=True)`: sparse or dense-masked, each timed from its own CUDA graph on the
+  case's input) and timed as a CUDA graph: variant ``deployed tuned cuda-graph``, with the number of dense blocks.
 
 Timing: CUDA events around each call after warm-up, median of `--iters`. Results: JSON (device, versions, commit).
 Run on the GPU machine: ``python benchmarks/bench_models.py --out results.json --commit $(git rev-parse HEAD)``.
@@ -34,7 +37,7 @@ import torch
 import torchvision
 
 import laudnet
-from laudnet.deploy import deploy
+from laudnet.deploy import deploy, tune_paths
 from laudnet.flops import conv_out_size
 from laudnet.masks import mask_grid_size
 
@@ -226,6 +229,7 @@ def bench_model(name: str, args, results: list[dict]) -> None:
             # the masker bookkeeping paths to compare with the default (fused) one, same compile setting
             others = {mode: deploy(model, torch.bfloat16, compile=args.compile, maskers=mode)
                       for mode in MASKER_MODES if args.compare_maskers and paradigm in ("layer", "spatial")}
+            tuned = deploy(model, torch.bfloat16, compile=args.compile) if args.tune else None
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)
             if paradigm == "layer":
@@ -234,7 +238,7 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                 gen = torch.Generator().manual_seed(0)
                 masks = random_decisions(shapes, rate, gen)
                 force(model, deployed, masks)
-                for other in [deployed_sparse, *others.values()]:
+                for other in [deployed_sparse, tuned, *others.values()]:
                     if other is not None:
                         for dblock, keep in zip(other.blocks(), masks, strict=True):
                             dblock.forced_keep = keep.cuda()
@@ -254,11 +258,30 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                     for mode, other in others.items():
                         record_graph(results, row, f"deployed cuda-graph maskers={mode}", other, x, args,
                                      **dict(extra, rel_error=relative_error(other, x, ref)))
+                    if tuned is not None:
+                        bench_tuned(results, row, tuned, x, ref, args, extra)
                     try:
                         block_rates = [round(r, 3) for r in deployed.activation_rates()]
                     except Exception as e:  # a failed deployed forward above is already recorded
                         block_rates = f"{type(e).__name__}: {e}"[:300]
                     results.append(dict(row, variant="block rates", rates=block_rates))
+
+
+def bench_tuned(results: list[dict], row: dict, tuned, x, ref, args, extra: dict) -> None:
+    """Choose every block's path by graphed measurement (`tune_paths`), then time the model as a CUDA graph."""
+    for block in tuned.blocks():
+        block.path = "sparse"  # tune from the same starting point for every case
+    try:
+        t0 = time.time()
+        paths = tune_paths(tuned, x, graphed=True)
+        tune_s = round(time.time() - t0, 1)
+    except Exception as e:
+        traceback.print_exc()
+        results.append(dict(row, variant="deployed tuned cuda-graph", error=f"{type(e).__name__}: {str(e)[:300]}"))
+        return
+    record_graph(results, row, "deployed tuned cuda-graph", tuned, x, args,
+                 **dict(extra, rel_error=relative_error(tuned, x, ref), dense_blocks=paths.count("dense"),
+                        blocks=len(paths), tune_s=tune_s))
 
 
 def main() -> int:
@@ -274,6 +297,8 @@ def main() -> int:
     parser.add_argument("--compare-maskers", action="store_true",
                         help="also time spatial/layer networks deployed with maskers='kernel' and 'torch' (the "
                              "previous path) as CUDA graphs, against the default maskers='fused'")
+    parser.add_argument("--tune", action="store_true",
+                        help="also time each case with the per-block paths chosen by tune_paths(graphed=True)")
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

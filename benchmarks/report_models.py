@@ -44,6 +44,7 @@ def report(path: str) -> str:
             )
         lines.append("")
         lines += _masker_table(cases)
+        lines += _tuned_table(cases, best)
     return "\n".join(lines)
 
 
@@ -69,6 +70,23 @@ def _masker_table(cases: dict) -> list[str]:
         cells = [f"{ms[k]:.2f} ms" if ms[k] is not None else "—" for k in ["fused", *modes]]
         speedup = f"{ms['torch'] / ms['fused']:.2f}x" if ms.get("torch") and ms["fused"] else "—"
         lines.append(f"| {kind} | {rate:g} | " + " | ".join(cells) + f" | {speedup} |")
+    return [*lines, ""]
+
+
+def _tuned_table(cases: dict, best: float) -> list[str]:
+    """Per-block paths chosen by measurement (`bench_models.py --tune`), when measured."""
+    rows = [(kind, rate, variants) for (kind, rate), variants in cases.items()
+            if "deployed tuned cuda-graph" in variants]
+    if not rows:
+        return []
+    lines = ["per-block paths chosen by measurement (`tune_paths(graphed=True)`), CUDA graph", "",
+             "| paradigm | rate | all sparse | tuned | dense blocks | tuned / best static |",
+             "|---|---|---|---|---|---|"]
+    for kind, rate, variants in rows:
+        graph, tuned = variants.get("deployed cuda-graph"), variants["deployed tuned cuda-graph"]
+        lines.append(f"| {kind} | {rate:g} | " + (f"{graph['ms']:.2f} ms" if graph else "—")
+                     + f" | {tuned['ms']:.2f} ms | {tuned['dense_blocks']} of {tuned['blocks']} | "
+                     f"**{tuned['ms'] / best:.2f}** |")
     return [*lines, ""]
 
 

@@ -38,9 +38,27 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10,
     return statistics.median(times)
 
 
+def graph_replay(fn: Callable[[], object]) -> Callable[[], None]:
+    """fn() captured as a CUDA graph (after warm-up calls on a side stream); returns the graph's replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # Triton compilation, cuDNN autotuning and lazy initialisation happen outside the capture
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError as e:
+        raise RuntimeError(f"tune_paths(graphed=True): a block synchronises with the host and cannot be captured: "
+                           f"{e}") from e
+    return graph.replay
+
+
 @torch.no_grad()
 def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
-               timer: Callable[..., float] = time_call) -> list[str]:
+               timer: Callable[..., float] = time_call, graphed: bool = False) -> list[str]:
     """Set each dynamic block's `path` to whichever of ``sparse`` and ``dense`` runs faster on `example`.
 
     Args:
@@ -48,10 +66,15 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
         example: a representative input batch (same batch size as in production).
         repeats: timed calls per block and path.
         timer: ``timer(fn, device, repeats=...) -> seconds``; the default uses CUDA events on a GPU.
+        graphed: time each block and path replayed from its own CUDA graph — what a model run through
+            `DeployedModel.graphed` pays, without the per-kernel launch cost of eager calls, which dominates at
+            small batches (CUDA only).
 
     Returns:
         The chosen path of every block, in order.
     """
+    if graphed and example.device.type != "cuda":
+        raise ValueError("tune_paths(graphed=True) times CUDA graphs: it needs a CUDA input")
     inputs: list[Tensor] = []
     blocks = deployed.blocks()
     deployed.forward_features(example, block_inputs=inputs)
@@ -67,7 +90,8 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
             block.path = path
             # A block on its own pools its input itself (no sums from a predecessor): the same cost on both sides.
             # Blocks may write into their input: each call gets a copy (the same copy cost on both sides).
-            costs[path] = timer(lambda b=block, x=x: b(x.clone()), device, repeats=repeats)
+            call = lambda b=block, x=x: b(x.clone())  # noqa: E731
+            costs[path] = timer(graph_replay(call) if graphed else call, device, repeats=repeats)
         block.path = min(costs, key=costs.get)
         chosen.append(block.path)
     return chosen

@@ -136,6 +136,43 @@ def test_tuned_paths_are_measured_and_keep_the_function(paradigm):
     assert set(real) <= {"sparse", "dense"}
 
 
+def test_graphed_tuning_needs_a_gpu():
+    from laudnet.deploy import tune_paths
+
+    deployed = deploy(_trained_like("laud_resnet50", "layer"), torch.float32)
+    with pytest.raises(ValueError, match="graphed=True.*CUDA input"):
+        tune_paths(deployed, torch.randn(2, 3, 64, 64), graphed=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
+def test_graphed_tuning_on_gpu_keeps_the_function(paradigm):
+    """Each block and path is timed from its own CUDA graph; whatever is chosen, the graphed model still computes the
+    same function (decisions imposed, as in the bf16 test above)."""
+    from laudnet.deploy import tune_paths
+
+    model = _trained_like("laud_resnet50", paradigm).cuda()
+    x = torch.randn(4, 3, 64, 64, device="cuda")
+    deployed = deploy(model, torch.bfloat16)
+    with torch.no_grad():
+        expected = model(x)
+    for block, info in zip(deployed.blocks(), model.collect_info(), strict=True):
+        keep = info.masks["channel"] if paradigm == "channel" else info.masks["patch"][:, 0]
+        block.forced_keep = (keep.view(-1) if paradigm == "layer" else keep) > 0.5
+    timed = []
+
+    def timer(fn, device, repeats):
+        timed.append(fn)
+        fn()
+        return 1.0 if len(timed) % 2 == 0 else 2.0  # dense (timed second) "wins" everywhere
+
+    chosen = tune_paths(deployed, x, timer=timer, graphed=True)
+    assert chosen == ["dense"] * len(chosen) and all(getattr(f, "__self__", None) is not None for f in timed)
+    with torch.no_grad():
+        assert _rel(deployed.graphed(x)(x).float(), expected) < 2e-2
+    assert set(tune_paths(deployed, x, repeats=2, graphed=True)) <= {"sparse", "dense"}  # real CUDA-event timings
+
+
 def test_laudnet_deploy_is_callable_after_the_package_is_imported():
     # Importing any submodule binds the name `laudnet.deploy` to the package; the function must stay reachable.
     import laudnet.deploy.vit  # noqa: F401
