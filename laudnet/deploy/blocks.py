@@ -52,14 +52,29 @@ def nchw(x: Tensor) -> Tensor:
 
 
 def residual_branch(x: Tensor, s: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tensor, b3: Tensor,
-                    stride: int, groups: int) -> Tensor:
-    """relu(s + conv3(relu(conv2(relu(conv1(x)))))) with folded weights: the whole dense bottleneck (no SE).
+                    stride: int, groups: int, channels: Tensor | None = None, out_mask: Tensor | None = None,
+                    act: bool = True) -> Tensor:
+    """relu(s + out_mask · conv3(ch · relu(conv2(ch · relu(conv1(x)))))) with folded weights: the whole dense
+    bottleneck (no SE), with the dense-masked path's masks where given.
 
-    A free function of tensors, so that one `torch.compile` (dynamic shapes) serves every block and sub-batch size.
+    A free function of tensors, so that one `torch.compile` (dynamic shapes) serves every block and sub-batch size,
+    static and dense-masked alike (Inductor fuses the masks into the pointwise epilogues).
+
+    Args:
+        channels: (B, width, 1, 1) channel mask applied after conv1's and conv2's ReLU (channel skipping), or None.
+        out_mask: mask of the branch output, (B, 1, 1, 1) (layer) or (B, 1, H, W) (spatial), or None.
+        act: apply the final ReLU (False: the caller fuses it with other work).
     """
     h = F.relu(F.conv2d(x, w1, b1))
+    if channels is not None:
+        h = h * channels
     h = F.relu(F.conv2d(h, w2, b2, stride=stride, padding=1, groups=groups))
-    return F.relu(F.conv2d(h, w3, b3) + s)
+    if channels is not None:
+        h = h * channels
+    y = F.conv2d(h, w3, b3)
+    if out_mask is not None:
+        y = y * out_mask
+    return F.relu(y + s) if act else y + s
 
 
 _COMPILED_BRANCH = None
@@ -193,12 +208,15 @@ class DeployedBlock(nn.Module):
     def _shortcut(self, x: Tensor) -> Tensor:
         return x if self.shortcut is None else self.shortcut(x)
 
-    def _dense_block(self, x: Tensor, s: Tensor) -> Tensor:
-        """relu(s + branch(x)), through the (possibly compiled) functional form where the block has no SE."""
+    def _dense_block(self, x: Tensor, s: Tensor, channels: Tensor | None = None, out_mask: Tensor | None = None,
+                     act: bool = True) -> Tensor:
+        """relu(s + branch(x)) with optional masks, through the (possibly compiled) functional form where the block
+        has no SE."""
         if self.se is not None:
-            return F.relu_(self._branch(x) + s)
+            y = self._branch(x, pixel=out_mask, channels=channels) + s
+            return F.relu_(y) if act else y
         return self.branch_fn(x, s, self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias,
-                              self.conv3.weight, self.conv3.bias, self.stride, self.groups)
+                              self.conv3.weight, self.conv3.bias, self.stride, self.groups, channels, out_mask, act)
 
     # --- forward --------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -270,15 +288,14 @@ class DeployedBlock(nn.Module):
 
         `act=False` returns the sum before the final ReLU (the caller applies it, fused with pooling).
         """
-        relu = F.relu_ if act else (lambda t: t)
         s = self._shortcut(x)
         if self.paradigm == "layer":
-            return relu(self._branch(x) * keep.to(x.dtype).view(-1, 1, 1, 1) + s)
+            return self._dense_block(x, s, out_mask=keep.to(x.dtype).view(-1, 1, 1, 1), act=act)
         if self.paradigm == "spatial":
             pixel = expand_patches(keep[:, None].to(x.dtype), self.granularity, self._out_hw(x))
-            return relu(self._branch(x, pixel=pixel) + s)
+            return self._dense_block(x, s, out_mask=pixel, act=act)
         channels = expand_channel_groups(keep.to(x.dtype), self.granularity)
-        return relu(self._branch(x, channels=channels) + s)
+        return self._dense_block(x, s, channels=channels, act=act)
 
     def _forward_patches(self, x: Tensor, grid: Tensor, d: MaskerDecisions | None = None,
                          pool_out: Tensor | None = None, emit: int | None = None) -> tuple[Tensor, Tensor | None]:

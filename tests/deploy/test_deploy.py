@@ -145,15 +145,17 @@ def test_graphed_tuning_needs_a_gpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
-def test_graphed_tuning_on_gpu_keeps_the_function(paradigm):
+@pytest.mark.parametrize(("paradigm", "compile"), [("spatial", False), ("channel", False), ("layer", False),
+                                                   ("spatial", True), ("channel", True)])
+def test_graphed_tuning_on_gpu_keeps_the_function(paradigm, compile):
     """Each block and path is timed from its own CUDA graph; whatever is chosen, the graphed model still computes the
-    same function (decisions imposed, as in the bf16 test above)."""
+    same function (decisions imposed, as in the bf16 test above). With `compile`, the dense-masked path runs through
+    the compiled functional bottleneck."""
     from laudnet.deploy import tune_paths
 
     model = _trained_like("laud_resnet50", paradigm).cuda()
     x = torch.randn(4, 3, 64, 64, device="cuda")
-    deployed = deploy(model, torch.bfloat16)
+    deployed = deploy(model, torch.bfloat16, compile=compile)
     with torch.no_grad():
         expected = model(x)
     for block, info in zip(deployed.blocks(), model.collect_info(), strict=True):
