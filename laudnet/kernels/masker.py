@@ -62,10 +62,8 @@ def _window_sums_kernel_src(
     c_ok = rc < C
     rp = tl.arange(0, BLOCK_P)
     acc = tl.full((BLOCK_P, BLOCK_C), 0.0, tl.float32)
-    # Loop bounds that do not depend on the program id (K·K ≥ npix): Triton's interpreter on recent NumPy cannot
-    # turn a program-id expression into a Python range bound; the masked tail costs nothing but predicated loads.
-    for t0 in range(0, K * K, SPLIT * BLOCK_P):
-        t = t0 + part * BLOCK_P + rp
+    for t0 in range(part * BLOCK_P, npix, SPLIT * BLOCK_P):
+        t = t0 + rp
         ok = t < npix
         dy = t // cols
         dx = t - dy * cols
