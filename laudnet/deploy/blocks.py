@@ -84,8 +84,13 @@ def compiled_residual_branch():
     """`residual_branch` compiled once per process (Inductor, dynamic batch)."""
     global _COMPILED_BRANCH
     if _COMPILED_BRANCH is None:
-        # One compiled function serves blocks of every width; each distinct shape signature is a cache entry.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # One compiled function serves blocks of every width; each distinct shape signature (weights are parameters:
+        # their shapes are specialised) and mask signature is a cache entry. Past the limit Dynamo silently runs the
+        # function eagerly: a ResNet-101 with static, dense-masked and sub-batch variants needs well over 64.
+        cfg = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one where it exists
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 256))
         _COMPILED_BRANCH = torch.compile(residual_branch, dynamic=True)
     return _COMPILED_BRANCH
 
