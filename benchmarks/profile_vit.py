@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    torch.backends.cudnn.benchmark = True  # the patch embedding's convolution, as in bench_vit.py
     model = laudnet.create_model(args.model, paradigm=args.paradigm).cuda().eval()
     deployed = deploy_vit(model, torch.bfloat16, attention=args.attention)
     case = Case(args.paradigm, token=args.token, head=args.head, layer=args.layer)
