@@ -35,19 +35,25 @@ def main() -> int:
     masks = random_decisions(block_decision_shapes(model, args.batch, 224), args.rate, torch.Generator().manual_seed(0))
     force(model, deployed, masks)
     x = torch.randn(args.batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    write_profile(lambda: deployed(x), args, [ProfilerActivity.CUDA])
+    return 0
+
+
+def write_profile(run, args, activities: list[ProfilerActivity], calls: int = 5) -> None:
+    """Profile `calls` calls of run() after warm-up; the kernel table (by CUDA time, `args.rows` rows) goes to
+    `args.out`, headed by the arguments."""
     with torch.no_grad():
         for _ in range(3):
-            deployed(x)
+            run()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                deployed(x)
+        with profile(activities=activities) as prof:
+            for _ in range(calls):
+                run()
             torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70)
     with open(args.out, "w") as f:
         f.write(f"{args}\n{table}\n")
     print(table)
-    return 0
 
 
 if __name__ == "__main__":

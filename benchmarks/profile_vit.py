@@ -10,13 +10,14 @@ import argparse
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 
 import laudnet
 from laudnet.deploy import deploy_vit
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_vit import Case, exact_decisions, impose  # noqa: E402
+from profile_deployed import write_profile  # noqa: E402
 
 
 def main() -> int:
@@ -38,18 +39,8 @@ def main() -> int:
     impose([deployed], exact_decisions(model, case, args.batch, torch.Generator().manual_seed(0)),
            torch.device("cuda"))
     x = torch.randn(args.batch, 3, *model.img_size, device="cuda")
-    with torch.no_grad():
-        for _ in range(3):
-            deployed(x)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                deployed(x)
-            torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70)
-    with open(args.out, "w") as f:
-        f.write(f"{args}\n{table}\n")
-    print(table)
+    # CPU activity too: the eager forms are bound by the host (its time per call is in the table's totals)
+    write_profile(lambda: deployed(x), args, [ProfilerActivity.CPU, ProfilerActivity.CUDA])
     return 0
 
 
