@@ -140,6 +140,8 @@ class DeployedViTBlock(nn.Module):
             return F.linear(o.transpose(1, 2).reshape(s, k, h * d), self.proj_w, self.proj_b)
         # (sample, kept head) pairs grouped by head: one GEMM per head on the samples that keep it.
         head, sample = heads.t().nonzero(as_tuple=True)
+        if sample.numel() == 0:  # no head anywhere: the projection bias only
+            return self.proj_b.expand(s, k, -1).clone()
         qkv = yk.new_empty(sample.numel(), k, 3 * d)
         start = 0
         for i, size in enumerate(heads.sum(0).tolist()):

@@ -36,10 +36,10 @@ def test_mode_equals_eval_model_fp32(paradigm, attention, capturable):
 
 
 @pytest.mark.parametrize(("attention", "capturable"), MODES)
-@pytest.mark.parametrize("case", ["all", "none", "mixed"])
+@pytest.mark.parametrize("case", ["all", "none", "mixed", "no heads"])
 def test_edge_decisions(attention, capturable, case):
-    """Every token / head / sub-block kept, none kept (class tokens alone, no heads, no sample runs), and a batch
-    mixing a sample that keeps everything with one that keeps nothing."""
+    """Every token / head / sub-block kept, none kept (class tokens alone, no heads, no sample runs), a batch
+    mixing a sample that keeps everything with one that keeps nothing, and attention running with no head kept."""
     model = skipping_vit("token+head+layer")
     deployed = deploy_vit(model, torch.float32, attention=attention, capturable=capturable)
     x = torch.randn(3, 3, 32, 32)
@@ -51,6 +51,8 @@ def test_edge_decisions(attention, capturable, case):
         if case == "mixed":
             tokens[1], heads[1], layers[1] = 0, 0, 0
             heads[2, 1], tokens[2, 5:9] = 0, 0
+        if case == "no heads":
+            heads, tokens[1, 3:] = torch.zeros(3, 3), 0
         tokens[:, 0] = 1
         for masker, value in ((block.token_masker, tokens), (block.head_masker, heads), (block.layer_masker, layers)):
             masker.forward = lambda *a, _v=value, **k: _v
