@@ -369,11 +369,12 @@ def bench_case(bench: Bench, case: Case, batch: int, x: Tensor, model: LaudViT, 
     if bench.over_budget():
         bench.rows.append(dict(row, variant="skipped", error=f"time budget of {args.budget_s} s spent"))
         return
+    fuse = dict(fuse_token_masker=args.fuse_token_masker)
     forms = {
-        "bucket eager": deploy_vit(model, bench.dtype),
-        "varlen eager": deploy_vit(model, bench.dtype, attention="varlen"),
-        "bucket cuda-graph": deploy_vit(model, bench.dtype, capturable=True),
-        "varlen cuda-graph": deploy_vit(model, bench.dtype, attention="varlen", capturable=True),
+        "bucket eager": deploy_vit(model, bench.dtype, **fuse),
+        "varlen eager": deploy_vit(model, bench.dtype, attention="varlen", **fuse),
+        "bucket cuda-graph": deploy_vit(model, bench.dtype, capturable=True, **fuse),
+        "varlen cuda-graph": deploy_vit(model, bench.dtype, attention="varlen", capturable=True, **fuse),
     }
     decisions = exact_decisions(model, case, batch, gen)
     impose(list(forms.values()), decisions, x.device)
@@ -582,6 +583,8 @@ def parse_args(argv=None):
     parser.add_argument("--layer-rates", nargs="*", type=float, default=[0.75, 0.5])
     parser.add_argument("--combo", nargs=3, type=float, default=[0.7, 0.67, 0.8], metavar=("TOKEN", "HEAD", "LAYER"))
     parser.add_argument("--no-combo", dest="combo", action="store_const", const=None)
+    parser.add_argument("--fuse-token-masker", action="store_true",
+                        help="deploy with the token masker fused into each block's first LayerNorm")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-compile", dest="compile", action="store_false")

@@ -18,6 +18,9 @@ computes the eval-mode function of the model with hard decisions (maskers in fp3
   packed rows; the projection then runs once on the kept tokens with the skipped heads' inputs at zero (one GEMM
   over C columns is faster than H thin ones). Either way a skipped head's q, k, v and attention are not computed.
 
+With ``fuse_token_masker=True`` each block's token masker runs inside its first LayerNorm (`laudnet.kernels.
+layer_norm_score`): the normalised tokens and each token's fp32 score (execute minus skip logit) in one pass.
+
 With ``capturable=False`` the per-sample counts are read on the host (a few synchronisations per block). With
 ``capturable=True`` nothing is read on the host: every index list has a fixed capacity (B·N token rows, B samples,
 H heads) and carries its count on the device; the GEMMs on packed rows run as Triton kernels that read the count and
@@ -50,6 +53,7 @@ from laudnet.deploy.packed import (
     scatter_rows,
     varlen_attention,
 )
+from laudnet.kernels import dispatch
 from laudnet.masks import _Masker
 from laudnet.models.vit import LaudViT
 
@@ -66,7 +70,7 @@ class DeployedViTBlock(nn.Module):
     """
 
     def __init__(self, block: DynamicViTBlock, token_bucket: int = 8, attention: str = "bucket",
-                 capturable: bool = False) -> None:
+                 capturable: bool = False, fuse_token_masker: bool = False) -> None:
         super().__init__()
         self.parts = block.parts
         self.paradigm = block.paradigm
@@ -103,6 +107,13 @@ class DeployedViTBlock(nn.Module):
                 masker = copy.deepcopy(getattr(block, name))
                 masker.override = None
                 setattr(self, name, masker)
+        self.fuse_token_masker = bool(fuse_token_masker) and "token" in self.parts
+        if self.fuse_token_masker:
+            if not isinstance(self.norm1, nn.LayerNorm) or self.norm1.weight is None or self.norm1.bias is None:
+                raise ValueError(f"fuse_token_masker needs norm1 to be an affine nn.LayerNorm, got {self.norm1}")
+            fc = block.token_masker.fc  # execute iff (w_e − w_s)·y + (b_e − b_s) ≥ 0, in fp32
+            self.register_buffer("token_score_w", (fc.weight[0] - fc.weight[1]).detach().float().clone())
+            self.register_buffer("token_score_b", (fc.bias[:1] - fc.bias[1:]).detach().float().clone())
         self.last_density: dict[str, Tensor] = {}
         # Decisions to impose instead of the maskers' (token (B, N), head (B, H), sub-block (B, 2) booleans, None
         # for a part the paradigm does not skip): for benchmarks at chosen rates, and for low-precision tests where
@@ -110,11 +121,15 @@ class DeployedViTBlock(nn.Module):
         self.forced: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None
 
     # --- decisions ------------------------------------------------------------------------------------------------
-    def decide(self, y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Boolean token (B, N), head (B, H) and sub-block (B, 2) decisions, computed in fp32 (or the imposed ones)."""
-        y = y.float()
-        tokens = self.token_masker(y) > 0.5 if "token" in self.parts else None
-        pooled = y.mean(1) if self.parts & {"head", "layer"} else None
+    def decide(self, y: Tensor, tokens: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Boolean token (B, N), head (B, H) and sub-block (B, 2) decisions, computed in fp32 (or the imposed ones).
+
+        `tokens`: token decisions already made (by the fused token masker), or None to run the token masker here.
+        """
+        if "token" in self.parts and tokens is None:
+            y = y.float()
+            tokens = self.token_masker(y) > 0.5
+        pooled = y.mean(1, dtype=torch.float32) if self.parts & {"head", "layer"} else None
         heads = self.head_masker(pooled) > 0.5 if "head" in self.parts else None
         layers = self.layer_masker(pooled) > 0.5 if "layer" in self.parts else None
         if self.forced is None:
@@ -308,10 +323,26 @@ class DeployedViTBlock(nn.Module):
         out = mlp.drop2(rows_linear(hidden, mlp.fc2.weight, self.fc2_wt, mlp.fc2.bias, rows, packed=True))
         return scatter_rows(x.reshape(b * n, c), self.ls2(out), rows, inplace=inplace).view(b, n, c)
 
+    def _norm1_and_tokens(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """norm1(x), and the token decisions when the token masker is fused into it (else None)."""
+        if not self.fuse_token_masker:
+            return self.norm1(x), None
+        n1 = self.norm1
+        y, score = dispatch.layer_norm_score(x.contiguous(), n1.weight, n1.bias, n1.eps, self.token_score_w,
+                                      self.token_score_b)
+        masker = self.token_masker
+        if masker.keep_ratio is None:
+            keep = score >= 0
+        else:  # the fixed-ratio baseline: the best-scoring patch tokens
+            top = score[:, 1:].topk(masker.n_keep(score.shape[1] - 1), dim=1).indices + 1
+            keep = torch.zeros_like(score, dtype=torch.bool).scatter_(1, top, True)
+        keep[:, 0] = True  # the class token
+        return y, keep
+
     def forward(self, x: Tensor) -> Tensor:
         x_in = x
-        y = self.norm1(x)
-        tokens, heads, layers = self.decide(y)
+        y, tokens = self._norm1_and_tokens(x)
+        tokens, heads, layers = self.decide(y, tokens)
         run_attn, run_mlp = (layers[:, 0], layers[:, 1]) if layers is not None else (None, None)
         if tokens is None and heads is None and run_attn is None:
             x = self._attention(x, y, None, None, None)  # dense
@@ -334,7 +365,7 @@ class DeployedViT(nn.Module):
     """Embedding → deployed blocks → final norm, pooling and classifier, computing in `dtype`."""
 
     def __init__(self, model: LaudViT, dtype: torch.dtype, token_bucket: int, attention: str = "bucket",
-                 capturable: bool = False) -> None:
+                 capturable: bool = False, fuse_token_masker: bool = False) -> None:
         super().__init__()
         self.dtype = dtype
         self.attention = attention
@@ -344,7 +375,7 @@ class DeployedViT(nn.Module):
         self.patch_embed = copy.deepcopy(model.patch_embed)
         self.register_buffer("cls_token", model.cls_token.detach().clone())
         self.register_buffer("pos_embed", model.pos_embed.detach().clone())
-        self.blocks = nn.Sequential(*[DeployedViTBlock(b, token_bucket, attention, capturable)
+        self.blocks = nn.Sequential(*[DeployedViTBlock(b, token_bucket, attention, capturable, fuse_token_masker)
                                        for b in model.blocks])
         self.norm, self.fc_norm, self.head = (copy.deepcopy(m) for m in (model.norm, model.fc_norm, model.head))
 
@@ -384,6 +415,7 @@ def deploy_vit(
     token_bucket: int = 8,
     attention: str = "bucket",
     capturable: bool = False,
+    fuse_token_masker: bool = False,
 ) -> DeployedViT:
     """Turn a trained LAUD-ViT into an inference module; the model itself is left unchanged.
 
@@ -397,6 +429,10 @@ def deploy_vit(
             variable-length kernel on CUDA in bf16/fp16; a PyTorch reference of it elsewhere).
         capturable: no host synchronisation (fixed-capacity index lists with device-side counts), so that
             `DeployedViT.graphed` can capture the model as a CUDA graph.
+        fuse_token_masker: compute each block's token decisions inside its first LayerNorm
+            (`laudnet.kernels.layer_norm_score`, Triton on CUDA): one pass over the tokens instead of the norm, an fp32
+            copy and the masker's linear. The masker becomes the difference of its two outputs (as the CNN maskers
+            are deployed), so a token whose two logits are within rounding of each other may be decided otherwise.
 
     Returns:
         A `DeployedViT` in eval mode computing the eval-mode function of `model`.
@@ -410,14 +446,15 @@ def deploy_vit(
     device = device if device is not None else next(model.parameters()).device
     if attention == "varlen":
         check_varlen_support(device, dtype)
-    deployed = DeployedViT(model, dtype, token_bucket, attention, bool(capturable)).to(device=device).eval()
+    deployed = DeployedViT(model, dtype, token_bucket, attention, bool(capturable),
+                           bool(fuse_token_masker)).to(device=device).eval()
     maskers = {id(p) for m in deployed.modules() if isinstance(m, _Masker) for p in m.parameters()}
     for p in deployed.parameters():
         p.requires_grad_(False)
         if id(p) not in maskers:
             p.data = p.data.to(dtype)
     for name, buf in deployed.named_buffers():
-        if buf.is_floating_point():
+        if buf.is_floating_point() and not name.rpartition(".")[2].startswith("token_score_"):  # fused masker: fp32
             module, _, attr = name.rpartition(".")
             setattr(deployed.get_submodule(module) if module else deployed, attr, buf.to(dtype))
     return deployed

@@ -2,11 +2,13 @@
 
 Spatial skipping (S x S patches on a block's output grid), layer skipping (compacted sub-batch) — see
 `spatial_ref.py` for the shared conventions — and their maskers (window sums, decisions and index lists in Triton,
-`masker_ref.py`). The references themselves are not exported.
+`masker_ref.py`), and the ViT token masker fused into LayerNorm (`token_ref.py`). The references themselves are not
+exported.
 """
 
 from .dispatch import conv1x1_scatter_add as conv1x1_scatter_add
 from .dispatch import gather_conv3x3 as gather_conv3x3
+from .dispatch import layer_norm_score as layer_norm_score
 from .dispatch import masker_decide as masker_decide
 from .dispatch import pixel_conv1x1 as pixel_conv1x1
 from .dispatch import resolve_impl as resolve_impl

@@ -271,3 +271,33 @@ def rows_add_relu_(
     if resolve_impl(out, y, idx, impl=impl) == "reference":
         return rows_add_relu_ref(out, y, idx, relu)
     return rows_add_relu_triton(out, y, idx, relu)
+
+
+def layer_norm_score(
+    x: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    score_w: torch.Tensor,
+    score_b: torch.Tensor,
+    *,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ViT block's first LayerNorm with its token masker fused: normalised tokens and each token's fp32 score.
+
+    Args:
+        x: `[..., C]` contiguous tokens.
+        ln_weight, ln_bias: `[C]` LayerNorm affine parameters; eps its epsilon.
+        score_w: fp32 `[C]` execute-minus-skip weight of the token masker; score_b: fp32 `[1]` its bias.
+        impl: "auto", "reference" or "triton".
+
+    Returns:
+        `(y, score)`: y `[..., C]` in x's dtype, score fp32 `[...]` (a token is kept when score ≥ 0).
+    """
+    from .token import layer_norm_score_triton
+    from .token_ref import layer_norm_score_ref
+
+    if resolve_impl(x, ln_weight, ln_bias, score_w, score_b, impl=impl) == "reference":
+        return layer_norm_score_ref(x, ln_weight, ln_bias, eps, score_w, score_b)
+    return layer_norm_score_triton(x, ln_weight, ln_bias, eps, score_w, score_b)
+

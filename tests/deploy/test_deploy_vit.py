@@ -117,10 +117,15 @@ def test_forced_decisions():
 
 
 @pytest.mark.gpu
-def test_deployed_bf16_on_gpu():
+@pytest.mark.parametrize("fuse_token_masker", [False, True])
+def test_deployed_bf16_on_gpu(fuse_token_masker):
+    """bf16 on the GPU (with the fused token masker: the Triton LayerNorm-and-score kernel) against the fp32 eval
+    model holding the same decisions."""
+    from laudnet.deploy import deploy_vit
+
     model = skipping_vit("token+head+layer", img_size=64, patch_size=16).cuda()
     x = torch.randn(8, 3, 64, 64, device="cuda")
-    deployed = deploy(model, torch.bfloat16)
+    deployed = deploy_vit(model, torch.bfloat16, fuse_token_masker=fuse_token_masker)
     with torch.no_grad():
         expected = model(x)
         impose_model_decisions(deployed, model)

@@ -97,6 +97,49 @@ def test_capturable_triton_row_gemms(attention, monkeypatch):
     assert calls and all(c is not None for c in calls)
 
 
+@pytest.mark.parametrize(("attention", "capturable"), [("bucket", False), *MODES])
+@pytest.mark.parametrize("keep_ratio", [None, 0.5])
+def test_fused_token_masker_equals_eval_model_fp32(attention, capturable, keep_ratio):
+    """Token decisions made inside norm1 (the fused masker, reference path on CPU): same function as the eval model,
+    for learned decisions and for the fixed-ratio top-k baseline."""
+    paradigm = "token+head+layer" if keep_ratio is None else "token"
+    model = skipping_vit(paradigm, token_keep_ratio=keep_ratio)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        fused = deploy_vit(model, torch.float32, attention=attention, capturable=capturable, fuse_token_masker=True)
+        assert all(b.token_score_w.dtype == torch.float32 for b in fused.blocks)
+        assert _rel(fused(x), expected) < 1e-5
+    for info, dens in zip(model.collect_info(), fused.densities(), strict=True):
+        assert dens["token"] == pytest.approx(float(info.density["token"]), abs=1e-6)
+
+
+@pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
+def test_fused_token_masker_through_triton(monkeypatch):
+    monkeypatch.setenv("LAUDNET_KERNELS", "triton")
+    calls = []
+    kernel = dispatch.layer_norm_score
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "layer_norm_score", counting)
+    model = skipping_vit("token+layer", depth=2)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out = deploy_vit(model, torch.float32, attention="varlen", capturable=True, fuse_token_masker=True)(x)
+        assert _rel(out, model(x)) < 1e-5
+    assert len(calls) == 2  # one per block
+
+
+def test_fused_token_masker_needs_a_layer_norm():
+    model = skipping_vit("token", depth=2)
+    model.blocks[1].norm1 = torch.nn.Identity()
+    with pytest.raises(ValueError, match="fuse_token_masker needs norm1 to be an affine nn.LayerNorm"):
+        deploy_vit(model, torch.float32, fuse_token_masker=True)
+
+
 def test_bad_arguments():
     model = skipping_vit("token+head+layer")
     with pytest.raises(ValueError, match="attention must be 'bucket' or 'varlen', got 'packed'"):

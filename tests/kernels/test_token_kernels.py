@@ -1,0 +1,71 @@
+"""ViT token masker fused into LayerNorm against its reference (interpreter on CPU; compiled on CUDA as `gpu`)."""
+
+import pytest
+import torch
+from spatial_testing import cuda_fixture, err_ratio, interpret_fixture  # noqa: F401 (fixtures)
+
+from laudnet import kernels as K
+from laudnet.blocks.vit import TokenMasker
+from laudnet.kernels import token_ref
+
+
+def _args(shape, dtype, gen, device="cpu"):
+    c = shape[-1]
+    x = (torch.randn(shape, generator=gen) * 3 + 1).to(device=device, dtype=dtype)
+    lw = (1 + 0.5 * torch.randn(c, generator=gen)).to(device=device, dtype=dtype)
+    lb = (0.1 * torch.randn(c, generator=gen)).to(device=device, dtype=dtype)
+    sw = torch.randn(c, generator=gen).to(device)
+    sb = torch.randn(1, generator=gen).to(device)
+    return x, lw, lb, sw, sb
+
+
+def test_reference_score_is_the_token_maskers_logit_difference():
+    gen = torch.Generator().manual_seed(0)
+    masker = TokenMasker(24).eval()
+    torch.nn.init.normal_(masker.fc.weight, generator=gen)
+    x, lw, lb, _, _ = _args((3, 11, 24), torch.float32, gen)
+    w, b = masker.fc.weight, masker.fc.bias
+    y, score = token_ref.layer_norm_score_ref(x, lw, lb, 1e-6, (w[0] - w[1]).detach(), (b[:1] - b[1:]).detach())
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (24,), lw, lb, 1e-6))
+    logits = masker.fc(y)
+    torch.testing.assert_close(score, logits[..., 0] - logits[..., 1], rtol=1e-5, atol=1e-5)
+    keep = masker(y)[:, 1:]  # the class token is always kept; the others by execute ≥ skip
+    assert torch.equal(keep.bool(), (score >= 0)[:, 1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 13, 24), (3, 7, 50), (1, 1, 384), (5, 130)])
+def test_layer_norm_score_interpret(interpret, shape, dtype):
+    gen = torch.Generator().manual_seed(sum(shape))
+    args = _args(shape, dtype, gen)
+    y_ref, s_ref = token_ref.layer_norm_score_ref(*args[:3], 1e-6, *args[3:])
+    y, score = K.layer_norm_score(*args[:3], 1e-6, *args[3:], impl="triton")
+    assert y.dtype == dtype and y.shape == args[0].shape and score.dtype == torch.float32
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: a last-bit difference in some normalised values
+    assert err_ratio(y, y_ref) < tol
+    assert err_ratio(score, s_ref) < tol
+
+
+def test_layer_norm_score_empty_interpret(interpret):
+    args = _args((0, 5, 8), torch.float32, torch.Generator().manual_seed(0))
+    y, score = K.layer_norm_score(*args[:3], 1e-6, *args[3:], impl="triton")
+    assert y.shape == (0, 5, 8) and score.shape == (0, 5)
+
+
+def test_bad_arguments_are_named():
+    x, lw, lb, sw, sb = _args((2, 5, 8), torch.float32, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="contiguous"):
+        K.layer_norm_score(x.transpose(0, 1), lw, lb, 1e-6, sw, sb, impl="reference")
+    with pytest.raises(ValueError, match="ln_bias must have shape \\(8,\\)"):
+        K.layer_norm_score(x, lw, lb[:4], 1e-6, sw, sb, impl="reference")
+    with pytest.raises(ValueError, match="fp32"):
+        K.layer_norm_score(x, lw, lb, 1e-6, sw.half(), sb, impl="reference")
+
+
+@pytest.mark.gpu
+def test_layer_norm_score_cuda(cuda):
+    gen = torch.Generator().manual_seed(1)
+    args = _args((8, 197, 384), torch.bfloat16, gen, device=cuda)
+    y_ref, s_ref = token_ref.layer_norm_score_ref(*args[:3], 1e-6, *args[3:])
+    y, score = K.layer_norm_score(*args[:3], 1e-6, *args[3:])
+    assert err_ratio(y, y_ref) < 1e-2 and err_ratio(score, s_ref) < 1e-2
