@@ -583,8 +583,8 @@ def parse_args(argv=None):
     parser.add_argument("--layer-rates", nargs="*", type=float, default=[0.75, 0.5])
     parser.add_argument("--combo", nargs=3, type=float, default=[0.7, 0.67, 0.8], metavar=("TOKEN", "HEAD", "LAYER"))
     parser.add_argument("--no-combo", dest="combo", action="store_const", const=None)
-    parser.add_argument("--fuse-token-masker", action="store_true",
-                        help="deploy with the token masker fused into each block's first LayerNorm")
+    parser.add_argument("--separate-token-masker", dest="fuse_token_masker", action="store_const", const=False,
+                        default=None, help="deploy with the token masker as its own layer, not fused into norm1")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-compile", dest="compile", action="store_false")

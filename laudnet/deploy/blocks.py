@@ -11,6 +11,9 @@ Maskers are reduced to the difference of their two logits (execute iff ≥ 0) an
 
 Non-projection blocks write their output into their input tensor (the previous block's output): no full-tensor copy.
 
+A channel masker runs as one window-sum pass and one Triton launch for its MLP and threshold
+(`laudnet.kernels.channel_masker`), or with ``maskers="torch"`` as PyTorch's mean, linears, ReLU and compare.
+
 Masker bookkeeping of the fused patch paths (spatial and layer skipping of plain bottlenecks), selected by `maskers`:
 ``torch`` (torch pooling, GEMV, threshold, argsort and list building: ~10 launches per block plus a full read of the
 block input), ``kernel`` (window sums and decisions + lists in three Triton launches, `laudnet.kernels.masker`) or
@@ -183,6 +186,12 @@ class DeployedBlock(nn.Module):
             pooled = pool_patches(x, self.stride, self.granularity, self._out_hw(x)).float()
             keep = torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b >= 0
         elif self.paradigm == "channel":
+            if self.maskers != "torch":  # sums in one pass, the MLP and threshold in one launch
+                n, c, h, w = x.shape
+                sums = K.window_sums(nhwc(x).contiguous(), MAP_WINDOW).view(n, c)
+                fc1 = self.masker_fc1
+                return K.channel_masker(sums, h * w, fc1.weight, fc1.bias, self.masker_w2, self.masker_b2,
+                                        self._imposed((n, self.masker_w2.shape[0])))
             hidden = F.relu(self.masker_fc1(x.mean(dim=(2, 3), dtype=torch.float32)))
             keep = hidden @ self.masker_w2.t() + self.masker_b2 >= 0
         else:

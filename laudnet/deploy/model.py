@@ -141,7 +141,9 @@ def deploy(
             (no block re-reads its input to pool it) and one Triton kernel pair makes the decisions and index
             lists; ``kernel`` — the same decision kernels, but each block pools its own input (one Triton pass);
             ``torch`` — the previous path (torch pooling, GEMV and list building, ~10 launches per block). All three
-            compute the same function (window sums up to float summation order). Other blocks always use torch.
+            compute the same function (window sums up to float summation order). Channel maskers: ``torch`` runs
+            PyTorch's mean, linears and compare; the others one window-sum pass and one Triton launch for the MLP
+            and threshold (`laudnet.kernels.channel_masker`). Other maskers always use torch.
 
     Returns:
         A `DeployedModel` in eval mode computing the eval-mode function of `model`.

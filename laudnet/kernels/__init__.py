@@ -6,6 +6,7 @@ Spatial skipping (S x S patches on a block's output grid), layer skipping (compa
 exported.
 """
 
+from .dispatch import channel_masker as channel_masker
 from .dispatch import conv1x1_scatter_add as conv1x1_scatter_add
 from .dispatch import gather_conv3x3 as gather_conv3x3
 from .dispatch import layer_norm_score as layer_norm_score

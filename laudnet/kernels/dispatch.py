@@ -250,6 +250,38 @@ def masker_decide(
     return masker_decide_triton(sums, weight, bias, in_hw, window, forced, zero_active)
 
 
+def channel_masker(
+    sums: torch.Tensor,
+    pixels: int,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    forced: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Decisions of a channel masker (mean → fc1 → ReLU → fc2 → threshold) from per-sample sums, in one launch.
+
+    Args:
+        sums: fp32 `[N, C]` sums of the block input over its map (`window_sums(x, MAP_WINDOW)`).
+        pixels: H*W of the map.
+        w1, b1: fp32 `[hidden, C]`, `[hidden]` (fc1); w2, b2: fp32 `[groups, hidden]`, `[groups]`, the
+            execute-minus-skip rows of fc2.
+        forced: bool `[N, groups]` decisions imposed instead of the masker's (the MLP still runs).
+        impl: "auto", "reference" or "triton".
+
+    Returns:
+        bool `[N, groups]`.
+    """
+    from .masker import channel_masker_triton
+    from .masker_ref import channel_masker_ref
+
+    if resolve_impl(sums, w1, b1, w2, b2, forced, impl=impl) == "reference":
+        return channel_masker_ref(sums, pixels, w1, b1, w2, b2, forced)
+    return channel_masker_triton(sums, pixels, w1, b1, w2, b2, forced)
+
+
 def rows_add_relu_(
     out: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, relu: bool = True, *, impl: str = "auto"
 ) -> torch.Tensor:

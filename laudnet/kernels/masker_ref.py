@@ -156,3 +156,47 @@ def masker_decide_ref(
     if zero_active:
         sums.masked_fill_(keep[..., None], 0.0)
     return MaskerDecisions(keep, patch_idx, order, count, rate)
+
+
+def check_channel_masker_args(sums, pixels, w1, b1, w2, b2, forced) -> tuple[int, int, int, int]:
+    """Shared argument checks of `channel_masker_ref` and its Triton launcher; returns (N, C, hidden, groups)."""
+    if sums.dim() != 2 or sums.dtype != torch.float32 or not sums.is_contiguous():
+        raise ValueError(f"sums must be contiguous fp32 [N, C], got {sums.dtype} {tuple(sums.shape)}")
+    n, c = sums.shape
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1:
+        raise ValueError(f"pixels (the map's H*W, the mean's divisor) must be a positive integer, got {pixels!r}")
+    hidden, groups = w1.shape[0], w2.shape[0]
+    for name, t, shape in (("fc1 weight", w1, (hidden, c)), ("fc1 bias", b1, (hidden,)),
+                           ("fc2 weight", w2, (groups, hidden)), ("fc2 bias", b2, (groups,))):
+        if tuple(t.shape) != shape or t.dtype != torch.float32:
+            raise ValueError(f"channel masker {name} must be fp32 {list(shape)}, got {t.dtype} {tuple(t.shape)}")
+    if forced is not None and (forced.dtype != torch.bool or tuple(forced.shape) != (n, groups)):
+        raise ValueError(f"forced decisions must be bool [N, groups] = [{n}, {groups}], got {forced.dtype} "
+                         f"{tuple(forced.shape)}")
+    return n, c, hidden, groups
+
+
+def channel_masker_ref(
+    sums: torch.Tensor,
+    pixels: int,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    forced: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hard decisions of a channel masker (global mean → fc1 → ReLU → fc2) from the per-sample sums of its input.
+
+    Args:
+        sums: fp32 `[N, C]` sums of the block input over its map (`window_sums(x, MAP_WINDOW)`).
+        pixels: H*W of the map (the mean's divisor).
+        w1, b1: fp32 `[hidden, C]`, `[hidden]`: the masker's first linear layer.
+        w2, b2: fp32 `[groups, hidden]`, `[groups]`: execute-minus-skip rows of its second layer.
+        forced: bool `[N, groups]` replacing the decisions (the MLP still runs).
+
+    Returns:
+        bool `[N, groups]`: execute group g iff `w2[g] . relu(w1 . sums / pixels + b1) + b2[g] >= 0`.
+    """
+    check_channel_masker_args(sums, pixels, w1, b1, w2, b2, forced)
+    keep = F.relu(sums / pixels @ w1.t() + b1) @ w2.t() + b2 >= 0
+    return keep if forced is None else forced.clone()

@@ -131,3 +131,17 @@ def test_deployed_bf16_on_gpu(fuse_token_masker):
         impose_model_decisions(deployed, model)
         out = deployed(x).float()
     assert _rel(out, expected) < 2e-2
+
+
+def test_patch_embedding_as_one_gemm():
+    """The deployed embedding (conv with kernel = stride as a GEMM over flattened patches) equals timm's."""
+    from laudnet.deploy.vit import gemm_patch_embedding, patch_embed_gemm
+
+    model = laudnet.create_model("laud_deit_tiny", paradigm="token", img_size=48, depth=2).eval()
+    pe = model.patch_embed
+    assert gemm_patch_embedding(pe)
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(patch_embed_gemm(x, pe.proj), pe(x), atol=1e-5, rtol=1e-5)
+    pe.proj.padding = (1, 1)
+    assert not gemm_patch_embedding(pe)

@@ -3,6 +3,7 @@ against their references: under TRITON_INTERPRET=1 on CPU, compiled on CUDA (`gp
 
 import pytest
 import torch
+import torch.nn.functional as F
 from spatial_testing import cuda_fixture, err_ratio, interpret_fixture  # noqa: F401 (fixtures)
 
 from laudnet import kernels as K
@@ -70,16 +71,16 @@ def test_masker_decide_ref_is_the_deployed_masker():
 # Triton under the interpreter
 
 
-@pytest.mark.parametrize("split", [1, 3])
-@pytest.mark.parametrize("window", [MR.MAP_WINDOW, 1, 2, 3])
+@pytest.mark.parametrize("split", [None, 1, 3])  # None: the tiled kernel for small windows
+@pytest.mark.parametrize("window", [MR.MAP_WINDOW, 1, 2, 3, 5])
 def test_window_sums_interpret(interpret, window, split):
-    gen = torch.Generator().manual_seed(window + 10 * split)
+    gen = torch.Generator().manual_seed(window + 10 * (split or 0))
     x = torch.randn((N, H, W, C), generator=gen)
     got = masker.window_sums_triton(x, window, split=split)  # split > 1: partial sums added atomically
     assert got.shape == (N, *MR.window_grid((H, W), window), C)
     assert err_ratio(got, MR.window_sums_ref(x, window)) < 1e-6
     xr = x.clone()
-    got_r = K.window_sums(xr, window, relu=True, impl="triton")
+    got_r = masker.window_sums_triton(xr, window, relu=True, split=split)
     assert torch.equal(xr, x.clamp(min=0))  # ReLU applied in place
     assert err_ratio(got_r, MR.window_sums_ref(x.clamp(min=0), window)) < 1e-6
 
@@ -239,3 +240,66 @@ def test_masker_kernels_cuda_bf16(cuda, s):
         ref1 = R.pixel_conv1x1_ref(x.float(), w1.float(), None, R.samples_to_pixel_idx(order[: n // 2], h * w))
         sel = order[: n // 2].long()
         assert err_ratio(h1[sel], ref1[sel]) < 1e-2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# channel masker
+
+
+def _channel_masker_args(n: int, c: int, hidden: int, groups: int, device="cpu", seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    sums = torch.randn((n, c), generator=gen) * 7
+    w1, b1 = torch.randn((hidden, c), generator=gen) / c**0.5, torch.randn(hidden, generator=gen)
+    w2, b2 = torch.randn((groups, hidden), generator=gen), torch.randn(groups, generator=gen) * 0.1
+    return [t.to(device) for t in (sums, w1, b1, w2, b2)]
+
+
+def test_channel_masker_ref_is_the_deployed_masker_mlp():
+    """sums / pixels through the masker's MLP: the decisions of `ChannelMasker` on the mean (eval, hard)."""
+    from laudnet.masks import ChannelMasker
+
+    torch.manual_seed(0)
+    masker = ChannelMasker(24, n_groups=5).eval()
+    x = torch.randn(4, 24, 6, 5)
+    with torch.no_grad():
+        expect = masker(x).bool()
+        n = masker.n_groups
+        w2, b2 = masker.fc2.weight[:n] - masker.fc2.weight[n:], masker.fc2.bias[:n] - masker.fc2.bias[n:]
+        sums = MR.window_sums_ref(x.permute(0, 2, 3, 1).contiguous(), MR.MAP_WINDOW).view(4, 24)
+        got = MR.channel_masker_ref(sums, 30, masker.fc1.weight, masker.fc1.bias, w2, b2)
+    assert torch.equal(got, expect.view(4, n))
+
+
+@pytest.mark.parametrize(("n", "c", "hidden", "groups"), [(5, 20, 16, 8), (3, 37, 17, 33), (1, 8, 16, 1)])
+def test_channel_masker_interpret(interpret, n, c, hidden, groups):
+    """Odd channel, hidden and group counts (several C and G tiles, masked lanes), one sample, one group."""
+    sums, w1, b1, w2, b2 = _channel_masker_args(n, c, hidden, groups, seed=c)
+    got = masker.channel_masker_triton(sums, 12, w1, b1, w2, b2)
+    logits = F.relu(sums / 12 @ w1.t() + b1) @ w2.t() + b2
+    clear = logits.abs() > 1e-4
+    assert got.shape == (n, groups) and got.dtype == torch.bool
+    assert torch.equal(got[clear], MR.channel_masker_ref(sums, 12, w1, b1, w2, b2)[clear])
+    assert got.any() and not got.all() or n * groups < 8
+    forced = torch.rand((n, groups), generator=torch.Generator().manual_seed(1)) < 0.5
+    assert torch.equal(K.channel_masker(sums, 12, w1, b1, w2, b2, forced, impl="triton"), forced)
+
+
+def test_channel_masker_rejects_bad_input():
+    sums, w1, b1, w2, b2 = _channel_masker_args(2, 8, 16, 4)
+    with pytest.raises(ValueError, match="sums must be contiguous fp32"):
+        MR.channel_masker_ref(sums.half(), 4, w1, b1, w2, b2)
+    with pytest.raises(ValueError, match="fc1 weight must be fp32"):
+        MR.channel_masker_ref(sums, 4, w1[:, :5], b1, w2, b2)
+    with pytest.raises(ValueError, match="pixels"):
+        MR.channel_masker_ref(sums, 0, w1, b1, w2, b2)
+    with pytest.raises(ValueError, match="forced decisions"):
+        MR.channel_masker_ref(sums, 4, w1, b1, w2, b2, forced=torch.ones(2, 3, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+def test_channel_masker_cuda(cuda):
+    sums, w1, b1, w2, b2 = _channel_masker_args(128, 2048, 32, 512, device=cuda)
+    got = K.channel_masker(sums, 49, w1, b1, w2, b2)
+    logits = F.relu(sums / 49 @ w1.t() + b1) @ w2.t() + b2
+    clear = logits.abs() > 1e-3
+    assert torch.equal(got[clear], (logits >= 0)[clear])
