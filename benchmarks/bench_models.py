@@ -211,7 +211,8 @@ def static_baselines(name: str, tv, x: torch.Tensor, args) -> dict[str, Callable
     forms["laudnet folded eager"] = partial(static, x)
     forms["laudnet folded cuda-graph"] = as_graph(static, x)
     if args.compile:
-        static_c = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16, compile=True)
+        static_c = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16,
+                          compile=args.compile_shapes)
         forms["laudnet folded compile"] = partial(static_c, x)
         # one graph of the whole network at this shape (no dynamic-shape branch function shared with other models)
         forms["laudnet folded whole-compile"] = partial(torch.compile(static, dynamic=False), x)
@@ -243,12 +244,12 @@ def bench_model(name: str, args, results: list[dict]) -> None:
             record_static(results, row, forms, args)
         for paradigm in args.paradigms:
             model = laudnet.create_model(name, paradigm=paradigm).cuda().eval()
-            deployed = deploy(model, torch.bfloat16, compile=args.compile)
+            deployed = deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes)
             deployed_sparse = deploy(model, torch.bfloat16, spatial_conv1="sparse") if paradigm == "spatial" else None
             # the masker bookkeeping paths to compare with the default (fused) one, same compile setting
-            others = {mode: deploy(model, torch.bfloat16, compile=args.compile, maskers=mode)
+            others = {mode: deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes, maskers=mode)
                       for mode in MASKER_MODES if args.compare_maskers and paradigm in ("layer", "spatial")}
-            tuned = deploy(model, torch.bfloat16, compile=args.compile) if args.tune else None
+            tuned = deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes) if args.tune else None
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)
             if paradigm == "layer":
@@ -315,6 +316,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--compile-shapes", choices=["dynamic", "static"], default="dynamic",
+                        help="shape mode of the compiled block function of deploy(compile=...) (one per process)")
     parser.add_argument("--compare-maskers", action="store_true",
                         help="also time spatial/layer networks deployed with maskers='kernel' and 'torch' (the "
                              "previous path) as CUDA graphs, against the default maskers='fused'")

@@ -80,22 +80,32 @@ def residual_branch(x: Tensor, s: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2
     return F.relu(y + s) if act else y + s
 
 
-_COMPILED_BRANCH = None
+COMPILE_SHAPES = ("dynamic", "static")
+_COMPILED_BRANCH: dict[str, object] = {}
 
 
-def compiled_residual_branch():
-    """`residual_branch` compiled once per process (Inductor, dynamic batch)."""
-    global _COMPILED_BRANCH
-    if _COMPILED_BRANCH is None:
-        # One compiled function serves blocks of every width; each distinct shape signature (weights are parameters:
-        # their shapes are specialised) and mask signature is a cache entry. Past the limit Dynamo silently runs the
-        # function eagerly: a ResNet-101 with static, dense-masked and sub-batch variants needs well over 64.
+def compiled_residual_branch(shapes: str = "dynamic"):
+    """`residual_branch` compiled once per process and shape mode (Inductor).
+
+    Args:
+        shapes: ``dynamic`` — symbolic sizes, one graph serving many signatures; ``static`` — one graph specialised
+            to each shape signature (on an H200 the folded static ResNet-101 took 11.35 ms at batch 128 with its
+            blocks compiled dynamically, 7.80 ms compiled whole at static shapes:
+            `benchmarks/results/bench_models_tuned_r101_h200_8c859e2.json`). Use one mode per process: the modes
+            share Dynamo's cache of this function's code.
+    """
+    if shapes not in COMPILE_SHAPES:
+        raise ValueError(f"compile shapes must be one of {COMPILE_SHAPES}, got {shapes!r}")
+    if shapes not in _COMPILED_BRANCH:
+        # Each distinct shape signature (block width, stride, projection, masks; with static shapes also the batch
+        # and map size) is a cache entry. Past the limit Dynamo silently runs the function eagerly: a ResNet-101 with
+        # static and dense-masked variants needs well over 64.
         cfg = torch._dynamo.config
         for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one where it exists
             if hasattr(cfg, name):
                 setattr(cfg, name, max(getattr(cfg, name), 256))
-        _COMPILED_BRANCH = torch.compile(residual_branch, dynamic=True)
-    return _COMPILED_BRANCH
+        _COMPILED_BRANCH[shapes] = torch.compile(residual_branch, dynamic=shapes == "dynamic")
+    return _COMPILED_BRANCH[shapes]
 
 
 class DeployedBlock(nn.Module):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from laudnet.deploy.blocks import MASKERS, DeployedBlock, compiled_residual_branch
+from laudnet.deploy.blocks import COMPILE_SHAPES, MASKERS, DeployedBlock, compiled_residual_branch
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.models._base import DynamicModel
 from laudnet.models.regnet import LaudRegNet
@@ -118,7 +118,7 @@ def deploy(
     *,
     dense_above: float | list[float] = 1.0,
     device: torch.device | str | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     spatial_conv1: str = "dense",
     maskers: str = "fused",
 ) -> DeployedModel | DeployedViT:
@@ -131,9 +131,10 @@ def deploy(
         dtype: compute dtype (bf16 on GPU; fp32 for exact comparisons).
         dense_above: activation rate above which a block runs its dense-masked path: one value, or one per block.
         device: where the deployed model lives (default: the model's device).
-        compile: compile the stem and head (`torch.compile`), and run the dense parts of blocks (whole static
-            blocks, the torch layer-skipping path) through one compiled function with dynamic batch size. Compilation
-            happens at the first call (also the warm-up of `graphed`).
+        compile: compile the stem and head (`torch.compile`), and run the dense parts of blocks (static blocks,
+            dense-masked paths) through one compiled function: True or ``"dynamic"`` with symbolic sizes,
+            ``"static"`` specialised to each shape signature (`compiled_residual_branch`). Compilation happens at the
+            first call (also the warm-up of `graphed`).
         spatial_conv1: ``dense`` (default) or ``sparse``: how spatially skipping ResNet blocks compute conv1 — on
             every pixel (fused Triton 1×1 conv, no index building) or on the dilated active region only.
         maskers: masker bookkeeping of spatially and layer skipping ResNet blocks (the fused patch paths):
@@ -156,6 +157,10 @@ def deploy(
         from laudnet.deploy.vit import deploy_vit
 
         return deploy_vit(model, dtype, device=device)
+    if compile is True:
+        compile = "dynamic"
+    if compile is not False and compile not in COMPILE_SHAPES:
+        raise ValueError(f"compile must be True, False or one of {COMPILE_SHAPES}, got {compile!r}")
     blocks = model.dynamic_blocks()
     thresholds = [dense_above] * len(blocks) if isinstance(dense_above, int | float) else list(dense_above)
     if len(thresholds) != len(blocks):
@@ -180,7 +185,7 @@ def deploy(
         b.maskers = maskers
         b.prepare()
         if compile:
-            b.branch_fn = compiled_residual_branch()
+            b.branch_fn = compiled_residual_branch(compile)
     if maskers == "fused":  # each block produces the window sums its successor's masker reads
         for b, nxt in zip(chain, chain[1:], strict=False):
             b.emit_window = nxt.in_window if b.fusable and nxt.fusable else None

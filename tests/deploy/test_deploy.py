@@ -91,6 +91,20 @@ def test_spatial_sparse_conv1_agrees():
         deploy(model, spatial_conv1="halo")
 
 
+def test_compile_shape_modes():
+    """`compile=True` is the dynamic-shape branch function, `"static"` the specialised one (not called here: Inductor
+    on CPU needs a C++ toolchain); anything else is refused by name."""
+    from laudnet.deploy.blocks import compiled_residual_branch
+
+    model = _trained_like("laud_resnet50", "channel")
+    for mode, shapes in ((True, "dynamic"), ("dynamic", "dynamic"), ("static", "static")):
+        fn = compiled_residual_branch(shapes)
+        assert all(b.branch_fn is fn for b in deploy(model, torch.float32, compile=mode).blocks())
+    assert compiled_residual_branch("static") is not compiled_residual_branch("dynamic")
+    with pytest.raises(ValueError, match="compile must be True, False or one of"):
+        deploy(model, compile="max-autotune")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
 def test_deployed_bf16_kernels_and_graph_on_gpu(paradigm):
@@ -146,7 +160,7 @@ def test_graphed_tuning_needs_a_gpu():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(("paradigm", "compile"), [("spatial", False), ("channel", False), ("layer", False),
-                                                   ("spatial", True), ("channel", True)])
+                                                   ("spatial", True), ("channel", True), ("channel", "static")])
 def test_graphed_tuning_on_gpu_keeps_the_function(paradigm, compile):
     """Each block and path is timed from its own CUDA graph; whatever is chosen, the graphed model still computes the
     same function (decisions imposed, as in the bf16 test above). With `compile`, the dense-masked path runs through
