@@ -373,8 +373,9 @@ def bench_case(bench: Bench, case: Case, batch: int, x: Tensor, model: LaudViT, 
     forms = {
         "bucket eager": deploy_vit(model, bench.dtype, **fuse),
         "varlen eager": deploy_vit(model, bench.dtype, attention="varlen", **fuse),
-        "bucket cuda-graph": deploy_vit(model, bench.dtype, capturable=True, **fuse),
-        "varlen cuda-graph": deploy_vit(model, bench.dtype, attention="varlen", capturable=True, **fuse),
+        "bucket cuda-graph": deploy_vit(model, bench.dtype, capturable=True, fuse_rows=args.fuse_rows, **fuse),
+        "varlen cuda-graph": deploy_vit(model, bench.dtype, attention="varlen", capturable=True,
+                                        fuse_rows=args.fuse_rows, **fuse),
     }
     decisions = exact_decisions(model, case, batch, gen)
     impose(list(forms.values()), decisions, x.device)
@@ -585,6 +586,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-combo", dest="combo", action="store_const", const=None)
     parser.add_argument("--separate-token-masker", dest="fuse_token_masker", action="store_const", const=False,
                         default=None, help="deploy with the token masker as its own layer, not fused into norm1")
+    parser.add_argument("--fuse-rows", action="store_true",
+                        help="CUDA-graph forms with GELU and residual adds in the row GEMMs (deploy_vit(fuse_rows=))")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-compile", dest="compile", action="store_false")

@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--graphed", action="store_true",
                         help="profile the capturable model replayed as one CUDA graph (its kernels, no host work)")
+    parser.add_argument("--fuse-rows", action="store_true", help="deploy_vit(fuse_rows=True) (with --graphed)")
     parser.add_argument("--separate-token-masker", dest="fuse_token_masker", action="store_const", const=False,
                         default=None, help="the token masker as its own layer, not fused into norm1")
     parser.add_argument("--out", required=True)
@@ -39,7 +40,7 @@ def main() -> int:
     torch.backends.cudnn.benchmark = True  # the patch embedding's convolution, as in bench_vit.py
     model = laudnet.create_model(args.model, paradigm=args.paradigm).cuda().eval()
     deployed = deploy_vit(model, torch.bfloat16, attention=args.attention, capturable=args.graphed,
-                          fuse_token_masker=args.fuse_token_masker)
+                          fuse_token_masker=args.fuse_token_masker, fuse_rows=args.fuse_rows)
     case = Case(args.paradigm, token=args.token, head=args.head, layer=args.layer)
     impose([deployed], exact_decisions(model, case, args.batch, torch.Generator().manual_seed(0)),
            torch.device("cuda"))

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from laudnet.blocks.vit import DynamicViTBlock
 from laudnet.deploy.model import GraphedModel
 from laudnet.deploy.packed import (
+    _triton_rows,
     add_rows,
     check_varlen_support,
     compact_positions,
@@ -58,6 +59,15 @@ from laudnet.masks import _Masker
 from laudnet.models.vit import LaudViT
 
 
+def _layer_scale(ls: nn.Module) -> Tensor | None | bool:
+    """A residual branch's LayerScale as the fused row kernels take it: None (identity), its gamma, or False (a
+    module they cannot fuse)."""
+    if isinstance(ls, nn.Identity):
+        return None
+    gamma = getattr(ls, "gamma", None)
+    return gamma if isinstance(gamma, Tensor) and gamma.dim() == 1 else False
+
+
 class DeployedViTBlock(nn.Module):
     """One ViT block in inference form (see the module docstring).
 
@@ -67,11 +77,17 @@ class DeployedViTBlock(nn.Module):
             attention without `capturable` only.
         attention: ``bucket`` (padded batches with key-padding masks) or ``varlen`` (packed rows, varlen kernel).
         capturable: build every index list on the device with a fixed capacity: no host synchronisation.
+        fuse_token_masker: see `deploy_vit`.
+        fuse_rows: with `capturable`, the MLP's GELU in its fc1 GEMM and the residual adds of the MLP and of the
+            attention (sample-level heads) in the fc2 / projection GEMMs (`laudnet.kernels.rows_linear`).
     """
 
     def __init__(self, block: DynamicViTBlock, token_bucket: int = 8, attention: str = "bucket",
-                 capturable: bool = False, fuse_token_masker: bool | None = None) -> None:
+                 capturable: bool = False, fuse_token_masker: bool | None = None, fuse_rows: bool = False) -> None:
         super().__init__()
+        if fuse_rows and not capturable:
+            raise ValueError("fuse_rows fuses the capturable row GEMMs: it needs capturable=True")
+        self.fuse_rows = bool(fuse_rows)
         self.parts = block.parts
         self.paradigm = block.paradigm
         self.token_bucket = token_bucket
@@ -247,6 +263,12 @@ class DeployedViTBlock(nn.Module):
             layers = [(self.qkv_w[j * c:(j + 1) * c], wt[j], self.qkv_b[j * c:(j + 1) * c]) for j in range(3)]
             q, k, v = (t.view(-1, h, d) for t in rows_linears(y2, layers, rows))
             o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
+            scale = _layer_scale(self.ls1)
+            if self.fuse_rows and scale is not False and _triton_rows(y2, rows, self.proj_wt):
+                res = x.reshape(b * n, c).clone()  # the projection's epilogue adds into the residual stream
+                dispatch.rows_linear(o.reshape(-1, c), self.proj_wt, self.proj_b, None, rows.count, out=res,
+                                     out_idx=rows.pos32, keep=rows.keep, scale=scale)
+                return res.view(b, n, c)
             out = rows_linear(o.reshape(-1, c), self.proj_w, getattr(self, "proj_wt", None), self.proj_b, rows,
                               packed=True)
         else:
@@ -322,6 +344,15 @@ class DeployedViTBlock(nn.Module):
         mlp = self.mlp
         rows = pack_rows(sel, sync_free=True)
         z = self.norm2(x).reshape(b * n, c)
+        scale = _layer_scale(self.ls2)
+        gelu = isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none" and isinstance(mlp.norm, nn.Identity)
+        if self.fuse_rows and gelu and scale is not False and _triton_rows(z, rows, self.fc1_wt):
+            # GELU in fc1's epilogue, the residual add in fc2's: only the counted rows are touched
+            hidden = dispatch.rows_linear(z, self.fc1_wt, mlp.fc1.bias, rows.pos32, rows.count, "gelu")
+            out = x.reshape(b * n, c) if inplace else x.reshape(b * n, c).clone()
+            dispatch.rows_linear(hidden, self.fc2_wt, mlp.fc2.bias, None, rows.count, out=out, out_idx=rows.pos32,
+                                 keep=rows.keep, scale=scale)
+            return out.view(b, n, c)
         hidden = mlp.norm(mlp.drop1(mlp.act(rows_linear(z, mlp.fc1.weight, self.fc1_wt, mlp.fc1.bias, rows))))
         out = mlp.drop2(rows_linear(hidden, mlp.fc2.weight, self.fc2_wt, mlp.fc2.bias, rows, packed=True))
         return scatter_rows(x.reshape(b * n, c), self.ls2(out), rows, inplace=inplace).view(b, n, c)
@@ -388,7 +419,7 @@ class DeployedViT(nn.Module):
     """Embedding → deployed blocks → final norm, pooling and classifier, computing in `dtype`."""
 
     def __init__(self, model: LaudViT, dtype: torch.dtype, token_bucket: int, attention: str = "bucket",
-                 capturable: bool = False, fuse_token_masker: bool | None = None) -> None:
+                 capturable: bool = False, fuse_token_masker: bool | None = None, fuse_rows: bool = False) -> None:
         super().__init__()
         self.dtype = dtype
         self.attention = attention
@@ -398,8 +429,8 @@ class DeployedViT(nn.Module):
         self.patch_embed = copy.deepcopy(model.patch_embed)
         self.register_buffer("cls_token", model.cls_token.detach().clone())
         self.register_buffer("pos_embed", model.pos_embed.detach().clone())
-        self.blocks = nn.Sequential(*[DeployedViTBlock(b, token_bucket, attention, capturable, fuse_token_masker)
-                                       for b in model.blocks])
+        self.blocks = nn.Sequential(*[DeployedViTBlock(b, token_bucket, attention, capturable, fuse_token_masker,
+                                                        fuse_rows) for b in model.blocks])
         self.norm, self.fc_norm, self.head = (copy.deepcopy(m) for m in (model.norm, model.fc_norm, model.head))
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -441,6 +472,7 @@ def deploy_vit(
     attention: str = "bucket",
     capturable: bool = False,
     fuse_token_masker: bool | None = None,
+    fuse_rows: bool = False,
 ) -> DeployedViT:
     """Turn a trained LAUD-ViT into an inference module; the model itself is left unchanged.
 
@@ -461,6 +493,10 @@ def deploy_vit(
             Default None: fused in every block whose norm1 is an affine LayerNorm (measured on an H200 at batch 128,
             token rate 0.5: 7.7 against 8.7 ms in the varlen CUDA-graph form); False: never; True: required (an
             error where a block cannot fuse it).
+        fuse_rows: with ``capturable=True`` on CUDA, the MLP's GELU runs in its fc1 row GEMM's epilogue and the
+            residual adds of the MLP and of varlen attention (without head skipping) in the fc2 / projection GEMMs'
+            epilogues (`laudnet.kernels.rows_linear`): no pass over the B·N capacity rows for the activation, the
+            gathers and the copies. Opt-in until measured against the unfused form on a GPU.
 
     Returns:
         A `DeployedViT` in eval mode computing the eval-mode function of `model`.
@@ -475,7 +511,7 @@ def deploy_vit(
     if attention == "varlen":
         check_varlen_support(device, dtype)
     deployed = DeployedViT(model, dtype, token_bucket, attention, bool(capturable),
-                           fuse_token_masker).to(device=device).eval()
+                           fuse_token_masker, bool(fuse_rows)).to(device=device).eval()
     maskers = {id(p) for m in deployed.modules() if isinstance(m, _Masker) for p in m.parameters()}
     for p in deployed.parameters():
         p.requires_grad_(False)

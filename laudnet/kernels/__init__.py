@@ -2,8 +2,8 @@
 
 Spatial skipping (S x S patches on a block's output grid), layer skipping (compacted sub-batch) — see
 `spatial_ref.py` for the shared conventions — and their maskers (window sums, decisions and index lists in Triton,
-`masker_ref.py`), and the ViT token masker fused into LayerNorm (`token_ref.py`). The references themselves are not
-exported.
+`masker_ref.py`), the ViT token masker fused into LayerNorm (`token_ref.py`), and the ViT's linear layers on listed
+token rows with their GELU or residual scatter-add fused (`rows_ref.py`). The references themselves are not exported.
 """
 
 from .dispatch import channel_masker as channel_masker
@@ -14,6 +14,7 @@ from .dispatch import masker_decide as masker_decide
 from .dispatch import pixel_conv1x1 as pixel_conv1x1
 from .dispatch import resolve_impl as resolve_impl
 from .dispatch import rows_add_relu_ as rows_add_relu_
+from .dispatch import rows_linear as rows_linear
 from .dispatch import window_sums as window_sums
 from .masker_ref import MAP_WINDOW as MAP_WINDOW
 from .masker_ref import MaskerDecisions as MaskerDecisions

@@ -305,6 +305,44 @@ def rows_add_relu_(
     return rows_add_relu_triton(out, y, idx, relu)
 
 
+def rows_linear(
+    src: torch.Tensor,
+    weight_t: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_idx: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
+    act: str = "none",
+    *,
+    out: torch.Tensor | None = None,
+    out_idx: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """A linear layer on listed token rows, the rows in use counted on the device, with the GELU or the residual
+    scatter-add fused: `act(src[in_idx] @ W + b)` (gather form), or `out[out_idx] += scale * (src[in_idx] @ W + b)`
+    in place at distinct rows (scatter-add form, `keep` selecting the rows added).
+
+    Args:
+        src: (M, Cin) contiguous. weight_t: (Cin, Cout). bias: (Cout,) or None.
+        in_idx: int32 (R,) rows of src, or None for all M. count: int32 (1,) rows in use, or None for all.
+        act: "none" or "gelu" (gather form).
+        out, out_idx, keep, scale: the scatter-add form's (M', Cout) target, int32 (R,) distinct rows, bool (R,)
+            rows added, (Cout,) factor.
+        impl: "auto", "reference" or "triton".
+
+    Returns:
+        (R, Cout) (gather form; rows past `count` unspecified) or `out`.
+    """
+    from .rows import rows_linear_triton
+    from .rows_ref import rows_linear_ref
+
+    fn = rows_linear_ref
+    if resolve_impl(src, weight_t, bias, in_idx, count, out, out_idx, keep, scale, impl=impl) == "triton":
+        fn = rows_linear_triton
+    return fn(src, weight_t, bias, in_idx, count, act, out=out, out_idx=out_idx, keep=keep, scale=scale)
+
+
 def layer_norm_score(
     x: torch.Tensor,
     ln_weight: torch.Tensor,

@@ -133,6 +133,34 @@ def test_fused_token_masker_through_triton(monkeypatch):
     assert len(calls) == 2  # one per block
 
 
+@pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
+@pytest.mark.parametrize("layer_scale", [None, 0.5])
+def test_fused_rows_through_triton(monkeypatch, layer_scale):
+    """fuse_rows: fc1 + GELU and the residual adds of the MLP and the attention in the row kernels; same function as
+    the eval model, with and without LayerScale."""
+    monkeypatch.setenv("LAUDNET_KERNELS", "triton")
+    calls = []
+    kernel = dispatch.rows_linear
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("out_idx") is not None)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "rows_linear", counting)
+    model = skipping_vit("token+layer", depth=2, init_values=layer_scale)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        out = deploy_vit(model, torch.float32, attention="varlen", capturable=True, fuse_rows=True)(x)
+        assert _rel(out, expected) < 1e-5
+    assert calls == [True, False, True] * 2  # per block: projection + add, fc1 + GELU, fc2 + add
+
+
+def test_fused_rows_needs_capturable():
+    with pytest.raises(ValueError, match="fuse_rows fuses the capturable row GEMMs: it needs capturable=True"):
+        deploy_vit(skipping_vit("token", depth=2), torch.float32, attention="varlen", fuse_rows=True)
+
+
 def test_fused_token_masker_needs_a_layer_norm():
     model = skipping_vit("token", depth=2)
     model.blocks[1].norm1 = torch.nn.Identity()
@@ -169,8 +197,8 @@ def test_graphed_on_gpu(attention):
     x = torch.randn(8, 3, 64, 64, device="cuda")
     with torch.no_grad():
         expected = model(x)
-    for capturable in (False, True):
-        deployed = deploy_vit(model, torch.bfloat16, attention=attention, capturable=capturable)
+    for capturable, fuse_rows in ((False, False), (True, True), (True, False)):
+        deployed = deploy_vit(model, torch.bfloat16, attention=attention, capturable=capturable, fuse_rows=fuse_rows)
         impose_model_decisions(deployed, model)
         with torch.no_grad():
             assert _rel(deployed(x).float(), expected) < 2e-2
