@@ -78,8 +78,8 @@ class DeployedViTBlock(nn.Module):
         attention: ``bucket`` (padded batches with key-padding masks) or ``varlen`` (packed rows, varlen kernel).
         capturable: build every index list on the device with a fixed capacity: no host synchronisation.
         fuse_token_masker: see `deploy_vit`.
-        fuse_rows: with `capturable`, the MLP's GELU in its fc1 GEMM and the residual adds of the MLP and of the
-            attention (sample-level heads) in the fc2 / projection GEMMs (`laudnet.kernels.rows_linear`).
+        fuse_rows: with `capturable`, norm2 and the GELU in the MLP's fc1 GEMM and the residual adds of the MLP and
+            of varlen attention without head skipping in the fc2 / projection GEMMs (`laudnet.kernels.rows_linear`).
     """
 
     def __init__(self, block: DynamicViTBlock, token_bucket: int = 8, attention: str = "bucket",
@@ -343,16 +343,23 @@ class DeployedViTBlock(nn.Module):
         b, n, c = x.shape
         mlp = self.mlp
         rows = pack_rows(sel, sync_free=True)
-        z = self.norm2(x).reshape(b * n, c)
+        x2 = x.reshape(b * n, c)
         scale = _layer_scale(self.ls2)
         gelu = isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none" and isinstance(mlp.norm, nn.Identity)
-        if self.fuse_rows and gelu and scale is not False and _triton_rows(z, rows, self.fc1_wt):
-            # GELU in fc1's epilogue, the residual add in fc2's: only the counted rows are touched
-            hidden = dispatch.rows_linear(z, self.fc1_wt, mlp.fc1.bias, rows.pos32, rows.count, "gelu")
-            out = x.reshape(b * n, c) if inplace else x.reshape(b * n, c).clone()
+        if self.fuse_rows and gelu and scale is not False and _triton_rows(x2, rows, self.fc1_wt):
+            # norm2 on the gathered rows in fc1's prologue, GELU in its epilogue, the residual add in fc2's: only
+            # the counted rows are touched
+            n2 = self.norm2
+            if isinstance(n2, nn.LayerNorm) and n2.weight is not None and n2.bias is not None:
+                src, ln = x2, (n2.weight, n2.bias, n2.eps)
+            else:
+                src, ln = n2(x).reshape(b * n, c), None
+            hidden = dispatch.rows_linear(src, self.fc1_wt, mlp.fc1.bias, rows.pos32, rows.count, "gelu", ln=ln)
+            out = x2 if inplace else x2.clone()
             dispatch.rows_linear(hidden, self.fc2_wt, mlp.fc2.bias, None, rows.count, out=out, out_idx=rows.pos32,
                                  keep=rows.keep, scale=scale)
             return out.view(b, n, c)
+        z = self.norm2(x).reshape(b * n, c)
         hidden = mlp.norm(mlp.drop1(mlp.act(rows_linear(z, mlp.fc1.weight, self.fc1_wt, mlp.fc1.bias, rows))))
         out = mlp.drop2(rows_linear(hidden, mlp.fc2.weight, self.fc2_wt, mlp.fc2.bias, rows, packed=True))
         return scatter_rows(x.reshape(b * n, c), self.ls2(out), rows, inplace=inplace).view(b, n, c)
@@ -493,10 +500,11 @@ def deploy_vit(
             Default None: fused in every block whose norm1 is an affine LayerNorm (measured on an H200 at batch 128,
             token rate 0.5: 7.7 against 8.7 ms in the varlen CUDA-graph form); False: never; True: required (an
             error where a block cannot fuse it).
-        fuse_rows: with ``capturable=True`` on CUDA, the MLP's GELU runs in its fc1 row GEMM's epilogue and the
-            residual adds of the MLP and of varlen attention (without head skipping) in the fc2 / projection GEMMs'
-            epilogues (`laudnet.kernels.rows_linear`): no pass over the B·N capacity rows for the activation, the
-            gathers and the copies. Opt-in until measured against the unfused form on a GPU.
+        fuse_rows: with ``capturable=True`` on CUDA, the MLP's norm2 runs in its fc1 row GEMM's prologue (on the
+            gathered rows only) and its GELU in the epilogue, and the residual adds of the MLP and of varlen attention
+            (without head skipping) in the fc2 / projection GEMMs' epilogues (`laudnet.kernels.rows_linear`): no pass
+            over the B·N capacity rows for the norm, the activation, the gathers and the copies. Opt-in until
+            measured against the unfused form on a GPU.
 
     Returns:
         A `DeployedViT` in eval mode computing the eval-mode function of `model`.

@@ -317,6 +317,7 @@ def rows_linear(
     out_idx: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    ln: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """A linear layer on listed token rows, the rows in use counted on the device, with the GELU or the residual
@@ -329,6 +330,7 @@ def rows_linear(
         act: "none" or "gelu" (gather form).
         out, out_idx, keep, scale: the scatter-add form's (M', Cout) target, int32 (R,) distinct rows, bool (R,)
             rows added, (Cout,) factor.
+        ln: (weight, bias, eps) of a LayerNorm applied to the gathered rows first (gather form), or None.
         impl: "auto", "reference" or "triton".
 
     Returns:
@@ -338,9 +340,10 @@ def rows_linear(
     from .rows_ref import rows_linear_ref
 
     fn = rows_linear_ref
-    if resolve_impl(src, weight_t, bias, in_idx, count, out, out_idx, keep, scale, impl=impl) == "triton":
+    ln_t = ln[:2] if ln is not None else ()
+    if resolve_impl(src, weight_t, bias, in_idx, count, out, out_idx, keep, scale, *ln_t, impl=impl) == "triton":
         fn = rows_linear_triton
-    return fn(src, weight_t, bias, in_idx, count, act, out=out, out_idx=out_idx, keep=keep, scale=scale)
+    return fn(src, weight_t, bias, in_idx, count, act, out=out, out_idx=out_idx, keep=keep, scale=scale, ln=ln)
 
 
 def layer_norm_score(

@@ -3,7 +3,8 @@ its epilogue, reading the row count on the device (tiles past it do no GEMM).
 
 What it replaces in the capturable deployed ViT (H200 profile of the varlen CUDA graph at token rate 0.5,
 `benchmarks/NOTES-vit.md`): GELU over every one of the B·N capacity rows (0.6 ms per forward) and, per residual
-branch, a gather, a `where` and an `index_copy_` over the capacity rows (about 1.9 ms with the packing's gathers).
+branch, a gather, a `where` and an `index_copy_` over the capacity rows (about 1.9 ms with the packing's gathers),
+and norm2 over every token (0.5 ms): with `ln` the fc1 kernel normalises the rows it gathers itself.
 """
 
 import torch
@@ -30,6 +31,9 @@ def _rows_linear_kernel_src(
     oidx_ptr,  # int32 [R] output rows (SCATTER)
     keep_ptr,  # uint8 [R] (SCATTER and HAS_KEEP)
     scale_ptr,  # [N] (SCATTER and HAS_SCALE)
+    lnw_ptr,  # [K] LayerNorm weight of the rows (HAS_LN)
+    lnb_ptr,  # [K] LayerNorm bias (HAS_LN)
+    eps,
     R,
     K,
     N,
@@ -40,6 +44,7 @@ def _rows_linear_kernel_src(
     SCATTER: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    HAS_LN: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -62,6 +67,21 @@ def _rows_linear_kernel_src(
         row = rm.to(tl.int64)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     k_end = K * (pid_m * BLOCK_M < R)  # no GEMM for a tile past the rows in use
+    if HAS_LN:  # the rows' mean and variance first (two passes over K, from L2 after the first), in fp32
+        s1 = tl.full((BLOCK_M,), 0.0, tl.float32)
+        for k0 in range(0, k_end, BLOCK_K):
+            kk = k0 + rk
+            v = tl.load(src_ptr + row[:, None] * K + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
+            s1 += tl.sum(v.to(tl.float32), axis=1)
+        mean = s1 / K
+        s2 = tl.full((BLOCK_M,), 0.0, tl.float32)
+        for k0 in range(0, k_end, BLOCK_K):
+            kk = k0 + rk
+            k_ok = kk < K
+            v = tl.load(src_ptr + row[:, None] * K + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            dv = tl.where(k_ok[None, :], v.to(tl.float32) - mean[:, None], 0.0)
+            s2 += tl.sum(dv * dv, axis=1)
+        rstd = 1.0 / tl.sqrt(s2 / K + eps)
     for k0 in range(0, k_end, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
@@ -72,6 +92,11 @@ def _rows_linear_kernel_src(
             a = tl.load(src_ptr + row[:, None] * K + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * N + rn[None, :], mask=k_ok[:, None] & n_ok[None, :],
                         other=0.0)
+        if HAS_LN:  # normalised in fp32, rounded to the input dtype (what a stored LayerNorm output would be)
+            lw = tl.load(lnw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            lb = tl.load(lnb_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            an = (a.to(tl.float32) - mean[:, None]) * rstd[:, None] * lw[None, :] + lb[None, :]
+            a = tl.where((kk < K)[None, :], an, 0.0).to(src_ptr.dtype.element_ty)
         acc = tl.dot(a, b, acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -108,11 +133,13 @@ def rows_linear_triton(
     out_idx: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    ln: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """Triton kernel of `rows_linear_ref` (one launch). Same arguments and result."""
-    r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale)
+    r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, ln)
+    lnw, lnb, eps = ln if ln is not None else (None, None, 0.0)
     for name, t in (("weight_t", weight_t), ("bias", bias), ("in_idx", in_idx), ("count", count), ("out", out),
-                    ("out_idx", out_idx), ("keep", keep), ("scale", scale)):
+                    ("out_idx", out_idx), ("keep", keep), ("scale", scale), ("ln weight", lnw), ("ln bias", lnb)):
         if t is not None and t.device != src.device:
             raise ValueError(f"{name} is on {t.device} but src is on {src.device}")
     wt = weight_t.to(src.dtype).contiguous()
@@ -127,9 +154,11 @@ def rows_linear_triton(
         src, wt, bias if bias is not None else dummy, in_idx if in_idx is not None else dummy,
         count if count is not None else dummy, out, out_idx if scatter else dummy,
         keep.view(torch.uint8) if keep is not None else dummy, scale if scale is not None else dummy,
+        lnw if lnw is not None else dummy, lnb if lnb is not None else dummy, float(eps),
         r, cin, cout,
         HAS_BIAS=bias is not None, HAS_IN_IDX=in_idx is not None, HAS_COUNT=count is not None, GELU=act == "gelu",
-        SCATTER=scatter, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None, EVEN_K=cin % cfg.block_k == 0,
+        SCATTER=scatter, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None, HAS_LN=ln is not None,
+        EVEN_K=cin % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

@@ -4,8 +4,9 @@ the residual scatter-add fused (the specification of the Triton kernel).
 Used by the capturable deployed ViT (`laudnet.deploy.vit`), whose token rows are packed with a fixed capacity `R`
 and a device-side count (`laudnet.deploy.packed`):
 
-* **gather form** (`out_idx=None`): `y[r] = act(src[in_idx[r]] @ W + b)` for the rows `r < count`, a new `(R, Cout)`
-  matrix (rows past `count`: unspecified, zero here);
+* **gather form** (`out_idx=None`): `y[r] = act(norm(src[in_idx[r]]) @ W + b)` for the rows `r < count`, a new
+  `(R, Cout)` matrix (rows past `count`: unspecified, zero here); `norm` is an optional LayerNorm of the rows (the
+  block's norm2 before fc1, computed in fp32 and rounded to `src`'s dtype, as an unfused LayerNorm would store it);
 * **scatter-add form** (`out_idx` given): `out[out_idx[r]] += scale * (src[in_idx[r]] @ W + b)` for the rows
   `r < count` with `keep[r]`, in place; `out_idx` entries are distinct (each output row has one writer, no atomics).
 """
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 ACTS = ("none", "gelu")
 
 
-def check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale) -> tuple[int, int, int]:
+def check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale,
+                           ln=None) -> tuple[int, int, int]:
     """Shared checks of the reference and the Triton launcher; returns (R, Cin, Cout)."""
     if src.dim() != 2 or not src.is_contiguous():
         raise ValueError(f"src must be a contiguous (M, Cin) matrix, got shape {tuple(src.shape)}")
@@ -28,6 +30,11 @@ def check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx
     cout = weight_t.shape[1]
     if bias is not None and tuple(bias.shape) != (cout,):
         raise ValueError(f"bias must be ({cout},), got {tuple(bias.shape)}")
+    if ln is not None:
+        if len(ln) != 3 or any(tuple(t.shape) != (cin,) for t in ln[:2]) or not ln[2] > 0:
+            raise ValueError(f"ln must be (weight ({cin},), bias ({cin},), eps > 0)")
+        if out_idx is not None:
+            raise ValueError("ln belongs to the gather form")
     if act not in ACTS:
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
     for name, t in (("in_idx", in_idx), ("out_idx", out_idx)):
@@ -65,6 +72,7 @@ def rows_linear_ref(
     out_idx: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    ln: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """Linear layer on listed rows (see the module docstring).
 
@@ -77,14 +85,18 @@ def rows_linear_ref(
         out: (M', Cout) matrix updated in place (scatter-add form), with `out_idx` int32 (R,) distinct rows.
         keep: bool (R,): rows whose results are added (scatter-add form), or None for all.
         scale: (Cout,) factor of the added results (a LayerScale), or None.
+        ln: (weight (Cin,), bias (Cin,), eps) of a LayerNorm applied to the rows first (gather form), or None.
 
     Returns:
         The gather form's (R, Cout) result, or `out`.
     """
-    r, _, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale)
+    r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, ln)
     n = r if count is None else min(int(count), r)
     rows = in_idx[:n].long() if in_idx is not None else torch.arange(n, device=src.device)
-    y = src[rows].float() @ weight_t.float()
+    a = src[rows]
+    if ln is not None:
+        a = F.layer_norm(a.float(), (cin,), ln[0].float(), ln[1].float(), ln[2]).to(src.dtype)
+    y = a.float() @ weight_t.float()
     if bias is not None:
         y = y + bias.float()
     if out_idx is None:

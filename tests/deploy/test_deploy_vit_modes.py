@@ -134,10 +134,10 @@ def test_fused_token_masker_through_triton(monkeypatch):
 
 
 @pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
-@pytest.mark.parametrize("layer_scale", [None, 0.5])
-def test_fused_rows_through_triton(monkeypatch, layer_scale):
-    """fuse_rows: fc1 + GELU and the residual adds of the MLP and the attention in the row kernels; same function as
-    the eval model, with and without LayerScale."""
+@pytest.mark.parametrize(("layer_scale", "norm2"), [(None, True), (0.5, True), (None, False)])
+def test_fused_rows_through_triton(monkeypatch, layer_scale, norm2):
+    """fuse_rows: norm2 + fc1 + GELU and the residual adds of the MLP and the attention in the row kernels; same
+    function as the eval model, with and without LayerScale, and with a norm2 the kernel does not fuse."""
     monkeypatch.setenv("LAUDNET_KERNELS", "triton")
     calls = []
     kernel = dispatch.rows_linear
@@ -148,6 +148,9 @@ def test_fused_rows_through_triton(monkeypatch, layer_scale):
 
     monkeypatch.setattr(dispatch, "rows_linear", counting)
     model = skipping_vit("token+layer", depth=2, init_values=layer_scale)
+    if not norm2:
+        for block in model.blocks:
+            block.norm2 = torch.nn.Identity()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)

@@ -53,6 +53,21 @@ def test_gather_form_interpret(interpret, count, act):
     assert err_ratio(full, rows_linear_ref(src, wt, None, act=act)) < 1e-5
 
 
+@pytest.mark.parametrize("cin", [24, 32])  # K with and without a partial K tile
+def test_layer_norm_prologue_interpret(interpret, cin):
+    """ln: the gathered rows normalised in the kernel (mean and variance over Cin in fp32) before the GEMM."""
+    src, wt, bias, idx = _case(50, cin, 19, 41, 6)
+    src = src * 3 + 5  # rows with a large mean: the variance must not come from E[x²] - mean²
+    gen = torch.Generator().manual_seed(7)
+    ln = (torch.randn(cin, generator=gen), torch.randn(cin, generator=gen), 1e-6)
+    cnt = torch.tensor([29], dtype=torch.int32)
+    got = rows_linear_triton(src, wt, bias, idx, cnt, "gelu", ln=ln)
+    ref = rows_linear_ref(src, wt, bias, idx, cnt, "gelu", ln=ln)
+    assert err_ratio(got[:29], ref[:29]) < 1e-5
+    z = F.layer_norm(src[idx[:29].long()], (cin,), ln[0], ln[1], ln[2])
+    assert torch.allclose(ref[:29], F.gelu(F.linear(z, wt.t(), bias)), atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["all", "some", "none"])
 @pytest.mark.parametrize("with_scale", [False, True])
 def test_scatter_add_form_interpret(interpret, kind, with_scale):
@@ -90,6 +105,8 @@ def test_rows_linear_rejects_bad_input():
         rows_linear_ref(src, wt, bias, idx, act="gelu", out=torch.zeros(10, 4), out_idx=idx)
     with pytest.raises(ValueError, match="belong to the scatter-add form"):
         rows_linear_ref(src, wt, bias, idx, keep=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"ln must be \(weight \(8,\)"):
+        rows_linear_ref(src, wt, bias, idx, ln=(torch.ones(7), torch.zeros(8), 1e-6))
 
 
 @pytest.mark.gpu
