@@ -12,7 +12,9 @@ Maskers are reduced to the difference of their two logits (execute iff ≥ 0) an
 Non-projection blocks write their output into their input tensor (the previous block's output): no full-tensor copy.
 
 A channel masker runs as one window-sum pass and one Triton launch for its MLP and threshold
-(`laudnet.kernels.channel_masker`), or with ``maskers="torch"`` as PyTorch's mean, linears, ReLU and compare.
+(`laudnet.kernels.channel_masker`), or with ``maskers="torch"`` as PyTorch's mean, linears, ReLU and compare. With
+``fused`` maskers a channel block's sparse path also adds each sample's output sums up in its last kernel, so that the
+next channel block's masker does not re-read its input.
 
 Masker bookkeeping of the fused patch paths (spatial and layer skipping of plain bottlenecks), selected by `maskers`:
 ``torch`` (torch pooling, GEMV, threshold, argsort and list building: ~10 launches per block plus a full read of the
@@ -167,8 +169,8 @@ class DeployedBlock(nn.Module):
 
     @property
     def in_window(self) -> int:
-        """Window of the block input that the masker averages: S x stride (spatial), `MAP_WINDOW` (layer)."""
-        if self.paradigm == "layer":
+        """Window of the block input that the masker averages: S x stride (spatial), `MAP_WINDOW` (layer, channel)."""
+        if self.paradigm in ("layer", "channel"):
             return MAP_WINDOW
         if self.paradigm == "spatial":
             return self.granularity * self.stride
@@ -196,18 +198,24 @@ class DeployedBlock(nn.Module):
             pooled = pool_patches(x, self.stride, self.granularity, self._out_hw(x)).float()
             keep = torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b >= 0
         elif self.paradigm == "channel":
-            if self.maskers != "torch":  # sums in one pass, the MLP and threshold in one launch
-                n, c, h, w = x.shape
-                sums = K.window_sums(nhwc(x).contiguous(), MAP_WINDOW).view(n, c)
-                fc1 = self.masker_fc1
-                return K.channel_masker(sums, h * w, fc1.weight, fc1.bias, self.masker_w2, self.masker_b2,
-                                        self._imposed((n, self.masker_w2.shape[0])))
+            if self.maskers != "torch":
+                return self._channel_keep(x, None)
             hidden = F.relu(self.masker_fc1(x.mean(dim=(2, 3), dtype=torch.float32)))
             keep = hidden @ self.masker_w2.t() + self.masker_b2 >= 0
         else:
             raise RuntimeError("a static block has no decisions")
         forced = self._imposed(keep.shape)
         return keep if forced is None else forced
+
+    def _channel_keep(self, x: Tensor, sums: Tensor | None) -> Tensor:
+        """Channel decisions (B, n_groups) from the input's per-sample sums (pooled here when None): one window-sum
+        pass, then the masker's MLP and threshold in one launch."""
+        n, c, h, w = x.shape
+        if sums is None:
+            sums = K.window_sums(nhwc(x).contiguous(), MAP_WINDOW)
+        fc1 = self.masker_fc1
+        return K.channel_masker(sums.view(n, c), h * w, fc1.weight, fc1.bias, self.masker_w2, self.masker_b2,
+                                self._imposed((n, self.masker_w2.shape[0])))
 
     def _imposed(self, shape: tuple[int, ...]) -> Tensor | None:
         """`forced_keep`, checked against the shape of the decisions."""
@@ -264,6 +272,8 @@ class DeployedBlock(nn.Module):
     def _run(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
         if self.paradigm == "static":
             return self._dense_block(x, self._shortcut(x)), None
+        if self.channel_kernels and self.maskers != "torch":
+            return self._forward_channel_chained(x, sums, emit)
         if not self.fusable:
             return self._forward_torch(x), None
         return self._forward_kernels(x, sums, emit)
@@ -379,8 +389,28 @@ class DeployedBlock(nn.Module):
             base = self._base = torch.arange(hw, device=device, dtype=torch.int32)
         return base
 
-    def _forward_channel(self, x: Tensor, keep: Tensor) -> Tensor:
-        """Per-sample compacted channels: conv1 computes, conv2 reads and computes, conv3 reads active channels only."""
+    def _forward_channel_chained(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor,
+                                                                                               Tensor | None]:
+        """Channel skipping with the masker on per-sample sums (no host sync unless `dense_above` < 1).
+
+        `sums`: fp32 (B, 1, 1, C) sums of `x` made by the previous block, or None. With `emit` (the next block is a
+        channel block too) the output's sums are returned: accumulated by the sparse path's last kernel, or one pass
+        over the dense path's output.
+        """
+        keep = self._channel_keep(x, sums)
+        self.last_rate = keep.float().mean()  # a 0-d device tensor
+        if self.path == "dense" or (self.dense_above < 1 and float(self.last_rate) > self.dense_above):  # (syncs)
+            out = self._forward_dense(x, keep).contiguous(memory_format=torch.channels_last)  # (no-op)
+            return out, (K.window_sums(nhwc(out), MAP_WINDOW) if emit is not None else None)
+        pool = None
+        if emit is not None:
+            pool = torch.zeros((x.shape[0], self.conv3.out_channels), dtype=torch.float32, device=x.device)
+        out = self._forward_channel(x, keep, pool_out=pool)
+        return out, (pool.view(x.shape[0], 1, 1, -1) if pool is not None else None)
+
+    def _forward_channel(self, x: Tensor, keep: Tensor, pool_out: Tensor | None = None) -> Tensor:
+        """Per-sample compacted channels: conv1 computes, conv2 reads and computes, conv3 reads active channels only
+        (and adds each sample's output sums to `pool_out` when given)."""
         w1, w2, w3 = self._packed
         # kmax = width: no host synchronisation on the counts (each sample's loops stop at its own count).
         idx, counts = channel_ops.channel_index(keep, self.granularity, kmax=self.width)
@@ -388,7 +418,7 @@ class DeployedBlock(nn.Module):
         h2 = channel_ops.channel_conv3x3(h1, w2, self.conv2.bias, idx, counts, self.stride,
                                          group_size=self.granularity)
         s = nhwc(self._shortcut(x))  # the block input itself, or a fresh projection: written in place
-        channel_ops.channel_conv1x1_in(h2, w3, self.conv3.bias, idx, counts, residual=s, out=s)
+        channel_ops.channel_conv1x1_in(h2, w3, self.conv3.bias, idx, counts, residual=s, out=s, pool_out=pool_out)
         return nchw(s)
 
     def _forward_layer(self, x: Tensor, keep: Tensor) -> Tensor:

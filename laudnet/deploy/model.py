@@ -188,7 +188,8 @@ def deploy(
             b.branch_fn = compiled_residual_branch(compile)
     if maskers == "fused":  # each block produces the window sums its successor's masker reads
         for b, nxt in zip(chain, chain[1:], strict=False):
-            b.emit_window = nxt.in_window if b.fusable and nxt.fusable else None
+            chained = (b.fusable and nxt.fusable) or (b.channel_kernels and nxt.channel_kernels)
+            b.emit_window = nxt.in_window if chained else None
     if compile:
         # The stem's conv, ReLU and max-pool: on an H100 at batch 128 eager cuDNN and max-pool take 1.3 ms of a
         # 9 ms layer-skipping ResNet-101 (benchmarks/results/profile_layer_*); Inductor fuses the pointwise work.

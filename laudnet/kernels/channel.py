@@ -263,6 +263,7 @@ if triton is not None:
         cnt_ptr,  # [N] int32 active counts
         r_ptr,  # [N, P, COUT] residual, NHWC contiguous
         o_ptr,  # [N, P, COUT] output; may be r_ptr (each element is read, then written, by the same program)
+        pool_ptr,  # fp32 [N, COUT]: per-sample sums of the stored output added atomically (POOL)
         P,
         COUT,
         KMAX,
@@ -273,6 +274,7 @@ if triton is not None:
         BN: tl.constexpr,
         BK: tl.constexpr,
         PREFETCH: tl.constexpr,  # load the residual tile before the (short) K loop so that its latency overlaps it
+        POOL: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -305,8 +307,11 @@ if triton is not None:
         bias = tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         if not PREFETCH:
             res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
-        out = tl.maximum(acc + bias[None, :] + res.to(tl.float32), 0.0)
-        tl.store(o_ptr + io, out.to(o_ptr.dtype.element_ty), mask=io_ok)
+        out = tl.maximum(acc + bias[None, :] + res.to(tl.float32), 0.0).to(o_ptr.dtype.element_ty)
+        tl.store(o_ptr + io, out, mask=io_ok)
+        if POOL:  # the next channel masker's pooling: sums of the values as stored
+            part = tl.sum(tl.where(io_ok, out.to(tl.float32), 0.0), axis=0)
+            tl.atomic_add(pool_ptr + n.to(tl.int64) * COUT + offs_n, part, mask=n_ok)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -583,6 +588,7 @@ def channel_conv1x1_in(
     out: torch.Tensor | None = None,
     impl: str | None = None,
     config: dict | None = None,
+    pool_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``relu(residual + conv1x1(h) + b3)`` reading only the active input channels; residual add + ReLU fused.
 
@@ -596,6 +602,8 @@ def channel_conv1x1_in(
         impl: force ``"triton"`` or ``"torch"``.
         config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``, optionally ``PREFETCH`` (load the
             residual tile before the GEMM loop).
+        pool_out: fp32 ``[N, Cout]`` contiguous or None: each sample's sums of the output (as stored) are added to
+            it in the epilogue (the next channel masker's pooling, `laudnet.kernels.channel_masker`).
 
     Returns:
         The output (``out`` when given). A sample with no active channel gets ``relu(residual + b3)``.
@@ -617,17 +625,21 @@ def channel_conv1x1_in(
             raise ValueError(f"out must match residual: {tuple(residual.shape)} {residual.dtype}")
         if out.data_ptr() != residual.data_ptr() and _overlaps(out, residual):
             raise ValueError("out must be residual itself or not overlap it")
+    if pool_out is not None and (pool_out.shape != (n, cout) or pool_out.dtype != torch.float32
+                                 or not pool_out.is_contiguous() or pool_out.device != h.device):
+        raise ValueError(f"pool_out must be contiguous fp32 [{n}, {cout}] on {h.device}, got {pool_out.dtype} "
+                         f"{tuple(pool_out.shape)}")
     if not use_triton(h, impl):
-        return ref.channel_conv1x1_in_ref(h, w2d, b3, idx, counts, residual, out)
+        return ref.channel_conv1x1_in_ref(h, w2d, b3, idx, counts, residual, out, pool_out)
     p = height * width
     o = torch.empty_like(residual) if out is None else out
     cfg = dict(conv1x1_in_config(p, cout, kmax), **(config or {}))
     grid = (triton.cdiv(cout, cfg["BN"]), triton.cdiv(p, cfg["BM"]), n)
     if n and p:
         _conv1x1_in_kernel[grid](
-            h, w2d, b3, idx, counts, residual, o,
+            h, w2d, b3, idx, counts, residual, o, pool_out if pool_out is not None else b3,
             p, cout, kmax, w2d.stride(0), w2d.stride(1), idx.stride(0),
-            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], PREFETCH=cfg.get("PREFETCH", False),
+            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], PREFETCH=cfg.get("PREFETCH", False), POOL=pool_out is not None,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
     return o

@@ -185,6 +185,7 @@ def channel_conv1x1_in_ref(
     counts: torch.Tensor,
     residual: torch.Tensor,
     out: torch.Tensor | None = None,
+    pool_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``relu(residual + conv1x1(h) + b3)`` reading only the active input channels of ``h``.
 
@@ -196,6 +197,8 @@ def channel_conv1x1_in_ref(
         w3: ``[Cout, w]`` (or ``[Cout, w, 1, 1]``) folded conv3 weight; ``b3``: ``[Cout]``.
         residual: ``[N, H, W, Cout]`` identity branch.
         out: optional output tensor (may be ``residual`` itself).
+        pool_out: optional fp32 ``[N, Cout]``: each sample's sums of the output over its map (as stored, in the
+            output dtype) are added to it — the next channel masker's pooling, without re-reading the map.
     """
     w3 = _as_2d(w3, "w3").float()
     res = torch.empty(residual.shape, dtype=torch.float32, device=residual.device)
@@ -203,9 +206,12 @@ def channel_conv1x1_in_ref(
         c = int(counts[i])
         act = idx[i, :c].long()
         res[i] = torch.relu(residual[i].float() + h[i, :, :, :c].float() @ w3[:, act].t() + b3.float())
+    stored = res.to(residual.dtype)
+    if pool_out is not None:
+        pool_out += stored.float().sum(dim=(1, 2))
     if out is None:
-        return res.to(residual.dtype)
-    out.copy_(res)
+        return stored
+    out.copy_(stored)
     return out
 
 

@@ -72,7 +72,7 @@ def _center_maskers(model, x):
     return model
 
 
-@pytest.mark.parametrize(("paradigm", "granularity"), [("layer", None), ("spatial", "2-2-1-1")])
+@pytest.mark.parametrize(("paradigm", "granularity"), [("layer", None), ("spatial", "2-2-1-1"), ("channel", None)])
 def test_masker_modes_agree_with_the_eval_model(paradigm, granularity):
     """Reference ops (CPU): every masker mode gives the eval model's output and decisions."""
     model = _randomize_maskers(laudnet.create_model("laud_resnet50", paradigm=paradigm, granularity=granularity,
@@ -80,7 +80,7 @@ def test_masker_modes_agree_with_the_eval_model(paradigm, granularity):
     x = torch.randn(3, 3, 48, 40)
     with torch.no_grad():
         expected = model(x)
-        expected_rates = [float(i.density["conv3"]) for i in model.collect_info()]
+        expected_rates = [float(i.density["conv3"]) for i in model.collect_info()] if paradigm == "layer" else None
         for mode in MODES:
             deployed = deploy(model, torch.float32, maskers=mode)
             assert _rel(deployed(x), expected) < 1e-5, mode
@@ -98,6 +98,9 @@ def test_emit_windows_follow_the_next_masker():
     assert [b.emit_window for b in layer.blocks()] == [MAP_WINDOW] * 15 + [None]
     for mode in ("kernel", "torch"):
         assert all(b.emit_window is None for b in deploy(layer_model, torch.float32, maskers=mode).blocks())
+    channel_model = laudnet.create_model("laud_resnet50", paradigm="channel")
+    assert [b.emit_window for b in deploy(channel_model, torch.float32).blocks()] == [MAP_WINDOW] * 15 + [None]
+    assert all(b.emit_window is None for b in deploy(channel_model, torch.float32, maskers="kernel").blocks())
     regnet = deploy(laudnet.create_model("laud_regnety_400mf", paradigm="layer"), torch.float32)
     assert all(b.emit_window is None and not b.fusable for b in regnet.blocks())  # SE blocks: the torch path
     with pytest.raises(ValueError, match="maskers must be one of"):
@@ -183,3 +186,35 @@ def test_masker_modes_same_output_and_graph_on_gpu(paradigm):
         torch.testing.assert_close(graphed, outs[mode])
         assert _rel(outs[mode], expected) < 2e-2, mode
     assert _rel(outs["fused"], outs["torch"]) < 1e-3 and _rel(outs["kernel"], outs["torch"]) < 1e-3
+
+
+def test_channel_chain_through_triton_kernels_interpret(triton_interpreter, monkeypatch):
+    """Channel skipping end to end (interpreted): each sparse block's last kernel pools its output for the next
+    masker; equal to the eval model and to the torch masker path, also with every block on the dense path."""
+    from laudnet.kernels import channel as channel_ops
+
+    pooled = []
+    kernel = channel_ops.channel_conv1x1_in
+
+    def counting(*args, **kwargs):
+        pooled.append(kwargs.get("pool_out") is not None)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(channel_ops, "channel_conv1x1_in", counting)
+    x = torch.randn(2, 3, 36, 28)
+    model = _tiny_resnet("channel", 2)
+    with torch.no_grad():
+        for b in model.dynamic_blocks():  # no execute bias: about half of the groups run
+            b.channel_masker.fc2.bias.zero_()
+    fused = deploy(model, torch.float32)
+    old = deploy(model, torch.float32, maskers="torch")
+    with torch.no_grad():
+        expected = model(x)
+        assert _rel(fused(x), expected) < 1e-5
+        assert pooled == [True] * 7 + [False]  # every block but the last hands its sums on
+        assert _rel(old(x), expected) < 1e-5
+        rates = fused.activation_rates()
+        assert rates == pytest.approx(old.activation_rates(), abs=1e-6) and any(0 < r < 1 for r in rates)
+        for b in fused.blocks():
+            b.path = "dense"  # the dense path pools its output in one pass for the next block
+        assert _rel(fused(x), expected) < 1e-5

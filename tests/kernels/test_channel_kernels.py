@@ -203,6 +203,27 @@ def test_conv1x1_in_kernel(group_size, n_groups):
     assert rel_err(in_place, out_ref) < TOL
 
 
+@pytest.mark.parametrize("group_size,n_groups", GROUPINGS)
+def test_conv1x1_in_pools_its_output(group_size, n_groups):
+    """pool_out: each sample's sums of the output over its map (several pixel tiles, a partial channel tile) are
+    added to it, as the reference and `window_sums` of the output say; a sample with no active channel included."""
+    from laudnet.kernels import masker_ref
+
+    _, idx, counts, _, (*_, w3, b3) = _setup(group_size, n_groups, seed=36)
+    h = nhwc(3, 5, 7, idx.shape[1], seed=37)
+    residual = nhwc(3, 5, 7, 21, seed=38)
+    start = torch.randn(3, 21, device=DEVICE)
+    pool = start.clone()
+    out = ch.channel_conv1x1_in(h, w3, b3, idx, counts, residual.clone(), impl="triton", pool_out=pool)
+    pool_ref = start.clone()
+    ref.channel_conv1x1_in_ref(h, w3, b3, idx, counts, residual.clone(), pool_out=pool_ref)
+    assert rel_err(pool, pool_ref) < TOL
+    sums = masker_ref.window_sums_ref(out.cpu(), masker_ref.MAP_WINDOW).view(3, 21).to(DEVICE)
+    assert rel_err(pool - start, sums) < TOL
+    with pytest.raises(ValueError, match=r"pool_out must be contiguous fp32 \[3, 21\]"):
+        ch.channel_conv1x1_in(h, w3, b3, idx, counts, residual, impl="triton", pool_out=pool[:, :20])
+
+
 def test_conv1x1_in_count_zero_without_bias_is_relu_residual():
     _, idx, counts, _, (*_, w3, _) = _setup(1, 10, seed=33)
     h = nhwc(3, 5, 7, idx.shape[1], seed=34)
