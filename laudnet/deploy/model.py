@@ -34,12 +34,14 @@ class DeployedModel(nn.Module):
     def blocks(self) -> list[DeployedBlock]:
         return [b for stage in self.stages for b in stage]
 
-    def forward_features(self, x: Tensor, *, block_inputs: list[Tensor] | None = None) -> Tensor:
+    def forward_features(self, x: Tensor, *, block_inputs: list[Tensor] | None = None,
+                         block_sums: list[Tensor | None] | None = None) -> Tensor:
         """Stem and blocks. Each block hands the next its masker's window sums (`DeployedBlock.forward_chained`).
 
         Args:
             x: input batch (B, in_chans, H, W).
             block_inputs: if given, a copy of every block's input is appended to it (for `tune_paths`).
+            block_sums: if given, a copy of the window sums every block receives (or None) is appended to it.
         """
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected an input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
@@ -48,6 +50,8 @@ class DeployedModel(nn.Module):
         for block in self.blocks():
             if block_inputs is not None:
                 block_inputs.append(x.clone())
+            if block_sums is not None:
+                block_sums.append(sums.clone() if sums is not None else None)
             x, sums = block.forward_chained(x, sums)
         return x
 

@@ -76,21 +76,23 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
     if graphed and example.device.type != "cuda":
         raise ValueError("tune_paths(graphed=True) times CUDA graphs: it needs a CUDA input")
     inputs: list[Tensor] = []
+    sums_in: list[Tensor | None] = []
     blocks = deployed.blocks()
-    deployed.forward_features(example, block_inputs=inputs)
+    deployed.forward_features(example, block_inputs=inputs, block_sums=sums_in)
     device = example.device
     chosen = []
     for i, block in enumerate(blocks):
         if block.paradigm == "static":
             chosen.append(block.path)
             continue
-        x = inputs[i]
+        x, sums = inputs[i], sums_in[i]
         costs = {}
         for path in ("sparse", "dense"):
             block.path = path
-            # A block on its own pools its input itself (no sums from a predecessor): the same cost on both sides.
-            # Blocks may write into their input: each call gets a copy (the same copy cost on both sides).
-            call = lambda b=block, x=x: b(x.clone())  # noqa: E731
+            # As in the chain: with the masker sums the predecessor hands over, making those the successor needs
+            # (a sparse block accumulates them in its last kernel, a dense one pools its output in one more pass).
+            # Blocks may write into their input and sums: each call gets copies (the same cost on both sides).
+            call = lambda b=block, x=x, s=sums: b.forward_chained(x.clone(), None if s is None else s.clone())  # noqa: E731
             costs[path] = timer(graph_replay(call) if graphed else call, device, repeats=repeats)
         block.path = min(costs, key=costs.get)
         chosen.append(block.path)
