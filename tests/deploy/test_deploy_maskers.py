@@ -166,7 +166,7 @@ def test_fused_chain_dense_path_and_tuning_interpret(triton_interpreter):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("paradigm", ["layer", "spatial"])
+@pytest.mark.parametrize("paradigm", ["layer", "spatial", "channel"])
 def test_masker_modes_same_output_and_graph_on_gpu(paradigm):
     """Compiled kernels, bf16: with the eval model's decisions imposed, every masker mode computes the same network
     (the branch kernels are shared), eagerly and as a CUDA graph (the fused chain is sync-free)."""
@@ -174,7 +174,8 @@ def test_masker_modes_same_output_and_graph_on_gpu(paradigm):
     x = torch.randn(8, 3, 96, 112, device="cuda")
     with torch.no_grad():
         expected = model(x)
-    keeps = [(i.masks["patch"][:, 0] > 0.5) for i in model.collect_info()]
+    keeps = [(i.masks["channel" if paradigm == "channel" else "patch"] > 0.5) for i in model.collect_info()]
+    keeps = [k if paradigm == "channel" else k[:, 0] for k in keeps]
     outs = {}
     for mode in MODES:
         deployed = deploy(model, torch.bfloat16, maskers=mode)
