@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from laudnet.blocks.vit import DynamicViTBlock
 from laudnet.deploy.model import GraphedModel
 from laudnet.deploy.packed import (
+    PackedRows,
     _triton_rows,
     add_rows,
     check_varlen_support,
@@ -242,9 +243,9 @@ class DeployedViTBlock(nn.Module):
         return add_rows(x.reshape(b * n, c), flat_pos, branch.reshape(-1, c), valid.reshape(-1)).view(b, n, c)
 
     def _attention_varlen(self, x: Tensor, y: Tensor, tokens: Tensor | None, heads: Tensor | None,
-                          run: Tensor | None) -> Tensor:
+                          run: Tensor | None, rows: PackedRows | None = None) -> Tensor:
         """Attention on the packed kept tokens with the varlen kernel (one sequence per sample, or per (head, sample)
-        pair with head skipping)."""
+        pair with head skipping). `rows`: the packing of `tokens`, when the caller made it (shared with the MLP)."""
         b, n, c = x.shape
         h, d = self.num_heads, self.head_dim
         sync_free = self.capturable
@@ -254,7 +255,8 @@ class DeployedViTBlock(nn.Module):
         # Sync-free sequences are never empty: a sample that skips computes its class token too (and drops it).
         with_cls = sel.clone()
         with_cls[:, 0] = True
-        rows = pack_rows(sel, sync_free=sync_free, compute=with_cls if run is not None else None)
+        if rows is None:
+            rows = pack_rows(sel, sync_free=sync_free, compute=with_cls if run is not None else None)
         if not sync_free and rows.pos.numel() == 0:
             return x
         y2 = y.reshape(b * n, c)
@@ -321,9 +323,10 @@ class DeployedViTBlock(nn.Module):
         return o_heads
 
     # --- MLP ------------------------------------------------------------------------------------------------------
-    def _mlp(self, x: Tensor, tokens: Tensor | None, run: Tensor | None, inplace: bool) -> Tensor:
+    def _mlp(self, x: Tensor, tokens: Tensor | None, run: Tensor | None, inplace: bool,
+             rows: PackedRows | None = None) -> Tensor:
         """x plus the MLP branch at the selected tokens; x is updated in place when `inplace` (a tensor the block
-        made itself)."""
+        made itself). `rows`: the sync-free packing of `tokens` when the caller made it (shared with attention)."""
         if tokens is None and run is None:
             return x + self.ls2(self.mlp(self.norm2(x)))
         b, n, c = x.shape
@@ -331,7 +334,7 @@ class DeployedViTBlock(nn.Module):
         if run is not None:
             sel = sel & run[:, None]
         if self.capturable:
-            return self._mlp_sync_free(x, sel, inplace)
+            return self._mlp_sync_free(x, sel, inplace, rows if run is None else None)
         pos = sel.reshape(-1).nonzero().squeeze(1)
         flat = x.reshape(b * n, c)
         if pos.numel() == 0:
@@ -339,10 +342,10 @@ class DeployedViTBlock(nn.Module):
         branch = self.ls2(self.mlp(self.norm2(flat.index_select(0, pos))))
         return add_rows(flat, pos, branch, inplace=inplace).view(b, n, c)
 
-    def _mlp_sync_free(self, x: Tensor, sel: Tensor, inplace: bool) -> Tensor:
+    def _mlp_sync_free(self, x: Tensor, sel: Tensor, inplace: bool, rows: PackedRows | None = None) -> Tensor:
         b, n, c = x.shape
         mlp = self.mlp
-        rows = pack_rows(sel, sync_free=True)
+        rows = rows if rows is not None else pack_rows(sel, sync_free=True)
         x2 = x.reshape(b * n, c)
         scale = _layer_scale(self.ls2)
         gelu = isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none" and isinstance(mlp.norm, nn.Identity)
@@ -385,15 +388,18 @@ class DeployedViTBlock(nn.Module):
         y, tokens = self._norm1_and_tokens(x)
         tokens, heads, layers = self.decide(y, tokens)
         run_attn, run_mlp = (layers[:, 0], layers[:, 1]) if layers is not None else (None, None)
+        shared = None  # without layer skipping, varlen attention and the MLP select the same tokens: one packing
+        if self.capturable and tokens is not None and run_attn is None and run_mlp is None:
+            shared = pack_rows(tokens, sync_free=True)
         if tokens is None and heads is None and run_attn is None:
             x = self._attention(x, y, None, None, None)  # dense
         elif self.attention == "varlen":
-            x = self._attention_varlen(x, y, tokens, heads, run_attn)
+            x = self._attention_varlen(x, y, tokens, heads, run_attn, shared)
         elif self.capturable:
             x = self._attention_padded(x, y, tokens, heads, run_attn)
         else:
             x = self._attention(x, y, tokens, heads, run_attn)
-        x = self._mlp(x, tokens, run_mlp, inplace=x is not x_in)
+        x = self._mlp(x, tokens, run_mlp, inplace=x is not x_in, rows=shared)
         self.last_density = {
             name: t.float().mean()
             for name, t in (("token", tokens), ("head", heads), ("attn", run_attn), ("mlp", run_mlp))
