@@ -11,7 +11,8 @@ Two ways of building the rows:
   synchronisation) and the rows come from the same stable partition as below, cut at their total. Samples without a
   selected token get no sequence at all.
 - **sync-free** (`sync_free=True`): the rows are a permutation of all B·N positions with the selected ones first
-  (prefix sums and one scatter, no host read); `count` (a one-element int32 device tensor) says how many are in use,
+  (`laudnet.kernels.pack_rows`: one Triton launch on CUDA, prefix sums and a scatter in PyTorch elsewhere; no host
+  read); `count` (a one-element int32 device tensor) says how many are in use,
   and the sequence bound is N. Everything has a fixed shape, so the work can be captured in a CUDA graph; the GEMMs
   read `count` on the device and skip the tiles past it (`laudnet.kernels.pixel_conv1x1`), flash-attention skips the
   blocks past each sequence's end. Rows past `count` hold unspecified values and are never written back.
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from laudnet.kernels import dispatch
+from laudnet.kernels.pack_ref import compact_positions as compact_positions
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -55,21 +57,14 @@ class PackedRows:
     max_len: int
     lengths: list[int] | None = None
 
-    @functools.cached_property
+    pos_int32: Tensor | None = None
+
+    @property
     def pos32(self) -> Tensor:
-        """`pos` as int32, for the Triton kernels."""
-        return self.pos.to(torch.int32)
-
-
-def compact_positions(sel: Tensor) -> Tensor:
-    """Stable partition along the last dim without host synchronisation: the positions of the True entries in order,
-    then those of the False entries in order (an int64 permutation of ``range(sel.shape[-1])`` per row)."""
-    n = sel.shape[-1]
-    idx = torch.arange(n, device=sel.device).expand_as(sel)
-    before = sel.to(torch.int64).cumsum(-1)  # selected entries up to and including each position
-    count = before[..., -1:]
-    dest = torch.where(sel, before - 1, count + idx - before)  # unselected: count + (unselected before it)
-    return torch.empty_like(idx).scatter_(-1, dest, idx)
+        """`pos` as int32, for the Triton kernels (made once)."""
+        if self.pos_int32 is None:
+            self.pos_int32 = self.pos.to(torch.int32)
+        return self.pos_int32
 
 
 def pack_rows(sel: Tensor, *, sync_free: bool, compute: Tensor | None = None) -> PackedRows:
@@ -92,13 +87,8 @@ def pack_rows(sel: Tensor, *, sync_free: bool, compute: Tensor | None = None) ->
         nonempty = compact_positions(counts > 0)[: len(used)]
         cu = F.pad(counts.cumsum(0)[nonempty], (1, 0)).to(torch.int32)
         return PackedRows(pos, None, None, cu, max(used, default=0), lengths)
-    compute = sel if compute is None else compute
-    flat = compute.reshape(-1)
-    pos = compact_positions(flat)
-    count = flat.sum(dtype=torch.int32).reshape(1)
-    keep = sel.reshape(-1)[pos]  # rows past `count` are unselected positions: False
-    cu = F.pad(compute.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
-    return PackedRows(pos, count, keep, cu, n)
+    p = dispatch.pack_rows(sel, sel if compute is None else compute)  # one Triton launch on CUDA
+    return PackedRows(p.pos, p.count, p.keep, p.cu, n, pos_int32=p.pos32)
 
 
 def _triton_rows(src: Tensor, rows: PackedRows, weight_t: Tensor | None) -> bool:

@@ -3,7 +3,8 @@
 Spatial skipping (S x S patches on a block's output grid), layer skipping (compacted sub-batch) — see
 `spatial_ref.py` for the shared conventions — and their maskers (window sums, decisions and index lists in Triton,
 `masker_ref.py`), the ViT token masker fused into LayerNorm (`token_ref.py`), and the ViT's linear layers on listed
-token rows with their GELU or residual scatter-add fused (`rows_ref.py`). The references themselves are not exported.
+token rows with their GELU or residual scatter-add fused (`rows_ref.py`) and the sync-free packing of those rows
+(`pack_ref.py`). The references themselves are not exported.
 """
 
 from .dispatch import channel_masker as channel_masker
@@ -11,6 +12,7 @@ from .dispatch import conv1x1_scatter_add as conv1x1_scatter_add
 from .dispatch import gather_conv3x3 as gather_conv3x3
 from .dispatch import layer_norm_score as layer_norm_score
 from .dispatch import masker_decide as masker_decide
+from .dispatch import pack_rows as pack_rows
 from .dispatch import pixel_conv1x1 as pixel_conv1x1
 from .dispatch import resolve_impl as resolve_impl
 from .dispatch import rows_add_relu_ as rows_add_relu_

@@ -346,6 +346,23 @@ def rows_linear(
     return fn(src, weight_t, bias, in_idx, count, act, out=out, out_idx=out_idx, keep=keep, scale=scale, ln=ln)
 
 
+def pack_rows(sel: torch.Tensor, compute: torch.Tensor, *, impl: str = "auto"):
+    """Fixed-capacity packing of a ViT's token rows without host reads (`pack_ref.py`): `Packing(pos int64 (B·N,),
+    pos32 (the same in int32), count int32 (1,), keep bool (B·N,), cu int32 (B+1,))` of the rows `compute` (bool
+    (B, N)), `keep` marking those of `sel` ⊆ `compute`. One Triton launch on CUDA.
+
+    Args:
+        sel, compute: bool (B, N).
+        impl: "auto", "reference" or "triton".
+    """
+    from .pack import pack_rows_triton
+    from .pack_ref import pack_rows_ref
+
+    if resolve_impl(sel, compute, impl=impl) == "reference":
+        return pack_rows_ref(sel, compute)
+    return pack_rows_triton(sel, compute)
+
+
 def layer_norm_score(
     x: torch.Tensor,
     ln_weight: torch.Tensor,
