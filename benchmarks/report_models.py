@@ -14,8 +14,13 @@ def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
     meta, rows = data["meta"], [r for r in data["results"] if "ms" in r]
+    args = meta["args"]
+    # runs made before the option existed compiled with dynamic shapes
+    compiled = (f"block function compiled with {args.get('compile_shapes', 'dynamic')} shapes"
+                if args.get("compile", True) else "no torch.compile")
     lines = [f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}; bf16, "
-             "channels_last, medians of CUDA-event timings; ratio = time / best static time of the same run.", ""]
+             f"channels_last, {compiled}, medians of CUDA-event timings; ratio = time / best static time of the "
+             "same run.", ""]
     groups = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["batch"])].append(r)
