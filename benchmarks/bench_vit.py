@@ -586,8 +586,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-combo", dest="combo", action="store_const", const=None)
     parser.add_argument("--separate-token-masker", dest="fuse_token_masker", action="store_const", const=False,
                         default=None, help="deploy with the token masker as its own layer, not fused into norm1")
-    parser.add_argument("--fuse-rows", action="store_true",
-                        help="CUDA-graph forms with GELU and residual adds in the row GEMMs (deploy_vit(fuse_rows=))")
+    parser.add_argument("--unfused-rows", dest="fuse_rows", action="store_const", const=False, default=None,
+                        help="CUDA-graph forms without norm2, GELU and residual adds in the row GEMMs "
+                             "(deploy_vit(fuse_rows=False))")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-compile", dest="compile", action="store_false")

@@ -32,7 +32,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--graphed", action="store_true",
                         help="profile the capturable model replayed as one CUDA graph (its kernels, no host work)")
-    parser.add_argument("--fuse-rows", action="store_true", help="deploy_vit(fuse_rows=True) (with --graphed)")
+    parser.add_argument("--unfused-rows", dest="fuse_rows", action="store_const", const=False, default=None,
+                        help="deploy_vit(fuse_rows=False) (with --graphed)")
     parser.add_argument("--separate-token-masker", dest="fuse_token_masker", action="store_const", const=False,
                         default=None, help="the token masker as its own layer, not fused into norm1")
     parser.add_argument("--out", required=True)

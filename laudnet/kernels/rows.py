@@ -11,7 +11,7 @@ import torch
 
 from ._utils import LazyKernel
 from .rows_ref import check_rows_linear_args
-from .spatial import _grid, _pick_config
+from .spatial import GemmConfig, _grid, _pick_config
 
 try:
     import triton.language as tl
@@ -134,8 +134,10 @@ def rows_linear_triton(
     keep: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
     ln: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    config: GemmConfig | None = None,
 ) -> torch.Tensor:
-    """Triton kernel of `rows_linear_ref` (one launch). Same arguments and result."""
+    """Triton kernel of `rows_linear_ref` (one launch). Same arguments and result; `config`: the tile shape (default
+    chosen by shape)."""
     r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, ln)
     lnw, lnb, eps = ln if ln is not None else (None, None, 0.0)
     for name, t in (("weight_t", weight_t), ("bias", bias), ("in_idx", in_idx), ("count", count), ("out", out),
@@ -148,7 +150,7 @@ def rows_linear_triton(
         out = torch.empty((r, cout), dtype=src.dtype, device=src.device)
     if r == 0 or cout == 0:
         return out
-    cfg = _pick_config("conv1x1", r, cin, cout)
+    cfg = config or _pick_config("conv1x1", r, cin, cout)
     dummy = wt
     _rows_linear_kernel[_grid(r, cout, cfg)](
         src, wt, bias if bias is not None else dummy, in_idx if in_idx is not None else dummy,

@@ -79,7 +79,8 @@ def test_capturable_forward_reads_nothing_on_the_host(attention):
 @pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
 @pytest.mark.parametrize("attention", ["bucket", "varlen"])
 def test_capturable_triton_row_gemms(attention, monkeypatch):
-    """The capturable GEMMs on packed rows through the Triton kernel (interpreted): only the first `count` rows."""
+    """The capturable GEMMs on packed rows through the Triton kernel (interpreted), unfused form: only the first
+    `count` rows."""
     monkeypatch.setenv("LAUDNET_KERNELS", "triton")
     calls = []
     kernel = dispatch.pixel_conv1x1
@@ -92,7 +93,7 @@ def test_capturable_triton_row_gemms(attention, monkeypatch):
     model = skipping_vit("token+head+layer", depth=2)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        out = deploy_vit(model, torch.float32, attention=attention, capturable=True)(x)
+        out = deploy_vit(model, torch.float32, attention=attention, capturable=True, fuse_rows=False)(x)
         assert _rel(out, model(x)) < 1e-5
     assert calls and all(c is not None for c in calls)
 
@@ -162,6 +163,14 @@ def test_fused_rows_through_triton(monkeypatch, layer_scale, norm2):
 def test_fused_rows_needs_capturable():
     with pytest.raises(ValueError, match="fuse_rows fuses the capturable row GEMMs: it needs capturable=True"):
         deploy_vit(skipping_vit("token", depth=2), torch.float32, attention="varlen", fuse_rows=True)
+
+
+def test_fused_rows_default_follows_capturable():
+    model = skipping_vit("token", depth=2)
+    assert all(b.fuse_rows for b in deploy_vit(model, torch.float32, attention="varlen", capturable=True).blocks)
+    assert not any(b.fuse_rows for b in deploy_vit(model, torch.float32, attention="varlen").blocks)
+    unfused = deploy_vit(model, torch.float32, attention="varlen", capturable=True, fuse_rows=False)
+    assert not any(b.fuse_rows for b in unfused.blocks)
 
 
 def test_fused_token_masker_needs_a_layer_norm():
