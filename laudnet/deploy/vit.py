@@ -17,6 +17,9 @@ computes the eval-mode function of the model with hard decisions (maskers in fp3
   each (head, sample) pair is one sequence of the varlen kernel, its q, k, v from per-head GEMMs on that head's
   packed rows; the projection then runs once on the kept tokens with the skipped heads' inputs at zero (one GEMM
   over C columns is faster than H thin ones). Either way a skipped head's q, k, v and attention are not computed.
+  With ``capturable`` and fused rows (the default there), varlen head skipping is one qkv row GEMM whose tiles
+  without a kept head are not computed (a skipped head's q, k, v are zero, so its attention output is zero: the
+  attention kernel still runs over all heads), then the same varlen call and projection as without head skipping.
 
 By default (``fuse_token_masker``) each block's token masker runs inside its first LayerNorm (`laudnet.kernels.
 layer_norm_score`): the normalised tokens and each token's fp32 score (execute minus skip logit) in one pass.
@@ -79,9 +82,8 @@ class DeployedViTBlock(nn.Module):
         attention: ``bucket`` (padded batches with key-padding masks) or ``varlen`` (packed rows, varlen kernel).
         capturable: build every index list on the device with a fixed capacity: no host synchronisation.
         fuse_token_masker: see `deploy_vit`.
-        fuse_rows: with `capturable`, norm2 and the GELU in the MLP's fc1 GEMM and the residual adds of the MLP and
-            of varlen attention without head skipping in the fc2 / projection GEMMs (`laudnet.kernels.rows_linear`);
-            None (default): whenever `capturable`.
+        fuse_rows: with `capturable`, the fused row kernels (see `deploy_vit`); None (default): whenever
+            `capturable`.
     """
 
     def __init__(self, block: DynamicViTBlock, token_bucket: int = 8, attention: str = "bucket",
@@ -120,6 +122,7 @@ class DeployedViTBlock(nn.Module):
             for name, w in (("proj", proj.weight), ("fc1", self.mlp.fc1.weight), ("fc2", self.mlp.fc2.weight)):
                 self.register_buffer(f"{name}_wt", w.detach().t().contiguous())
             self.register_buffer("qkv_wt", qkv.weight.detach().view(3, c, c).transpose(1, 2).contiguous())
+            self.register_buffer("qkv_wt_cat", qkv.weight.detach().t().contiguous())
             self.register_buffer("qkv_wt_heads", qkv.weight.detach().view(3, h, d, c).transpose(2, 3).contiguous())
         for name in ("token_masker", "head_masker", "layer_masker"):
             if hasattr(block, name):
@@ -262,17 +265,23 @@ class DeployedViTBlock(nn.Module):
         if not sync_free and rows.pos.numel() == 0:
             return x
         y2 = y.reshape(b * n, c)
+        scale = _layer_scale(self.ls1)
+        if self.fuse_rows and scale is not False and _triton_rows(y2, rows, self.proj_wt):
+            # one qkv GEMM (q, k, v planes; tiles of skipped heads not computed, their columns zero, so their
+            # attention outputs zero), varlen attention, and the projection adding into the residual stream
+            qkv = dispatch.rows_linear(y2, self.qkv_wt_cat, self.qkv_b, rows.pos32, rows.count, planes=3,
+                                       heads=(heads, n) if heads is not None else None)
+            q, k, v = (t.view(-1, h, d) for t in qkv.unbind(0))
+            o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
+            res = x.reshape(b * n, c).clone()
+            dispatch.rows_linear(o.reshape(-1, c), self.proj_wt, self.proj_b, None, rows.count, out=res,
+                                 out_idx=rows.pos32, keep=rows.keep, scale=scale)
+            return res.view(b, n, c)
         if heads is None:
             wt = getattr(self, "qkv_wt", [None] * 3)
             layers = [(self.qkv_w[j * c:(j + 1) * c], wt[j], self.qkv_b[j * c:(j + 1) * c]) for j in range(3)]
             q, k, v = (t.view(-1, h, d) for t in rows_linears(y2, layers, rows))
             o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
-            scale = _layer_scale(self.ls1)
-            if self.fuse_rows and scale is not False and _triton_rows(y2, rows, self.proj_wt):
-                res = x.reshape(b * n, c).clone()  # the projection's epilogue adds into the residual stream
-                dispatch.rows_linear(o.reshape(-1, c), self.proj_wt, self.proj_b, None, rows.count, out=res,
-                                     out_idx=rows.pos32, keep=rows.keep, scale=scale)
-                return res.view(b, n, c)
             out = rows_linear(o.reshape(-1, c), self.proj_w, getattr(self, "proj_wt", None), self.proj_b, rows,
                               packed=True)
         else:
@@ -352,14 +361,14 @@ class DeployedViTBlock(nn.Module):
         scale = _layer_scale(self.ls2)
         gelu = isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none" and isinstance(mlp.norm, nn.Identity)
         if self.fuse_rows and gelu and scale is not False and _triton_rows(x2, rows, self.fc1_wt):
-            # norm2 on the gathered rows in fc1's prologue, GELU in its epilogue, the residual add in fc2's: only
-            # the counted rows are touched
+            # norm2 on the packed rows only (its own kernel), GELU in fc1's epilogue, the residual add in fc2's
             n2 = self.norm2
             if isinstance(n2, nn.LayerNorm) and n2.weight is not None and n2.bias is not None:
-                src, ln = x2, (n2.weight, n2.bias, n2.eps)
+                z = dispatch.rows_layer_norm(x2, rows.pos32, rows.count, n2.weight, n2.bias, n2.eps)
+                hidden = dispatch.rows_linear(z, self.fc1_wt, mlp.fc1.bias, None, rows.count, "gelu")
             else:
-                src, ln = n2(x).reshape(b * n, c), None
-            hidden = dispatch.rows_linear(src, self.fc1_wt, mlp.fc1.bias, rows.pos32, rows.count, "gelu", ln=ln)
+                z = n2(x).reshape(b * n, c)
+                hidden = dispatch.rows_linear(z, self.fc1_wt, mlp.fc1.bias, rows.pos32, rows.count, "gelu")
             out = x2 if inplace else x2.clone()
             dispatch.rows_linear(hidden, self.fc2_wt, mlp.fc2.bias, None, rows.count, out=out, out_idx=rows.pos32,
                                  keep=rows.keep, scale=scale)
@@ -509,9 +518,10 @@ def deploy_vit(
             Default None: fused in every block whose norm1 is an affine LayerNorm (measured on an H200 at batch 128,
             token rate 0.5: 7.7 against 8.7 ms in the varlen CUDA-graph form); False: never; True: required (an
             error where a block cannot fuse it).
-        fuse_rows: with ``capturable=True`` on CUDA, the MLP's norm2 runs in its fc1 row GEMM's prologue (on the
-            gathered rows only) and its GELU in the epilogue, and the residual adds of the MLP and of varlen attention
-            (without head skipping) in the fc2 / projection GEMMs' epilogues (`laudnet.kernels.rows_linear`): no pass
+        fuse_rows: with ``capturable=True`` on CUDA, the MLP's norm2 runs on the packed rows only
+            (`laudnet.kernels.rows_layer_norm`), its GELU in the fc1 row GEMM's epilogue, the residual adds of the
+            MLP and of varlen attention in the fc2 / projection GEMMs' epilogues, and varlen attention's q, k and v
+            come from one row GEMM that skips the heads each sample drops (`laudnet.kernels.rows_linear`): no pass
             over the B·N capacity rows for the norm, the activation, the gathers and the copies. Default None: on
             whenever ``capturable`` (measured on an H200, DeiT-S at batch 128, varlen CUDA graph: token rate 0.5
             6.30 → 4.96 ms, 0.3 5.85 → 3.91 ms, layer 0.5 7.39 → 6.07 ms); False keeps the unfused form; True

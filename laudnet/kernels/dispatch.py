@@ -317,7 +317,8 @@ def rows_linear(
     out_idx: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
-    ln: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    planes: int = 1,
+    heads: tuple[torch.Tensor, int] | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """A linear layer on listed token rows, the rows in use counted on the device, with the GELU or the residual
@@ -330,20 +331,35 @@ def rows_linear(
         act: "none" or "gelu" (gather form).
         out, out_idx, keep, scale: the scatter-add form's (M', Cout) target, int32 (R,) distinct rows, bool (R,)
             rows added, (Cout,) factor.
-        ln: (weight, bias, eps) of a LayerNorm applied to the gathered rows first (gather form), or None.
+        planes: gather form: the result as (planes, R, Cout / planes) (q, k, v apart for a qkv projection).
+        heads: gather form: (kept bool (B, H), tokens): columns of the heads a row's sample (source row // tokens)
+            skips are zero, and GEMM tiles without a kept head are not computed.
         impl: "auto", "reference" or "triton".
 
     Returns:
-        (R, Cout) (gather form; rows past `count` unspecified) or `out`.
+        (R, Cout) or (planes, R, Cout / planes) (gather form; rows past `count` unspecified) or `out`.
     """
     from .rows import rows_linear_triton
     from .rows_ref import rows_linear_ref
 
+    head_keep = (heads[0],) if heads is not None else ()
     fn = rows_linear_ref
-    ln_t = ln[:2] if ln is not None else ()
-    if resolve_impl(src, weight_t, bias, in_idx, count, out, out_idx, keep, scale, *ln_t, impl=impl) == "triton":
+    if resolve_impl(src, weight_t, bias, in_idx, count, out, out_idx, keep, scale, *head_keep, impl=impl) == "triton":
         fn = rows_linear_triton
-    return fn(src, weight_t, bias, in_idx, count, act, out=out, out_idx=out_idx, keep=keep, scale=scale, ln=ln)
+    return fn(src, weight_t, bias, in_idx, count, act, out=out, out_idx=out_idx, keep=keep, scale=scale,
+              planes=planes, heads=heads)
+
+
+def rows_layer_norm(src: torch.Tensor, in_idx: torch.Tensor, count: torch.Tensor | None, weight: torch.Tensor,
+                    bias: torch.Tensor, eps: float, *, impl: str = "auto") -> torch.Tensor:
+    """LayerNorm of the listed rows `src[in_idx[r]]` (r < count, counted on the device) into a packed (R, C) matrix
+    (`rows_ref.rows_layer_norm_ref`; rows past count unspecified). One Triton launch on CUDA."""
+    from .rows import rows_layer_norm_triton
+    from .rows_ref import rows_layer_norm_ref
+
+    if resolve_impl(src, in_idx, count, weight, bias, impl=impl) == "triton":
+        return rows_layer_norm_triton(src, in_idx, count, weight, bias, eps)
+    return rows_layer_norm_ref(src, in_idx, count, weight, bias, eps)
 
 
 def pack_rows(sel: torch.Tensor, compute: torch.Tensor, *, impl: str = "auto"):

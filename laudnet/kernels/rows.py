@@ -1,16 +1,19 @@
-"""Triton kernel of `rows_ref.py`: a linear layer on listed token rows with the GELU or the residual scatter-add in
-its epilogue, reading the row count on the device (tiles past it do no GEMM).
+"""Triton kernels of `rows_ref.py`: a linear layer on listed token rows with the GELU or the residual scatter-add in
+its epilogue (and, for the qkv projection, per-sample kept heads and q / k / v planes), reading the row count on the
+device (tiles past it do no GEMM); and a LayerNorm of listed rows into a packed matrix.
 
-What it replaces in the capturable deployed ViT (H200 profile of the varlen CUDA graph at token rate 0.5,
+What they replace in the capturable deployed ViT (H200 profile of the varlen CUDA graph at token rate 0.5,
 `benchmarks/NOTES-vit.md`): GELU over every one of the B·N capacity rows (0.6 ms per forward) and, per residual
 branch, a gather, a `where` and an `index_copy_` over the capacity rows (about 1.9 ms with the packing's gathers),
-and norm2 over every token (0.5 ms): with `ln` the fc1 kernel normalises the rows it gathers itself.
+and norm2 over every token (0.5 ms). norm2 is its own kernel, not the fc1 GEMM's prologue: normalising inside the
+GEMM's K loop took the fc1 kernel to 0.20 ms against cuBLAS's 0.036 ms on the same rows (H200, batch 128, half the
+tokens; `benchmarks/results/bench_rows_kernels_h200_bf9519d.json`).
 """
 
 import torch
 
-from ._utils import LazyKernel
-from .rows_ref import check_rows_linear_args
+from ._utils import LazyKernel, interpreter_enabled, next_power_of_2
+from .rows_ref import check_rows_layer_norm_args, check_rows_linear_args
 from .spatial import GemmConfig, _grid, _pick_config
 
 try:
@@ -27,16 +30,18 @@ def _rows_linear_kernel_src(
     b_ptr,  # [N] (read when HAS_BIAS)
     in_ptr,  # int32 [R] rows of src (read when HAS_IN_IDX)
     cnt_ptr,  # int32 [1] rows in use (read when HAS_COUNT)
-    out_ptr,  # [R, N] (gather form) or [M', N] updated in place (SCATTER)
+    out_ptr,  # [N // PLANE, R, PLANE] (gather form) or [M', N] updated in place (SCATTER)
     oidx_ptr,  # int32 [R] output rows (SCATTER)
     keep_ptr,  # uint8 [R] (SCATTER and HAS_KEEP)
     scale_ptr,  # [N] (SCATTER and HAS_SCALE)
-    lnw_ptr,  # [K] LayerNorm weight of the rows (HAS_LN)
-    lnb_ptr,  # [K] LayerNorm bias (HAS_LN)
-    eps,
+    hm_ptr,  # uint8 [B, NUM_HEADS] kept heads of each sample (HEAD_MASK)
     R,
     K,
     N,
+    PLANE,  # output columns per plane (gather form)
+    TOKENS,  # source rows per sample (HEAD_MASK: the sample of source row m is m // TOKENS)
+    HEAD_DIM,  # columns per head within a plane (HEAD_MASK)
+    NUM_HEADS,
     HAS_BIAS: tl.constexpr,
     HAS_IN_IDX: tl.constexpr,
     HAS_COUNT: tl.constexpr,
@@ -44,7 +49,7 @@ def _rows_linear_kernel_src(
     SCATTER: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     HAS_SCALE: tl.constexpr,
-    HAS_LN: tl.constexpr,
+    HEAD_MASK: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -54,34 +59,25 @@ def _rows_linear_kernel_src(
     num_n = (N + BLOCK_N - 1) // BLOCK_N
     pid_m = pid // num_n
     pid_n = pid % num_n
+    used = R
     if HAS_COUNT:
-        R = tl.minimum(tl.load(cnt_ptr), R)
+        used = tl.minimum(tl.load(cnt_ptr), R)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < R
+    m_ok = rm < used
     n_ok = rn < N
     if HAS_IN_IDX:  # noqa: SIM108 - a constexpr branch
         row = tl.load(in_ptr + rm, mask=m_ok, other=0).to(tl.int64)
     else:
         row = rm.to(tl.int64)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    k_end = K * (pid_m * BLOCK_M < R)  # no GEMM for a tile past the rows in use
-    if HAS_LN:  # the rows' mean and variance first (two passes over K, from L2 after the first), in fp32
-        s1 = tl.full((BLOCK_M,), 0.0, tl.float32)
-        for k0 in range(0, k_end, BLOCK_K):
-            kk = k0 + rk
-            v = tl.load(src_ptr + row[:, None] * K + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
-            s1 += tl.sum(v.to(tl.float32), axis=1)
-        mean = s1 / K
-        s2 = tl.full((BLOCK_M,), 0.0, tl.float32)
-        for k0 in range(0, k_end, BLOCK_K):
-            kk = k0 + rk
-            k_ok = kk < K
-            v = tl.load(src_ptr + row[:, None] * K + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            dv = tl.where(k_ok[None, :], v.to(tl.float32) - mean[:, None], 0.0)
-            s2 += tl.sum(dv * dv, axis=1)
-        rstd = 1.0 / tl.sqrt(s2 / K + eps)
+    k_end = K * (pid_m * BLOCK_M < used)  # no GEMM for a tile past the rows in use
+    if HEAD_MASK:  # which (row, column) pairs belong to a kept head; no GEMM for a tile without any
+        head = (rn % PLANE) // HEAD_DIM
+        on = tl.load(hm_ptr + (row // TOKENS)[:, None] * NUM_HEADS + head[None, :], mask=m_ok[:, None] & n_ok[None, :],
+                     other=0) != 0
+        k_end = k_end * (tl.max(tl.max(on.to(tl.int32), axis=1), axis=0) > 0)
     for k0 in range(0, k_end, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
@@ -92,11 +88,6 @@ def _rows_linear_kernel_src(
             a = tl.load(src_ptr + row[:, None] * K + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * N + rn[None, :], mask=k_ok[:, None] & n_ok[None, :],
                         other=0.0)
-        if HAS_LN:  # normalised in fp32, rounded to the input dtype (what a stored LayerNorm output would be)
-            lw = tl.load(lnw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-            lb = tl.load(lnb_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-            an = (a.to(tl.float32) - mean[:, None]) * rstd[:, None] * lw[None, :] + lb[None, :]
-            a = tl.where((kk < K)[None, :], an, 0.0).to(src_ptr.dtype.element_ty)
         acc = tl.dot(a, b, acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -114,11 +105,48 @@ def _rows_linear_kernel_src(
     else:
         if GELU:
             acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        ptrs = out_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
+        if HEAD_MASK:  # a skipped head's columns are zero (its attention then outputs zero)
+            acc = tl.where(on, acc, 0.0)
+        plane = (rn // PLANE).to(tl.int64)
+        ptrs = out_ptr + plane[None, :] * R * PLANE + rm.to(tl.int64)[:, None] * PLANE + (rn % PLANE)[None, :]
         tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+def _rows_layer_norm_kernel_src(
+    src_ptr,  # [M, C]
+    in_ptr,  # int32 [R] rows of src
+    cnt_ptr,  # int32 [1] rows in use (read when HAS_COUNT)
+    w_ptr,  # [C]
+    b_ptr,  # [C]
+    out_ptr,  # [R, C]
+    eps,
+    R,
+    C,
+    HAS_COUNT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    used = R
+    if HAS_COUNT:
+        used = tl.minimum(tl.load(cnt_ptr), R)
+    rm = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rc = tl.arange(0, BLOCK_C)
+    m_ok = rm < used
+    c_ok = rc < C
+    row = tl.load(in_ptr + rm, mask=m_ok, other=0).to(tl.int64)
+    mask = m_ok[:, None] & c_ok[None, :]
+    x = tl.load(src_ptr + row[:, None] * C + rc[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / C
+    xc = tl.where(c_ok[None, :], x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
+    w = tl.load(w_ptr + rc, mask=c_ok, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + rc, mask=c_ok, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(out_ptr + rm.to(tl.int64)[:, None] * C + rc[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 _rows_linear_kernel = LazyKernel(_rows_linear_kernel_src)
+_rows_layer_norm_kernel = LazyKernel(_rows_layer_norm_kernel_src)
 
 
 def rows_linear_triton(
@@ -133,35 +161,67 @@ def rows_linear_triton(
     out_idx: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
-    ln: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    planes: int = 1,
+    heads: tuple[torch.Tensor, int] | None = None,
     config: GemmConfig | None = None,
 ) -> torch.Tensor:
     """Triton kernel of `rows_linear_ref` (one launch). Same arguments and result; `config`: the tile shape (default
-    chosen by shape)."""
-    r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, ln)
-    lnw, lnb, eps = ln if ln is not None else (None, None, 0.0)
+    chosen by shape and form)."""
+    r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, planes,
+                                          heads)
     for name, t in (("weight_t", weight_t), ("bias", bias), ("in_idx", in_idx), ("count", count), ("out", out),
-                    ("out_idx", out_idx), ("keep", keep), ("scale", scale), ("ln weight", lnw), ("ln bias", lnb)):
+                    ("out_idx", out_idx), ("keep", keep), ("scale", scale),
+                    ("heads", heads[0] if heads is not None else None)):
         if t is not None and t.device != src.device:
             raise ValueError(f"{name} is on {t.device} but src is on {src.device}")
     wt = weight_t.to(src.dtype).contiguous()
     scatter = out_idx is not None
+    plane = cout // planes
     if not scatter:
-        out = torch.empty((r, cout), dtype=src.dtype, device=src.device)
+        out = torch.empty((planes, r, plane) if planes > 1 else (r, cout), dtype=src.dtype, device=src.device)
     if r == 0 or cout == 0:
         return out
-    cfg = config or _pick_config("conv1x1", r, cin, cout)
+    # H200, DeiT-S shapes at batch 128 (benchmarks/bench_rows_kernels.py): the scatter-add form is fastest with
+    # 128 x 64 tiles (fc2 0.045 against 0.058 ms with 128 x 128), as for the CNN's residual scatter
+    cfg = config or _pick_config("scatter" if scatter else "conv1x1", r, cin, cout)
     dummy = wt
+    head_keep, tokens = heads if heads is not None else (None, 1)
+    num_heads = head_keep.shape[1] if heads is not None else 1
     _rows_linear_kernel[_grid(r, cout, cfg)](
         src, wt, bias if bias is not None else dummy, in_idx if in_idx is not None else dummy,
         count if count is not None else dummy, out, out_idx if scatter else dummy,
         keep.view(torch.uint8) if keep is not None else dummy, scale if scale is not None else dummy,
-        lnw if lnw is not None else dummy, lnb if lnb is not None else dummy, float(eps),
-        r, cin, cout,
+        head_keep.contiguous().view(torch.uint8) if heads is not None else dummy,
+        r, cin, cout, plane, tokens, plane // num_heads, num_heads,
         HAS_BIAS=bias is not None, HAS_IN_IDX=in_idx is not None, HAS_COUNT=count is not None, GELU=act == "gelu",
-        SCATTER=scatter, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None, HAS_LN=ln is not None,
+        SCATTER=scatter, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None, HEAD_MASK=heads is not None,
         EVEN_K=cin % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return out
+
+
+def rows_layer_norm_triton(
+    src: torch.Tensor,
+    in_idx: torch.Tensor,
+    count: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """Triton kernel of `rows_layer_norm_ref` (one launch, a program per few rows). Same arguments and result."""
+    r, c = check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps)
+    for name, t in (("in_idx", in_idx), ("count", count), ("weight", weight), ("bias", bias)):
+        if t is not None and t.device != src.device:
+            raise ValueError(f"{name} is on {t.device} but src is on {src.device}")
+    out = torch.empty((r, c), dtype=src.dtype, device=src.device)
+    if r == 0 or c == 0:
+        return out
+    block_c = next_power_of_2(c)
+    block_r = 1 if interpreter_enabled() else max(1, min(16, 4096 // block_c))
+    _rows_layer_norm_kernel[(-(-r // block_r),)](
+        src, in_idx, count if count is not None else in_idx, weight, bias, out, float(eps), r, c,
+        HAS_COUNT=count is not None, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
     )  # fmt: skip
     return out

@@ -4,11 +4,15 @@ the residual scatter-add fused (the specification of the Triton kernel).
 Used by the capturable deployed ViT (`laudnet.deploy.vit`), whose token rows are packed with a fixed capacity `R`
 and a device-side count (`laudnet.deploy.packed`):
 
-* **gather form** (`out_idx=None`): `y[r] = act(norm(src[in_idx[r]]) @ W + b)` for the rows `r < count`, a new
-  `(R, Cout)` matrix (rows past `count`: unspecified, zero here); `norm` is an optional LayerNorm of the rows (the
-  block's norm2 before fc1, computed in fp32 and rounded to `src`'s dtype, as an unfused LayerNorm would store it);
+* **gather form** (`out_idx=None`): `y[r] = act(src[in_idx[r]] @ W + b)` for the rows `r < count`, a new
+  `(R, Cout)` matrix (rows past `count`: unspecified, zero here). For the attention's qkv projection, `planes=3`
+  lays the result out as `(3, R, Cout / 3)` (q, k and v each contiguous, as the varlen kernel takes them) and `heads`
+  zeroes the columns of the heads a row's sample skips (those GEMM tiles are not computed);
 * **scatter-add form** (`out_idx` given): `out[out_idx[r]] += scale * (src[in_idx[r]] @ W + b)` for the rows
   `r < count` with `keep[r]`, in place; `out_idx` entries are distinct (each output row has one writer, no atomics).
+
+`rows_layer_norm_ref`: a LayerNorm of the listed rows `src[in_idx[r]]`, `r < count`, into a packed `(R, C)` matrix
+(the block's norm2 before fc1, computed in fp32 and rounded to `src`'s dtype, as `nn.LayerNorm` stores it).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import torch.nn.functional as F
 ACTS = ("none", "gelu")
 
 
-def check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale,
-                           ln=None) -> tuple[int, int, int]:
+def check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, planes=1,
+                           heads=None) -> tuple[int, int, int]:
     """Shared checks of the reference and the Triton launcher; returns (R, Cin, Cout)."""
     if src.dim() != 2 or not src.is_contiguous():
         raise ValueError(f"src must be a contiguous (M, Cin) matrix, got shape {tuple(src.shape)}")
@@ -30,11 +34,19 @@ def check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx
     cout = weight_t.shape[1]
     if bias is not None and tuple(bias.shape) != (cout,):
         raise ValueError(f"bias must be ({cout},), got {tuple(bias.shape)}")
-    if ln is not None:
-        if len(ln) != 3 or any(tuple(t.shape) != (cin,) for t in ln[:2]) or not ln[2] > 0:
-            raise ValueError(f"ln must be (weight ({cin},), bias ({cin},), eps > 0)")
-        if out_idx is not None:
-            raise ValueError("ln belongs to the gather form")
+    if isinstance(planes, bool) or not isinstance(planes, int) or planes < 1 or cout % planes:
+        raise ValueError(f"planes must be a positive integer dividing Cout={cout}, got {planes!r}")
+    if (planes > 1 or heads is not None) and out_idx is not None:
+        raise ValueError("planes and heads belong to the gather form")
+    if heads is not None:
+        keep_heads, tokens = heads
+        if keep_heads.dtype != torch.bool or keep_heads.dim() != 2 or (cout // planes) % keep_heads.shape[1]:
+            raise ValueError(f"heads must be a bool (B, H) tensor with H dividing {cout // planes} columns per "
+                             f"plane, got {keep_heads.dtype} {tuple(keep_heads.shape)}")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"heads' token count (source rows per sample) must be a positive integer, got {tokens!r}")
+        if src.shape[0] > keep_heads.shape[0] * tokens:
+            raise ValueError(f"src has {src.shape[0]} rows, more than {keep_heads.shape[0]} samples x {tokens} tokens")
     if act not in ACTS:
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
     for name, t in (("in_idx", in_idx), ("out_idx", out_idx)):
@@ -72,7 +84,8 @@ def rows_linear_ref(
     out_idx: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
-    ln: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    planes: int = 1,
+    heads: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """Linear layer on listed rows (see the module docstring).
 
@@ -85,24 +98,30 @@ def rows_linear_ref(
         out: (M', Cout) matrix updated in place (scatter-add form), with `out_idx` int32 (R,) distinct rows.
         keep: bool (R,): rows whose results are added (scatter-add form), or None for all.
         scale: (Cout,) factor of the added results (a LayerScale), or None.
-        ln: (weight (Cin,), bias (Cin,), eps) of a LayerNorm applied to the rows first (gather form), or None.
+        planes: gather form: the result as (planes, R, Cout / planes), column j in plane j // (Cout / planes).
+        heads: gather form: (kept, tokens), `kept` bool (B, H): the heads each sample keeps, a plane's columns split
+            into H equal heads; source row m belongs to sample m // tokens. Columns of skipped heads are zero.
 
     Returns:
-        The gather form's (R, Cout) result, or `out`.
+        The gather form's (R, Cout) (or (planes, R, Cout / planes)) result, or `out`.
     """
-    r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, ln)
+    r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, planes,
+                                          heads)
     n = r if count is None else min(int(count), r)
     rows = in_idx[:n].long() if in_idx is not None else torch.arange(n, device=src.device)
-    a = src[rows]
-    if ln is not None:
-        a = F.layer_norm(a.float(), (cin,), ln[0].float(), ln[1].float(), ln[2]).to(src.dtype)
-    y = a.float() @ weight_t.float()
+    y = src[rows].float() @ weight_t.float()
     if bias is not None:
         y = y + bias.float()
     if out_idx is None:
+        y = F.gelu(y) if act == "gelu" else y
+        if heads is not None:
+            kept, tokens = heads
+            h = kept.shape[1]
+            head_of_col = torch.arange(cout, device=src.device) % (cout // planes) // (cout // planes // h)
+            y = y * kept[rows // tokens][:, head_of_col]
         res = torch.zeros((r, cout), dtype=src.dtype, device=src.device)
-        res[:n] = (F.gelu(y) if act == "gelu" else y).to(src.dtype)
-        return res
+        res[:n] = y.to(src.dtype)
+        return res if planes == 1 else res.view(r, planes, cout // planes).transpose(0, 1).contiguous()
     if scale is not None:
         y = y * scale.float()
     dst = out_idx[:n].long()
@@ -110,3 +129,29 @@ def rows_linear_ref(
         dst, y = dst[keep[:n]], y[keep[:n]]
     out[dst] = (out[dst].float() + y).to(out.dtype)
     return out
+
+
+def check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps) -> tuple[int, int]:
+    """Shared checks of `rows_layer_norm_ref` and its kernel; returns (R, C)."""
+    if src.dim() != 2 or not src.is_contiguous():
+        raise ValueError(f"src must be a contiguous (M, C) matrix, got shape {tuple(src.shape)}")
+    c = src.shape[1]
+    if in_idx.dtype != torch.int32 or in_idx.dim() != 1:
+        raise ValueError(f"in_idx must be int32 (R,), got {in_idx.dtype} {tuple(in_idx.shape)}")
+    if count is not None and (count.dtype != torch.int32 or count.numel() != 1):
+        raise ValueError(f"count must be a one-element int32 tensor, got {count.dtype} {tuple(count.shape)}")
+    if tuple(weight.shape) != (c,) or tuple(bias.shape) != (c,) or not eps > 0:
+        raise ValueError(f"the LayerNorm needs weight ({c},), bias ({c},) and eps > 0, got {tuple(weight.shape)}, "
+                         f"{tuple(bias.shape)}, {eps}")
+    return in_idx.shape[0], c
+
+
+def rows_layer_norm_ref(src: torch.Tensor, in_idx: torch.Tensor, count: torch.Tensor | None, weight: torch.Tensor,
+                        bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm of the rows `src[in_idx[r]]`, r < count, packed: (R, C) in `src`'s dtype (rows past count: zero
+    here, unspecified in the kernel)."""
+    r, c = check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps)
+    n = r if count is None else min(int(count), r)
+    res = torch.zeros((r, c), dtype=src.dtype, device=src.device)
+    res[:n] = F.layer_norm(src[in_idx[:n].long()].float(), (c,), weight.float(), bias.float(), eps).to(src.dtype)
+    return res

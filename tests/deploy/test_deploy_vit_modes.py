@@ -137,8 +137,9 @@ def test_fused_token_masker_through_triton(monkeypatch):
 @pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
 @pytest.mark.parametrize(("layer_scale", "norm2"), [(None, True), (0.5, True), (None, False)])
 def test_fused_rows_through_triton(monkeypatch, layer_scale, norm2):
-    """fuse_rows: norm2 + fc1 + GELU and the residual adds of the MLP and the attention in the row kernels; same
-    function as the eval model, with and without LayerScale, and with a norm2 the kernel does not fuse."""
+    """fuse_rows: qkv in one row GEMM (kept heads only), norm2 on the packed rows, fc1 + GELU and the residual adds
+    of the MLP and the attention in the row kernels; same function as the eval model, with and without LayerScale,
+    and with a norm2 that is not a LayerNorm."""
     monkeypatch.setenv("LAUDNET_KERNELS", "triton")
     calls = []
     kernel = dispatch.rows_linear
@@ -148,7 +149,7 @@ def test_fused_rows_through_triton(monkeypatch, layer_scale, norm2):
         return kernel(*args, **kwargs)
 
     monkeypatch.setattr(dispatch, "rows_linear", counting)
-    model = skipping_vit("token+layer", depth=2, init_values=layer_scale)
+    model = skipping_vit("token+head+layer", depth=2, init_values=layer_scale)
     if not norm2:
         for block in model.blocks:
             block.norm2 = torch.nn.Identity()
@@ -157,7 +158,7 @@ def test_fused_rows_through_triton(monkeypatch, layer_scale, norm2):
         expected = model(x)
         out = deploy_vit(model, torch.float32, attention="varlen", capturable=True, fuse_rows=True)(x)
         assert _rel(out, expected) < 1e-5
-    assert calls == [True, False, True] * 2  # per block: projection + add, fc1 + GELU, fc2 + add
+    assert calls == [False, True, False, True] * 2  # per block: qkv, projection + add, fc1 + GELU, fc2 + add
 
 
 def test_fused_rows_needs_capturable():

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from spatial_testing import cuda_fixture, err_ratio, interpret_fixture  # noqa: F401 (fixtures)
 
 from laudnet import kernels as K
-from laudnet.kernels.rows import rows_linear_triton
-from laudnet.kernels.rows_ref import rows_linear_ref
+from laudnet.kernels.rows import rows_layer_norm_triton, rows_linear_triton
+from laudnet.kernels.rows_ref import rows_layer_norm_ref, rows_linear_ref
 
 
 def _case(m: int, cin: int, cout: int, r: int, seed: int, device="cpu", dtype=torch.float32):
@@ -53,19 +53,46 @@ def test_gather_form_interpret(interpret, count, act):
     assert err_ratio(full, rows_linear_ref(src, wt, None, act=act)) < 1e-5
 
 
-@pytest.mark.parametrize("cin", [24, 32])  # K with and without a partial K tile
-def test_layer_norm_prologue_interpret(interpret, cin):
-    """ln: the gathered rows normalised in the kernel (mean and variance over Cin in fp32) before the GEMM."""
-    src, wt, bias, idx = _case(50, cin, 19, 41, 6)
+@pytest.mark.parametrize("count", [None, 0, 1, 29])
+@pytest.mark.parametrize("cin", [24, 32])  # C below and at a power of two
+def test_rows_layer_norm_interpret(interpret, count, cin):
+    """The listed rows normalised into a packed matrix (mean and variance in fp32), only the counted rows."""
+    src, _, _, idx = _case(50, cin, 19, 41, 6)
     src = src * 3 + 5  # rows with a large mean: the variance must not come from E[x²] - mean²
     gen = torch.Generator().manual_seed(7)
-    ln = (torch.randn(cin, generator=gen), torch.randn(cin, generator=gen), 1e-6)
-    cnt = torch.tensor([29], dtype=torch.int32)
-    got = rows_linear_triton(src, wt, bias, idx, cnt, "gelu", ln=ln)
-    ref = rows_linear_ref(src, wt, bias, idx, cnt, "gelu", ln=ln)
-    assert err_ratio(got[:29], ref[:29]) < 1e-5
-    z = F.layer_norm(src[idx[:29].long()], (cin,), ln[0], ln[1], ln[2])
-    assert torch.allclose(ref[:29], F.gelu(F.linear(z, wt.t(), bias)), atol=1e-5)
+    w, b = torch.randn(cin, generator=gen), torch.randn(cin, generator=gen)
+    cnt = None if count is None else torch.tensor([count], dtype=torch.int32)
+    got = rows_layer_norm_triton(src, idx, cnt, w, b, 1e-6)
+    ref = rows_layer_norm_ref(src, idx, cnt, w, b, 1e-6)
+    n = 41 if count is None else count
+    assert got.shape == (41, cin)
+    assert torch.allclose(ref[:n], F.layer_norm(src[idx[:n].long()], (cin,), w, b, 1e-6), atol=1e-5)
+    if n:
+        assert err_ratio(got[:n], ref[:n]) < 1e-5
+
+
+@pytest.mark.parametrize("count", [None, 0, 23])
+def test_planes_and_heads_interpret(interpret, count):
+    """The qkv form: q, k, v planes, columns of the heads a row's sample skips at zero (samples of 7 tokens, 3 heads
+    of 4 columns per plane); the all-heads-kept mask equals no mask."""
+    src, wt, bias, idx = _case(35, 16, 36, 30, 8)  # 5 samples x 7 tokens
+    gen = torch.Generator().manual_seed(9)
+    kept = torch.rand(5, 3, generator=gen) < 0.5
+    kept[0] = False  # a sample without heads
+    kept[1] = True
+    cnt = None if count is None else torch.tensor([count], dtype=torch.int32)
+    got = rows_linear_triton(src, wt, bias, idx, cnt, planes=3, heads=(kept, 7))
+    ref = rows_linear_ref(src, wt, bias, idx, cnt, planes=3, heads=(kept, 7))
+    n = 30 if count is None else count
+    assert got.shape == ref.shape == (3, 30, 12)
+    dense = rows_linear_ref(src, wt, bias, idx, cnt)
+    col_head = torch.arange(36) % 12 // 4
+    expect = dense * kept[idx.long() // 7][:, col_head]
+    assert torch.allclose(ref[:, :n], expect[:n].view(n, 3, 12).transpose(0, 1), atol=1e-6)
+    if n:
+        assert err_ratio(got[:, :n], ref[:, :n]) < 1e-5
+        all_kept = rows_linear_triton(src, wt, bias, idx, cnt, planes=3, heads=(torch.ones(5, 3, dtype=torch.bool), 7))
+        assert err_ratio(all_kept[:, :n], dense[:n].view(n, 3, 12).transpose(0, 1)) < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["all", "some", "none"])
@@ -105,8 +132,16 @@ def test_rows_linear_rejects_bad_input():
         rows_linear_ref(src, wt, bias, idx, act="gelu", out=torch.zeros(10, 4), out_idx=idx)
     with pytest.raises(ValueError, match="belong to the scatter-add form"):
         rows_linear_ref(src, wt, bias, idx, keep=torch.ones(5, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"ln must be \(weight \(8,\)"):
-        rows_linear_ref(src, wt, bias, idx, ln=(torch.ones(7), torch.zeros(8), 1e-6))
+    with pytest.raises(ValueError, match="planes must be a positive integer dividing Cout=4"):
+        rows_linear_ref(src, wt, bias, idx, planes=3)
+    with pytest.raises(ValueError, match="heads must be a bool"):
+        rows_linear_ref(src, wt, bias, idx, heads=(torch.ones(2, 3, dtype=torch.bool), 5))
+    with pytest.raises(ValueError, match="more than 2 samples x 4 tokens"):
+        rows_linear_ref(src, wt, bias, idx, heads=(torch.ones(2, 2, dtype=torch.bool), 4))
+    with pytest.raises(ValueError, match="planes and heads belong to the gather form"):
+        rows_linear_ref(src, wt, bias, idx, out=torch.zeros(10, 4), out_idx=idx, planes=2)
+    with pytest.raises(ValueError, match=r"LayerNorm needs weight \(8,\)"):
+        rows_layer_norm_ref(src, idx, None, torch.ones(7), torch.zeros(8), 1e-6)
 
 
 @pytest.mark.gpu
@@ -125,3 +160,20 @@ def test_rows_linear_cuda_bf16(cuda, act):
     got = K.rows_linear(h, w2, None, None, cnt, out=x, out_idx=idx, keep=keep)
     expect = rows_linear_ref(h.float(), w2.float(), None, None, cnt, out=src.float(), out_idx=idx, keep=keep)
     assert err_ratio(got.float(), expect) < 2e-2
+
+
+@pytest.mark.gpu
+def test_rows_layer_norm_and_heads_cuda_bf16(cuda):
+    """DeiT-S shapes: norm2 on half the capacity rows, and the qkv GEMM with per-sample heads (6 heads of 64)."""
+    b, n, c = 128, 197, 384
+    m = b * n
+    src, wqkv, bqkv, idx = _case(m, c, 3 * c, m, 10, cuda, torch.bfloat16)
+    cnt = torch.tensor([m // 2], dtype=torch.int32, device=cuda)
+    w, bias = torch.randn(c, device=cuda).bfloat16(), torch.randn(c, device=cuda).bfloat16()
+    z = K.rows_layer_norm(src, idx, cnt, w, bias, 1e-6)
+    ref = rows_layer_norm_ref(src.float(), idx, cnt, w.float(), bias.float(), 1e-6)
+    assert err_ratio(z[: m // 2].float(), ref[: m // 2]) < 1e-2
+    kept = torch.rand(b, 6, device=cuda) < 0.5
+    got = K.rows_linear(src, wqkv, bqkv, idx, cnt, planes=3, heads=(kept, n))
+    expect = rows_linear_ref(src.float(), wqkv.float(), bqkv.float(), idx, cnt, planes=3, heads=(kept, n))
+    assert err_ratio(got[:, : m // 2].float(), expect[:, : m // 2]) < 2e-2
