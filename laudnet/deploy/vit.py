@@ -59,6 +59,7 @@ from laudnet.deploy.packed import (
     varlen_attention,
 )
 from laudnet.kernels import dispatch
+from laudnet.kernels.rows import HEAD_TILE_MIN
 from laudnet.masks import _Masker
 from laudnet.models.vit import LaudViT
 
@@ -266,7 +267,8 @@ class DeployedViTBlock(nn.Module):
             return x
         y2 = y.reshape(b * n, c)
         scale = _layer_scale(self.ls1)
-        if self.fuse_rows and scale is not False and _triton_rows(y2, rows, self.proj_wt):
+        head_tiles = heads is None or d % HEAD_TILE_MIN == 0
+        if self.fuse_rows and scale is not False and head_tiles and _triton_rows(y2, rows, self.proj_wt):
             # one qkv GEMM (q, k, v planes; tiles of skipped heads not computed, their columns zero, so their
             # attention outputs zero), varlen attention, and the projection adding into the residual stream
             qkv = dispatch.rows_linear(y2, self.qkv_wt_cat, self.qkv_b, rows.pos32, rows.count, planes=3,

@@ -16,6 +16,7 @@ from .dispatch import pack_rows as pack_rows
 from .dispatch import pixel_conv1x1 as pixel_conv1x1
 from .dispatch import resolve_impl as resolve_impl
 from .dispatch import rows_add_relu_ as rows_add_relu_
+from .dispatch import rows_layer_norm as rows_layer_norm
 from .dispatch import rows_linear as rows_linear
 from .dispatch import window_sums as window_sums
 from .masker_ref import MAP_WINDOW as MAP_WINDOW

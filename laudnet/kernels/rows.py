@@ -73,11 +73,10 @@ def _rows_linear_kernel_src(
         row = rm.to(tl.int64)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     k_end = K * (pid_m * BLOCK_M < used)  # no GEMM for a tile past the rows in use
-    if HEAD_MASK:  # which (row, column) pairs belong to a kept head; no GEMM for a tile without any
-        head = (rn % PLANE) // HEAD_DIM
-        on = tl.load(hm_ptr + (row // TOKENS)[:, None] * NUM_HEADS + head[None, :], mask=m_ok[:, None] & n_ok[None, :],
-                     other=0) != 0
-        k_end = k_end * (tl.max(tl.max(on.to(tl.int32), axis=1), axis=0) > 0)
+    if HEAD_MASK:  # the tile's columns lie in one head (BLOCK_N divides HEAD_DIM): rows whose sample keeps it
+        head = (pid_n * BLOCK_N % PLANE) // HEAD_DIM
+        on = tl.load(hm_ptr + (row // TOKENS) * NUM_HEADS + head, mask=m_ok, other=0) != 0
+        k_end = k_end * (tl.max(on.to(tl.int32), axis=0) > 0)  # no GEMM for a tile without any
     for k0 in range(0, k_end, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
@@ -106,7 +105,7 @@ def _rows_linear_kernel_src(
         if GELU:
             acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
         if HEAD_MASK:  # a skipped head's columns are zero (its attention then outputs zero)
-            acc = tl.where(on, acc, 0.0)
+            acc = tl.where(on[:, None], acc, 0.0)
         plane = (rn // PLANE).to(tl.int64)
         ptrs = out_ptr + plane[None, :] * R * PLANE + rm.to(tl.int64)[:, None] * PLANE + (rn % PLANE)[None, :]
         tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -145,6 +144,7 @@ def _rows_layer_norm_kernel_src(
     tl.store(out_ptr + rm.to(tl.int64)[:, None] * C + rc[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+HEAD_TILE_MIN = 16  # tl.dot's narrowest tile: with `heads`, a head's columns are whole column tiles
 _rows_linear_kernel = LazyKernel(_rows_linear_kernel_src)
 _rows_layer_norm_kernel = LazyKernel(_rows_layer_norm_kernel_src)
 
@@ -187,6 +187,12 @@ def rows_linear_triton(
     dummy = wt
     head_keep, tokens = heads if heads is not None else (None, 1)
     num_heads = head_keep.shape[1] if heads is not None else 1
+    if heads is not None and (plane // num_heads) % cfg.block_n:  # a column tile must not straddle two heads
+        block_n = (plane // num_heads) & -(plane // num_heads)  # the largest power of two dividing the head width
+        if block_n < HEAD_TILE_MIN:
+            raise ValueError(f"heads of {plane // num_heads} columns: the head width must be a multiple of "
+                             f"{HEAD_TILE_MIN} (the narrowest column tile of the GEMM)")
+        cfg = GemmConfig(cfg.block_m, min(cfg.block_n, block_n), cfg.block_k, cfg.num_warps, cfg.num_stages)
     _rows_linear_kernel[_grid(r, cout, cfg)](
         src, wt, bias if bias is not None else dummy, in_idx if in_idx is not None else dummy,
         count if count is not None else dummy, out, out_idx if scatter else dummy,

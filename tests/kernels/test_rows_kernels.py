@@ -74,8 +74,8 @@ def test_rows_layer_norm_interpret(interpret, count, cin):
 @pytest.mark.parametrize("count", [None, 0, 23])
 def test_planes_and_heads_interpret(interpret, count):
     """The qkv form: q, k, v planes, columns of the heads a row's sample skips at zero (samples of 7 tokens, 3 heads
-    of 4 columns per plane); the all-heads-kept mask equals no mask."""
-    src, wt, bias, idx = _case(35, 16, 36, 30, 8)  # 5 samples x 7 tokens
+    of 16 columns per plane); the all-heads-kept mask equals no mask."""
+    src, wt, bias, idx = _case(35, 16, 144, 30, 8)  # 5 samples x 7 tokens
     gen = torch.Generator().manual_seed(9)
     kept = torch.rand(5, 3, generator=gen) < 0.5
     kept[0] = False  # a sample without heads
@@ -84,15 +84,21 @@ def test_planes_and_heads_interpret(interpret, count):
     got = rows_linear_triton(src, wt, bias, idx, cnt, planes=3, heads=(kept, 7))
     ref = rows_linear_ref(src, wt, bias, idx, cnt, planes=3, heads=(kept, 7))
     n = 30 if count is None else count
-    assert got.shape == ref.shape == (3, 30, 12)
+    assert got.shape == ref.shape == (3, 30, 48)
     dense = rows_linear_ref(src, wt, bias, idx, cnt)
-    col_head = torch.arange(36) % 12 // 4
+    col_head = torch.arange(144) % 48 // 16
     expect = dense * kept[idx.long() // 7][:, col_head]
-    assert torch.allclose(ref[:, :n], expect[:n].view(n, 3, 12).transpose(0, 1), atol=1e-6)
+    assert torch.allclose(ref[:, :n], expect[:n].view(n, 3, 48).transpose(0, 1), atol=1e-6)
     if n:
         assert err_ratio(got[:, :n], ref[:, :n]) < 1e-5
         all_kept = rows_linear_triton(src, wt, bias, idx, cnt, planes=3, heads=(torch.ones(5, 3, dtype=torch.bool), 7))
-        assert err_ratio(all_kept[:, :n], dense[:n].view(n, 3, 12).transpose(0, 1)) < 1e-5
+        assert err_ratio(all_kept[:, :n], dense[:n].view(n, 3, 48).transpose(0, 1)) < 1e-5
+
+
+def test_heads_narrower_than_a_tile_are_refused(interpret):
+    src, wt, bias, idx = _case(35, 16, 36, 30, 8)  # 3 heads of 4 columns per plane
+    with pytest.raises(ValueError, match="heads of 4 columns: the head width must be a multiple of 16"):
+        rows_linear_triton(src, wt, bias, idx, planes=3, heads=(torch.ones(5, 3, dtype=torch.bool), 7))
 
 
 @pytest.mark.parametrize("kind", ["all", "some", "none"])
