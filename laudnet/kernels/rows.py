@@ -62,6 +62,8 @@ def _rows_linear_kernel_src(
     used = R
     if HAS_COUNT:
         used = tl.minimum(tl.load(cnt_ptr), R)
+        if pid_m * BLOCK_M >= used:  # a tile past the rows in use: nothing to read or write
+            return
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -72,7 +74,7 @@ def _rows_linear_kernel_src(
     else:
         row = rm.to(tl.int64)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    k_end = K * (pid_m * BLOCK_M < used)  # no GEMM for a tile past the rows in use
+    k_end = K
     if HEAD_MASK:  # the tile's columns lie in one head (BLOCK_N divides HEAD_DIM): rows whose sample keeps it
         head = (pid_n * BLOCK_N % PLANE) // HEAD_DIM
         on = tl.load(hm_ptr + (row // TOKENS) * NUM_HEADS + head, mask=m_ok, other=0) != 0
@@ -128,6 +130,8 @@ def _rows_layer_norm_kernel_src(
     used = R
     if HAS_COUNT:
         used = tl.minimum(tl.load(cnt_ptr), R)
+        if tl.program_id(0) * BLOCK_R >= used:
+            return
     rm = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rc = tl.arange(0, BLOCK_C)
     m_ok = rm < used

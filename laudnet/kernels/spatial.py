@@ -126,6 +126,8 @@ def _gather_conv3x3_kernel_src(
     ss = S * S
     if HAS_COUNT:  # sync-free launch: the grid covers the capacity, the valid count is read on the device
         M = tl.load(cnt_ptr) * ss
+        if pid_m * BLOCK_M >= M:  # a tile past the valid rows: nothing to read or write
+            return
     row_ok = rm < M
     n_ok = rn < C_OUT
     # Decode each gathered row into its output pixel once; the K loop only adds the tap offset.
@@ -143,10 +145,8 @@ def _gather_conv3x3_kernel_src(
     ix0 = ox * STRIDE - 1
     k_tiles = (C_IN + BLOCK_K - 1) // BLOCK_K
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    # One flat loop over (tap, channel tile) so the compiler pipelines loads across taps; a tile past the valid rows
-    # runs no iteration (an early exit that also works under the interpreter).
-    n_iter = 9 * k_tiles * (pid_m * BLOCK_M < M)
-    for i in range(0, n_iter):
+    # One flat loop over (tap, channel tile) so the compiler pipelines loads across taps.
+    for i in range(0, 9 * k_tiles):
         tap = i // k_tiles
         c0 = (i - tap * k_tiles) * BLOCK_K
         ky = tap // 3
@@ -211,6 +211,8 @@ def _conv1x1_scatter_add_kernel_src(
     ss = S * S
     if HAS_COUNT:
         M = tl.load(cnt_ptr) * ss
+        if pid_m * BLOCK_M >= M:  # a tile past the valid rows: nothing to read or write
+            return
     row_ok = rm < M
     n_ok = rn < C_OUT
     p = rm // ss
@@ -230,8 +232,7 @@ def _conv1x1_scatter_add_kernel_src(
     res = tl.load(res_ptr + dst[:, None] + rn[None, :], mask=m2, other=0.0)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     arow = rm.to(tl.int64) * K
-    k_end = K * (pid_m * BLOCK_M < M)  # no GEMM for a tile past the valid rows
-    for k0 in range(0, k_end, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
             a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None], other=0.0)
@@ -259,7 +260,7 @@ def _conv1x1_scatter_add_kernel_src(
             p_lo = m0 // ss
             # all operands non-negative: integer division truncates on the GPU and floors in the interpreter
             p_end = (tl.maximum(tl.minimum(m0 + BLOCK_M, M), m0 + 1) - 1) // ss + 1
-            for jj in range(0, (p_end - p_lo) * (m0 < M)):
+            for jj in range(0, p_end - p_lo):
                 j = p_lo + jj
                 part = tl.sum(tl.where((p == j)[:, None], v, 0.0), axis=0)
                 jrow = (tl.load(pidx_ptr + j * 3) * GH + tl.load(pidx_ptr + j * 3 + 1)) * GW
@@ -305,6 +306,8 @@ def _pixel_conv1x1_kernel_src(
         Q = tl.load(cnt_ptr)
         if PER_SAMPLE:
             Q = Q * HW
+        if pid_m * BLOCK_M >= Q:  # a tile past the valid rows: nothing to read or write
+            return
     rq = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -316,8 +319,7 @@ def _pixel_conv1x1_kernel_src(
     else:
         row = tl.load(pix_ptr + rq, mask=q_ok, other=0).to(tl.int64)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    k_end = K * (pid_m * BLOCK_M < Q)  # no GEMM for a tile past the valid rows
-    for k0 in range(0, k_end, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
             a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None], other=0.0)
