@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from laudnet.deploy.tune import graph_replay, time_call
-from laudnet.kernels import rows_ref
-from laudnet.kernels.rows import rows_layer_norm_triton, rows_linear_triton
+from laudnet.kernels import rows_ref, token_ref
+from laudnet.kernels.rows import rows_linear_triton
 from laudnet.kernels.spatial import GemmConfig
+from laudnet.kernels.token import rows_layer_norm_triton
 
 CONFIGS = {f"m{m}_n{n}_k{k}_w{w}_s{s}": GemmConfig(m, n, k, w, s) for m, n, k, w, s in [
     (128, 128, 64, 8, 3), (128, 128, 64, 4, 3), (128, 128, 64, 4, 4), (128, 64, 64, 4, 3), (128, 256, 64, 8, 3),
@@ -75,7 +76,7 @@ def main() -> int:
         x = torch.randn(cap, 384, device=dev, dtype=dt, generator=gen)
         lnw, lnb = (torch.randn(384, device=dev, dtype=dt, generator=gen) for _ in range(2))
         z = rows_layer_norm_triton(x, perm, cnt, lnw, lnb, 1e-6)
-        ref = rows_ref.rows_layer_norm_ref(x.float(), perm, cnt, lnw.float(), lnb.float(), 1e-6)
+        ref = token_ref.rows_layer_norm_ref(x.float(), perm, cnt, lnw.float(), lnb.float(), 1e-6)
         row = dict(rate=rate, rows=count, op="norm2 (rows LayerNorm)", cin=384, cout=384,
                    rel_error=float((z[:count].float() - ref[:count]).abs().max() / ref[:count].abs().max()),
                    torch_full_ms=ms(lambda a=(x, (384,), lnw, lnb, 1e-6): F.layer_norm(*a), args.repeats),

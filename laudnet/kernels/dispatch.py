@@ -350,12 +350,13 @@ def rows_linear(
               planes=planes, heads=heads)
 
 
-def rows_layer_norm(src: torch.Tensor, in_idx: torch.Tensor, count: torch.Tensor | None, weight: torch.Tensor,
-                    bias: torch.Tensor, eps: float, *, impl: str = "auto") -> torch.Tensor:
-    """LayerNorm of the listed rows `src[in_idx[r]]` (r < count, counted on the device) into a packed (R, C) matrix
-    (`rows_ref.rows_layer_norm_ref`; rows past count unspecified). One Triton launch on CUDA."""
-    from .rows import rows_layer_norm_triton
-    from .rows_ref import rows_layer_norm_ref
+def rows_layer_norm(src: torch.Tensor, in_idx: torch.Tensor | None, count: torch.Tensor | None,
+                    weight: torch.Tensor, bias: torch.Tensor, eps: float, *, impl: str = "auto") -> torch.Tensor:
+    """LayerNorm of the listed rows `src[in_idx[r]]` (every row when in_idx is None; r < count, counted on the
+    device) into a packed (R, C) matrix (`token_ref.rows_layer_norm_ref`; rows past count unspecified). One Triton
+    launch on CUDA."""
+    from .token import rows_layer_norm_triton
+    from .token_ref import rows_layer_norm_ref
 
     if resolve_impl(src, in_idx, count, weight, bias, impl=impl) == "triton":
         return rows_layer_norm_triton(src, in_idx, count, weight, bias, eps)

@@ -1,19 +1,20 @@
 """Triton kernels of `rows_ref.py`: a linear layer on listed token rows with the GELU or the residual scatter-add in
 its epilogue (and, for the qkv projection, per-sample kept heads and q / k / v planes), reading the row count on the
-device (tiles past it do no GEMM); and a LayerNorm of listed rows into a packed matrix.
+device (programs past it exit at once). The LayerNorm of listed rows is in `token.py`.
 
 What they replace in the capturable deployed ViT (H200 profile of the varlen CUDA graph at token rate 0.5,
 `benchmarks/NOTES-vit.md`): GELU over every one of the B·N capacity rows (0.6 ms per forward) and, per residual
 branch, a gather, a `where` and an `index_copy_` over the capacity rows (about 1.9 ms with the packing's gathers),
-and norm2 over every token (0.5 ms). norm2 is its own kernel, not the fc1 GEMM's prologue: normalising inside the
+and norm2 over every token (0.5 ms). norm2 is its own kernel (`token.rows_layer_norm_triton`), not the fc1 GEMM's
+prologue: normalising inside the
 GEMM's K loop took the fc1 kernel to 0.20 ms against cuBLAS's 0.036 ms on the same rows (H200, batch 128, half the
 tokens; `benchmarks/results/bench_rows_kernels_h200_bf9519d.json`).
 """
 
 import torch
 
-from ._utils import LazyKernel, interpreter_enabled, next_power_of_2
-from .rows_ref import check_rows_layer_norm_args, check_rows_linear_args
+from ._utils import LazyKernel
+from .rows_ref import check_rows_linear_args
 from .spatial import GemmConfig, _grid, _pick_config
 
 try:
@@ -113,44 +114,8 @@ def _rows_linear_kernel_src(
         tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _rows_layer_norm_kernel_src(
-    src_ptr,  # [M, C]
-    in_ptr,  # int32 [R] rows of src
-    cnt_ptr,  # int32 [1] rows in use (read when HAS_COUNT)
-    w_ptr,  # [C]
-    b_ptr,  # [C]
-    out_ptr,  # [R, C]
-    eps,
-    R,
-    C,
-    HAS_COUNT: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    used = R
-    if HAS_COUNT:
-        used = tl.minimum(tl.load(cnt_ptr), R)
-        if tl.program_id(0) * BLOCK_R >= used:
-            return
-    rm = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rc = tl.arange(0, BLOCK_C)
-    m_ok = rm < used
-    c_ok = rc < C
-    row = tl.load(in_ptr + rm, mask=m_ok, other=0).to(tl.int64)
-    mask = m_ok[:, None] & c_ok[None, :]
-    x = tl.load(src_ptr + row[:, None] * C + rc[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / C
-    xc = tl.where(c_ok[None, :], x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
-    w = tl.load(w_ptr + rc, mask=c_ok, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + rc, mask=c_ok, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * w[None, :] + b[None, :]
-    tl.store(out_ptr + rm.to(tl.int64)[:, None] * C + rc[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 HEAD_TILE_MIN = 16  # tl.dot's narrowest tile: with `heads`, a head's columns are whole column tiles
 _rows_linear_kernel = LazyKernel(_rows_linear_kernel_src)
-_rows_layer_norm_kernel = LazyKernel(_rows_layer_norm_kernel_src)
 
 
 def rows_linear_triton(
@@ -208,30 +173,5 @@ def rows_linear_triton(
         EVEN_K=cin % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
-    return out
-
-
-def rows_layer_norm_triton(
-    src: torch.Tensor,
-    in_idx: torch.Tensor,
-    count: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    """Triton kernel of `rows_layer_norm_ref` (one launch, a program per few rows). Same arguments and result."""
-    r, c = check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps)
-    for name, t in (("in_idx", in_idx), ("count", count), ("weight", weight), ("bias", bias)):
-        if t is not None and t.device != src.device:
-            raise ValueError(f"{name} is on {t.device} but src is on {src.device}")
-    out = torch.empty((r, c), dtype=src.dtype, device=src.device)
-    if r == 0 or c == 0:
-        return out
-    block_c = next_power_of_2(c)
-    block_r = 1 if interpreter_enabled() else max(1, min(16, 4096 // block_c))
-    _rows_layer_norm_kernel[(-(-r // block_r),)](
-        src, in_idx, count if count is not None else in_idx, weight, bias, out, float(eps), r, c,
-        HAS_COUNT=count is not None, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
     )  # fmt: skip
     return out

@@ -10,9 +10,6 @@ and a device-side count (`laudnet.deploy.packed`):
   zeroes the columns of the heads a row's sample skips (those GEMM tiles are not computed);
 * **scatter-add form** (`out_idx` given): `out[out_idx[r]] += scale * (src[in_idx[r]] @ W + b)` for the rows
   `r < count` with `keep[r]`, in place; `out_idx` entries are distinct (each output row has one writer, no atomics).
-
-`rows_layer_norm_ref`: a LayerNorm of the listed rows `src[in_idx[r]]`, `r < count`, into a packed `(R, C)` matrix
-(the block's norm2 before fc1, computed in fp32 and rounded to `src`'s dtype, as `nn.LayerNorm` stores it).
 """
 
 from __future__ import annotations
@@ -129,29 +126,3 @@ def rows_linear_ref(
         dst, y = dst[keep[:n]], y[keep[:n]]
     out[dst] = (out[dst].float() + y).to(out.dtype)
     return out
-
-
-def check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps) -> tuple[int, int]:
-    """Shared checks of `rows_layer_norm_ref` and its kernel; returns (R, C)."""
-    if src.dim() != 2 or not src.is_contiguous():
-        raise ValueError(f"src must be a contiguous (M, C) matrix, got shape {tuple(src.shape)}")
-    c = src.shape[1]
-    if in_idx.dtype != torch.int32 or in_idx.dim() != 1:
-        raise ValueError(f"in_idx must be int32 (R,), got {in_idx.dtype} {tuple(in_idx.shape)}")
-    if count is not None and (count.dtype != torch.int32 or count.numel() != 1):
-        raise ValueError(f"count must be a one-element int32 tensor, got {count.dtype} {tuple(count.shape)}")
-    if tuple(weight.shape) != (c,) or tuple(bias.shape) != (c,) or not eps > 0:
-        raise ValueError(f"the LayerNorm needs weight ({c},), bias ({c},) and eps > 0, got {tuple(weight.shape)}, "
-                         f"{tuple(bias.shape)}, {eps}")
-    return in_idx.shape[0], c
-
-
-def rows_layer_norm_ref(src: torch.Tensor, in_idx: torch.Tensor, count: torch.Tensor | None, weight: torch.Tensor,
-                        bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm of the rows `src[in_idx[r]]`, r < count, packed: (R, C) in `src`'s dtype (rows past count: zero
-    here, unspecified in the kernel)."""
-    r, c = check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps)
-    n = r if count is None else min(int(count), r)
-    res = torch.zeros((r, c), dtype=src.dtype, device=src.device)
-    res[:n] = F.layer_norm(src[in_idx[:n].long()].float(), (c,), weight.float(), bias.float(), eps).to(src.dtype)
-    return res

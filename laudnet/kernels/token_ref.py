@@ -36,3 +36,30 @@ def layer_norm_score_ref(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torc
     check_ln_score_args(x, ln_weight, ln_bias, score_w, score_b)
     y = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
     return y, y.float() @ score_w + score_b
+
+
+def check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps) -> tuple[int, int]:
+    """Shared checks of `rows_layer_norm_ref` and its kernel; returns (R, C)."""
+    if src.dim() != 2 or not src.is_contiguous():
+        raise ValueError(f"src must be a contiguous (M, C) matrix, got shape {tuple(src.shape)}")
+    c = src.shape[1]
+    if in_idx is not None and (in_idx.dtype != torch.int32 or in_idx.dim() != 1):
+        raise ValueError(f"in_idx must be int32 (R,), got {in_idx.dtype} {tuple(in_idx.shape)}")
+    if count is not None and (count.dtype != torch.int32 or count.numel() != 1):
+        raise ValueError(f"count must be a one-element int32 tensor, got {count.dtype} {tuple(count.shape)}")
+    if tuple(weight.shape) != (c,) or tuple(bias.shape) != (c,) or not eps > 0:
+        raise ValueError(f"the LayerNorm needs weight ({c},), bias ({c},) and eps > 0, got {tuple(weight.shape)}, "
+                         f"{tuple(bias.shape)}, {eps}")
+    return (in_idx.shape[0] if in_idx is not None else src.shape[0]), c
+
+
+def rows_layer_norm_ref(src: torch.Tensor, in_idx: torch.Tensor | None, count: torch.Tensor | None,
+                        weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm of the rows `src[in_idx[r]]` (every row of src when in_idx is None), r < count, packed: (R, C) in
+    `src`'s dtype, computed in fp32 as `nn.LayerNorm` does (rows past count: zero here, unspecified in the kernel)."""
+    r, c = check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps)
+    n = r if count is None else min(int(count), r)
+    rows = in_idx[:n].long() if in_idx is not None else torch.arange(n, device=src.device)
+    res = torch.zeros((r, c), dtype=src.dtype, device=src.device)
+    res[:n] = F.layer_norm(src[rows].float(), (c,), weight.float(), bias.float(), eps).to(src.dtype)
+    return res

@@ -161,6 +161,28 @@ def test_fused_rows_through_triton(monkeypatch, layer_scale, norm2):
     assert calls == [False, True, False, True] * 2  # per block: qkv, projection + add, fc1 + GELU, fc2 + add
 
 
+@pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
+@pytest.mark.parametrize("paradigm", ["layer", "head"])
+def test_capturable_layer_norms_through_triton(monkeypatch, paradigm):
+    """Capturable blocks without a fused token masker normalise every token with the Triton LayerNorm (norm1; norm2
+    too where the MLP is dense); same function as the eval model."""
+    monkeypatch.setenv("LAUDNET_KERNELS", "triton")
+    calls = []
+    kernel = dispatch.rows_layer_norm
+
+    def counting(*args, **kwargs):
+        calls.append(args[1] is None)  # no row list: every token
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "rows_layer_norm", counting)
+    model = skipping_vit(paradigm, depth=2)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert _rel(deploy_vit(model, torch.float32, attention="varlen", capturable=True)(x), model(x)) < 1e-5
+    # per block: norm1 over every token; then norm2 on the packed rows (layer) or over every token (head, dense MLP)
+    assert calls == ([True, False] if paradigm == "layer" else [True, True]) * 2
+
+
 def test_fused_rows_needs_capturable():
     with pytest.raises(ValueError, match="fuse_rows fuses the capturable row GEMMs: it needs capturable=True"):
         deploy_vit(skipping_vit("token", depth=2), torch.float32, attention="varlen", fuse_rows=True)

@@ -1,4 +1,5 @@
-"""ViT token masker fused into LayerNorm against its reference (interpreter on CPU; compiled on CUDA as `gpu`)."""
+"""ViT LayerNorm kernel (token masker fused into it; listed rows with a device-side count) against its reference
+(interpreter on CPU; compiled on CUDA as `gpu`)."""
 
 import pytest
 import torch
@@ -60,6 +61,32 @@ def test_bad_arguments_are_named():
         K.layer_norm_score(x, lw, lb[:4], 1e-6, sw, sb, impl="reference")
     with pytest.raises(ValueError, match="fp32"):
         K.layer_norm_score(x, lw, lb, 1e-6, sw.half(), sb, impl="reference")
+    x2 = x.view(10, 8)
+    with pytest.raises(ValueError, match=r"LayerNorm needs weight \(8,\)"):
+        K.rows_layer_norm(x2, None, None, lw[:7], lb, 1e-6, impl="reference")
+    with pytest.raises(ValueError, match="in_idx must be int32"):
+        K.rows_layer_norm(x2, torch.arange(3), None, lw, lb, 1e-6, impl="reference")
+
+
+@pytest.mark.parametrize("count", [None, 0, 1, 29])
+@pytest.mark.parametrize("cin", [24, 32])  # C below and at a power of two
+def test_rows_layer_norm_interpret(interpret, count, cin):
+    """Listed rows normalised into a packed matrix (mean and variance in fp32), only the counted rows; without a
+    list, every row."""
+    gen = torch.Generator().manual_seed(6)
+    src = torch.randn((50, cin), generator=gen) * 3 + 5  # a large mean: the variance must not come from E[x²] - mean²
+    idx = torch.randperm(50, generator=gen)[:41].to(torch.int32)
+    w, b = torch.randn(cin, generator=gen), torch.randn(cin, generator=gen)
+    cnt = None if count is None else torch.tensor([count], dtype=torch.int32)
+    got = K.rows_layer_norm(src, idx, cnt, w, b, 1e-6, impl="triton")
+    ref = token_ref.rows_layer_norm_ref(src, idx, cnt, w, b, 1e-6)
+    n = 41 if count is None else count
+    assert got.shape == (41, cin)
+    assert torch.allclose(ref[:n], torch.nn.functional.layer_norm(src[idx[:n].long()], (cin,), w, b, 1e-6), atol=1e-5)
+    if n:
+        assert err_ratio(got[:n], ref[:n]) < 1e-5
+        every = K.rows_layer_norm(src, None, cnt, w, b, 1e-6, impl="triton")  # no list: rows 0..count-1
+        assert err_ratio(every[:n], torch.nn.functional.layer_norm(src[:n], (cin,), w, b, 1e-6)) < 1e-5
 
 
 @pytest.mark.gpu
@@ -69,3 +96,17 @@ def test_layer_norm_score_cuda(cuda):
     y_ref, s_ref = token_ref.layer_norm_score_ref(*args[:3], 1e-6, *args[3:])
     y, score = K.layer_norm_score(*args[:3], 1e-6, *args[3:])
     assert err_ratio(y, y_ref) < 1e-2 and err_ratio(score, s_ref) < 1e-2
+
+
+@pytest.mark.gpu
+def test_rows_layer_norm_cuda(cuda):
+    """DeiT-S shapes: norm2 on half of 128 x 197 capacity rows."""
+    gen = torch.Generator().manual_seed(2)
+    m, c = 128 * 197, 384
+    src = torch.randn((m, c), generator=gen).to(cuda, torch.bfloat16)
+    idx = torch.randperm(m, generator=gen).to(cuda, torch.int32)
+    w, b = (torch.randn(c, generator=gen).to(cuda, torch.bfloat16) for _ in range(2))
+    cnt = torch.tensor([m // 2], dtype=torch.int32, device=cuda)
+    z = K.rows_layer_norm(src, idx, cnt, w, b, 1e-6)
+    ref = token_ref.rows_layer_norm_ref(src.float(), idx, cnt, w.float(), b.float(), 1e-6)
+    assert err_ratio(z[: m // 2].float(), ref[: m // 2]) < 1e-2
