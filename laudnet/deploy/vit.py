@@ -94,6 +94,9 @@ class DeployedViTBlock(nn.Module):
         if fuse_rows and not capturable:
             raise ValueError("fuse_rows fuses the capturable row GEMMs: it needs capturable=True")
         self.fuse_rows = capturable if fuse_rows is None else bool(fuse_rows)
+        # The block may update its input in place (the residual adds of the fused row kernels) when its caller
+        # never reads that tensor again: `DeployedViT` sets this for its blocks, whose inputs it makes itself.
+        self.owns_input = False
         self.parts = block.parts
         self.paradigm = block.paradigm
         self.token_bucket = token_bucket
@@ -275,7 +278,7 @@ class DeployedViTBlock(nn.Module):
                                        heads=(heads, n) if heads is not None else None)
             q, k, v = (t.view(-1, h, d) for t in qkv.unbind(0))
             o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
-            res = x.reshape(b * n, c).clone()
+            res = x.reshape(b * n, c) if self.owns_input else x.reshape(b * n, c).clone()
             dispatch.rows_linear(o.reshape(-1, c), self.proj_wt, self.proj_b, None, rows.count, out=res,
                                  out_idx=rows.pos32, keep=rows.keep, scale=scale)
             return res.view(b, n, c)
@@ -423,7 +426,7 @@ class DeployedViTBlock(nn.Module):
             x = self._attention_padded(x, y, tokens, heads, run_attn)
         else:
             x = self._attention(x, y, tokens, heads, run_attn)
-        x = self._mlp(x, tokens, run_mlp, inplace=x is not x_in, rows=shared)
+        x = self._mlp(x, tokens, run_mlp, inplace=self.owns_input or x is not x_in, rows=shared)
         self.last_density = {
             name: t.float().mean()
             for name, t in (("token", tokens), ("head", heads), ("attn", run_attn), ("mlp", run_mlp))
@@ -469,6 +472,8 @@ class DeployedViT(nn.Module):
         self.register_buffer("pos_embed", model.pos_embed.detach().clone())
         self.blocks = nn.Sequential(*[DeployedViTBlock(b, token_bucket, attention, capturable, fuse_token_masker,
                                                         fuse_rows) for b in model.blocks])
+        for block in self.blocks:  # each block's input is the embedding or the previous block's output
+            block.owns_input = True
         self.norm, self.fc_norm, self.head = (copy.deepcopy(m) for m in (model.norm, model.fc_norm, model.head))
 
     def forward_features(self, x: Tensor) -> Tensor:

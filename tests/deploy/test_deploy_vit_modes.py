@@ -1,6 +1,8 @@
 """Deployed ViT attention modes (bucket / varlen) and the capturable sync-free mode: the same function as the eval
 model; the capturable forward reads nothing on the host; CUDA-graph capture on a GPU."""
 
+import copy
+
 import pytest
 import torch
 from helpers import impose_model_decisions, skipping_vit
@@ -181,6 +183,26 @@ def test_capturable_layer_norms_through_triton(monkeypatch, paradigm):
         assert _rel(deploy_vit(model, torch.float32, attention="varlen", capturable=True)(x), model(x)) < 1e-5
     # per block: norm1 over every token; then norm2 on the packed rows (layer) or over every token (head, dense MLP)
     assert calls == ([True, False] if paradigm == "layer" else [True, True]) * 2
+
+
+@pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
+def test_block_input_updated_in_place_only_inside_the_model(monkeypatch):
+    """Inside `DeployedViT` a block's fused row kernels add the residual branches into its input (which the model
+    made); a block on its own leaves the caller's tensor unchanged, with the same result."""
+    monkeypatch.setenv("LAUDNET_KERNELS", "triton")
+    model = skipping_vit("token+layer", depth=2)
+    deployed = deploy_vit(model, torch.float32, attention="varlen", capturable=True)
+    assert all(b.owns_input for b in deployed.blocks)
+    block = copy.deepcopy(deployed.blocks[0])
+    x = torch.randn(3, 17, 48)
+    outs = {}
+    for owns in (False, True):
+        block.owns_input = owns
+        xi = x.clone()
+        with torch.no_grad():
+            outs[owns] = block(xi)
+        assert torch.equal(xi, x) != owns  # changed in place exactly when the block owns its input
+    assert torch.allclose(outs[False], outs[True], atol=1e-6)
 
 
 def test_fused_rows_needs_capturable():
