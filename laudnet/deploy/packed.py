@@ -32,6 +32,7 @@ from torch import Tensor
 
 from laudnet.kernels import dispatch
 from laudnet.kernels.pack_ref import compact_positions as compact_positions
+from laudnet.kernels.pack_ref import selection
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -67,17 +68,20 @@ class PackedRows:
         return self.pos_int32
 
 
-def pack_rows(sel: Tensor, *, sync_free: bool, compute: Tensor | None = None) -> PackedRows:
-    """Pack the selected tokens of a (B, N) boolean selection.
+def pack_rows(tokens: Tensor | None, run: Tensor | None, shape: tuple[int, int], *, sync_free: bool,
+              with_cls: bool = False, device: torch.device | None = None) -> PackedRows:
+    """Pack the selected tokens (`tokens` bool (B, N), None: all) of the samples that run (`run` bool (B,), None: all).
 
     Args:
-        sel: (B, N) bool, the tokens whose results are wanted.
+        tokens, run: the selection (see above); shape: (B, N).
         sync_free: fixed-capacity packing without host reads (see the module docstring).
-        compute: (B, N) bool ⊇ `sel`, the tokens to compute (sync-free only: e.g. the class token of every sample,
-            so that no sequence is empty); default `sel`.
+        with_cls: sync-free only: compute every sample's class token too (kept only where selected), so that no
+            sequence is empty.
+        device: where the packing lives when tokens and run are both None.
     """
-    b, n = sel.shape
+    b, n = shape
     if not sync_free:
+        sel = selection(tokens, run, shape, device=device)[0]
         counts = sel.sum(1)
         lengths = counts.tolist()  # the one host read
         used = [c for c in lengths if c]
@@ -87,7 +91,9 @@ def pack_rows(sel: Tensor, *, sync_free: bool, compute: Tensor | None = None) ->
         nonempty = compact_positions(counts > 0)[: len(used)]
         cu = F.pad(counts.cumsum(0)[nonempty], (1, 0)).to(torch.int32)
         return PackedRows(pos, None, None, cu, max(used, default=0), lengths)
-    p = dispatch.pack_rows(sel, sel if compute is None else compute)  # one Triton launch on CUDA
+    if tokens is None and run is None:  # every row: the packing is the identity, built by the same kernel
+        tokens = torch.ones(shape, dtype=torch.bool, device=device)
+    p = dispatch.pack_rows(tokens, run, shape, with_cls)  # one Triton launch on CUDA
     return PackedRows(p.pos, p.count, p.keep, p.cu, n, pos_int32=p.pos32)
 
 

@@ -56,6 +56,7 @@ from laudnet.deploy.packed import (
     rows_linear,
     rows_linears,
     scatter_rows,
+    selection,
     varlen_attention,
 )
 from laudnet.kernels import dispatch
@@ -258,14 +259,8 @@ class DeployedViTBlock(nn.Module):
         b, n, c = x.shape
         h, d = self.num_heads, self.head_dim
         sync_free = self.capturable
-        sel = tokens if tokens is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
-        if run is not None:
-            sel = sel & run[:, None]
-        # Sync-free sequences are never empty: a sample that skips computes its class token too (and drops it).
-        with_cls = sel.clone()
-        with_cls[:, 0] = True
-        if rows is None:
-            rows = pack_rows(sel, sync_free=sync_free, compute=with_cls if run is not None else None)
+        if rows is None:  # sync-free sequences are never empty: a sample that skips computes its class token too
+            rows = pack_rows(tokens, run, (b, n), sync_free=sync_free, with_cls=run is not None, device=x.device)
         if not sync_free and rows.pos.numel() == 0:
             return x
         y2 = y.reshape(b * n, c)
@@ -290,6 +285,7 @@ class DeployedViTBlock(nn.Module):
             out = rows_linear(o.reshape(-1, c), self.proj_w, getattr(self, "proj_wt", None), self.proj_b, rows,
                               packed=True)
         else:
+            sel = selection(tokens, run, (b, n), device=x.device)[0]
             o_heads = self._head_outputs_sync_free(y2, sel, heads) if sync_free else self._head_outputs(y2, sel, heads)
             out = rows_linear(o_heads[: b * n].reshape(b * n, c), self.proj_w, getattr(self, "proj_wt", None),
                               self.proj_b, rows)
@@ -302,7 +298,8 @@ class DeployedViTBlock(nn.Module):
         h, d = self.num_heads, self.head_dim
         pairs = heads.t()[:, :, None] & sel[None]  # (H, B, N)
         o_heads = y2.new_zeros(bn, h, d)
-        rows = pack_rows(pairs.reshape(h * sel.shape[0], -1), sync_free=False)  # sequences: (head, sample)
+        pairs = pairs.reshape(h * sel.shape[0], -1)
+        rows = pack_rows(pairs, None, pairs.shape, sync_free=False)  # sequences: (head, sample)
         if rows.pos.numel() == 0:
             return o_heads
         head_of, tok = rows.pos // bn, rows.pos % bn
@@ -327,10 +324,7 @@ class DeployedViTBlock(nn.Module):
         o_heads = y2.new_zeros(2 * bn, h, d)
         spare = torch.arange(bn, 2 * bn, device=y2.device)
         for i in range(h):
-            sel_i = sel & heads[:, i, None]
-            with_cls = sel_i.clone()
-            with_cls[:, 0] = True
-            rows = pack_rows(sel_i, sync_free=True, compute=with_cls)
+            rows = pack_rows(sel & heads[:, i, None], None, sel.shape, sync_free=True, with_cls=True)
             w, bias = self.qkv_w_heads[i], self.qkv_b_heads[i]  # rows (3, d)
             layers = [(w[j * d:(j + 1) * d], self.qkv_wt_heads[j, i], bias[j * d:(j + 1) * d]) for j in range(3)]
             q, k, v = (t.view(-1, 1, d) for t in rows_linears(y2, layers, rows))
@@ -346,11 +340,11 @@ class DeployedViTBlock(nn.Module):
         if tokens is None and run is None:
             return x + self.ls2(self.mlp(self._layer_norm(self.norm2, x)))
         b, n, c = x.shape
-        sel = tokens if tokens is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
-        if run is not None:
-            sel = sel & run[:, None]
         if self.capturable:
-            return self._mlp_sync_free(x, sel, inplace, rows if run is None else None)
+            if rows is None or run is not None:
+                rows = pack_rows(tokens, run, (b, n), sync_free=True)
+            return self._mlp_sync_free(x, rows, inplace)
+        sel = selection(tokens, run, (b, n))[0]
         pos = sel.reshape(-1).nonzero().squeeze(1)
         flat = x.reshape(b * n, c)
         if pos.numel() == 0:
@@ -358,10 +352,9 @@ class DeployedViTBlock(nn.Module):
         branch = self.ls2(self.mlp(self.norm2(flat.index_select(0, pos))))
         return add_rows(flat, pos, branch, inplace=inplace).view(b, n, c)
 
-    def _mlp_sync_free(self, x: Tensor, sel: Tensor, inplace: bool, rows: PackedRows | None = None) -> Tensor:
+    def _mlp_sync_free(self, x: Tensor, rows: PackedRows, inplace: bool) -> Tensor:
         b, n, c = x.shape
         mlp = self.mlp
-        rows = rows if rows is not None else pack_rows(sel, sync_free=True)
         x2 = x.reshape(b * n, c)
         scale = _layer_scale(self.ls2)
         gelu = isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none" and isinstance(mlp.norm, nn.Identity)
@@ -417,7 +410,7 @@ class DeployedViTBlock(nn.Module):
         run_attn, run_mlp = (layers[:, 0], layers[:, 1]) if layers is not None else (None, None)
         shared = None  # without layer skipping, varlen attention and the MLP select the same tokens: one packing
         if self.capturable and tokens is not None and run_attn is None and run_mlp is None:
-            shared = pack_rows(tokens, sync_free=True)
+            shared = pack_rows(tokens, None, tokens.shape, sync_free=True)
         if tokens is None and heads is None and run_attn is None:
             x = self._attention(x, y, None, None, None)  # dense
         elif self.attention == "varlen":

@@ -363,21 +363,28 @@ def rows_layer_norm(src: torch.Tensor, in_idx: torch.Tensor | None, count: torch
     return rows_layer_norm_ref(src, in_idx, count, weight, bias, eps)
 
 
-def pack_rows(sel: torch.Tensor, compute: torch.Tensor, *, impl: str = "auto"):
+def pack_rows(tokens: torch.Tensor | None, run: torch.Tensor | None, shape: tuple[int, int], with_cls: bool = False,
+              *, impl: str = "auto"):
     """Fixed-capacity packing of a ViT's token rows without host reads (`pack_ref.py`): `Packing(pos int64 (B·N,),
-    pos32 (the same in int32), count int32 (1,), keep bool (B·N,), cu int32 (B+1,))` of the rows `compute` (bool
-    (B, N)), `keep` marking those of `sel` ⊆ `compute`. One Triton launch on CUDA.
+    pos32 (the same in int32), count int32 (1,), keep bool (B·N,), cu int32 (B+1,))` of the selected tokens of the
+    samples that run, with every sample's class token computed too when `with_cls` (kept only where selected). One
+    Triton launch on CUDA.
 
     Args:
-        sel, compute: bool (B, N).
+        tokens: bool (B, N) selected tokens, or None for every token. run: bool (B,) samples that run, or None for
+            every sample. At least one of the two is a tensor.
+        shape: (B, N).
+        with_cls: compute every sample's class token (no empty sequence).
         impl: "auto", "reference" or "triton".
     """
     from .pack import pack_rows_triton
     from .pack_ref import pack_rows_ref
 
-    if resolve_impl(sel, compute, impl=impl) == "reference":
-        return pack_rows_ref(sel, compute)
-    return pack_rows_triton(sel, compute)
+    if tokens is None and run is None:
+        raise ValueError("pack_rows needs tokens or run: with neither, every row is selected (no packing needed)")
+    if resolve_impl(tokens, run, impl=impl) == "reference":
+        return pack_rows_ref(tokens, run, shape, with_cls)
+    return pack_rows_triton(tokens, run, shape, with_cls)
 
 
 def layer_norm_score(

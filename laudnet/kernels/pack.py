@@ -19,8 +19,8 @@ except Exception:  # the reference path works without triton; the kernel below i
 
 
 def _pack_rows_kernel_src(
-    sel_ptr,  # uint8 [T] rows kept
-    comp_ptr,  # uint8 [T] rows computed (⊇ kept)
+    tok_ptr,  # uint8 [T] tokens selected (HAS_TOKENS; else every token)
+    run_ptr,  # uint8 [B] samples that run the sub-block (HAS_RUN; else every sample)
     pos_ptr,  # int64 [T] out
     pos32_ptr,  # int32 [T] out: the same
     keep_ptr,  # uint8 [T] out
@@ -28,6 +28,9 @@ def _pack_rows_kernel_src(
     cu_ptr,  # int32 [B+1] out
     T,
     N,  # positions per sample
+    HAS_TOKENS: tl.constexpr,
+    HAS_RUN: tl.constexpr,
+    WITH_CLS: tl.constexpr,  # every sample's class token (position 0) is computed, kept only where selected
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -35,16 +38,28 @@ def _pack_rows_kernel_src(
     ar = tl.arange(0, BLOCK)
     before = tl.full((BLOCK,), 0, tl.int32)
     total = tl.full((BLOCK,), 0, tl.int32)
-    for t0 in range(0, T, BLOCK):
+    c = tl.full((BLOCK,), 0, tl.int32)  # this program's chunk: rows computed, and kept
+    s = tl.full((BLOCK,), 0, tl.int32)
+    for t0 in range(0, T, BLOCK):  # every chunk's flags; the rows computed before this program's chunk
         t = t0 + ar
-        c = tl.load(comp_ptr + t, mask=t < T, other=0).to(tl.int32)
-        total += c
-        before += tl.where(t < start, c, 0)
+        ok = t < T
+        kept = ok
+        if HAS_TOKENS:
+            kept = kept & (tl.load(tok_ptr + t, mask=ok, other=0) != 0)
+        if HAS_RUN:
+            kept = kept & (tl.load(run_ptr + t // N, mask=ok, other=0) != 0)
+        comp = kept
+        if WITH_CLS:
+            comp = comp | (ok & (t % N == 0))
+        ci = comp.to(tl.int32)
+        total += ci
+        before += tl.where(t < start, ci, 0)
+        mine = t0 == start
+        c = tl.where(mine, ci, c)
+        s = tl.where(mine, kept.to(tl.int32), s)
     n_total = tl.sum(total, axis=0)
     t = start + ar
     ok = t < T
-    c = tl.load(comp_ptr + t, mask=ok, other=0).to(tl.int32)
-    s = tl.load(sel_ptr + t, mask=ok, other=0)
     act = tl.cumsum(c, axis=0) - c + tl.sum(before, axis=0)  # computed rows before t
     dest = tl.where(c > 0, act, n_total + t - act)
     tl.store(pos_ptr + dest, t.to(tl.int64), mask=ok)
@@ -60,12 +75,14 @@ def _pack_rows_kernel_src(
 _pack_rows_kernel = LazyKernel(_pack_rows_kernel_src)
 
 
-def pack_rows_triton(sel: torch.Tensor, compute: torch.Tensor) -> Packing:
+def pack_rows_triton(tokens: torch.Tensor | None, run: torch.Tensor | None, shape: tuple[int, int],
+                     with_cls: bool = False) -> Packing:
     """Triton kernel of `pack_rows_ref` (one launch). Same arguments and result."""
-    check_pack_args(sel, compute)
-    b, n = sel.shape
+    b, n = check_pack_args(tokens, run, shape)
     t = b * n
-    dev = sel.device
+    if tokens is None and run is None:
+        raise ValueError("pack_rows_triton needs tokens or run: with neither, every row is selected")
+    dev = (tokens if tokens is not None else run).device
     pos = torch.empty(t, dtype=torch.int64, device=dev)
     pos32 = torch.empty(t, dtype=torch.int32, device=dev)
     keep = torch.empty(t, dtype=torch.uint8, device=dev)
@@ -73,9 +90,11 @@ def pack_rows_triton(sel: torch.Tensor, compute: torch.Tensor) -> Packing:
     cu = torch.zeros(b + 1, dtype=torch.int32, device=dev)
     if t:
         block = 16 if interpreter_enabled() else 1024
+        dummy = keep
         _pack_rows_kernel[(-(-t // block),)](
-            sel.contiguous().view(torch.uint8), compute.contiguous().view(torch.uint8), pos, pos32, keep, count, cu, t,
-            n,
+            tokens.contiguous().view(torch.uint8) if tokens is not None else dummy,
+            run.contiguous().view(torch.uint8) if run is not None else dummy, pos, pos32, keep, count, cu, t, n,
+            HAS_TOKENS=tokens is not None, HAS_RUN=run is not None, WITH_CLS=bool(with_cls),
             BLOCK=block, num_warps=1 if interpreter_enabled() else 4,
         )  # fmt: skip
     return Packing(pos, pos32, count, keep.view(torch.bool), cu)

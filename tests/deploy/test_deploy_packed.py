@@ -22,8 +22,8 @@ def test_exact_and_sync_free_packing_agree():
     sel = torch.rand(4, 9) < 0.5
     sel[2] = False  # a sample without rows
     sel[0, 0] = True
-    exact = pack_rows(sel, sync_free=False)
-    free = pack_rows(sel, sync_free=True)
+    exact = pack_rows(sel, None, sel.shape, sync_free=False)
+    free = pack_rows(sel, None, sel.shape, sync_free=True)
     total = int(sel.sum())
     assert exact.count is None and exact.keep is None
     assert torch.equal(exact.pos, sel.reshape(-1).nonzero().squeeze(1))
@@ -39,9 +39,7 @@ def test_exact_and_sync_free_packing_agree():
 def test_sync_free_packing_computes_extra_rows_without_keeping_them():
     sel = torch.zeros(3, 5, dtype=torch.bool)
     sel[1, [0, 2]] = True
-    compute = sel.clone()
-    compute[:, 0] = True
-    rows = pack_rows(sel, sync_free=True, compute=compute)
+    rows = pack_rows(sel, None, sel.shape, sync_free=True, with_cls=True)  # every class token computed
     assert int(rows.count) == 4
     assert rows.pos[:4].tolist() == [0, 5, 7, 10]
     assert rows.keep[:4].tolist() == [False, True, True, False]
@@ -95,8 +93,8 @@ def test_add_rows_matches_index_add_and_ignores_rows_not_kept():
 
 def test_exact_packing_reads_the_counts_once_and_keeps_them():
     sel = torch.tensor([[True, False, True], [False, False, False], [False, True, False]])
-    rows = pack_rows(sel, sync_free=False)
+    rows = pack_rows(sel, None, sel.shape, sync_free=False)
     assert rows.lengths == [2, 0, 1] and rows.max_len == 2
     assert rows.pos.tolist() == [0, 2, 7] and rows.cu.tolist() == [0, 2, 3]
-    none = pack_rows(torch.zeros(2, 3, dtype=torch.bool), sync_free=False)
+    none = pack_rows(torch.zeros(2, 3, dtype=torch.bool), None, (2, 3), sync_free=False)
     assert none.pos.numel() == 0 and none.cu.tolist() == [0] and none.max_len == 0

@@ -12,10 +12,9 @@ from laudnet.kernels.pack_ref import pack_rows_ref
 
 def _selection(b: int, n: int, p: float, seed: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    sel = torch.rand((b, n), generator=gen) < p
-    compute = sel.clone()
-    compute[:, 0] = True  # e.g. the class token computed in every sample, kept only where selected
-    return sel.to(device), compute.to(device)
+    tokens = torch.rand((b, n), generator=gen) < p
+    run = torch.rand(b, generator=gen) < 0.7
+    return tokens.to(device), run.to(device)
 
 
 def _equal(a, b) -> None:
@@ -24,33 +23,48 @@ def _equal(a, b) -> None:
 
 
 def test_reference_is_the_packing():
-    sel, compute = _selection(3, 5, 0.5, 0)
-    p = pack_rows_ref(sel, compute)
+    tokens, run = _selection(3, 5, 0.5, 0)
+    run[1] = False
+    p = pack_rows_ref(tokens, run, (3, 5), with_cls=True)
+    sel = tokens & run[:, None]
+    compute = sel.clone()
+    compute[:, 0] = True  # the class token computed in every sample, kept only where selected
     flat = compute.reshape(-1)
     n = int(flat.sum())
     assert torch.equal(p.pos[:n], flat.nonzero().squeeze(1)) and torch.equal(p.pos[n:], (~flat).nonzero().squeeze(1))
     assert int(p.count) == n and torch.equal(p.pos32, p.pos.to(torch.int32))
     assert torch.equal(p.keep, sel.reshape(-1)[p.pos])
     assert p.cu.tolist() == [0, *compute.sum(1).cumsum(0).tolist()]
+    plain = pack_rows_ref(tokens, None, (3, 5))  # every sample, no extra rows
+    assert int(plain.count) == int(tokens.sum()) and torch.equal(plain.keep[: int(tokens.sum())],
+                                                                  torch.ones(int(tokens.sum()), dtype=torch.bool))
 
 
 @pytest.mark.parametrize(("b", "n", "p"), [(3, 7, 0.5), (5, 13, 0.3), (2, 9, 1.0), (4, 6, 0.0), (1, 40, 0.6)])
-def test_pack_rows_interpret(interpret, b, n, p):
-    """Several programs (16 positions each under the interpreter), samples straddling chunks; all, none, one sample."""
-    sel, compute = _selection(b, n, p, b * n)
-    _equal(pack_rows_triton(sel, compute), pack_rows_ref(sel, compute))
-    _equal(K.pack_rows(sel, sel, impl="triton"), pack_rows_ref(sel, sel))
+@pytest.mark.parametrize("form", ["tokens", "run", "both", "both+cls", "run+cls"])
+def test_pack_rows_interpret(interpret, b, n, p, form):
+    """Several programs (16 positions each under the interpreter), samples straddling chunks; all, none, one
+    sample; tokens and/or samples selected, with and without every class token computed."""
+    tokens, run = _selection(b, n, p, b * n)
+    tokens = tokens if "tokens" in form or "both" in form else None
+    run = run if "run" in form or "both" in form else None
+    cls = form.endswith("+cls")
+    _equal(pack_rows_triton(tokens, run, (b, n), cls), pack_rows_ref(tokens, run, (b, n), cls))
+    _equal(K.pack_rows(tokens, run, (b, n), cls, impl="triton"), pack_rows_ref(tokens, run, (b, n), cls))
 
 
 def test_pack_rows_rejects_bad_input():
-    sel, compute = _selection(2, 3, 0.5, 1)
-    with pytest.raises(ValueError, match="sel and compute must be bool"):
-        pack_rows_ref(sel, compute[:, :2])
-    with pytest.raises(ValueError, match="sel and compute must be bool"):
-        pack_rows_ref(sel.int(), compute)
+    tokens, run = _selection(2, 3, 0.5, 1)
+    with pytest.raises(ValueError, match=r"tokens must be bool \(2, 4\)"):
+        pack_rows_ref(tokens, run, (2, 4))
+    with pytest.raises(ValueError, match=r"run must be bool \(2,\)"):
+        pack_rows_ref(tokens, run.int(), (2, 3))
+    with pytest.raises(ValueError, match="needs tokens or run"):
+        K.pack_rows(None, None, (2, 3))
 
 
 @pytest.mark.gpu
 def test_pack_rows_cuda(cuda):
-    sel, compute = _selection(128, 197, 0.5, 2, device=cuda)
-    _equal(K.pack_rows(sel, compute), pack_rows_ref(sel, compute))
+    tokens, run = _selection(128, 197, 0.5, 2, device=cuda)
+    for args in ((tokens, None, (128, 197), False), (tokens, run, (128, 197), True), (None, run, (128, 197), True)):
+        _equal(K.pack_rows(*args), pack_rows_ref(*args))
