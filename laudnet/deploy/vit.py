@@ -74,6 +74,13 @@ def _layer_scale(ls: nn.Module) -> Tensor | None | bool:
     return gamma if isinstance(gamma, Tensor) and gamma.dim() == 1 else False
 
 
+def _execute(masker: nn.Module, pooled: Tensor) -> Tensor:
+    """A head or sub-block masker's eval decisions (execute logit ≥ skip logit, as `gumbel_gate` takes them) as
+    booleans (B, K): its linear, then one comparison."""
+    logits = masker.fc(pooled).view(pooled.shape[0], 2, -1)
+    return logits[:, 0] >= logits[:, 1]
+
+
 class DeployedViTBlock(nn.Module):
     """One ViT block in inference form (see the module docstring).
 
@@ -144,7 +151,7 @@ class DeployedViTBlock(nn.Module):
             fc = block.token_masker.fc  # execute iff (w_e − w_s)·y + (b_e − b_s) ≥ 0, in fp32
             self.register_buffer("token_score_w", (fc.weight[0] - fc.weight[1]).detach().float().clone())
             self.register_buffer("token_score_b", (fc.bias[:1] - fc.bias[1:]).detach().float().clone())
-        self.last_density: dict[str, Tensor] = {}
+        self.last_decisions: dict[str, Tensor] = {}
         # Decisions to impose instead of the maskers' (token (B, N), head (B, H), sub-block (B, 2) booleans, None
         # for a part the paradigm does not skip): for benchmarks at chosen rates, and for low-precision tests where
         # rounding could flip a borderline decision. The maskers still run, so that their cost is measured.
@@ -160,8 +167,8 @@ class DeployedViTBlock(nn.Module):
             y = y.float()
             tokens = self.token_masker(y) > 0.5
         pooled = y.mean(1, dtype=torch.float32) if self.parts & {"head", "layer"} else None
-        heads = self.head_masker(pooled) > 0.5 if "head" in self.parts else None
-        layers = self.layer_masker(pooled) > 0.5 if "layer" in self.parts else None
+        heads = _execute(self.head_masker, pooled) if "head" in self.parts else None
+        layers = _execute(self.layer_masker, pooled) if "layer" in self.parts else None
         if self.forced is None:
             return tokens, heads, layers
         for name, own, forced in zip(("token", "head", "sub-block"), (tokens, heads, layers), self.forced, strict=True):
@@ -420,9 +427,9 @@ class DeployedViTBlock(nn.Module):
         else:
             x = self._attention(x, y, tokens, heads, run_attn)
         x = self._mlp(x, tokens, run_mlp, inplace=self.owns_input or x is not x_in, rows=shared)
-        self.last_density = {
-            name: t.float().mean()
-            for name, t in (("token", tokens), ("head", heads), ("attn", run_attn), ("mlp", run_mlp))
+        # the decisions themselves (their rates are computed when asked for: no extra launches per forward)
+        self.last_decisions = {
+            name: t for name, t in (("token", tokens), ("head", heads), ("attn", run_attn), ("mlp", run_mlp))
             if t is not None
         }
         return x
@@ -496,7 +503,7 @@ class DeployedViT(nn.Module):
 
     def densities(self) -> list[dict[str, float]]:
         """Per-block batch-mean rates of the last forward: kept tokens, kept heads, executed attention and MLP."""
-        return [{k: float(v) for k, v in b.last_density.items()} for b in self.blocks]
+        return [{k: float(v.float().mean()) for k, v in b.last_decisions.items()} for b in self.blocks]
 
 
 def deploy_vit(

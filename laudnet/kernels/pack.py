@@ -86,8 +86,9 @@ def pack_rows_triton(tokens: torch.Tensor | None, run: torch.Tensor | None, shap
     pos = torch.empty(t, dtype=torch.int64, device=dev)
     pos32 = torch.empty(t, dtype=torch.int32, device=dev)
     keep = torch.empty(t, dtype=torch.uint8, device=dev)
-    count = torch.zeros(1, dtype=torch.int32, device=dev)
-    cu = torch.zeros(b + 1, dtype=torch.int32, device=dev)
+    # the kernel writes the count and every sequence bound (no fill launches); with no positions they are zero
+    count = torch.empty(1, dtype=torch.int32, device=dev) if t else torch.zeros(1, dtype=torch.int32, device=dev)
+    cu = torch.empty(b + 1, dtype=torch.int32, device=dev) if t else torch.zeros(b + 1, dtype=torch.int32, device=dev)
     if t:
         block = 16 if interpreter_enabled() else 1024
         dummy = keep
