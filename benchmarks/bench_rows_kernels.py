@@ -24,7 +24,8 @@ from laudnet.kernels.token import rows_layer_norm_triton
 
 CONFIGS = {f"m{m}_n{n}_k{k}_w{w}_s{s}": GemmConfig(m, n, k, w, s) for m, n, k, w, s in [
     (128, 128, 64, 8, 3), (128, 128, 64, 4, 3), (128, 128, 64, 4, 4), (128, 64, 64, 4, 3), (128, 256, 64, 8, 3),
-    (64, 128, 64, 4, 4), (64, 64, 64, 4, 3), (256, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 256, 64, 8, 3)]}
+    (64, 128, 64, 4, 4), (64, 64, 64, 4, 3), (256, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 256, 64, 8, 3),
+    (128, 128, 128, 8, 2), (128, 64, 128, 4, 3), (64, 128, 128, 4, 3)]}  # K = 384: three 128-wide K steps
 # (name, Cin, Cout, form): the GEMMs of one DeiT-S block. "qkv, half the heads": each sample keeps 3 of 6 heads.
 OPS = [("q/k/v (gather)", 384, 384, "gather"), ("qkv as one (planes)", 384, 1152, "planes"),
        ("qkv, half the heads", 384, 1152, "heads"), ("fc1 + GELU (packed)", 384, 1536, "gelu"),
