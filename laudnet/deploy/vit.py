@@ -399,15 +399,13 @@ class DeployedViTBlock(nn.Module):
         if not self.fuse_token_masker:
             return self._layer_norm(self.norm1, x), None
         n1 = self.norm1
-        y, score = dispatch.layer_norm_score(x.contiguous(), n1.weight, n1.bias, n1.eps, self.token_score_w,
-                                      self.token_score_b)
+        y, score, keep = dispatch.layer_norm_score(x.contiguous(), n1.weight, n1.bias, n1.eps, self.token_score_w,
+                                                   self.token_score_b)
         masker = self.token_masker
-        if masker.keep_ratio is None:
-            keep = score >= 0
-        else:  # the fixed-ratio baseline: the best-scoring patch tokens
+        if masker.keep_ratio is not None:  # the fixed-ratio baseline: the class token and the best-scoring patches
             top = score[:, 1:].topk(masker.n_keep(score.shape[1] - 1), dim=1).indices + 1
             keep = torch.zeros_like(score, dtype=torch.bool).scatter_(1, top, True)
-        keep[:, 0] = True  # the class token
+            keep[:, 0] = True
         return y, keep
 
     def forward(self, x: Tensor) -> Tensor:

@@ -396,7 +396,7 @@ def layer_norm_score(
     score_b: torch.Tensor,
     *,
     impl: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A ViT block's first LayerNorm with its token masker fused: normalised tokens and each token's fp32 score.
 
     Args:
@@ -406,7 +406,8 @@ def layer_norm_score(
         impl: "auto", "reference" or "triton".
 
     Returns:
-        `(y, score)`: y `[..., C]` in x's dtype, score fp32 `[...]` (a token is kept when score ≥ 0).
+        `(y, score, keep)`: y `[..., N, C]` in x's dtype, score fp32 `[..., N]`, keep bool `[..., N]` (score ≥ 0, and
+        the first token of each sequence, the class token, always).
     """
     from .token import layer_norm_score_triton
     from .token_ref import layer_norm_score_ref

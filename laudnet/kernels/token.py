@@ -1,7 +1,7 @@
 """Triton LayerNorm of ViT token rows (specification: `token_ref.py`), in one kernel with three options: the token
-masker fused into the block's first LayerNorm (the score of each normalised token computed in registers: no fp32 copy
-of the tokens and no separate GEMM for a two-output linear), a list of rows with a device-side count (norm2 on the
-packed rows of the capturable deployed ViT), or plain (every row).
+masker fused into the block's first LayerNorm (the score and decision of each normalised token computed in
+registers: no fp32 copy of the tokens and no separate GEMM for a two-output linear), a list of rows with a
+device-side count (norm2 on the packed rows of the capturable deployed ViT), or plain (every row).
 
 On an H200 (DeiT-S, batch 128) the fused norm1 + masker took 16 µs against 44 µs for PyTorch's LayerNorm alone
 (`benchmarks/results/prof_vit_token05_varlen_graphed_bf9519d.txt`).
@@ -31,8 +31,10 @@ def _layer_norm_kernel_src(
     sb_ptr,  # [1] fp32 execute-minus-skip bias (HAS_SCORE)
     y_ptr,  # [R, C] normalised rows (x's dtype), packed in list order
     score_ptr,  # [R] fp32 scores (HAS_SCORE)
+    keep_ptr,  # uint8 [R] decisions (HAS_SCORE): score >= 0, or the first token of its sequence
     R,
     C,
+    N,  # tokens per sequence (HAS_SCORE)
     eps,
     HAS_IDX: tl.constexpr,
     HAS_COUNT: tl.constexpr,
@@ -66,37 +68,42 @@ def _layer_norm_kernel_src(
         sw = tl.load(sw_ptr + cols, mask=c_ok, other=0.0)
         score = tl.sum(tl.where(m, y.to(tl.float32) * sw[None, :], 0.0), axis=1) + tl.load(sb_ptr)
         tl.store(score_ptr + rows, score, mask=r_ok)
+        tl.store(keep_ptr + rows, ((score >= 0) | (rows % N == 0)).to(tl.uint8), mask=r_ok)
 
 
 _layer_norm_kernel = LazyKernel(_layer_norm_kernel_src)
 
 
-def _launch(x2, in_idx, count, ln_weight, ln_bias, eps, score_w=None, score_b=None):
-    """The kernel on x2 [M, C]: (y [R, C], score [R] fp32 or None)."""
+def _launch(x2, in_idx, count, ln_weight, ln_bias, eps, score_w=None, score_b=None, tokens=1):
+    """The kernel on x2 [M, C]: (y [R, C], score [R] fp32 and keep [R] bool, or None and None)."""
     r, c = (in_idx.shape[0] if in_idx is not None else x2.shape[0]), x2.shape[1]
     y = torch.empty((r, c), dtype=x2.dtype, device=x2.device)
-    score = torch.empty(r, device=x2.device, dtype=torch.float32) if score_w is not None else None
+    scored = score_w is not None
+    score = torch.empty(r, device=x2.device, dtype=torch.float32) if scored else None
+    keep = torch.empty(r, device=x2.device, dtype=torch.bool) if scored else None
     if r == 0 or c == 0:
-        return y, score
+        return y, score, keep
     block_c = next_power_of_2(c)
     block_r = max(1, min(16, 4096 // block_c))  # about 4096 elements per program
     dummy = ln_weight
     _layer_norm_kernel[(-(-r // block_r),)](
         x2, in_idx if in_idx is not None else dummy, count if count is not None else dummy, ln_weight, ln_bias,
-        score_w if score_w is not None else dummy, score_b if score_b is not None else dummy, y,
-        score if score is not None else dummy, r, c, float(eps),
-        HAS_IDX=in_idx is not None, HAS_COUNT=count is not None, HAS_SCORE=score_w is not None,
+        score_w if scored else dummy, score_b if scored else dummy, y, score if scored else dummy,
+        keep.view(torch.uint8) if scored else dummy, r, c, max(int(tokens), 1), float(eps),
+        HAS_IDX=in_idx is not None, HAS_COUNT=count is not None, HAS_SCORE=scored,
         BLOCK_R=block_r, BLOCK_C=block_c,
     )  # fmt: skip
-    return y, score
+    return y, score, keep
 
 
 def layer_norm_score_triton(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
-                            score_w: torch.Tensor, score_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                            score_w: torch.Tensor, score_b: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton kernel of `layer_norm_score_ref`. Same arguments and result."""
     check_ln_score_args(x, ln_weight, ln_bias, score_w, score_b)
-    y, score = _launch(x.view(-1, x.shape[-1]), None, None, ln_weight, ln_bias, eps, score_w, score_b)
-    return y.view(x.shape), score.view(x.shape[:-1])
+    y, score, keep = _launch(x.view(-1, x.shape[-1]), None, None, ln_weight, ln_bias, eps, score_w, score_b,
+                             x.shape[-2])
+    return y.view(x.shape), score.view(x.shape[:-1]), keep.view(x.shape[:-1])
 
 
 def rows_layer_norm_triton(src: torch.Tensor, in_idx: torch.Tensor | None, count: torch.Tensor | None,

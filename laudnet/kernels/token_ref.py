@@ -7,6 +7,7 @@ of its two outputs, evaluated in fp32 on the normalised token as the block store
 
     y = LayerNorm(x)            (rounded to x's dtype)
     score = y·w + b             (fp32; w, b = execute-minus-skip weight and bias)
+    keep = score ≥ 0            (the class token, first of each sequence, always kept)
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ def check_ln_score_args(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch
 
 
 def layer_norm_score_ref(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
-                         score_w: torch.Tensor, score_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, score): the LayerNorm of the tokens x [..., C] (x's dtype) and each token's fp32 masker score [...]."""
+                         score_w: torch.Tensor, score_b: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, score, keep): the LayerNorm of the tokens x [..., N, C] (x's dtype), each token's fp32 masker score
+    [..., N] and its decision (bool: score ≥ 0, the first token of each sequence — the class token — always kept)."""
     check_ln_score_args(x, ln_weight, ln_bias, score_w, score_b)
     y = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
-    return y, y.float() @ score_w + score_b
+    score = y.float() @ score_w + score_b
+    keep = score >= 0
+    keep[..., 0] = True
+    return y, score, keep
 
 
 def check_rows_layer_norm_args(src, in_idx, count, weight, bias, eps) -> tuple[int, int]:

@@ -26,12 +26,14 @@ def test_reference_score_is_the_token_maskers_logit_difference():
     torch.nn.init.normal_(masker.fc.weight, generator=gen)
     x, lw, lb, _, _ = _args((3, 11, 24), torch.float32, gen)
     w, b = masker.fc.weight, masker.fc.bias
-    y, score = token_ref.layer_norm_score_ref(x, lw, lb, 1e-6, (w[0] - w[1]).detach(), (b[:1] - b[1:]).detach())
+    y, score, keep_ref = token_ref.layer_norm_score_ref(x, lw, lb, 1e-6, (w[0] - w[1]).detach(),
+                                                        (b[:1] - b[1:]).detach())
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (24,), lw, lb, 1e-6))
     logits = masker.fc(y)
     torch.testing.assert_close(score, logits[..., 0] - logits[..., 1], rtol=1e-5, atol=1e-5)
     keep = masker(y)[:, 1:]  # the class token is always kept; the others by execute ≥ skip
-    assert torch.equal(keep.bool(), (score >= 0)[:, 1:])
+    assert torch.equal(keep.bool(), (score >= 0)[:, 1:]) and torch.equal(keep_ref[:, 1:], keep.bool())
+    assert keep_ref[:, 0].all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -39,18 +41,24 @@ def test_reference_score_is_the_token_maskers_logit_difference():
 def test_layer_norm_score_interpret(interpret, shape, dtype):
     gen = torch.Generator().manual_seed(sum(shape))
     args = _args(shape, dtype, gen)
-    y_ref, s_ref = token_ref.layer_norm_score_ref(*args[:3], 1e-6, *args[3:])
-    y, score = K.layer_norm_score(*args[:3], 1e-6, *args[3:], impl="triton")
+    y_ref, s_ref, k_ref = token_ref.layer_norm_score_ref(*args[:3], 1e-6, *args[3:])
+    y, score, keep = K.layer_norm_score(*args[:3], 1e-6, *args[3:], impl="triton")
     assert y.dtype == dtype and y.shape == args[0].shape and score.dtype == torch.float32
     tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: a last-bit difference in some normalised values
     assert err_ratio(y, y_ref) < tol
     assert err_ratio(score, s_ref) < tol
+    expect = score >= 0  # the kernel's decision is its own score's sign, the first token of a sequence kept
+    expect[..., 0] = True
+    assert keep.dtype == torch.bool and torch.equal(keep, expect)
+    sure = s_ref.abs() > 1e-3
+    sure[..., 0] = True
+    assert torch.equal(keep[sure], k_ref[sure])  # the reference's decisions wherever rounding cannot flip them
 
 
 def test_layer_norm_score_empty_interpret(interpret):
     args = _args((0, 5, 8), torch.float32, torch.Generator().manual_seed(0))
-    y, score = K.layer_norm_score(*args[:3], 1e-6, *args[3:], impl="triton")
-    assert y.shape == (0, 5, 8) and score.shape == (0, 5)
+    y, score, keep = K.layer_norm_score(*args[:3], 1e-6, *args[3:], impl="triton")
+    assert y.shape == (0, 5, 8) and score.shape == keep.shape == (0, 5)
 
 
 def test_bad_arguments_are_named():
@@ -93,8 +101,8 @@ def test_rows_layer_norm_interpret(interpret, count, cin):
 def test_layer_norm_score_cuda(cuda):
     gen = torch.Generator().manual_seed(1)
     args = _args((8, 197, 384), torch.bfloat16, gen, device=cuda)
-    y_ref, s_ref = token_ref.layer_norm_score_ref(*args[:3], 1e-6, *args[3:])
-    y, score = K.layer_norm_score(*args[:3], 1e-6, *args[3:])
+    y_ref, s_ref, _ = token_ref.layer_norm_score_ref(*args[:3], 1e-6, *args[3:])
+    y, score, _ = K.layer_norm_score(*args[:3], 1e-6, *args[3:])
     assert err_ratio(y, y_ref) < 1e-2 and err_ratio(score, s_ref) < 1e-2
 
 
