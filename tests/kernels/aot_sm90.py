@@ -1,0 +1,45 @@
+"""Compile recorded Triton launches for sm_90 ahead of time (no GPU): `python aot_sm90.py specs.json`.
+
+Each spec names a kernel source function (module and name), its signature (pointer dtypes, integer and constexpr
+arguments), its constexpr values and launch options (`test_kernels_compile.py` records them). Exit status 0: all
+compiled; 1: a compile error (printed); 3: this Triton has another ahead-of-time API (the reason printed).
+Run without TRITON_INTERPRET: Triton decides at import whether its own helpers are interpreted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+
+def main(path: str) -> int:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", 90, 32)
+    for spec in json.loads(Path(path).read_text()):
+        fn = getattr(importlib.import_module(spec["module"]), spec["name"])
+        jit = triton.jit(fn)
+        names = jit.arg_names
+        try:
+            src = ASTSource(fn=jit, signature=spec["signature"],
+                            constexprs={(names.index(k),): v for k, v in spec["constexprs"].items()})
+        except TypeError as e:
+            print(f"this Triton's ASTSource differs: {e}")
+            return 3
+        try:
+            kernel = triton.compile(src, target=target, options=spec["options"])
+        except Exception as e:  # the compiler's own error types differ between versions
+            print(f"{spec['name']} with {spec['constexprs']}: {type(e).__name__}: {e}")
+            return 1
+        if not kernel.asm.get("cubin"):
+            print(f"{spec['name']}: no cubin")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,142 @@
+"""The Triton kernels compile for the GPU they target (Hopper, sm_90), ahead of time and without a GPU.
+
+The interpreter tests check what the kernels compute; they cannot see a construct that the interpreter runs but the
+compiler rejects (an early `return`, a constexpr branch, a type mismatch between branches). Here each launcher runs
+on small CPU tensors with the launch intercepted: the arguments it would pass (pointer dtypes, integers, constexpr
+flags, tile shapes, warps, stages) are compiled for sm_90 with Triton's ahead-of-time API and ptxas, in a separate
+process (this one imported Triton for its interpreter, `tests/conftest.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from laudnet.kernels import _utils, masker, pack, rows, spatial, token
+
+nvidia = pytest.importorskip("triton.backends.nvidia")
+if not os.path.exists(os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")):
+    pytest.skip("triton's ptxas is not installed", allow_module_level=True)
+
+_PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
+        torch.int64: "*i64", torch.uint8: "*u8", torch.bool: "*i1"}
+_OPTIONS = ("num_warps", "num_stages")
+_COMPILER = Path(__file__).with_name("aot_sm90.py")
+
+
+@pytest.fixture(name="launches")
+def launches_fixture(monkeypatch):
+    """Launches recorded instead of run: (kernel source, positional args, keyword args)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    recorded = []
+
+    def intercept(self, grid):
+        return lambda *args, **kwargs: recorded.append((self.fn, args, kwargs))
+
+    monkeypatch.setattr(_utils.LazyKernel, "__getitem__", intercept)
+    return recorded
+
+
+def _spec(fn, args, kwargs) -> dict:
+    """What `aot_sm90.py` compiles: the kernel by module and name, its signature, constexprs and options."""
+    names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+    consts = {k: v for k, v in kwargs.items() if k not in _OPTIONS}
+    sig, values = {}, dict(zip(names, args, strict=False))
+    for name in names:
+        v = values.get(name)
+        if name in consts:
+            sig[name] = "constexpr"
+        elif isinstance(v, torch.Tensor):
+            sig[name] = _PTR[v.dtype]
+        elif isinstance(v, bool):
+            sig[name] = "i1"
+        elif isinstance(v, int):
+            sig[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
+        else:
+            sig[name] = "fp32"
+    return dict(module=fn.__module__, name=fn.__name__, signature=sig, constexprs=consts,
+                options={k: kwargs[k] for k in _OPTIONS if k in kwargs})
+
+
+def _compile_all(launches, tmp_path) -> None:
+    assert launches, "no kernel was launched"
+    specs = tmp_path / "specs.json"
+    specs.write_text(json.dumps([_spec(*launch) for launch in launches]))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(_COMPILER), str(specs)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode == 3:
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _bf16(*shape):
+    return torch.randn(shape).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("form", ["gather_gelu", "planes_heads", "scatter", "plain"])
+def test_row_gemm_compiles(launches, tmp_path, form):
+    src, wt, bias = _bf16(64, 64), _bf16(64, 192), _bf16(192)
+    idx, cnt = torch.arange(64, dtype=torch.int32), torch.tensor([40], dtype=torch.int32)
+    if form == "gather_gelu":
+        rows.rows_linear_triton(src, wt, bias, idx, cnt, "gelu")
+    elif form == "planes_heads":
+        rows.rows_linear_triton(src, wt, bias, idx, cnt, planes=3, heads=(torch.ones(4, 4, dtype=torch.bool), 16))
+    elif form == "scatter":
+        rows.rows_linear_triton(src, wt, bias, None, cnt, out=_bf16(64, 192), out_idx=idx,
+                                keep=torch.ones(64, dtype=torch.bool), scale=_bf16(192))
+    else:
+        rows.rows_linear_triton(src, wt, None)
+    _compile_all(launches, tmp_path)
+
+
+@pytest.mark.parametrize("form", ["score", "rows_count", "every_row"])
+def test_layer_norm_compiles(launches, tmp_path, form):
+    x, w, b = _bf16(2, 17, 384), _bf16(384), _bf16(384)
+    if form == "score":
+        token.layer_norm_score_triton(x, w, b, 1e-6, torch.randn(384), torch.randn(1))
+    elif form == "rows_count":
+        token.rows_layer_norm_triton(x.view(34, 384), torch.arange(34, dtype=torch.int32),
+                                     torch.tensor([20], dtype=torch.int32), w, b, 1e-6)
+    else:
+        token.rows_layer_norm_triton(x.view(34, 384), None, None, w, b, 1e-6)
+    _compile_all(launches, tmp_path)
+
+
+@pytest.mark.parametrize(("tokens", "run", "cls"), [(True, False, False), (True, True, True), (False, True, True)])
+def test_packing_compiles(launches, tmp_path, tokens, run, cls):
+    pack.pack_rows_triton(torch.rand(3, 17) < 0.5 if tokens else None, torch.rand(3) < 0.5 if run else None, (3, 17),
+                          cls)
+    _compile_all(launches, tmp_path)
+
+
+@pytest.mark.parametrize("count", [False, True])
+def test_spatial_kernels_compile(launches, tmp_path, count):
+    """The sparse conv kernels with and without a device-side count (the CUDA-graph forms exit early past it)."""
+    h1 = _bf16(2, 8, 8, 64).contiguous(memory_format=torch.contiguous_format)
+    pidx = torch.tensor([[0, 0, 0], [1, 1, 1]], dtype=torch.int32)
+    cnt = torch.tensor([1], dtype=torch.int32) if count else None
+    y = spatial.gather_conv3x3_triton(h1, _bf16(64, 64, 3, 3), _bf16(64), pidx, 4, 1, count=cnt)
+    spatial.conv1x1_scatter_add_triton(y, _bf16(128, 64, 1, 1), _bf16(128), _bf16(2, 8, 8, 128), pidx, 4, count=cnt)
+    spatial.pixel_conv1x1_triton(h1, _bf16(64, 64, 1, 1), _bf16(64), torch.arange(2, dtype=torch.int32), count=cnt,
+                                 per_sample=True, compact=True)
+    _compile_all(launches, tmp_path)
+
+
+def test_masker_kernels_compile(launches, tmp_path):
+    """Window sums (tiled and per window), decisions with compacted lists, the channel masker's MLP."""
+    x = _bf16(2, 8, 8, 64)
+    masker.window_sums_triton(x, 4)
+    masker.window_sums_triton(x, 8, split=1)
+    sums = torch.randn(2, 2, 2, 64)
+    masker.masker_decide_triton(sums, torch.randn(64), torch.randn(1), (8, 8), 4)
+    masker.channel_masker_triton(torch.randn(2, 64), 64, torch.randn(16, 64), torch.randn(16), torch.randn(8, 16),
+                                 torch.randn(8))
+    _compile_all(launches, tmp_path)
