@@ -1,7 +1,10 @@
 """Compile recorded Triton launches for sm_90 ahead of time (no GPU): `python aot_sm90.py specs.json`.
 
 Each spec names a kernel source function (module and name), its signature (pointer dtypes, integer and constexpr
-arguments), its constexpr values and launch options (`test_kernels_compile.py` records them). Exit status 0: all
+arguments), the arguments divisible by 16 (as Triton's launcher specialises them at run time: aligned pointers and
+such integers, which decide for instance whether a loop's loads are pipelined), its constexpr values and launch
+options (`test_kernels_compile.py` records them). Prints one JSON line per kernel: its name, shared memory and the
+number of asynchronous global-to-shared copies (a software-pipelined K loop has some). Exit status 0: all
 compiled; 1: a compile error (printed); 3: this Triton has another ahead-of-time API (the reason printed).
 Run without TRITON_INTERPRET: Triton decides at import whether its own helpers are interpreted.
 """
@@ -26,7 +29,8 @@ def main(path: str) -> int:
         names = jit.arg_names
         try:
             src = ASTSource(fn=jit, signature=spec["signature"],
-                            constexprs={(names.index(k),): v for k, v in spec["constexprs"].items()})
+                            constexprs={(names.index(k),): v for k, v in spec["constexprs"].items()},
+                            attrs={(names.index(k),): [["tt.divisibility", 16]] for k in spec["divisible"]})
         except TypeError as e:
             print(f"this Triton's ASTSource differs: {e}")
             return 3
@@ -38,6 +42,9 @@ def main(path: str) -> int:
         if not kernel.asm.get("cubin"):
             print(f"{spec['name']}: no cubin")
             return 1
+        ttgir = kernel.asm.get("ttgir", "")
+        print(json.dumps(dict(name=spec["name"], shared=kernel.metadata.shared,
+                              async_copies=ttgir.count("async_copy_global_to_local"))))
     return 0
 
 

@@ -47,9 +47,12 @@ def _spec(fn, args, kwargs) -> dict:
     """What `aot_sm90.py` compiles: the kernel by module and name, its signature, constexprs and options."""
     names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
     consts = {k: v for k, v in kwargs.items() if k not in _OPTIONS}
-    sig, values = {}, dict(zip(names, args, strict=False))
+    sig, values, divisible = {}, dict(zip(names, args, strict=False)), []
     for name in names:
         v = values.get(name)
+        if name not in consts and (isinstance(v, torch.Tensor) and v.data_ptr() % 16 == 0
+                                   or type(v) is int and v % 16 == 0):
+            divisible.append(name)  # as Triton's launcher specialises them
         if name in consts:
             sig[name] = "constexpr"
         elif isinstance(v, torch.Tensor):
@@ -60,11 +63,12 @@ def _spec(fn, args, kwargs) -> dict:
             sig[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
         else:
             sig[name] = "fp32"
-    return dict(module=fn.__module__, name=fn.__name__, signature=sig, constexprs=consts,
+    return dict(module=fn.__module__, name=fn.__name__, signature=sig, constexprs=consts, divisible=divisible,
                 options={k: kwargs[k] for k in _OPTIONS if k in kwargs})
 
 
-def _compile_all(launches, tmp_path) -> None:
+def _compile_all(launches, tmp_path) -> list[dict]:
+    """Compile the recorded launches; returns each kernel's `aot_sm90.py` statistics."""
     assert launches, "no kernel was launched"
     specs = tmp_path / "specs.json"
     specs.write_text(json.dumps([_spec(*launch) for launch in launches]))
@@ -75,6 +79,7 @@ def _compile_all(launches, tmp_path) -> None:
     if done.returncode == 3:
         pytest.skip(done.stdout.strip())
     assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def _bf16(*shape):
@@ -94,7 +99,8 @@ def test_row_gemm_compiles(launches, tmp_path, form):
                                 keep=torch.ones(64, dtype=torch.bool), scale=_bf16(192))
     else:
         rows.rows_linear_triton(src, wt, None)
-    _compile_all(launches, tmp_path)
+    stats = _compile_all(launches, tmp_path)
+    assert all(s["async_copies"] > 0 for s in stats), stats  # the K loop's loads are software-pipelined
 
 
 @pytest.mark.parametrize("form", ["score", "rows_count", "every_row"])
