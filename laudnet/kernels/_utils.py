@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -36,15 +37,24 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
+def _jitted_helper(fn: Callable[..., Any], mode: bool) -> Any:
+    import triton
+
+    return triton.jit(fn)
+
+
 class LazyKernel:
     """A Triton kernel decorated on first use, once per mode (compiled / interpreted).
 
     Used as `_my_kernel = LazyKernel(_my_kernel_src)` then `_my_kernel[grid](...)` exactly like a `triton.jit`
-    function.
+    function. `helpers`: plain functions the kernel calls (by their module-level names), decorated in the same mode
+    as the kernel and seen only by it.
     """
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., Any], helpers: tuple[Callable[..., Any], ...] = ()):
         self.fn = fn
+        self.helpers = tuple(helpers)
         self._jitted: dict[bool, Any] = {}
 
     def _get(self) -> Any:
@@ -52,7 +62,14 @@ class LazyKernel:
         if mode not in self._jitted:
             import triton
 
-            self._jitted[mode] = triton.jit(self.fn)
+            fn = self.fn
+            if self.helpers:  # the kernel's own copy of its module scope, the helpers decorated in this mode
+                scope = dict(fn.__globals__)
+                scope.update({h.__name__: _jitted_helper(h, mode) for h in self.helpers})
+                fn = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+                for attr in ("__module__", "__qualname__", "__doc__", "__annotations__", "__kwdefaults__"):
+                    setattr(fn, attr, getattr(self.fn, attr))
+            self._jitted[mode] = triton.jit(fn)
         return self._jitted[mode]
 
     def __getitem__(self, grid: Any) -> Any:

@@ -25,12 +25,14 @@ except Exception:  # the reference path works without triton; the kernel below i
         constexpr = object
 
 
-def _rows_linear_kernel_src(
+def _rows_tile(
+    pid_m,
+    pid_n,
+    used,  # rows in use
     src_ptr,  # [M, K]
     w_ptr,  # [K, N] (the weight transposed)
     b_ptr,  # [N] (read when HAS_BIAS)
     in_ptr,  # int32 [R] rows of src (read when HAS_IN_IDX)
-    cnt_ptr,  # int32 [1] rows in use (read when HAS_COUNT)
     out_ptr,  # [N // PLANE, R, PLANE] (gather form) or [M', N] updated in place (SCATTER)
     oidx_ptr,  # int32 [R] output rows (SCATTER)
     keep_ptr,  # uint8 [R] (SCATTER and HAS_KEEP)
@@ -45,7 +47,6 @@ def _rows_linear_kernel_src(
     NUM_HEADS,
     HAS_BIAS: tl.constexpr,
     HAS_IN_IDX: tl.constexpr,
-    HAS_COUNT: tl.constexpr,
     GELU: tl.constexpr,
     SCATTER: tl.constexpr,
     HAS_KEEP: tl.constexpr,
@@ -56,15 +57,7 @@ def _rows_linear_kernel_src(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_n = (N + BLOCK_N - 1) // BLOCK_N
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    used = R
-    if HAS_COUNT:
-        used = tl.minimum(tl.load(cnt_ptr), R)
-        if pid_m * BLOCK_M >= used:  # a tile past the rows in use: nothing to read or write
-            return
+    """One (BLOCK_M x BLOCK_N) output tile of the kernel below."""
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -114,8 +107,61 @@ def _rows_linear_kernel_src(
         tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+def _rows_linear_kernel_src(
+    src_ptr,  # [M, K]
+    w_ptr,  # [K, N] (the weight transposed)
+    b_ptr,  # [N] (read when HAS_BIAS)
+    in_ptr,  # int32 [R] rows of src (read when HAS_IN_IDX)
+    cnt_ptr,  # int32 [1] rows in use (read when HAS_COUNT)
+    out_ptr,  # [N // PLANE, R, PLANE] (gather form) or [M', N] updated in place (SCATTER)
+    oidx_ptr,  # int32 [R] output rows (SCATTER)
+    keep_ptr,  # uint8 [R] (SCATTER and HAS_KEEP)
+    scale_ptr,  # [N] (SCATTER and HAS_SCALE)
+    hm_ptr,  # uint8 [B, NUM_HEADS] kept heads of each sample (HEAD_MASK)
+    R,
+    K,
+    N,
+    PLANE,  # output columns per plane (gather form)
+    TOKENS,  # source rows per sample (HEAD_MASK: the sample of source row m is m // TOKENS)
+    HEAD_DIM,  # columns per head within a plane (HEAD_MASK)
+    NUM_HEADS,
+    HAS_BIAS: tl.constexpr,
+    HAS_IN_IDX: tl.constexpr,
+    HAS_COUNT: tl.constexpr,
+    GELU: tl.constexpr,
+    SCATTER: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HEAD_MASK: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PERSISTENT: tl.constexpr,  # a fixed grid of programs walks the tiles of the rows in use
+):
+    pid = tl.program_id(0)
+    num_n = (N + BLOCK_N - 1) // BLOCK_N
+    used = R
+    if HAS_COUNT:
+        used = tl.minimum(tl.load(cnt_ptr), R)
+    if PERSISTENT:
+        n_tiles = (used + BLOCK_M - 1) // BLOCK_M * num_n
+        for tile in range(pid, n_tiles, tl.num_programs(0)):
+            _rows_tile(tile // num_n, tile % num_n, used, src_ptr, w_ptr, b_ptr, in_ptr, out_ptr, oidx_ptr, keep_ptr,
+                       scale_ptr, hm_ptr, R, K, N, PLANE, TOKENS, HEAD_DIM, NUM_HEADS, HAS_BIAS, HAS_IN_IDX, GELU,
+                       SCATTER, HAS_KEEP, HAS_SCALE, HEAD_MASK, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        pid_m = pid // num_n
+        if HAS_COUNT:  # noqa: SIM102 - a constexpr branch around a run-time one
+            if pid_m * BLOCK_M >= used:  # a tile past the rows in use: nothing to read or write
+                return
+        _rows_tile(pid_m, pid % num_n, used, src_ptr, w_ptr, b_ptr, in_ptr, out_ptr, oidx_ptr, keep_ptr, scale_ptr,
+                   hm_ptr, R, K, N, PLANE, TOKENS, HEAD_DIM, NUM_HEADS, HAS_BIAS, HAS_IN_IDX, GELU, SCATTER, HAS_KEEP,
+                   HAS_SCALE, HEAD_MASK, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
 HEAD_TILE_MIN = 16  # tl.dot's narrowest tile: with `heads`, a head's columns are whole column tiles
-_rows_linear_kernel = LazyKernel(_rows_linear_kernel_src)
+_rows_linear_kernel = LazyKernel(_rows_linear_kernel_src, helpers=(_rows_tile,))
 
 
 def rows_linear_triton(
@@ -133,9 +179,11 @@ def rows_linear_triton(
     planes: int = 1,
     heads: tuple[torch.Tensor, int] | None = None,
     config: GemmConfig | None = None,
+    persistent: bool = False,
 ) -> torch.Tensor:
     """Triton kernel of `rows_linear_ref` (one launch). Same arguments and result; `config`: the tile shape (default
-    chosen by shape and form)."""
+    chosen by shape and form); `persistent`: a grid of a few programs per SM that walk the tiles of the rows in use
+    (instead of a program per capacity tile), for `benchmarks/bench_rows_kernels.py` to measure."""
     r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, planes,
                                           heads)
     for name, t in (("weight_t", weight_t), ("bias", bias), ("in_idx", in_idx), ("count", count), ("out", out),
@@ -162,7 +210,10 @@ def rows_linear_triton(
             raise ValueError(f"heads of {plane // num_heads} columns: the head width must be a multiple of "
                              f"{HEAD_TILE_MIN} (the narrowest column tile of the GEMM)")
         cfg = GemmConfig(cfg.block_m, min(cfg.block_n, block_n), cfg.block_k, cfg.num_warps, cfg.num_stages)
-    _rows_linear_kernel[_grid(r, cout, cfg)](
+    grid = _grid(r, cout, cfg)
+    if persistent:
+        grid = (min(grid[0], PROGRAMS_PER_SM * _multiprocessors(src.device)),)
+    _rows_linear_kernel[grid](
         src, wt, bias if bias is not None else dummy, in_idx if in_idx is not None else dummy,
         count if count is not None else dummy, out, out_idx if scatter else dummy,
         keep.view(torch.uint8) if keep is not None else dummy, scale if scale is not None else dummy,
@@ -171,7 +222,15 @@ def rows_linear_triton(
         HAS_BIAS=bias is not None, HAS_IN_IDX=in_idx is not None, HAS_COUNT=count is not None, GELU=act == "gelu",
         SCATTER=scatter, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None, HEAD_MASK=heads is not None,
         EVEN_K=cin % cfg.block_k == 0,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, PERSISTENT=bool(persistent),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out
+
+
+PROGRAMS_PER_SM = 2  # a 128 x 128 x 64 tile in three stages takes 96 KB of shared memory: two fit an H100/H200 SM
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """SMs of a CUDA device; a few elsewhere (the interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2

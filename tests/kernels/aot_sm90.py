@@ -1,6 +1,6 @@
 """Compile recorded Triton launches for sm_90 ahead of time (no GPU): `python aot_sm90.py specs.json`.
 
-Each spec names a kernel source function (module and name), its signature (pointer dtypes, integer and constexpr
+Each spec names a kernel (its `LazyKernel` by module and name), its signature (pointer dtypes, integer and constexpr
 arguments), the arguments divisible by 16 (as Triton's launcher specialises them at run time: aligned pointers and
 such integers, which decide for instance whether a loop's loads are pipelined), its constexpr values and launch
 options (`test_kernels_compile.py` records them). Prints one JSON line per kernel: its name, shared memory and the
@@ -24,8 +24,7 @@ def main(path: str) -> int:
 
     target = GPUTarget("cuda", 90, 32)
     for spec in json.loads(Path(path).read_text()):
-        fn = getattr(importlib.import_module(spec["module"]), spec["name"])
-        jit = triton.jit(fn)
+        jit = getattr(importlib.import_module(spec["module"]), spec["name"])._get()  # a LazyKernel, compiled mode
         names = jit.arg_names
         try:
             src = ASTSource(fn=jit, signature=spec["signature"],

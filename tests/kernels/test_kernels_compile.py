@@ -37,14 +37,17 @@ def launches_fixture(monkeypatch):
     recorded = []
 
     def intercept(self, grid):
-        return lambda *args, **kwargs: recorded.append((self.fn, args, kwargs))
+        return lambda *args, **kwargs: recorded.append((self, args, kwargs))
 
     monkeypatch.setattr(_utils.LazyKernel, "__getitem__", intercept)
     return recorded
 
 
-def _spec(fn, args, kwargs) -> dict:
-    """What `aot_sm90.py` compiles: the kernel by module and name, its signature, constexprs and options."""
+def _spec(lazy, args, kwargs) -> dict:
+    """What `aot_sm90.py` compiles: the kernel (its `LazyKernel` by module and name), its signature, constexprs and
+    options."""
+    fn = lazy.fn
+    attr = next(k for k, v in vars(sys.modules[fn.__module__]).items() if v is lazy)
     names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
     consts = {k: v for k, v in kwargs.items() if k not in _OPTIONS}
     sig, values, divisible = {}, dict(zip(names, args, strict=False)), []
@@ -63,7 +66,7 @@ def _spec(fn, args, kwargs) -> dict:
             sig[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
         else:
             sig[name] = "fp32"
-    return dict(module=fn.__module__, name=fn.__name__, signature=sig, constexprs=consts, divisible=divisible,
+    return dict(module=fn.__module__, name=attr, signature=sig, constexprs=consts, divisible=divisible,
                 options={k: kwargs[k] for k in _OPTIONS if k in kwargs})
 
 
@@ -86,19 +89,22 @@ def _bf16(*shape):
     return torch.randn(shape).to(torch.bfloat16)
 
 
+@pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("form", ["gather_gelu", "planes_heads", "scatter", "plain"])
-def test_row_gemm_compiles(launches, tmp_path, form):
+def test_row_gemm_compiles(launches, tmp_path, form, persistent):
     src, wt, bias = _bf16(64, 64), _bf16(64, 192), _bf16(192)
     idx, cnt = torch.arange(64, dtype=torch.int32), torch.tensor([40], dtype=torch.int32)
+    kw = dict(persistent=persistent)
     if form == "gather_gelu":
-        rows.rows_linear_triton(src, wt, bias, idx, cnt, "gelu")
+        rows.rows_linear_triton(src, wt, bias, idx, cnt, "gelu", **kw)
     elif form == "planes_heads":
-        rows.rows_linear_triton(src, wt, bias, idx, cnt, planes=3, heads=(torch.ones(4, 4, dtype=torch.bool), 16))
+        rows.rows_linear_triton(src, wt, bias, idx, cnt, planes=3, heads=(torch.ones(4, 4, dtype=torch.bool), 16),
+                                **kw)
     elif form == "scatter":
         rows.rows_linear_triton(src, wt, bias, None, cnt, out=_bf16(64, 192), out_idx=idx,
-                                keep=torch.ones(64, dtype=torch.bool), scale=_bf16(192))
+                                keep=torch.ones(64, dtype=torch.bool), scale=_bf16(192), **kw)
     else:
-        rows.rows_linear_triton(src, wt, None)
+        rows.rows_linear_triton(src, wt, None, **kw)
     stats = _compile_all(launches, tmp_path)
     assert all(s["async_copies"] > 0 for s in stats), stats  # the K loop's loads are software-pipelined
 
