@@ -139,7 +139,8 @@ def test_spatial_kernels_compile(launches, tmp_path, count):
     spatial.conv1x1_scatter_add_triton(y, _bf16(128, 64, 1, 1), _bf16(128), _bf16(2, 8, 8, 128), pidx, 4, count=cnt)
     spatial.pixel_conv1x1_triton(h1, _bf16(64, 64, 1, 1), _bf16(64), torch.arange(2, dtype=torch.int32), count=cnt,
                                  per_sample=True, compact=True)
-    _compile_all(launches, tmp_path)
+    stats = _compile_all(launches, tmp_path)
+    assert all(s["async_copies"] > 0 for s in stats), stats  # the early exit leaves the K loops pipelined
 
 
 def test_masker_kernels_compile(launches, tmp_path):
