@@ -3,7 +3,8 @@ same rows, on DeiT-S shapes at batch 128: each tile configuration, replayed from
 timings. cuBLAS runs on the rows already gathered and contiguous (what an exact, host-synchronised packing gives
 it), so its time is the GEMM alone; the row kernels gather, activate and scatter-add inside. Also norm2 as its own
 kernel on the listed rows, against PyTorch's LayerNorm over every row; and the row GEMMs with a persistent grid
-(`rows_linear_triton(persistent=True)`: a few programs per SM walking the counted tiles).
+(`rows_linear_triton(persistent=True)`: a few programs per SM walking the counted tiles; "flat": the tile and K
+loops flattened into one).
 
 Run on the GPU: ``python benchmarks/bench_rows_kernels.py --out rows.json --commit $(git rev-parse --short HEAD)``.
 """
@@ -108,13 +109,15 @@ def main() -> int:
                        cublas_ms=ms(lambda a=dense_in, w=w, b=bias: F.linear(a, w, b), args.repeats),
                        default_ms=ms(lambda call=call: call(None), args.repeats),
                        persistent_ms=ms(lambda call=call: call(None, persistent=True), args.repeats),
+                       persistent_flat_ms=ms(lambda call=call: call(None, persistent="flat"), args.repeats),
                        configs={k: ms(lambda cfg=cfg, call=call: call(cfg), args.repeats)
                                 for k, cfg in CONFIGS.items()})
             row["tflops"] = 2 * count * cin * cout / 1e9 / row["default_ms"]  # GFLOP / ms = TFLOP/s
             rows.append(row)
             best = min(row["configs"], key=row["configs"].get)
             print(f"rate {rate} {name:22s} cuBLAS (all heads) {row['cublas_ms']:.3f}  default {row['default_ms']:.3f}"
-                  f"  persistent {row['persistent_ms']:.3f}  best {best} {row['configs'][best]:.3f}  err {err:.1e}",
+                  f"  persistent {row['persistent_ms']:.3f} / flat {row['persistent_flat_ms']:.3f}"
+                  f"  best {best} {row['configs'][best]:.3f}  err {err:.1e}",
                   flush=True)
     with open(args.out, "w") as f:
         json.dump(dict(meta=meta, results=rows), f, indent=1)

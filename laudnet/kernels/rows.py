@@ -137,7 +137,8 @@ def _rows_linear_kernel_src(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    PERSISTENT: tl.constexpr,  # a fixed grid of programs walks the tiles of the rows in use
+    PERSISTENT: tl.constexpr,  # 1: a fixed grid of programs walks the tiles of the rows in use; 2: with the tile
+    # loop and the K loop flattened into one (pipelined across tiles)
 ):
     pid = tl.program_id(0)
     num_n = (N + BLOCK_N - 1) // BLOCK_N
@@ -146,7 +147,7 @@ def _rows_linear_kernel_src(
         used = tl.minimum(tl.load(cnt_ptr), R)
     if PERSISTENT:
         n_tiles = (used + BLOCK_M - 1) // BLOCK_M * num_n
-        for tile in range(pid, n_tiles, tl.num_programs(0)):
+        for tile in tl.range(pid, n_tiles, tl.num_programs(0), flatten=PERSISTENT == 2):
             _rows_tile(tile // num_n, tile % num_n, used, src_ptr, w_ptr, b_ptr, in_ptr, out_ptr, oidx_ptr, keep_ptr,
                        scale_ptr, hm_ptr, R, K, N, PLANE, TOKENS, HEAD_DIM, NUM_HEADS, HAS_BIAS, HAS_IN_IDX, GELU,
                        SCATTER, HAS_KEEP, HAS_SCALE, HEAD_MASK, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
@@ -179,11 +180,14 @@ def rows_linear_triton(
     planes: int = 1,
     heads: tuple[torch.Tensor, int] | None = None,
     config: GemmConfig | None = None,
-    persistent: bool = False,
+    persistent: bool | str = False,
 ) -> torch.Tensor:
     """Triton kernel of `rows_linear_ref` (one launch). Same arguments and result; `config`: the tile shape (default
-    chosen by shape and form); `persistent`: a grid of a few programs per SM that walk the tiles of the rows in use
-    (instead of a program per capacity tile), for `benchmarks/bench_rows_kernels.py` to measure."""
+    chosen by shape and form); `persistent`: True — a grid of a few programs per SM that walk the tiles of the rows in
+    use (instead of a program per capacity tile); "flat" — the same with the tile and K loops flattened into one
+    (Triton's `tl.range(flatten=True)`); for `benchmarks/bench_rows_kernels.py` to measure."""
+    if persistent not in (False, True, "flat"):
+        raise ValueError(f"persistent must be False, True or 'flat', got {persistent!r}")
     r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, planes,
                                           heads)
     for name, t in (("weight_t", weight_t), ("bias", bias), ("in_idx", in_idx), ("count", count), ("out", out),
@@ -222,7 +226,8 @@ def rows_linear_triton(
         HAS_BIAS=bias is not None, HAS_IN_IDX=in_idx is not None, HAS_COUNT=count is not None, GELU=act == "gelu",
         SCATTER=scatter, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None, HEAD_MASK=heads is not None,
         EVEN_K=cin % cfg.block_k == 0,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, PERSISTENT=bool(persistent),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        PERSISTENT={False: 0, True: 1, "flat": 2}[persistent],
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out

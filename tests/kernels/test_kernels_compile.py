@@ -94,7 +94,7 @@ def _bf16(*shape):
     return torch.randn(shape).to(torch.bfloat16)
 
 
-@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("persistent", [False, True, "flat"])
 @pytest.mark.parametrize("form", ["gather_gelu", "planes_heads", "scatter", "plain"])
 def test_row_gemm_compiles(launches, tmp_path, form, persistent):
     src, wt, bias = _bf16(64, 64), _bf16(64, 192), _bf16(192)
