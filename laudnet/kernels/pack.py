@@ -28,6 +28,7 @@ def _pack_rows_kernel_src(
     cu_ptr,  # int32 [B+1] out
     T,
     N,  # positions per sample
+    RUN_STRIDE,  # elements between consecutive samples' entries of run (a column of the (B, 2) sub-block decisions)
     HAS_TOKENS: tl.constexpr,
     HAS_RUN: tl.constexpr,
     WITH_CLS: tl.constexpr,  # every sample's class token (position 0) is computed, kept only where selected
@@ -47,7 +48,7 @@ def _pack_rows_kernel_src(
         if HAS_TOKENS:
             kept = kept & (tl.load(tok_ptr + t, mask=ok, other=0) != 0)
         if HAS_RUN:
-            kept = kept & (tl.load(run_ptr + t // N, mask=ok, other=0) != 0)
+            kept = kept & (tl.load(run_ptr + (t // N) * RUN_STRIDE, mask=ok, other=0) != 0)
         comp = kept
         if WITH_CLS:
             comp = comp | (ok & (t % N == 0))
@@ -94,7 +95,8 @@ def pack_rows_triton(tokens: torch.Tensor | None, run: torch.Tensor | None, shap
         dummy = keep
         _pack_rows_kernel[(-(-t // block),)](
             tokens.contiguous().view(torch.uint8) if tokens is not None else dummy,
-            run.contiguous().view(torch.uint8) if run is not None else dummy, pos, pos32, keep, count, cu, t, n,
+            run.view(torch.uint8) if run is not None else dummy, pos, pos32, keep, count, cu, t, n,
+            run.stride(0) if run is not None else 1,
             HAS_TOKENS=tokens is not None, HAS_RUN=run is not None, WITH_CLS=bool(with_cls),
             BLOCK=block, num_warps=1 if interpreter_enabled() else 4,
         )  # fmt: skip

@@ -51,6 +51,9 @@ def test_pack_rows_interpret(interpret, b, n, p, form):
     cls = form.endswith("+cls")
     _equal(pack_rows_triton(tokens, run, (b, n), cls), pack_rows_ref(tokens, run, (b, n), cls))
     _equal(K.pack_rows(tokens, run, (b, n), cls, impl="triton"), pack_rows_ref(tokens, run, (b, n), cls))
+    if run is not None:  # a column of the (B, 2) sub-block decisions: strided, read in place
+        pair = torch.stack([~run, run], dim=1)
+        _equal(pack_rows_triton(tokens, pair[:, 1], (b, n), cls), pack_rows_ref(tokens, run, (b, n), cls))
 
 
 def test_pack_rows_rejects_bad_input():
