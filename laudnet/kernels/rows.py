@@ -6,9 +6,8 @@ What they replace in the capturable deployed ViT (H200 profile of the varlen CUD
 `benchmarks/NOTES-vit.md`): GELU over every one of the B·N capacity rows (0.6 ms per forward) and, per residual
 branch, a gather, a `where` and an `index_copy_` over the capacity rows (about 1.9 ms with the packing's gathers),
 and norm2 over every token (0.5 ms). norm2 is its own kernel (`token.rows_layer_norm_triton`), not the fc1 GEMM's
-prologue: normalising inside the
-GEMM's K loop took the fc1 kernel to 0.20 ms against cuBLAS's 0.036 ms on the same rows (H200, batch 128, half the
-tokens; `benchmarks/results/bench_rows_kernels_h200_bf9519d.json`).
+prologue: normalising inside the GEMM's K loop took the fc1 kernel to 0.20 ms against cuBLAS's 0.036 ms on the same
+rows (H200, batch 128, half the tokens; `benchmarks/results/bench_rows_kernels_h200_bf9519d.json`).
 """
 
 import torch
