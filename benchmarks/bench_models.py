@@ -40,7 +40,7 @@ import torch
 import torchvision
 
 import laudnet
-from laudnet.deploy import deploy, tune_paths
+from laudnet.deploy import deploy, deploy_dense_masked, tune_paths
 from laudnet.flops import conv_out_size
 from laudnet.masks import mask_grid_size
 
@@ -250,6 +250,10 @@ def bench_model(name: str, args, results: list[dict]) -> None:
             others = {mode: deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes, maskers=mode)
                       for mode in MASKER_MODES if args.compare_maskers and paradigm in ("layer", "spatial")}
             tuned = deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes) if args.tune else None
+            # every block dense-masked, the whole network one compiled graph (the fallback where skipping does not
+            # pay); its decisions are copied into one tensor per block, so it compiles once for all rates
+            dense_whole = deploy_dense_masked(model, torch.bfloat16) if args.dense_whole else None
+            dense_whole_fn = torch.compile(dense_whole, dynamic=False) if dense_whole is not None else None
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)
             if paradigm == "layer":
@@ -262,6 +266,12 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                     if other is not None:
                         for dblock, keep in zip(other.blocks(), masks, strict=True):
                             dblock.forced_keep = keep.cuda()
+                if dense_whole is not None:
+                    for dblock, keep in zip(dense_whole.blocks(), masks, strict=True):
+                        if dblock.forced_keep is None:
+                            dblock.forced_keep = keep.cuda()
+                        else:
+                            dblock.forced_keep.copy_(keep)
                 row = dict(model=name, batch=batch, kind=paradigm, rate=rate, granularity=list(model.granularity))
                 with torch.no_grad():
                     ref = model(x)
@@ -280,6 +290,11 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                                      **dict(extra, rel_error=relative_error(other, x, ref)))
                     if tuned is not None:
                         bench_tuned(results, row, tuned, x, ref, args, extra)
+                    if dense_whole_fn is not None:
+                        t0 = time.time()
+                        rel_dense = relative_error(dense_whole_fn, x, ref)  # the first call compiles
+                        record(results, row, "dense-masked whole-compile", partial(dense_whole_fn, x), args,
+                               **dict(extra, rel_error=rel_dense, compile_s=round(time.time() - t0, 1)))
                     try:
                         block_rates = [round(r, 3) for r in deployed.activation_rates()]
                     except Exception as e:  # a failed deployed forward above is already recorded
@@ -323,6 +338,9 @@ def main() -> int:
                              "previous path) as CUDA graphs, against the default maskers='fused'")
     parser.add_argument("--tune", action="store_true",
                         help="also time each case with the per-block paths chosen by tune_paths(graphed=True)")
+    parser.add_argument("--dense-whole", action="store_true",
+                        help="also time each case deployed with every block dense-masked and the whole network "
+                             "compiled as one graph (deploy_dense_masked + torch.compile(dynamic=False))")
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

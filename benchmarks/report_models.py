@@ -50,6 +50,7 @@ def report(path: str) -> str:
         lines.append("")
         lines += _masker_table(cases)
         lines += _tuned_table(cases, best)
+        lines += _dense_whole_table(cases, best)
     return "\n".join(lines)
 
 
@@ -75,6 +76,20 @@ def _masker_table(cases: dict) -> list[str]:
         cells = [f"{ms[k]:.2f} ms" if ms[k] is not None else "—" for k in ["fused", *modes]]
         speedup = f"{ms['torch'] / ms['fused']:.2f}x" if ms.get("torch") and ms["fused"] else "—"
         lines.append(f"| {kind} | {rate:g} | " + " | ".join(cells) + f" | {speedup} |")
+    return [*lines, ""]
+
+
+def _dense_whole_table(cases: dict, best: float) -> list[str]:
+    """Every block dense-masked, the network compiled whole (`bench_models.py --dense-whole`), when measured."""
+    rows = [(kind, rate, variants["dense-masked whole-compile"]) for (kind, rate), variants in cases.items()
+            if "dense-masked whole-compile" in variants and "ms" in variants["dense-masked whole-compile"]]
+    if not rows:
+        return []
+    lines = ["every block dense-masked, the whole network one compiled graph (`deploy_dense_masked`)", "",
+             "| paradigm | rate | time | ratio to best static | rel. error |", "|---|---|---|---|---|"]
+    for kind, rate, r in rows:
+        lines.append(f"| {kind} | {rate:g} | {r['ms']:.2f} ms | **{r['ms'] / best:.2f}** | "
+                     f"{_fmt_error(r.get('rel_error'))} |")
     return [*lines, ""]
 
 

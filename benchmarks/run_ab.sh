@@ -3,7 +3,8 @@
 # within a 10-minute device call:
 #   OUT=dir benchmarks/run_ab.sh vit   # GPU tests of kernels and deploy; row kernels vs cuBLAS; bench_vit (compare
 #                                      # with benchmarks/results/bench_{rows_kernels,vit}_h200_f6218d6.json)
-#   OUT=dir benchmarks/run_ab.sh cnn   # bench_models ResNet-101 (tuned, rate 0.5; compare with
+#   OUT=dir benchmarks/run_ab.sh cnn   # bench_models ResNet-101 (tuned and dense-masked compiled whole, rate 0.5;
+#                                      # compare with
 #                                      # benchmarks/results/bench_models_tuned_r101_dynamic_h200_16df232.json)
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
@@ -23,8 +24,8 @@ vit)
     grep -A14 "batch 1" "$out/bench_vit_h200_$c.log" | head -34 ;;
 cnn)
     name=bench_models_tuned_r101_h200_$c
-    timeout 280 python benchmarks/bench_models.py --models laud_resnet101 --batches 128 1 --tune --rates 0.5 \
-        --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
+    timeout 540 python benchmarks/bench_models.py --models laud_resnet101 --batches 128 1 --tune --rates 0.5 \
+        --dense-whole --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
 *) echo "unknown part $part (vit or cnn)" >&2; exit 2 ;;
 esac

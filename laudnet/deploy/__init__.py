@@ -8,6 +8,7 @@ from laudnet.deploy.fold import fold_conv_bn as fold_conv_bn
 from laudnet.deploy.model import DeployedModel as DeployedModel
 from laudnet.deploy.model import GraphedModel as GraphedModel
 from laudnet.deploy.model import deploy as deploy
+from laudnet.deploy.model import deploy_dense_masked as deploy_dense_masked
 from laudnet.deploy.tune import tune_paths as tune_paths
 from laudnet.deploy.vit import DeployedViT as DeployedViT
 from laudnet.deploy.vit import deploy_vit as deploy_vit

@@ -202,5 +202,22 @@ def deploy(
     return deployed
 
 
+def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16, *,
+                        device: torch.device | str | None = None) -> DeployedModel:
+    """The model deployed with every block on its dense-masked path and PyTorch maskers: the same function as
+    `deploy`, without data-dependent shapes or custom kernels, so that the whole network traces as one graph.
+
+    Compile it whole (``torch.compile(deployed, dynamic=False)``) where skipping does not pay at the batch size at
+    hand: it costs the static network's convolutions plus the maskers and the masks (fused by Inductor), the form
+    to fall back on when per-block paths (`tune_paths`) are slower than the static network compiled whole.
+    """
+    if isinstance(model, LaudViT):
+        raise ValueError("deploy_dense_masked deploys CNNs (for a ViT: deploy_vit)")
+    deployed = deploy(model, dtype, device=device, maskers="torch")
+    for b in deployed.blocks():
+        b.path = "dense"
+    return deployed
+
+
 def _is_masker(deployed: DeployedModel, module: nn.Module) -> bool:
     return any(getattr(b, "masker_fc1", None) is module for b in deployed.blocks())

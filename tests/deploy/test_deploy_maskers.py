@@ -10,7 +10,7 @@ from torchvision.models.resnet import Bottleneck
 
 import laudnet
 from laudnet.blocks.bottleneck import DynamicBottleneck
-from laudnet.deploy import deploy
+from laudnet.deploy import deploy, deploy_dense_masked
 from laudnet.kernels import MAP_WINDOW
 from laudnet.kernels._utils import triton_available
 from laudnet.models._base import dynamic_stage
@@ -219,3 +219,28 @@ def test_channel_chain_through_triton_kernels_interpret(triton_interpreter, monk
         for b in fused.blocks():
             b.path = "dense"  # the dense path pools its output in one pass for the next block
         assert _rel(fused(x), expected) < 1e-5
+
+
+@pytest.mark.parametrize("paradigm", ["layer", "spatial", "channel"])
+def test_dense_masked_network_is_one_graph(paradigm):
+    """`deploy_dense_masked`: the same function as the eval model, and the whole network one graph for
+    torch.compile (no data-dependent shapes, no custom kernels: nothing breaks the trace)."""
+    model = _randomize_maskers(laudnet.create_model("laud_resnet50", paradigm=paradigm,
+                                                    granularity="2-2-1-1" if paradigm == "spatial" else None,
+                                                    num_classes=10))
+    deployed = deploy_dense_masked(model, torch.float32)
+    assert all(b.path == "dense" and b.maskers == "torch" for b in deployed.blocks())
+    x = torch.randn(3, 3, 48, 40)
+    with torch.no_grad():
+        expected = model(x)
+        assert _rel(deployed(x), expected) < 1e-5
+        assert any(float(r) < 1 for r in deployed.activation_rates())  # some computation really is skipped
+        explained = torch._dynamo.explain(deployed)(x)
+    torch._dynamo.reset()
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_dense_masked_is_for_cnns():
+    with pytest.raises(ValueError, match="deploy_dense_masked deploys CNNs"):
+        deploy_dense_masked(laudnet.create_model("laud_deit_tiny", paradigm="token", img_size=32, patch_size=8,
+                                                 depth=1, num_classes=5), torch.float32)
