@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from laudnet.kernels import _utils, masker, pack, rows, spatial, token
+from laudnet.kernels import _utils, layer, masker, pack, rows, spatial, token
 
 nvidia = pytest.importorskip("triton.backends.nvidia")
 if not os.path.exists(os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")):
@@ -146,6 +146,12 @@ def test_spatial_kernels_compile(launches, tmp_path, count):
                                  per_sample=True, compact=True)
     stats = _compile_all(launches, tmp_path)
     assert all(s["async_copies"] > 0 for s in stats), stats  # the early exit leaves the K loops pipelined
+
+
+def test_layer_rows_kernel_compiles(launches, tmp_path):
+    out = _bf16(4, 8, 8, 64)
+    layer.rows_add_relu_triton(out, _bf16(2, 8, 8, 64), torch.tensor([0, 3], dtype=torch.int64))
+    _compile_all(launches, tmp_path)
 
 
 def test_masker_kernels_compile(launches, tmp_path):
