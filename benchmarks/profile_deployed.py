@@ -27,15 +27,23 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=40)
     parser.add_argument("--maskers", default="fused", choices=["fused", "kernel", "torch"],
                         help="masker bookkeeping path of deploy (torch: the previous path)")
+    parser.add_argument("--compile", action="store_true", help="deploy(compile=True): stem, head and dense paths")
+    parser.add_argument("--static-whole", action="store_true",
+                        help="profile the static folded network compiled whole instead (the best static form)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
-    model = laudnet.create_model(args.model, paradigm=args.paradigm).cuda().eval()
-    deployed = deploy(model, torch.bfloat16, maskers=args.maskers)
-    masks = random_decisions(block_decision_shapes(model, args.batch, 224), args.rate, torch.Generator().manual_seed(0))
-    force(model, deployed, masks)
     x = torch.randn(args.batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
-    write_profile(lambda: deployed(x), args, [ProfilerActivity.CUDA])
+    if args.static_whole:
+        static = deploy(laudnet.create_model(args.model, paradigm="static").cuda().eval(), torch.bfloat16)
+        run = torch.compile(static, dynamic=False)
+    else:
+        model = laudnet.create_model(args.model, paradigm=args.paradigm).cuda().eval()
+        deployed = deploy(model, torch.bfloat16, maskers=args.maskers, compile=args.compile)
+        shapes = block_decision_shapes(model, args.batch, 224)
+        force(model, deployed, random_decisions(shapes, args.rate, torch.Generator().manual_seed(0)))
+        run = deployed
+    write_profile(lambda: run(x), args, [ProfilerActivity.CUDA])
     return 0
 
 
