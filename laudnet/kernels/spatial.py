@@ -67,8 +67,12 @@ CONV1X1_CONFIGS: dict[str, GemmConfig] = {
 _INTERPRET_CONFIG = GemmConfig(32, 16, 16, 1, 1)
 
 
-def _pick_config(kind: str, m: int, k: int, n: int) -> GemmConfig:
-    """Default tile config for a GEMM of M x K x N (`kind` is "conv3x3", "scatter" or "conv1x1")."""
+def _pick_config(kind: str, m: int, k: int, n: int, whole_maps: bool = False) -> GemmConfig:
+    """Default tile config for a GEMM of M x K x N (`kind` is "conv3x3", "scatter" or "conv1x1").
+
+    `whole_maps`: the rows are whole feature maps per sample (layer skipping; a patch covering the map), swept on
+    the H200 in `benchmarks/bench_layer_kernels.py` (`results/bench_layer_kernels_h200_37af28c.json`).
+    """
     if interpreter_enabled():
         return _INTERPRET_CONFIG
     bk = 64 if k >= 64 else max(16, next_power_of_2(k))
@@ -76,13 +80,18 @@ def _pick_config(kind: str, m: int, k: int, n: int) -> GemmConfig:
         # N = Cout is 64..256 in ResNet stages 1-3. H100 sweep at S=4, rate 0.5 (benchmarks/NOTES-spatial.md):
         # 128x64 tiles best for Cout = 64, 128x128 with 8 warps for Cout = 128 and 256.
         cfg = CONV3X3_CONFIGS["m128_n128_k64_w8_s3"] if n >= 128 else CONV3X3_CONFIGS["m128_n64_k64_w4_s3"]
+        if whole_maps and n == 256:  # ResNet stage 3 (14 x 14 maps): 0.049 against 0.055 ms for 128 x 128 tiles
+            cfg = CONV3X3_CONFIGS["m128_n64_k64_w4_s3"]
     elif kind == "scatter":
         # K = width is short (64-256), N = 4*width long: the epilogue (residual read + write) dominates, and
         # 128x64 tiles with 4 warps beat 128x128/128x256 on all three stages (0.103 vs 0.142 ms in stage 1).
         cfg = CONV1X1_CONFIGS["m128_n64_k64_w4_s3"]
     else:
         cfg = CONV1X1_CONFIGS["m128_n128_k64_w8_s3"] if n >= 128 else CONV1X1_CONFIGS["m128_n64_k64_w4_s3"]
-    if m <= 64 * 132:  # fewer rows than ~1 wave of 128-row tiles on 132 SMs: halve BLOCK_M to fill the machine
+    # Fewer rows than ~1 wave of 128-row tiles on 132 SMs: halve BLOCK_M to fill the machine. Whole maps at stage 4
+    # (batch 128, 6 272 rows of capacity) measured faster unhalved (3x3: 0.060 against 0.066 ms; scatter 0.027 /
+    # 0.031), so there only very short lists (batch 1) halve.
+    if m <= (32 if whole_maps else 64) * 132:
         cfg = GemmConfig(64, cfg.block_n, cfg.block_k, 4, cfg.num_stages)
     return GemmConfig(cfg.block_m, cfg.block_n, min(cfg.block_k, bk), cfg.num_warps, cfg.num_stages)
 
@@ -406,7 +415,7 @@ def gather_conv3x3_triton(
     if m == 0:  # no active patch: launching a zero-size grid is an error on GPU
         return y
     ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
-    cfg = config or _pick_config("conv3x3", m, cin, cout)
+    cfg = config or _pick_config("conv3x3", m, cin, cout, whole_maps=patch_size >= max(ho, wo))
     _gather_conv3x3_kernel[_grid(m, cout, cfg)](
         h1, wp, bias if bias is not None else y, patch_idx.contiguous(), y, count if count is not None else patch_idx,
         m, h, w, ho, wo, cin, cout, patch_size, stride,
@@ -453,7 +462,7 @@ def conv1x1_scatter_add_triton(
     if m == 0:
         return out
     a = y_gathered.contiguous()
-    cfg = config or _pick_config("scatter", m, k, cout)
+    cfg = config or _pick_config("scatter", m, k, cout, whole_maps=s >= max(ho, wo))
     ss = s * s
     # POOL 2 (one reshape-reduction per tile) needs whole power-of-two patches per tile; otherwise loop per patch.
     pool = 0 if pool_out is None else (2 if ss < cfg.block_m and cfg.block_m % ss == 0 and ss & (ss - 1) == 0 else 1)
@@ -501,7 +510,7 @@ def pixel_conv1x1_triton(
             raise ValueError(f"out must be [{nb}, {h}, {w}, {cout}], got {tuple(out.shape)}")
     if q == 0:
         return out
-    cfg = config or _pick_config("conv1x1", q, cin, cout)
+    cfg = config or _pick_config("conv1x1", q, cin, cout, whole_maps=per_sample)
     _pixel_conv1x1_kernel[_grid(q, cout, cfg)](
         x, wm, bias if bias is not None else wm, pix_idx.contiguous(), out, count if count is not None else pix_idx,
         q, cin, cout, h * w,
