@@ -2,9 +2,7 @@
 same rows, on DeiT-S shapes at batch 128: each tile configuration, replayed from a CUDA graph, median of CUDA-event
 timings. cuBLAS runs on the rows already gathered and contiguous (what an exact, host-synchronised packing gives
 it), so its time is the GEMM alone; the row kernels gather, activate and scatter-add inside. Also norm2 as its own
-kernel on the listed rows, against PyTorch's LayerNorm over every row; and the row GEMMs with a persistent grid
-(`rows_linear_triton(persistent=True)`: a few programs per SM walking the counted tiles; "flat": the tile and K
-loops flattened into one).
+kernel on the listed rows, against PyTorch's LayerNorm over every row.
 
 Run on the GPU: ``python benchmarks/bench_rows_kernels.py --out rows.json --commit $(git rev-parse --short HEAD)``.
 """
@@ -40,16 +38,15 @@ def row_gemm(form, src, wt, bias, perm, cnt, keep, res, batch):
     if form == "scatter":  # src is already packed (the attention / hidden rows), the output scattered
         out = res.clone()
 
-        def call(cfg, persistent=False):
-            return rows_linear_triton(src, wt, bias, None, cnt, out=out, out_idx=perm, keep=keep, config=cfg,
-                                      persistent=persistent)
+        def call(cfg):
+            return rows_linear_triton(src, wt, bias, None, cnt, out=out, out_idx=perm, keep=keep, config=cfg)
         return call, dict(in_idx=None, out=res.float(), out_idx=perm, keep=keep)
     kw = {"gather": dict(in_idx=perm), "planes": dict(in_idx=perm, planes=3), "gelu": dict(in_idx=None, act="gelu"),
           "heads": dict(in_idx=perm, planes=3, heads=(torch.arange(batch * HEADS, device=src.device).view(
               batch, HEADS) % 2 == 0, TOKENS))}[form]
 
-    def call(cfg, persistent=False):
-        return rows_linear_triton(src, wt, bias, count=cnt, config=cfg, persistent=persistent, **kw)
+    def call(cfg):
+        return rows_linear_triton(src, wt, bias, count=cnt, config=cfg, **kw)
     return call, kw
 
 
@@ -108,15 +105,12 @@ def main() -> int:
             row = dict(rate=rate, rows=count, op=name, cin=cin, cout=cout, rel_error=err,
                        cublas_ms=ms(lambda a=dense_in, w=w, b=bias: F.linear(a, w, b), args.repeats),
                        default_ms=ms(lambda call=call: call(None), args.repeats),
-                       persistent_ms=ms(lambda call=call: call(None, persistent=True), args.repeats),
-                       persistent_flat_ms=ms(lambda call=call: call(None, persistent="flat"), args.repeats),
                        configs={k: ms(lambda cfg=cfg, call=call: call(cfg), args.repeats)
                                 for k, cfg in CONFIGS.items()})
             row["tflops"] = 2 * count * cin * cout / 1e9 / row["default_ms"]  # GFLOP / ms = TFLOP/s
             rows.append(row)
             best = min(row["configs"], key=row["configs"].get)
             print(f"rate {rate} {name:22s} cuBLAS (all heads) {row['cublas_ms']:.3f}  default {row['default_ms']:.3f}"
-                  f"  persistent {row['persistent_ms']:.3f} / flat {row['persistent_flat_ms']:.3f}"
                   f"  best {best} {row['configs'][best]:.3f}  err {err:.1e}",
                   flush=True)
     with open(args.out, "w") as f:

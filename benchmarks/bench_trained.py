@@ -6,7 +6,8 @@ laudnet checkpoint (``laudnet train`` output) the script, in one process (bf16, 
 * loads the checkpoint's validation set (``--data-root`` overrides its data folder) and takes ``--batches`` batches
   of ``--batch`` images, plus ``--singles`` single images for batch 1;
 * times the static baselines on the same weights: torchvision's network (the checkpoint's weights minus the maskers)
-  eager, as a CUDA graph and compiled, and laudnet's folded static network as a CUDA graph;
+  eager, as a CUDA graph and compiled, and laudnet's folded static network as a CUDA graph and compiled whole as a
+  CUDA graph;
 * times ``laudnet.deploy(model, compile=True)`` replayed as one CUDA graph on every batch (the batch is copied into
   the graph's input outside the timing; decisions are made on the device, so each replay skips what its images skip);
 * reports per batch the deployed time, the blocks' activation rates, the FLOPs ratio of the training-form model on the
@@ -87,6 +88,10 @@ def bench_case(label: str, model, tv, data, args, rows: list[dict], name: str) -
         static_model.load_state_dict({k: v for k, v in model.state_dict().items() if "masker" not in k})
         folded = deploy(static_model.cuda().eval(), torch.bfloat16)
         static_ms["laudnet folded cuda-graph"] = time_ms(as_graph(folded, x0), args.warmup, args.iters)
+        if args.compile:  # the folded network compiled whole, replayed from a CUDA graph (the strongest static form)
+            whole = torch.compile(folded, dynamic=False)
+            static_ms["laudnet folded whole-compile cuda-graph"] = time_ms(as_graph(whole, x0), args.warmup,
+                                                                           args.iters)
         deployed = deploy(model, torch.bfloat16, compile=args.compile)
         graphed = deployed.graphed(x0)
         per_batch = []

@@ -3,7 +3,8 @@
 For `--model` (default laud_deit_small at 224²) and each batch (128 and 1), in the same process, bf16:
 
 * static baselines: timm's network eager, as a CUDA graph and compiled (`torch.compile`, default mode, each compile
-  bounded by `--compile-timeout`; done last); laudnet's deployed static network eager and as a CUDA graph;
+  bounded by `--compile-timeout`; done last; also replayed from a CUDA graph); laudnet's deployed static network
+  eager and as a CUDA graph;
 * dynamic cases: token, head and layer skipping at several rates and their combination, with random but exactly
   controlled decisions: every block keeps exactly ⌈rate·(N−1)⌉ patch tokens (plus the class token) per sample,
   round(rate·H) heads per sample, and each sub-block runs on exactly round(rate·B) samples (batch 1: round(rate·2L)
@@ -442,9 +443,14 @@ def bench_compile(bench: Bench, batch: int, x: Tensor, tv: nn.Module) -> None:
         finally:
             signal.alarm(0)
         row["compile_s"] = round(time.time() - t0, 1)
+        made["compiled"] = compiled
         return lambda: compiled(xd)
 
+    made: dict = {}
     bench.record(row, "timm compile", make)
+    if "compiled" in made:  # the compiled network replayed from a CUDA graph: the strongest static form at batch 1
+        row.pop("compile_s", None)
+        bench.record(row, "timm compile cuda-graph", lambda: bench.graph(made["compiled"], xd))
 
 
 def _timeout(signum, frame):

@@ -136,28 +136,18 @@ def _rows_linear_kernel_src(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    PERSISTENT: tl.constexpr,  # 1: a fixed grid of programs walks the tiles of the rows in use; 2: with the tile
-    # loop and the K loop flattened into one (pipelined across tiles)
 ):
     pid = tl.program_id(0)
     num_n = (N + BLOCK_N - 1) // BLOCK_N
+    pid_m = pid // num_n
     used = R
     if HAS_COUNT:
         used = tl.minimum(tl.load(cnt_ptr), R)
-    if PERSISTENT:
-        n_tiles = (used + BLOCK_M - 1) // BLOCK_M * num_n
-        for tile in tl.range(pid, n_tiles, tl.num_programs(0), flatten=PERSISTENT == 2):
-            _rows_tile(tile // num_n, tile % num_n, used, src_ptr, w_ptr, b_ptr, in_ptr, out_ptr, oidx_ptr, keep_ptr,
-                       scale_ptr, hm_ptr, R, K, N, PLANE, TOKENS, HEAD_DIM, NUM_HEADS, HAS_BIAS, HAS_IN_IDX, GELU,
-                       SCATTER, HAS_KEEP, HAS_SCALE, HEAD_MASK, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
-    else:
-        pid_m = pid // num_n
-        if HAS_COUNT:  # noqa: SIM102 - a constexpr branch around a run-time one
-            if pid_m * BLOCK_M >= used:  # a tile past the rows in use: nothing to read or write
-                return
-        _rows_tile(pid_m, pid % num_n, used, src_ptr, w_ptr, b_ptr, in_ptr, out_ptr, oidx_ptr, keep_ptr, scale_ptr,
-                   hm_ptr, R, K, N, PLANE, TOKENS, HEAD_DIM, NUM_HEADS, HAS_BIAS, HAS_IN_IDX, GELU, SCATTER, HAS_KEEP,
-                   HAS_SCALE, HEAD_MASK, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
+        if pid_m * BLOCK_M >= used:  # a tile past the rows in use: nothing to read or write
+            return
+    _rows_tile(pid_m, pid % num_n, used, src_ptr, w_ptr, b_ptr, in_ptr, out_ptr, oidx_ptr, keep_ptr, scale_ptr,
+               hm_ptr, R, K, N, PLANE, TOKENS, HEAD_DIM, NUM_HEADS, HAS_BIAS, HAS_IN_IDX, GELU, SCATTER, HAS_KEEP,
+               HAS_SCALE, HEAD_MASK, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 HEAD_TILE_MIN = 16  # tl.dot's narrowest tile: with `heads`, a head's columns are whole column tiles
@@ -179,14 +169,10 @@ def rows_linear_triton(
     planes: int = 1,
     heads: tuple[torch.Tensor, int] | None = None,
     config: GemmConfig | None = None,
-    persistent: bool | str = False,
 ) -> torch.Tensor:
     """Triton kernel of `rows_linear_ref` (one launch). Same arguments and result; `config`: the tile shape (default
-    chosen by shape and form); `persistent`: True — a grid of a few programs per SM that walk the tiles of the rows in
-    use (instead of a program per capacity tile); "flat" — the same with the tile and K loops flattened into one
-    (Triton's `tl.range(flatten=True)`); for `benchmarks/bench_rows_kernels.py` to measure."""
-    if persistent not in (False, True, "flat"):
-        raise ValueError(f"persistent must be False, True or 'flat', got {persistent!r}")
+    chosen by shape and form). A program per tile of the capacity; tiles past the count return at once (a persistent
+    grid walking only the counted tiles measured slower on the H200, `benchmarks/NOTES-vit.md`)."""
     r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, planes,
                                           heads)
     for name, t in (("weight_t", weight_t), ("bias", bias), ("in_idx", in_idx), ("count", count), ("out", out),
@@ -213,10 +199,7 @@ def rows_linear_triton(
             raise ValueError(f"heads of {plane // num_heads} columns: the head width must be a multiple of "
                              f"{HEAD_TILE_MIN} (the narrowest column tile of the GEMM)")
         cfg = GemmConfig(cfg.block_m, min(cfg.block_n, block_n), cfg.block_k, cfg.num_warps, cfg.num_stages)
-    grid = _grid(r, cout, cfg)
-    if persistent:
-        grid = (min(grid[0], PROGRAMS_PER_SM * _multiprocessors(src.device)),)
-    _rows_linear_kernel[grid](
+    _rows_linear_kernel[_grid(r, cout, cfg)](
         src, wt, bias if bias is not None else dummy, in_idx if in_idx is not None else dummy,
         count if count is not None else dummy, out, out_idx if scatter else dummy,
         keep.view(torch.uint8) if keep is not None else dummy, scale if scale is not None else dummy,
@@ -226,15 +209,6 @@ def rows_linear_triton(
         SCATTER=scatter, HAS_KEEP=keep is not None, HAS_SCALE=scale is not None, HEAD_MASK=heads is not None,
         EVEN_K=cin % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        PERSISTENT={False: 0, True: 1, "flat": 2}[persistent],
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out
-
-
-PROGRAMS_PER_SM = 2  # a 128 x 128 x 64 tile in three stages takes 96 KB of shared memory: two fit an H100/H200 SM
-
-
-def _multiprocessors(device: torch.device) -> int:
-    """SMs of a CUDA device; a few elsewhere (the interpreter)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2

@@ -106,30 +106,8 @@ def test_scatter_add_form_interpret(interpret, kind, with_scale):
                                              out_idx=torch.arange(50, dtype=torch.int32))) < 1e-5
 
 
-@pytest.mark.parametrize("persistent", [True, "flat"])
-@pytest.mark.parametrize("count", [None, 0, 23, 41])
-def test_persistent_grid_interpret(interpret, count, persistent):
-    """A few programs walking the counted tiles compute what a program per capacity tile does: gather form with
-    GELU, q/k/v planes with kept heads, scatter-add form."""
-    src, wt, bias, idx = _case(50, 24, 48, 41, 11)
-    cnt = None if count is None else torch.tensor([count], dtype=torch.int32)
-    n = 41 if count is None else count
-    for kw in (dict(act="gelu"), dict(planes=3, heads=(torch.rand(8, 1) < 0.5, 7))):
-        got = rows_linear_triton(src, wt, bias, idx, cnt, persistent=persistent, **kw)
-        ref = rows_linear_ref(src, wt, bias, idx, cnt, **kw)
-        if n:
-            assert err_ratio(got[..., :n, :] if got.dim() == 3 else got[:n],
-                             ref[..., :n, :] if ref.dim() == 3 else ref[:n]) < 1e-5
-    out = torch.randn(60, 48)
-    dst = torch.randperm(60)[:41].to(torch.int32)
-    got = rows_linear_triton(src, wt, bias, idx, cnt, out=out.clone(), out_idx=dst, persistent=persistent)
-    assert err_ratio(got, rows_linear_ref(src, wt, bias, idx, cnt, out=out.clone(), out_idx=dst)) < 1e-5
-
-
 def test_rows_linear_rejects_bad_input():
     src, wt, bias, idx = _case(10, 8, 4, 5, 4)
-    with pytest.raises(ValueError, match="persistent must be False, True or 'flat'"):
-        rows_linear_triton(src, wt, bias, idx, persistent="yes")
     with pytest.raises(ValueError, match="weight_t must be"):
         rows_linear_ref(src, wt.t().contiguous(), bias, idx)
     with pytest.raises(ValueError, match="act must be one of"):
