@@ -40,7 +40,7 @@ import torch
 import torchvision
 
 import laudnet
-from laudnet.deploy import deploy, deploy_dense_masked, tune_paths
+from laudnet.deploy import GraphedModel, deploy, deploy_dense_masked, tune_paths
 from laudnet.flops import conv_out_size
 from laudnet.masks import mask_grid_size
 
@@ -189,9 +189,10 @@ def record(results: list[dict], row: dict, variant: str, fn, args, **extra) -> f
 
 
 def record_graph(results: list[dict], row: dict, variant: str, deployed, x, args, **extra) -> None:
-    """Capture a deployed model as a CUDA graph and time its replay (or record why it could not be captured)."""
+    """Capture a deployed model (or a compiled one) as a CUDA graph and time its replay (or record why it could not
+    be captured)."""
     try:
-        graphed = deployed.graphed(x)
+        graphed = GraphedModel(deployed, x)
     except Exception as e:
         traceback.print_exc()
         results.append(dict(row, variant=variant, error=f"{type(e).__name__}: {str(e)[:300]}", **extra))
@@ -298,6 +299,8 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                         rel_dense = relative_error(dense_whole_fn, x, ref)  # the first call compiles
                         record(results, row, "dense-masked whole-compile", partial(dense_whole_fn, x), args,
                                **dict(extra, rel_error=rel_dense, compile_s=round(time.time() - t0, 1)))
+                        record_graph(results, row, "dense-masked whole-compile cuda-graph", dense_whole_fn, x, args,
+                                     **dict(extra, rel_error=rel_dense))
                     try:
                         block_rates = [round(r, 3) for r in deployed.activation_rates()]
                     except Exception as e:  # a failed deployed forward above is already recorded

@@ -9,6 +9,8 @@ from laudnet.deploy.model import DeployedModel as DeployedModel
 from laudnet.deploy.model import GraphedModel as GraphedModel
 from laudnet.deploy.model import deploy as deploy
 from laudnet.deploy.model import deploy_dense_masked as deploy_dense_masked
+from laudnet.deploy.tune import Deployment as Deployment
+from laudnet.deploy.tune import deploy_fastest as deploy_fastest
 from laudnet.deploy.tune import tune_paths as tune_paths
 from laudnet.deploy.vit import DeployedViT as DeployedViT
 from laudnet.deploy.vit import deploy_vit as deploy_vit

@@ -3,7 +3,9 @@
 Skipping only pays where the skipped work outweighs the cost of skipping (maskers, index lists, less efficient
 kernels): at high activation rates, and for small blocks, the dense path can be faster (benchmarks/NOTES.md). The
 choice depends on the device and on the rates a trained model shows on real data, so it is measured: each block runs
-both paths on the input it receives from a representative batch, and keeps the faster.
+both paths on the input it receives from a representative batch, and keeps the faster (`tune_paths`). One level up,
+`deploy_fastest` measures the whole tuned network against the dense-masked network compiled whole, and keeps the
+faster of the two.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from laudnet.deploy.model import DeployedModel
+from laudnet.deploy.model import DeployedModel, GraphedModel, deploy, deploy_dense_masked
+from laudnet.models.vit import LaudViT
 
 
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 3) -> float:
@@ -97,3 +101,93 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
         block.path = min(costs, key=costs.get)
         chosen.append(block.path)
     return chosen
+
+
+FORMS = ("sparse", "dense-masked")
+
+
+@dataclass
+class Deployment:
+    """The fastest measured form of a deployed CNN; call it like the model (inputs shaped like the example).
+
+    Attributes:
+        form: ``"sparse"`` (`deploy` with per-block paths from `tune_paths`) or ``"dense-masked"``
+            (`deploy_dense_masked`, compiled whole).
+        run: the chosen callable (a `GraphedModel` on a GPU).
+        times_ms: median milliseconds of every form that could be built and run; ``errors``: why the others not.
+    """
+
+    form: str
+    run: Callable[[Tensor], Tensor]
+    times_ms: dict[str, float]
+    errors: dict[str, str]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.run(x)
+
+
+@torch.no_grad()
+def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch.bfloat16, *, compile: bool = True,
+                   repeats: int = 20, timer: Callable[..., float] = time_call,
+                   setup: Callable[[DeployedModel], None] | None = None,
+                   forms: tuple[str, ...] = FORMS) -> Deployment:
+    """Deploy a trained (eval) CNN in each form and keep the one that runs `example` fastest, measured as it will
+    run: skipping only pays at the batch sizes and rates where the skipped work outweighs its bookkeeping
+    (`benchmarks/NOTES.md`), so the per-block choice of `tune_paths` is not enough for "never slower than static".
+
+    The forms, both the same function as the eval model:
+
+    * ``"sparse"``: `deploy(model, dtype, compile=compile)` with each block's path chosen by `tune_paths`;
+    * ``"dense-masked"``: `deploy_dense_masked(model, dtype)`, every block dense with its decisions as masks, compiled
+      whole (``torch.compile(dynamic=False)``) when `compile` — the static network's fused form plus the maskers.
+
+    On a GPU each form is captured as one CUDA graph (`GraphedModel`) and timed by replay; elsewhere both run eagerly
+    (and `compile` applies to the sparse form's stem and head only). A form that fails to build or capture (e.g. a
+    path that synchronises with the host) is left out with its error in `errors`.
+
+    Args:
+        model: a LAUD ResNet or RegNet in eval mode.
+        example: a representative batch, on the device the deployment runs on; the batch size is fixed.
+        dtype: compute dtype.
+        compile: use `torch.compile` where the forms do.
+        repeats: timed calls per form.
+        timer: ``timer(fn, device, repeats=...) -> seconds``.
+        setup: called on each deployed model before it is tuned, compiled and captured (benchmarks impose decisions
+            with it through the blocks' `forced_keep`).
+        forms: the forms to consider (a subset of `FORMS`).
+    """
+    if isinstance(model, LaudViT):
+        raise ValueError("deploy_fastest chooses among CNN deployments (for a ViT: deploy_vit)")
+    if model.training:
+        raise ValueError("deploy_fastest needs the model in eval mode (model.eval())")
+    if not forms or set(forms) - set(FORMS):
+        raise ValueError(f"forms must be a non-empty subset of {FORMS}, got {forms}")
+    cuda = example.device.type == "cuda"
+
+    def sparse() -> Callable[[Tensor], Tensor]:
+        deployed = deploy(model, dtype, device=example.device, compile=compile)
+        if setup is not None:
+            setup(deployed)
+        tune_paths(deployed, example, graphed=cuda, repeats=max(3, repeats // 2), timer=timer)
+        return deployed.graphed(example) if cuda else deployed
+
+    def dense_masked() -> Callable[[Tensor], Tensor]:
+        deployed = deploy_dense_masked(model, dtype, device=example.device)
+        if setup is not None:
+            setup(deployed)
+        fn = torch.compile(deployed, dynamic=False) if compile and cuda else deployed
+        return GraphedModel(fn, example) if cuda else fn
+
+    times, errors, runs = {}, {}, {}
+    for form in forms:
+        build = {"sparse": sparse, "dense-masked": dense_masked}[form]
+        try:
+            run = build()
+            times[form] = 1e3 * timer(lambda run=run: run(example), example.device, repeats=repeats)
+            runs[form] = run
+        except Exception as e:  # a form this model or device cannot take: the other one still can
+            errors[form] = f"{type(e).__name__}: {e}"
+    if not runs:
+        raise RuntimeError(f"no deployment form could be built: {errors}")
+    form = min(times, key=times.get)
+    return Deployment(form, runs[form], times, errors)

@@ -1,0 +1,98 @@
+"""`laudnet.deploy.tune.deploy_fastest`: the measured choice between whole deployment forms."""
+
+import pytest
+import torch
+from helpers import randomize_batchnorm
+
+import laudnet
+from laudnet.deploy import DeployedModel, deploy_fastest
+from laudnet.deploy.tune import FORMS
+
+
+def _model(paradigm):
+    model = laudnet.create_model("laud_resnet50", paradigm=paradigm, num_classes=10,
+                                 granularity="2-2-1-1" if paradigm == "spatial" else None)
+    randomize_batchnorm(model)
+    for n, p in model.named_parameters():
+        if "masker" in n and p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.5)
+    return model.eval()
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _form_timer(costs):
+    """A timer charging each whole form its fixed cost (by the deployed model the timed call runs) and 1 s per
+    block call of `tune_paths`."""
+    def timer(fn, device, repeats=10):
+        run = (fn.__defaults__ or (None,))[0]
+        if isinstance(run, DeployedModel):
+            return costs["dense-masked" if all(b.maskers == "torch" for b in run.blocks()) else "sparse"]
+        return 1.0
+    return timer
+
+
+@pytest.mark.parametrize("paradigm", ["layer", "channel", "spatial"])
+@pytest.mark.parametrize("faster", FORMS)
+def test_keeps_the_faster_form_and_the_function(paradigm, faster):
+    model = _model(paradigm)
+    x = torch.randn(3, 3, 48, 40)
+    costs = {form: (1.0 if form == faster else 2.0) for form in FORMS}
+    with torch.no_grad():
+        expected = model(x)
+        chosen = deploy_fastest(model, x, torch.float32, compile=False, timer=_form_timer(costs))
+        assert chosen.form == faster and chosen.times_ms == {f: 1e3 * c for f, c in costs.items()}
+        assert not chosen.errors
+        assert _rel(chosen(x), expected) < 1e-5
+        assert isinstance(chosen.run, DeployedModel)
+        dense = all(b.path == "dense" and b.maskers == "torch" for b in chosen.run.blocks())
+        assert dense == (faster == "dense-masked")
+
+
+def test_a_form_that_fails_is_left_out_with_its_error():
+    model = _model("layer")
+    x = torch.randn(2, 3, 32, 32)
+
+    def setup(deployed):
+        if any(b.maskers != "torch" for b in deployed.blocks()):
+            raise RuntimeError("cannot capture this one")
+
+    with torch.no_grad():
+        chosen = deploy_fastest(model, x, torch.float32, compile=False, setup=setup)
+        assert chosen.form == "dense-masked" and list(chosen.times_ms) == ["dense-masked"]
+        assert chosen.errors == {"sparse": "RuntimeError: cannot capture this one"}
+        assert _rel(chosen(x), model(x)) < 1e-5
+        with pytest.raises(RuntimeError, match="no deployment form could be built"):
+            deploy_fastest(model, x, torch.float32, compile=False, setup=setup, forms=("sparse",))
+
+
+def test_setup_runs_on_each_form_before_timing():
+    """Decisions imposed by `setup` (as benchmarks do) are what the chosen form computes."""
+    model = _model("layer")
+    x = torch.randn(4, 3, 32, 32)
+    seen = []
+
+    def setup(deployed):
+        seen.append(deployed)
+        for b in deployed.blocks():
+            b.forced_keep = torch.zeros(4, dtype=torch.bool)  # every block skipped
+
+    with torch.no_grad():
+        chosen = deploy_fastest(model, x, torch.float32, compile=False, setup=setup)
+        assert len(seen) == 2 and chosen.run in seen
+        chosen(x)
+        assert chosen.run.activation_rates() == [0.0] * len(chosen.run.blocks())
+
+
+def test_bad_arguments():
+    model = _model("layer")
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="forms must be a non-empty subset"):
+        deploy_fastest(model, x, forms=("fast",))
+    with pytest.raises(ValueError, match="eval mode"):
+        deploy_fastest(model.train(), x)
+    vit = laudnet.create_model("laud_deit_tiny", paradigm="token", img_size=32, patch_size=8, depth=1, num_classes=5)
+    with pytest.raises(ValueError, match="CNN deployments"):
+        deploy_fastest(vit.eval(), x)
