@@ -1,12 +1,16 @@
-"""`deploy_fastest` against the strongest static network: which whole form a LAUD-ResNet should run in, measured.
+"""`deploy_fastest` against the strongest static network: which whole form a LAUD model should run in, measured.
 
-For each batch size: laudnet's folded static network compiled whole and replayed from a CUDA graph (the best static
-form of `bench_models.py`); then for each paradigm, `deploy_fastest` with random decisions at exactly the given rate
-(imposed through `forced_keep`, the maskers still run), reporting both forms' times (the tuned sparse network and
-the dense-masked network compiled whole, each one CUDA graph) and the choice. Results are written after every case.
+For each batch size, the best static form: for a ResNet laudnet's folded static network compiled whole and replayed
+from a CUDA graph (the best static form of `bench_models.py`); for a ViT (`--model laud_deit_small`) timm's network
+compiled and replayed from a CUDA graph, and `deploy_fastest` of the static LAUD-ViT (its capturable deployment and
+its compiled one, each a CUDA graph). Then for each paradigm, `deploy_fastest` with random decisions at exactly the
+given rate (imposed through `forced_keep` / `forced`, the maskers still run), reporting both forms' times (the sparse
+network and the dense-masked network compiled whole, each one CUDA graph) and the choice. Results are written after
+every case.
 
     python benchmarks/bench_fastest.py --batches 1 128 --paradigms channel spatial --out fastest.json \
         --commit $(git rev-parse --short HEAD)
+    python benchmarks/bench_fastest.py --model laud_deit_small --paradigms token head layer --out vit.json
 """
 
 from __future__ import annotations
@@ -24,6 +28,56 @@ from laudnet.deploy.tune import time_call
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_models import _triton_version, block_decision_shapes, random_decisions  # noqa: E402
+
+
+def static_forms(args, x: torch.Tensor, save) -> list[float]:
+    """Time the static candidates at x's batch size (each saved as a row); returns their times."""
+    dev, times = x.device, []
+    if "deit" in args.model or "vit" in args.model:
+        import timm
+
+        from laudnet.models.vit import MODEL_CFGS
+
+        tv = timm.create_model(MODEL_CFGS[args.model.removeprefix("laud_")].timm_name, pretrained=False)
+        tv = tv.to(dev, torch.bfloat16).eval()
+        xb = x.to(torch.bfloat16)
+        t0 = time.time()
+        graph = GraphedModel(torch.compile(tv, dynamic=False), xb)
+        times.append(1e3 * time_call(lambda: graph(xb), dev, repeats=args.repeats))
+        save(dict(batch=x.shape[0], kind="static", variant="timm compile cuda-graph", ms=times[-1],
+                  build_s=round(time.time() - t0, 1)))
+        static = deploy_fastest(laudnet.create_model(args.model, paradigm="static").to(dev).eval(), x,
+                                repeats=args.repeats)
+        for form, ms in static.times_ms.items():
+            times.append(ms)
+            save(dict(batch=x.shape[0], kind="static", variant=f"laudnet static {form} cuda-graph", ms=ms))
+        return times
+    static = deploy(laudnet.create_model(args.model, paradigm="static").to(dev).eval(), torch.bfloat16)
+    t0 = time.time()
+    graph = GraphedModel(torch.compile(static, dynamic=False), x)
+    times.append(1e3 * time_call(lambda: graph(x), dev, repeats=args.repeats))
+    save(dict(batch=x.shape[0], kind="static", variant="laudnet folded whole-compile cuda-graph", ms=times[-1],
+              build_s=round(time.time() - t0, 1)))
+    return times
+
+
+def cnn_setup(model, rate: float, batch: int):
+    """Imposes random decisions at exactly `rate` on each deployed CNN (`forced_keep`)."""
+    masks = random_decisions(block_decision_shapes(model, batch, 224), rate, torch.Generator().manual_seed(0))
+
+    def setup(deployed):
+        for block, keep in zip(deployed.blocks(), masks, strict=True):
+            block.forced_keep = keep.cuda()
+    return setup
+
+
+def vit_setup(model, paradigm: str, rate: float, batch: int):
+    """Imposes exact random decisions at `rate` on every part the paradigm skips (`DeployedViTBlock.forced`)."""
+    from bench_vit import Case, exact_decisions, impose
+
+    case = Case(paradigm, **{part: rate for part in paradigm.split("+")})
+    decisions = exact_decisions(model, case, batch, torch.Generator().manual_seed(0))
+    return lambda deployed: impose([deployed], decisions, torch.device("cuda"))
 
 
 def main() -> int:
@@ -50,24 +104,14 @@ def main() -> int:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
 
     dev = torch.device("cuda")
+    vit = "deit" in args.model or "vit" in args.model
     with torch.no_grad():
         for batch in args.batches:
             x = torch.randn(batch, 3, 224, 224, device=dev).to(memory_format=torch.channels_last)
-            static = deploy(laudnet.create_model(args.model, paradigm="static").cuda().eval(), torch.bfloat16)
-            t0 = time.time()
-            graph = GraphedModel(torch.compile(static, dynamic=False), x)
-            static_ms = 1e3 * time_call(lambda g=graph, x=x: g(x), dev, repeats=args.repeats)
-            save(dict(batch=batch, kind="static", variant="laudnet folded whole-compile cuda-graph", ms=static_ms,
-                      build_s=round(time.time() - t0, 1)))
+            static_ms = min(static_forms(args, x, save))
             for paradigm in args.paradigms:
                 model = laudnet.create_model(args.model, paradigm=paradigm).cuda().eval()
-                masks = random_decisions(block_decision_shapes(model, batch, 224), args.rate,
-                                         torch.Generator().manual_seed(0))
-
-                def setup(deployed, masks=masks):
-                    for block, keep in zip(deployed.blocks(), masks, strict=True):
-                        block.forced_keep = keep.cuda()
-
+                setup = vit_setup(model, paradigm, args.rate, batch) if vit else cnn_setup(model, args.rate, batch)
                 t0 = time.time()
                 try:
                     chosen = deploy_fastest(model, x, torch.bfloat16, setup=setup, repeats=args.repeats)

@@ -203,16 +203,23 @@ def deploy(
 
 
 def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16, *,
-                        device: torch.device | str | None = None) -> DeployedModel:
-    """The model deployed with every block on its dense-masked path and PyTorch maskers: the same function as
-    `deploy`, without data-dependent shapes or custom kernels, so that the whole network traces as one graph.
+                        device: torch.device | str | None = None) -> DeployedModel | DeployedViT:
+    """The model deployed with every block on its dense-masked path: the same function as `deploy`, without
+    data-dependent shapes or custom kernels, so that the whole network traces as one graph.
 
-    Compile it whole (``torch.compile(deployed, dynamic=False)``) where skipping does not pay at the batch size at
-    hand: it costs the static network's convolutions plus the maskers and the masks (fused by Inductor), the form
-    to fall back on when per-block paths (`tune_paths`) are slower than the static network compiled whole.
+    CNN blocks run every conv dense with PyTorch maskers and the decisions as masks; ViT blocks compute every token,
+    head and sub-block, dropped tokens masked out as keys and the skipped outputs not added. Compile it whole
+    (``torch.compile(deployed, dynamic=False)``) where skipping does not pay at the batch size at hand: it costs the
+    static network plus the maskers and the masks (fused by Inductor), the form to fall back on when the sparse
+    paths are slower than the static network compiled whole (`laudnet.deploy.deploy_fastest` measures both).
     """
     if isinstance(model, LaudViT):
-        raise ValueError("deploy_dense_masked deploys CNNs (for a ViT: deploy_vit)")
+        from laudnet.deploy.vit import deploy_vit
+
+        deployed = deploy_vit(model, dtype, device=device)
+        for block in deployed.blocks:
+            block.path = "dense"
+        return deployed
     deployed = deploy(model, dtype, device=device, maskers="torch")
     for b in deployed.blocks():
         b.path = "dense"

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from laudnet.deploy.model import DeployedModel, GraphedModel, deploy, deploy_dense_masked
+from laudnet.deploy.packed import varlen_available
+from laudnet.deploy.vit import deploy_vit
 from laudnet.models.vit import LaudViT
 
 
@@ -108,11 +110,12 @@ FORMS = ("sparse", "dense-masked")
 
 @dataclass
 class Deployment:
-    """The fastest measured form of a deployed CNN; call it like the model (inputs shaped like the example).
+    """The fastest measured form of a deployed model; call it like the model (inputs shaped like the example).
 
     Attributes:
-        form: ``"sparse"`` (`deploy` with per-block paths from `tune_paths`) or ``"dense-masked"``
-            (`deploy_dense_masked`, compiled whole).
+        form: ``"sparse"`` (skipped work not computed: `deploy` with per-block paths from `tune_paths` for a CNN,
+            `deploy_vit` with device-side lists for a ViT) or ``"dense-masked"`` (`deploy_dense_masked`, compiled
+            whole).
         run: the chosen callable (a `GraphedModel` on a GPU).
         times_ms: median milliseconds of every form that could be built and run; ``errors``: why the others not.
     """
@@ -129,52 +132,60 @@ class Deployment:
 @torch.no_grad()
 def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch.bfloat16, *, compile: bool = True,
                    repeats: int = 20, timer: Callable[..., float] = time_call,
-                   setup: Callable[[DeployedModel], None] | None = None,
+                   setup: Callable[[nn.Module], None] | None = None,
                    forms: tuple[str, ...] = FORMS) -> Deployment:
-    """Deploy a trained (eval) CNN in each form and keep the one that runs `example` fastest, measured as it will
+    """Deploy a trained (eval) model in each form and keep the one that runs `example` fastest, measured as it will
     run: skipping only pays at the batch sizes and rates where the skipped work outweighs its bookkeeping
-    (`benchmarks/NOTES.md`), so the per-block choice of `tune_paths` is not enough for "never slower than static".
+    (`benchmarks/NOTES.md`), so choosing paths block by block (`tune_paths`) is not enough for "never slower than
+    static".
 
     The forms, both the same function as the eval model:
 
-    * ``"sparse"``: `deploy(model, dtype, compile=compile)` with each block's path chosen by `tune_paths`;
-    * ``"dense-masked"``: `deploy_dense_masked(model, dtype)`, every block dense with its decisions as masks, compiled
-      whole (``torch.compile(dynamic=False)``) when `compile` — the static network's fused form plus the maskers.
+    * ``"sparse"``: for a CNN `deploy(model, dtype, compile=compile)` with each block's path chosen by `tune_paths`;
+      for a ViT `deploy_vit(model, dtype)`, on a GPU with ``capturable=True`` and varlen attention where available;
+    * ``"dense-masked"``: `deploy_dense_masked(model, dtype)`, every block dense with its decisions as masks,
+      compiled whole (``torch.compile(dynamic=False)``) when `compile` — the static network's fused form plus the
+      maskers.
 
     On a GPU each form is captured as one CUDA graph (`GraphedModel`) and timed by replay; elsewhere both run eagerly
-    (and `compile` applies to the sparse form's stem and head only). A form that fails to build or capture (e.g. a
-    path that synchronises with the host) is left out with its error in `errors`.
+    (and `compile` applies to the CNN sparse form's stem and head only). A form that fails to build or capture is
+    left out with its error in `errors`.
 
     Args:
-        model: a LAUD ResNet or RegNet in eval mode.
+        model: a LAUD model (ResNet, RegNet or ViT) in eval mode.
         example: a representative batch, on the device the deployment runs on; the batch size is fixed.
         dtype: compute dtype.
         compile: use `torch.compile` where the forms do.
         repeats: timed calls per form.
         timer: ``timer(fn, device, repeats=...) -> seconds``.
         setup: called on each deployed model before it is tuned, compiled and captured (benchmarks impose decisions
-            with it through the blocks' `forced_keep`).
+            with it: the CNN blocks' `forced_keep`, the ViT blocks' `forced`).
         forms: the forms to consider (a subset of `FORMS`).
     """
-    if isinstance(model, LaudViT):
-        raise ValueError("deploy_fastest chooses among CNN deployments (for a ViT: deploy_vit)")
     if model.training:
         raise ValueError("deploy_fastest needs the model in eval mode (model.eval())")
     if not forms or set(forms) - set(FORMS):
         raise ValueError(f"forms must be a non-empty subset of {FORMS}, got {forms}")
     cuda = example.device.type == "cuda"
+    vit = isinstance(model, LaudViT)
 
-    def sparse() -> Callable[[Tensor], Tensor]:
-        deployed = deploy(model, dtype, device=example.device, compile=compile)
+    def prepared(deployed: nn.Module) -> nn.Module:
         if setup is not None:
             setup(deployed)
-        tune_paths(deployed, example, graphed=cuda, repeats=max(3, repeats // 2), timer=timer)
+        return deployed
+
+    def sparse() -> Callable[[Tensor], Tensor]:
+        if vit:
+            attention = "varlen" if cuda and varlen_available() and dtype in (torch.bfloat16, torch.float16) \
+                else "bucket"
+            deployed = prepared(deploy_vit(model, dtype, device=example.device, capturable=cuda, attention=attention))
+        else:
+            deployed = prepared(deploy(model, dtype, device=example.device, compile=compile))
+            tune_paths(deployed, example, graphed=cuda, repeats=max(3, repeats // 2), timer=timer)
         return deployed.graphed(example) if cuda else deployed
 
     def dense_masked() -> Callable[[Tensor], Tensor]:
-        deployed = deploy_dense_masked(model, dtype, device=example.device)
-        if setup is not None:
-            setup(deployed)
+        deployed = prepared(deploy_dense_masked(model, dtype, device=example.device))
         fn = torch.compile(deployed, dynamic=False) if compile and cuda else deployed
         return GraphedModel(fn, example) if cuda else fn
 

@@ -152,6 +152,9 @@ class DeployedViTBlock(nn.Module):
             self.register_buffer("token_score_w", (fc.weight[0] - fc.weight[1]).detach().float().clone())
             self.register_buffer("token_score_b", (fc.bias[:1] - fc.bias[1:]).detach().float().clone())
         self.last_decisions: dict[str, Tensor] = {}
+        # "sparse": skipped work is not computed; "dense": every token, head and sub-block is computed and the
+        # decisions are applied as masks (no data-dependent shapes, no custom kernels: see `deploy_dense_masked`)
+        self.path = "sparse"
         # Decisions to impose instead of the maskers' (token (B, N), head (B, H), sub-block (B, 2) booleans, None
         # for a part the paradigm does not skip): for benchmarks at chosen rates, and for low-precision tests where
         # rounding could flip a borderline decision. The maskers still run, so that their cost is measured.
@@ -408,7 +411,37 @@ class DeployedViTBlock(nn.Module):
             keep[:, 0] = True
         return y, keep
 
+    def _forward_dense(self, x: Tensor) -> Tensor:
+        """The dense-masked path: the training form's computation in inference precision. Dropped tokens are not
+        keys (a boolean key mask), and the outputs of dropped tokens, skipped heads and skipped sub-blocks are not
+        added to the residual stream."""
+        b, n, c = x.shape
+        h, d = self.num_heads, self.head_dim
+        y = self.norm1(x)
+        tokens, heads, layers = self.decide(y)
+        q, k, v = F.linear(y, self.qkv_w, self.qkv_b).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        keys = tokens[:, None, None, :] if tokens is not None else None
+        o = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=keys, scale=self.scale)
+        if heads is not None:
+            o = o * heads[:, :, None, None].to(o.dtype)
+        branch = self.ls1(F.linear(o.transpose(1, 2).reshape(b, n, c), self.proj_w, self.proj_b))
+        run_attn, run_mlp = (layers[:, 0], layers[:, 1]) if layers is not None else (None, None)
+        x = x + _gated(branch, tokens, run_attn)
+        x = x + _gated(self.ls2(self.mlp(self.norm2(x))), tokens, run_mlp)
+        self._record(tokens, heads, run_attn, run_mlp)
+        return x
+
+    def _record(self, tokens: Tensor | None, heads: Tensor | None, run_attn: Tensor | None,
+                run_mlp: Tensor | None) -> None:
+        """Keep the decisions themselves (their rates are computed when asked for: no extra launches per forward)."""
+        self.last_decisions = {
+            name: t for name, t in (("token", tokens), ("head", heads), ("attn", run_attn), ("mlp", run_mlp))
+            if t is not None
+        }
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.path == "dense":
+            return self._forward_dense(x)
         x_in = x
         y, tokens = self._norm1_and_tokens(x)
         tokens, heads, layers = self.decide(y, tokens)
@@ -425,12 +458,16 @@ class DeployedViTBlock(nn.Module):
         else:
             x = self._attention(x, y, tokens, heads, run_attn)
         x = self._mlp(x, tokens, run_mlp, inplace=self.owns_input or x is not x_in, rows=shared)
-        # the decisions themselves (their rates are computed when asked for: no extra launches per forward)
-        self.last_decisions = {
-            name: t for name, t in (("token", tokens), ("head", heads), ("attn", run_attn), ("mlp", run_mlp))
-            if t is not None
-        }
+        self._record(tokens, heads, run_attn, run_mlp)
         return x
+
+
+def _gated(branch: Tensor, tokens: Tensor | None, run: Tensor | None) -> Tensor:
+    """A residual branch (B, N, C) multiplied by its gate: the token mask (B, N) and the samples that run it (B,)."""
+    gate = tokens[:, :, None] if tokens is not None else None
+    if run is not None:
+        gate = run[:, None, None] if gate is None else gate & run[:, None, None]
+    return branch if gate is None else branch * gate.to(branch.dtype)
 
 
 def gemm_patch_embedding(patch_embed: nn.Module) -> bool:

@@ -238,9 +238,3 @@ def test_dense_masked_network_is_one_graph(paradigm):
         explained = torch._dynamo.explain(deployed)(x)
     torch._dynamo.reset()
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
-
-
-def test_dense_masked_is_for_cnns():
-    with pytest.raises(ValueError, match="deploy_dense_masked deploys CNNs"):
-        deploy_dense_masked(laudnet.create_model("laud_deit_tiny", paradigm="token", img_size=32, patch_size=8,
-                                                 depth=1, num_classes=5), torch.float32)

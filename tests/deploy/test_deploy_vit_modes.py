@@ -9,7 +9,7 @@ from helpers import impose_model_decisions, skipping_vit
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import laudnet
-from laudnet.deploy import deploy_vit, packed
+from laudnet.deploy import deploy_dense_masked, deploy_vit, packed
 from laudnet.kernels import dispatch
 from laudnet.kernels._utils import interpreter_enabled
 
@@ -35,6 +35,24 @@ def test_mode_equals_eval_model_fp32(paradigm, attention, capturable):
         assert _rel(deployed(x), deploy_vit(model, torch.float32)(x)) < 1e-5  # and the bucket path
     for info, dens in zip(model.collect_info(), deployed.densities(), strict=True):
         assert dens == pytest.approx({k: float(v) for k, v in info.density.items()}, abs=1e-6)
+
+
+@pytest.mark.parametrize("paradigm", ["token", "head", "layer", "token+head+layer"])
+def test_dense_masked_vit_equals_eval_model_and_is_one_graph(paradigm):
+    """`deploy_dense_masked` of a ViT: every token, head and sub-block computed, the decisions as masks — the eval
+    function, and the whole network one graph for torch.compile."""
+    model = skipping_vit(paradigm)
+    deployed = deploy_dense_masked(model, torch.float32)
+    assert all(b.path == "dense" for b in deployed.blocks)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert _rel(deployed(x), model(x)) < 1e-5
+        for info, dens in zip(model.collect_info(), deployed.densities(), strict=True):
+            assert dens == pytest.approx({k: float(v) for k, v in info.density.items()}, abs=1e-6)
+        assert any(0 < v < 1 for dens in deployed.densities() for v in dens.values())  # something is skipped
+        explained = torch._dynamo.explain(deployed)(x)
+    torch._dynamo.reset()
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
 
 
 @pytest.mark.parametrize(("attention", "capturable"), MODES)

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from helpers import randomize_batchnorm
+from helpers import randomize_batchnorm, skipping_vit
 
 import laudnet
-from laudnet.deploy import DeployedModel, deploy_fastest
+from laudnet.deploy import DeployedModel, DeployedViT, deploy_fastest
 from laudnet.deploy.tune import FORMS
 
 
@@ -23,13 +23,19 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def _dense(run):
+    if isinstance(run, DeployedViT):
+        return all(b.path == "dense" for b in run.blocks)
+    return all(b.path == "dense" and b.maskers == "torch" for b in run.blocks())
+
+
 def _form_timer(costs):
     """A timer charging each whole form its fixed cost (by the deployed model the timed call runs) and 1 s per
     block call of `tune_paths`."""
     def timer(fn, device, repeats=10):
         run = (fn.__defaults__ or (None,))[0]
-        if isinstance(run, DeployedModel):
-            return costs["dense-masked" if all(b.maskers == "torch" for b in run.blocks()) else "sparse"]
+        if isinstance(run, DeployedModel | DeployedViT):
+            return costs["dense-masked" if _dense(run) else "sparse"]
         return 1.0
     return timer
 
@@ -46,9 +52,21 @@ def test_keeps_the_faster_form_and_the_function(paradigm, faster):
         assert chosen.form == faster and chosen.times_ms == {f: 1e3 * c for f, c in costs.items()}
         assert not chosen.errors
         assert _rel(chosen(x), expected) < 1e-5
-        assert isinstance(chosen.run, DeployedModel)
-        dense = all(b.path == "dense" and b.maskers == "torch" for b in chosen.run.blocks())
-        assert dense == (faster == "dense-masked")
+        assert isinstance(chosen.run, DeployedModel) and _dense(chosen.run) == (faster == "dense-masked")
+
+
+@pytest.mark.parametrize("faster", FORMS)
+def test_vit_forms(faster):
+    pytest.importorskip("timm")
+    model = skipping_vit("token+head+layer")
+    x = torch.randn(4, 3, 32, 32)
+    costs = {form: (1.0 if form == faster else 2.0) for form in FORMS}
+    with torch.no_grad():
+        expected = model(x)
+        chosen = deploy_fastest(model, x, torch.float32, compile=False, timer=_form_timer(costs))
+        assert chosen.form == faster and not chosen.errors
+        assert isinstance(chosen.run, DeployedViT) and _dense(chosen.run) == (faster == "dense-masked")
+        assert _rel(chosen(x), expected) < 1e-5
 
 
 def test_a_form_that_fails_is_left_out_with_its_error():
@@ -93,6 +111,17 @@ def test_bad_arguments():
         deploy_fastest(model, x, forms=("fast",))
     with pytest.raises(ValueError, match="eval mode"):
         deploy_fastest(model.train(), x)
-    vit = laudnet.create_model("laud_deit_tiny", paradigm="token", img_size=32, patch_size=8, depth=1, num_classes=5)
-    with pytest.raises(ValueError, match="CNN deployments"):
-        deploy_fastest(vit.eval(), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("paradigm", ["layer", "token+head+layer"])
+def test_deploy_fastest_graphs_both_forms_on_gpu(paradigm):
+    """On a GPU both forms are built and captured as CUDA graphs (the ViT's dense-masked form compiled whole), and the
+    chosen one computes the eval function in bf16."""
+    model = (skipping_vit(paradigm) if "token" in paradigm else _model(paradigm)).cuda()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        expected = model(x)
+        chosen = deploy_fastest(model, x, compile="token" in paradigm, repeats=5)
+        assert not chosen.errors and set(chosen.times_ms) == set(FORMS)
+        assert _rel(chosen(x).float(), expected) < 3e-2
