@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import randomize_batchnorm, skipping_vit
+from helpers import impose_model_decisions, randomize_batchnorm, skipping_vit
 
 import laudnet
 from laudnet.deploy import DeployedModel, DeployedViT, deploy_fastest
@@ -113,15 +113,25 @@ def test_bad_arguments():
         deploy_fastest(model.train(), x)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("paradigm", ["layer", "token+head+layer"])
 def test_deploy_fastest_graphs_both_forms_on_gpu(paradigm):
     """On a GPU both forms are built and captured as CUDA graphs (the ViT's dense-masked form compiled whole), and the
-    chosen one computes the eval function in bf16."""
-    model = (skipping_vit(paradigm) if "token" in paradigm else _model(paradigm)).cuda()
+    chosen one computes the eval function in bf16 (with the eval model's decisions imposed: bf16 rounding can flip a
+    borderline decision, which is not what this test is about)."""
+    vit = "token" in paradigm
+    model = (skipping_vit(paradigm) if vit else _model(paradigm)).cuda()
     x = torch.randn(8, 3, 32, 32, device="cuda")
+
+    def setup(deployed):
+        if vit:
+            impose_model_decisions(deployed, model)
+            return
+        for block, info in zip(deployed.blocks(), model.collect_info(), strict=True):
+            block.forced_keep = info.masks["patch"].view(-1) > 0.5
+
     with torch.no_grad():
         expected = model(x)
-        chosen = deploy_fastest(model, x, compile="token" in paradigm, repeats=5)
+        chosen = deploy_fastest(model, x, compile=vit, repeats=5, setup=setup)
         assert not chosen.errors and set(chosen.times_ms) == set(FORMS)
-        assert _rel(chosen(x).float(), expected) < 3e-2
+        assert _rel(chosen(x).float(), expected) < 2e-2
