@@ -6,9 +6,11 @@
 #   OUT=dir benchmarks/run_ab.sh cnn   # bench_models ResNet-101 (tuned and dense-masked compiled whole, rate 0.5;
 #                                      # compare with
 #                                      # benchmarks/results/bench_models_tuned_r101_dynamic_h200_16df232.json)
+#   OUT=dir benchmarks/run_ab.sh fastest   # GPU tests of deploy_fastest; bench_fastest.py on ResNet-101 and DeiT-S,
+#                                          # batch 128 and 1 (compare with bench_fastest_r101_b1_h200_d6ea585.json)
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -27,5 +29,12 @@ cnn)
     timeout 540 python benchmarks/bench_models.py --models laud_resnet101 --batches 128 1 --tune --rates 0.5 \
         --dense-whole --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
-*) echo "unknown part $part (vit or cnn)" >&2; exit 2 ;;
+fastest)
+    python -m pytest -q tests/deploy/test_tune.py -k "gpu" > "$out/pytest_fastest_gpu_h200_$c.txt" 2>&1
+    tail -2 "$out/pytest_fastest_gpu_h200_$c.txt"
+    timeout 300 python benchmarks/bench_fastest.py --batches 128 1 --out "$out/bench_fastest_r101_h200_$c.json" \
+        --commit "$c" 2>&1 | grep "^{" | cut -c1-240
+    timeout 200 python benchmarks/bench_fastest.py --model laud_deit_small --paradigms token head layer \
+        --batches 128 1 --out "$out/bench_fastest_deit_s_h200_$c.json" --commit "$c" 2>&1 | grep "^{" | cut -c1-240 ;;
+*) echo "unknown part $part (vit, cnn or fastest)" >&2; exit 2 ;;
 esac
