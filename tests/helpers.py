@@ -1,7 +1,12 @@
 """Helpers shared by tests (imported as a plain module: tests/ is on sys.path through rootdir conftest)."""
 
+import importlib.util
+from pathlib import Path
+
 import torch
 import torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TORCHVISION_BUILDERS = {
     "laud_resnet50": torchvision.models.resnet50,
@@ -9,6 +14,14 @@ TORCHVISION_BUILDERS = {
     "laud_regnety_400mf": torchvision.models.regnet_y_400mf,
     "laud_regnety_800mf": torchvision.models.regnet_y_800mf,
 }
+
+
+def load_benchmark(name: str):
+    """The script benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,19 +1,13 @@
 """benchmarks/roofline_layer.py: work and traffic per op, and the tables from committed results."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from helpers import ROOT, load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("roofline_layer", ROOT / "benchmarks" / "roofline_layer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("roofline_layer")
 
 
 def test_op_work_counts_multiply_adds_and_bytes():
