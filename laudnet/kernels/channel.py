@@ -44,6 +44,8 @@ except ImportError:  # pragma: no cover - exercised only on machines without tri
     triton = None
     tl = None
 
+from laudnet.kernels._utils import LazyKernel, interpreter_enabled
+
 __all__ = [
     "channel_index",
     "channel_conv1x1_out",
@@ -56,10 +58,6 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------------------------------------
 # dispatch
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def use_triton(t: torch.Tensor, impl: str | None = None) -> bool:
@@ -75,7 +73,7 @@ def use_triton(t: torch.Tensor, impl: str | None = None) -> bool:
     if impl in ("torch", "reference"):
         return False
     if impl == "triton":
-        if triton is None or not (t.is_cuda or _interpreting()):
+        if triton is None or not (t.is_cuda or interpreter_enabled()):
             raise ValueError("impl='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
         return True
     return triton is not None and t.is_cuda
@@ -96,222 +94,222 @@ def _vec_width(group_size: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # kernels
 
-if triton is not None:
+def _channel_index_kernel_src(
+    mask_ptr,  # [N, n_groups] bool group mask
+    idx_ptr,  # [N, KMAX] int32 out: active channel ids, compacted, padding 0
+    cnt_ptr,  # [N] int32 out: active channel count
+    n_groups,
+    KMAX,
+    stride_mn,  # mask row stride
+    stride_in,  # idx row stride
+    G: tl.constexpr,  # channels per group
+    G_P2: tl.constexpr,  # next power of two >= G (tl.arange needs one)
+    BLOCK_G: tl.constexpr,  # >= n_groups, power of two
+    BLOCK_K: tl.constexpr,  # padding chunk
+):
+    n = tl.program_id(0)
+    g = tl.arange(0, BLOCK_G)
+    keep = tl.load(mask_ptr + n * stride_mn + g, mask=g < n_groups, other=0).to(tl.int32)
+    first_slot = (tl.cumsum(keep, axis=0) - keep) * G  # exclusive prefix sum: where group g's channels go
+    count = tl.sum(keep, axis=0) * G
+    t = tl.arange(0, G_P2)
+    row = idx_ptr + n * stride_in
+    tl.store(
+        row + first_slot[:, None] + t[None, :],
+        g[:, None] * G + t[None, :],
+        mask=(keep[:, None] > 0) & (t[None, :] < G),
+    )
+    for k0 in range(0, KMAX, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        tl.store(row + k, tl.full([BLOCK_K], 0, tl.int32), mask=(k >= count) & (k < KMAX))
+    tl.store(cnt_ptr + n, count)
 
-    @triton.jit
-    def _channel_index_kernel(
-        mask_ptr,  # [N, n_groups] bool group mask
-        idx_ptr,  # [N, KMAX] int32 out: active channel ids, compacted, padding 0
-        cnt_ptr,  # [N] int32 out: active channel count
-        n_groups,
-        KMAX,
-        stride_mn,  # mask row stride
-        stride_in,  # idx row stride
-        G: tl.constexpr,  # channels per group
-        G_P2: tl.constexpr,  # next power of two >= G (tl.arange needs one)
-        BLOCK_G: tl.constexpr,  # >= n_groups, power of two
-        BLOCK_K: tl.constexpr,  # padding chunk
-    ):
-        n = tl.program_id(0)
-        g = tl.arange(0, BLOCK_G)
-        keep = tl.load(mask_ptr + n * stride_mn + g, mask=g < n_groups, other=0).to(tl.int32)
-        first_slot = (tl.cumsum(keep, axis=0) - keep) * G  # exclusive prefix sum: where group g's channels go
-        count = tl.sum(keep, axis=0) * G
-        t = tl.arange(0, G_P2)
-        row = idx_ptr + n * stride_in
-        tl.store(
-            row + first_slot[:, None] + t[None, :],
-            g[:, None] * G + t[None, :],
-            mask=(keep[:, None] > 0) & (t[None, :] < G),
+def _conv1x1_out_kernel_src(
+    x_ptr,  # [N, P, CIN] block input, NHWC contiguous (P = H * W)
+    w_ptr,  # [w, CIN] conv1 weight (logical), strides stride_wo, stride_wi
+    b_ptr,  # [w] conv1 bias
+    idx_ptr,  # [N, KMAX] int32 active channel ids
+    cnt_ptr,  # [N] int32 active counts
+    y_ptr,  # [N, P, KMAX] compacted output
+    P,
+    CIN,
+    KMAX,
+    stride_wo,
+    stride_wi,
+    stride_in,  # idx row stride
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    EVEN_K: tl.constexpr,  # CIN % BK == 0: no K masks
+):
+    pid_n = tl.program_id(0)  # slot tile: fastest, so the x tile is reused from L2 across slot tiles
+    pid_m = tl.program_id(1)
+    n = tl.program_id(2)
+    cnt = tl.load(cnt_ptr + n)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    m_ok = offs_m < P
+    slot_ok = offs_n < cnt
+    co = tl.load(idx_ptr + n * stride_in + offs_n, mask=slot_ok, other=0)
+    x_row = x_ptr + n.to(tl.int64) * P * CIN + offs_m[:, None] * CIN
+    w_row = w_ptr + co[:, None] * stride_wo
+    # slot tiles past the count do no GEMM: they only write the zero padding
+    k_end = tl.where(pid_n * BN < cnt, CIN, 0)
+    acc = tl.full([BM, BN], 0.0, tl.float32)
+    for k0 in range(0, k_end, BK):
+        kk = k0 + offs_k
+        if EVEN_K:
+            a = tl.load(x_row + kk[None, :], mask=m_ok[:, None], other=0.0)
+            b = tl.load(w_row + kk[None, :] * stride_wi, mask=slot_ok[:, None], other=0.0)
+        else:
+            k_ok = kk < CIN
+            a = tl.load(x_row + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_row + kk[None, :] * stride_wi, mask=slot_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc)
+    bias = tl.load(b_ptr + co, mask=slot_ok, other=0.0).to(tl.float32)
+    acc = tl.maximum(acc + bias[None, :], 0.0)  # padding slots: relu(0 + 0) = 0
+    y = y_ptr + n.to(tl.int64) * P * KMAX + offs_m[:, None] * KMAX + offs_n[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n < KMAX)[None, :])
+
+def _conv3x3_kernel_src(
+    h_ptr,  # [N, H, W, KMAX] compacted conv1 output
+    w_ptr,  # [w, w, 3, 3] conv2 weight (logical), strides below
+    b_ptr,  # [w] conv2 bias
+    idx_ptr,  # [N, KMAX] int32 active channel ids (aligned runs of VEC consecutive channels)
+    cnt_ptr,  # [N] int32 active counts
+    y_ptr,  # [N, HO, WO, KMAX] compacted output
+    H,
+    W,
+    HO,
+    WO,
+    KMAX,
+    stride_wo,  # w2 stride along output channels (1 in the packed layout)
+    stride_wi,  # along input channels
+    stride_wh,  # along kernel rows
+    stride_ww,  # along kernel columns
+    stride_in,  # idx row stride
+    STRIDE: tl.constexpr,  # conv stride, 1 or 2
+    VEC: tl.constexpr,  # idx comes in aligned runs of VEC consecutive channels (VEC | G)
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    n = tl.program_id(2)
+    cnt = tl.load(cnt_ptr + n)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    m_ok = offs_m < HO * WO
+    ho = offs_m // WO
+    wo = offs_m % WO
+    slot_ok = offs_n < cnt
+    idx_row = idx_ptr + n * stride_in
+    # Output channel of each slot, rebuilt from the first slot of its run: it is then provably VEC-contiguous,
+    # which lets the weight-column gather use VEC-wide loads.
+    lead = offs_n - offs_n % VEC
+    co = tl.load(idx_row + lead, mask=slot_ok, other=0) + offs_n % VEC
+    co = tl.max_contiguous(tl.multiple_of(co, VEC), VEC)
+    h_img = h_ptr + n.to(tl.int64) * H * W * KMAX
+    # one flat loop over (tap, K chunk) so that Triton software-pipelines all 9 * ceil(cnt / BK) steps
+    k_end = tl.where(pid_n * BN < cnt, cnt, 0)
+    n_kc = (k_end + BK - 1) // BK
+    acc = tl.full([BM, BN], 0.0, tl.float32)
+    for t in range(0, 9 * n_kc):
+        tap = t // n_kc
+        k0 = (t - tap * n_kc) * BK
+        kh = tap // 3
+        kw = tap - kh * 3
+        hi = ho * STRIDE - 1 + kh
+        wi = wo * STRIDE - 1 + kw
+        pix_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        kk = k0 + offs_k
+        k_ok = kk < k_end
+        ci = tl.load(idx_row + kk, mask=k_ok, other=0)
+        # Masks only where the vector width survives: A's K mask is `kk < KMAX` (the padding slots between
+        # the count and KMAX hold zeros, and B's rows past the count are masked to 0 anyway), B is masked by
+        # rows only (slots past the count read channel idx 0.., a valid address, and are zeroed below).
+        a = tl.load(
+            h_img + (hi * W + wi)[:, None] * KMAX + kk[None, :],
+            mask=pix_ok[:, None] & (kk < KMAX)[None, :],
+            other=0.0,
         )
-        for k0 in range(0, KMAX, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            tl.store(row + k, tl.zeros([BLOCK_K], dtype=tl.int32), mask=(k >= count) & (k < KMAX))
-        tl.store(cnt_ptr + n, count)
+        b = tl.load(
+            w_ptr + kh * stride_wh + kw * stride_ww + ci[:, None] * stride_wi + co[None, :] * stride_wo,
+            mask=k_ok[:, None],
+            other=0.0,
+        )
+        acc = tl.dot(a, b, acc)
+    bias = tl.load(b_ptr + co, mask=slot_ok, other=0.0).to(tl.float32)
+    acc = tl.where(slot_ok[None, :], tl.maximum(acc + bias[None, :], 0.0), 0.0)
+    y = y_ptr + n.to(tl.int64) * HO * WO * KMAX + offs_m[:, None] * KMAX + offs_n[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n < KMAX)[None, :])
 
-    @triton.jit
-    def _conv1x1_out_kernel(
-        x_ptr,  # [N, P, CIN] block input, NHWC contiguous (P = H * W)
-        w_ptr,  # [w, CIN] conv1 weight (logical), strides stride_wo, stride_wi
-        b_ptr,  # [w] conv1 bias
-        idx_ptr,  # [N, KMAX] int32 active channel ids
-        cnt_ptr,  # [N] int32 active counts
-        y_ptr,  # [N, P, KMAX] compacted output
-        P,
-        CIN,
-        KMAX,
-        stride_wo,
-        stride_wi,
-        stride_in,  # idx row stride
-        BM: tl.constexpr,
-        BN: tl.constexpr,
-        BK: tl.constexpr,
-        EVEN_K: tl.constexpr,  # CIN % BK == 0: no K masks
-    ):
-        pid_n = tl.program_id(0)  # slot tile: fastest, so the x tile is reused from L2 across slot tiles
-        pid_m = tl.program_id(1)
-        n = tl.program_id(2)
-        cnt = tl.load(cnt_ptr + n)
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_n = pid_n * BN + tl.arange(0, BN)
-        offs_k = tl.arange(0, BK)
-        m_ok = offs_m < P
-        slot_ok = offs_n < cnt
-        co = tl.load(idx_ptr + n * stride_in + offs_n, mask=slot_ok, other=0)
-        x_row = x_ptr + n.to(tl.int64) * P * CIN + offs_m[:, None] * CIN
-        w_row = w_ptr + co[:, None] * stride_wo
-        # slot tiles past the count do no GEMM: they only write the zero padding
-        k_end = tl.where(pid_n * BN < cnt, CIN, 0)
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        for k0 in range(0, k_end, BK):
-            kk = k0 + offs_k
-            if EVEN_K:
-                a = tl.load(x_row + kk[None, :], mask=m_ok[:, None], other=0.0)
-                b = tl.load(w_row + kk[None, :] * stride_wi, mask=slot_ok[:, None], other=0.0)
-            else:
-                k_ok = kk < CIN
-                a = tl.load(x_row + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_row + kk[None, :] * stride_wi, mask=slot_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(a, tl.trans(b), acc)
-        bias = tl.load(b_ptr + co, mask=slot_ok, other=0.0).to(tl.float32)
-        acc = tl.maximum(acc + bias[None, :], 0.0)  # padding slots: relu(0 + 0) = 0
-        y = y_ptr + n.to(tl.int64) * P * KMAX + offs_m[:, None] * KMAX + offs_n[None, :]
-        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n < KMAX)[None, :])
+def _conv1x1_in_kernel_src(
+    h_ptr,  # [N, P, KMAX] compacted conv2 output
+    w_ptr,  # [COUT, w] conv3 weight (logical), strides stride_wo, stride_wi
+    b_ptr,  # [COUT] conv3 bias
+    idx_ptr,  # [N, KMAX] int32 active channel ids
+    cnt_ptr,  # [N] int32 active counts
+    r_ptr,  # [N, P, COUT] residual, NHWC contiguous
+    o_ptr,  # [N, P, COUT] output; may be r_ptr (each element is read, then written, by the same program)
+    pool_ptr,  # fp32 [N, COUT]: per-sample sums of the stored output added atomically (POOL)
+    P,
+    COUT,
+    KMAX,
+    stride_wo,
+    stride_wi,
+    stride_in,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    PREFETCH: tl.constexpr,  # load the residual tile before the (short) K loop so that its latency overlaps it
+    POOL: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    n = tl.program_id(2)
+    cnt = tl.load(cnt_ptr + n)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    m_ok = offs_m < P
+    n_ok = offs_n < COUT
+    idx_row = idx_ptr + n * stride_in
+    h_row = h_ptr + n.to(tl.int64) * P * KMAX + offs_m[:, None] * KMAX
+    io = n.to(tl.int64) * P * COUT + offs_m[:, None] * COUT + offs_n[None, :]
+    io_ok = m_ok[:, None] & n_ok[None, :]
+    if PREFETCH:
+        res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
+    acc = tl.full([BM, BN], 0.0, tl.float32)
+    for k0 in range(0, cnt, BK):
+        kk = k0 + offs_k
+        k_ok = kk < cnt
+        ci = tl.load(idx_row + kk, mask=k_ok, other=0)
+        # K mask `kk < KMAX` keeps 16-byte loads; slots past the count are zero padding (B rows there are 0 too)
+        a = tl.load(h_row + kk[None, :], mask=m_ok[:, None] & (kk < KMAX)[None, :], other=0.0)
+        b = tl.load(
+            w_ptr + ci[:, None] * stride_wi + offs_n[None, :] * stride_wo,
+            mask=k_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(a, b, acc)
+    bias = tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    if not PREFETCH:
+        res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
+    out = tl.maximum(acc + bias[None, :] + res.to(tl.float32), 0.0).to(o_ptr.dtype.element_ty)
+    tl.store(o_ptr + io, out, mask=io_ok)
+    if POOL:  # the next channel masker's pooling: sums of the values as stored
+        part = tl.sum(tl.where(io_ok, out.to(tl.float32), 0.0), axis=0)
+        tl.atomic_add(pool_ptr + n.to(tl.int64) * COUT + offs_n, part, mask=n_ok)
 
-    @triton.jit
-    def _conv3x3_kernel(
-        h_ptr,  # [N, H, W, KMAX] compacted conv1 output
-        w_ptr,  # [w, w, 3, 3] conv2 weight (logical), strides below
-        b_ptr,  # [w] conv2 bias
-        idx_ptr,  # [N, KMAX] int32 active channel ids (aligned runs of VEC consecutive channels)
-        cnt_ptr,  # [N] int32 active counts
-        y_ptr,  # [N, HO, WO, KMAX] compacted output
-        H,
-        W,
-        HO,
-        WO,
-        KMAX,
-        stride_wo,  # w2 stride along output channels (1 in the packed layout)
-        stride_wi,  # along input channels
-        stride_wh,  # along kernel rows
-        stride_ww,  # along kernel columns
-        stride_in,  # idx row stride
-        STRIDE: tl.constexpr,  # conv stride, 1 or 2
-        VEC: tl.constexpr,  # idx comes in aligned runs of VEC consecutive channels (VEC | G)
-        BM: tl.constexpr,
-        BN: tl.constexpr,
-        BK: tl.constexpr,
-    ):
-        pid_n = tl.program_id(0)
-        pid_m = tl.program_id(1)
-        n = tl.program_id(2)
-        cnt = tl.load(cnt_ptr + n)
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_n = pid_n * BN + tl.arange(0, BN)
-        offs_k = tl.arange(0, BK)
-        m_ok = offs_m < HO * WO
-        ho = offs_m // WO
-        wo = offs_m % WO
-        slot_ok = offs_n < cnt
-        idx_row = idx_ptr + n * stride_in
-        # Output channel of each slot, rebuilt from the first slot of its run: it is then provably VEC-contiguous,
-        # which lets the weight-column gather use VEC-wide loads.
-        lead = offs_n - offs_n % VEC
-        co = tl.load(idx_row + lead, mask=slot_ok, other=0) + offs_n % VEC
-        co = tl.max_contiguous(tl.multiple_of(co, VEC), VEC)
-        h_img = h_ptr + n.to(tl.int64) * H * W * KMAX
-        # one flat loop over (tap, K chunk) so that Triton software-pipelines all 9 * ceil(cnt / BK) steps
-        k_end = tl.where(pid_n * BN < cnt, cnt, 0)
-        n_kc = tl.cdiv(k_end, BK)
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        for t in range(0, 9 * n_kc):
-            tap = t // n_kc
-            k0 = (t - tap * n_kc) * BK
-            kh = tap // 3
-            kw = tap - kh * 3
-            hi = ho * STRIDE - 1 + kh
-            wi = wo * STRIDE - 1 + kw
-            pix_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            kk = k0 + offs_k
-            k_ok = kk < k_end
-            ci = tl.load(idx_row + kk, mask=k_ok, other=0)
-            # Masks only where the vector width survives: A's K mask is `kk < KMAX` (the padding slots between
-            # the count and KMAX hold zeros, and B's rows past the count are masked to 0 anyway), B is masked by
-            # rows only (slots past the count read channel idx 0.., a valid address, and are zeroed below).
-            a = tl.load(
-                h_img + (hi * W + wi)[:, None] * KMAX + kk[None, :],
-                mask=pix_ok[:, None] & (kk < KMAX)[None, :],
-                other=0.0,
-            )
-            b = tl.load(
-                w_ptr + kh * stride_wh + kw * stride_ww + ci[:, None] * stride_wi + co[None, :] * stride_wo,
-                mask=k_ok[:, None],
-                other=0.0,
-            )
-            acc = tl.dot(a, b, acc)
-        bias = tl.load(b_ptr + co, mask=slot_ok, other=0.0).to(tl.float32)
-        acc = tl.where(slot_ok[None, :], tl.maximum(acc + bias[None, :], 0.0), 0.0)
-        y = y_ptr + n.to(tl.int64) * HO * WO * KMAX + offs_m[:, None] * KMAX + offs_n[None, :]
-        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n < KMAX)[None, :])
 
-    @triton.jit
-    def _conv1x1_in_kernel(
-        h_ptr,  # [N, P, KMAX] compacted conv2 output
-        w_ptr,  # [COUT, w] conv3 weight (logical), strides stride_wo, stride_wi
-        b_ptr,  # [COUT] conv3 bias
-        idx_ptr,  # [N, KMAX] int32 active channel ids
-        cnt_ptr,  # [N] int32 active counts
-        r_ptr,  # [N, P, COUT] residual, NHWC contiguous
-        o_ptr,  # [N, P, COUT] output; may be r_ptr (each element is read, then written, by the same program)
-        pool_ptr,  # fp32 [N, COUT]: per-sample sums of the stored output added atomically (POOL)
-        P,
-        COUT,
-        KMAX,
-        stride_wo,
-        stride_wi,
-        stride_in,
-        BM: tl.constexpr,
-        BN: tl.constexpr,
-        BK: tl.constexpr,
-        PREFETCH: tl.constexpr,  # load the residual tile before the (short) K loop so that its latency overlaps it
-        POOL: tl.constexpr,
-    ):
-        pid_n = tl.program_id(0)
-        pid_m = tl.program_id(1)
-        n = tl.program_id(2)
-        cnt = tl.load(cnt_ptr + n)
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_n = pid_n * BN + tl.arange(0, BN)
-        offs_k = tl.arange(0, BK)
-        m_ok = offs_m < P
-        n_ok = offs_n < COUT
-        idx_row = idx_ptr + n * stride_in
-        h_row = h_ptr + n.to(tl.int64) * P * KMAX + offs_m[:, None] * KMAX
-        io = n.to(tl.int64) * P * COUT + offs_m[:, None] * COUT + offs_n[None, :]
-        io_ok = m_ok[:, None] & n_ok[None, :]
-        if PREFETCH:
-            res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        for k0 in range(0, cnt, BK):
-            kk = k0 + offs_k
-            k_ok = kk < cnt
-            ci = tl.load(idx_row + kk, mask=k_ok, other=0)
-            # K mask `kk < KMAX` keeps 16-byte loads; slots past the count are zero padding (B rows there are 0 too)
-            a = tl.load(h_row + kk[None, :], mask=m_ok[:, None] & (kk < KMAX)[None, :], other=0.0)
-            b = tl.load(
-                w_ptr + ci[:, None] * stride_wi + offs_n[None, :] * stride_wo,
-                mask=k_ok[:, None] & n_ok[None, :],
-                other=0.0,
-            )
-            acc = tl.dot(a, b, acc)
-        bias = tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        if not PREFETCH:
-            res = tl.load(r_ptr + io, mask=io_ok, other=0.0)
-        out = tl.maximum(acc + bias[None, :] + res.to(tl.float32), 0.0).to(o_ptr.dtype.element_ty)
-        tl.store(o_ptr + io, out, mask=io_ok)
-        if POOL:  # the next channel masker's pooling: sums of the values as stored
-            part = tl.sum(tl.where(io_ok, out.to(tl.float32), 0.0), axis=0)
-            tl.atomic_add(pool_ptr + n.to(tl.int64) * COUT + offs_n, part, mask=n_ok)
+_channel_index_kernel = LazyKernel(_channel_index_kernel_src)
+_conv1x1_out_kernel = LazyKernel(_conv1x1_out_kernel_src)
+_conv3x3_kernel = LazyKernel(_conv3x3_kernel_src)
+_conv1x1_in_kernel = LazyKernel(_conv1x1_in_kernel_src)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,14 +323,14 @@ def _fit(block: int, extent: int) -> int:
 
 def conv1x1_out_config(p: int, cin: int, kmax: int) -> dict:
     """Default tiles of the conv1 kernel."""
-    if _interpreting():
+    if interpreter_enabled():
         return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
     return dict(BM=_fit(128, p), BN=_fit(64, kmax), BK=_fit(64, cin), num_warps=4, num_stages=3)
 
 
 def conv3x3_config(pixels_out: int, kmax: int) -> dict:
     """Default tiles of the conv2 kernel."""
-    if _interpreting():
+    if interpreter_enabled():
         return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
     # fastest of the benchmark's sweep at stages 2 and 3 (benchmarks/NOTES-channel.md)
     return dict(BM=_fit(128, pixels_out), BN=_fit(64, kmax), BK=_fit(32, kmax), num_warps=4, num_stages=3)
@@ -340,7 +338,7 @@ def conv3x3_config(pixels_out: int, kmax: int) -> dict:
 
 def conv1x1_in_config(p: int, cout: int, kmax: int) -> dict:
     """Default tiles of the conv3 kernel."""
-    if _interpreting():
+    if interpreter_enabled():
         return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1, PREFETCH=True)
     # fastest of the sweep at stages 2 and 3, residual prefetched: 104 vs 111 us at stage 2 (NOTES-channel.md)
     return dict(BM=_fit(64, p), BN=_fit(128, cout), BK=_fit(64, kmax), num_warps=4, num_stages=3, PREFETCH=True)
@@ -432,7 +430,7 @@ def channel_index(
             G_P2=_next_pow2(group_size),
             BLOCK_G=_next_pow2(max(n_groups, 1)),
             BLOCK_K=min(1024, _next_pow2(kmax)),
-            num_warps=1 if _interpreting() else 4,
+            num_warps=1 if interpreter_enabled() else 4,
         )
     return idx, counts
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from laudnet.kernels import _utils, layer, masker, pack, rows, spatial, token
+from laudnet.kernels import _utils, channel, layer, masker, pack, rows, spatial, token
 
 nvidia = pytest.importorskip("triton.backends.nvidia")
 if not os.path.exists(os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")):
@@ -151,6 +151,27 @@ def test_layer_rows_kernel_compiles(launches, tmp_path):
     out = _bf16(4, 8, 8, 64)
     layer.rows_add_relu_triton(out, _bf16(2, 8, 8, 64), torch.tensor([0, 3], dtype=torch.int64))
     _compile_all(launches, tmp_path)
+
+
+@pytest.mark.parametrize("group_size", [8, 4])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channel_kernels_compile(launches, tmp_path, monkeypatch, group_size, stride):
+    """Channel skipping: the index lists, conv1 onto the active channels, the gathered 3x3 and conv3 reading them
+    (with the next masker's pooling), in the weight layouts deployment packs; the GEMMs' K loops pipelined."""
+    monkeypatch.setattr(channel, "use_triton", lambda t, impl=None: True)  # CPU tensors, interpreter off
+    cin, width = 128, 64
+    w1, w2, w3 = channel.pack_bottleneck_weights(_bf16(width, cin), _bf16(width, width, 3, 3), _bf16(cin, width))
+    mask = torch.zeros(2, width // group_size, dtype=torch.bool)
+    mask[:, ::2] = True
+    idx, counts = channel.channel_index(mask, group_size, kmax=width)
+    x = _bf16(2, 8, 8, cin)
+    h1 = channel.channel_conv1x1_out(x, w1, _bf16(width), idx, counts)
+    h2 = channel.channel_conv3x3(h1, w2, _bf16(width), idx, counts, stride, group_size=group_size)
+    res = _bf16(2, h2.shape[1], h2.shape[2], cin)
+    channel.channel_conv1x1_in(h2, w3, _bf16(cin), idx, counts, res, out=res,
+                               pool_out=torch.zeros(2, cin, dtype=torch.float32))
+    stats = _compile_all(launches, tmp_path)
+    assert all(s["async_copies"] > 0 for s in stats[1:]), stats  # the three GEMMs' loads are pipelined
 
 
 def test_masker_kernels_compile(launches, tmp_path):
