@@ -21,8 +21,9 @@ block takes 0.40-0.61x the folded cuDNN block, but about 1.0x a ``torch.compile`
 G >= 8 (the 3x3 weight gather gets 16-byte loads), ``kmax = width`` (no host sync) and CUDA graphs: the default
 ``kmax`` reads the counts on the host, which costs ~110 us per block in eager mode. G = 1 is 2-3x slower than G = 8.
 
-The spec is ``channel_ref.py``; every public op here dispatches to the Triton kernel for CUDA tensors (and for any
-tensor under ``TRITON_INTERPRET=1``) and to the reference otherwise. ``impl="triton"|"torch"`` forces a path.
+The spec is ``channel_ref.py``; every public op here dispatches to the Triton kernel for CUDA tensors and to the
+reference otherwise. ``impl="triton"|"torch"`` forces a path (the kernel on CPU tensors under
+``TRITON_INTERPRET=1``, as CI tests it).
 
 Weights are taken in PyTorch's logical layouts (``w1 [w, Cin]``, ``w2 [w, w, 3, 3]``, ``w3 [Cout, w]``) with any
 strides; ``pack_bottleneck_weights`` returns views of the same logical shapes whose memory layout makes the kernels'
