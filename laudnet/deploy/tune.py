@@ -166,6 +166,7 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
         raise ValueError("deploy_fastest needs the model in eval mode (model.eval())")
     if not forms or set(forms) - set(FORMS):
         raise ValueError(f"forms must be a non-empty subset of {FORMS}, got {forms}")
+    model._check_input(example)  # a bad example is the caller's error, not a form that fails to build
     cuda = example.device.type == "cuda"
     vit = isinstance(model, LaudViT)
 

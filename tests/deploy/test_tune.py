@@ -67,6 +67,8 @@ def test_vit_forms(faster):
         assert chosen.form == faster and not chosen.errors
         assert isinstance(chosen.run, DeployedViT) and _dense(chosen.run) == (faster == "dense-masked")
         assert _rel(chosen(x), expected) < 1e-5
+    with pytest.raises(ValueError, match="this model takes 32x32 images"):
+        deploy_fastest(model, torch.randn(2, 3, 40, 40))
 
 
 def test_a_form_that_fails_is_left_out_with_its_error():
@@ -109,6 +111,8 @@ def test_bad_arguments():
     x = torch.randn(2, 3, 32, 32)
     with pytest.raises(ValueError, match="forms must be a non-empty subset"):
         deploy_fastest(model, x, forms=("fast",))
+    with pytest.raises(ValueError, match=r"expected an input of shape \(B, 3, H, W\)"):
+        deploy_fastest(model, torch.randn(2, 1, 32, 32))
     with pytest.raises(ValueError, match="eval mode"):
         deploy_fastest(model.train(), x)
 
