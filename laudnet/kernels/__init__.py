@@ -3,8 +3,9 @@
 Spatial skipping (S x S patches on a block's output grid), layer skipping (compacted sub-batch) — see
 `spatial_ref.py` for the shared conventions — and their maskers (window sums, decisions and index lists in Triton,
 `masker_ref.py`), the ViT token masker fused into LayerNorm (`token_ref.py`), and the ViT's linear layers on listed
-token rows with their GELU or residual scatter-add fused (`rows_ref.py`) and the sync-free packing of those rows
-(`pack_ref.py`). The references themselves are not exported.
+token rows with their GELU or residual scatter-add fused (`rows_ref.py`), the sync-free packing of those rows
+(`pack_ref.py`), and the network stem's convolution on a few input channels (`stem_ref.py`). The references
+themselves are not exported.
 """
 
 from .dispatch import channel_masker as channel_masker
@@ -18,6 +19,7 @@ from .dispatch import resolve_impl as resolve_impl
 from .dispatch import rows_add_relu_ as rows_add_relu_
 from .dispatch import rows_layer_norm as rows_layer_norm
 from .dispatch import rows_linear as rows_linear
+from .dispatch import stem_conv as stem_conv
 from .dispatch import window_sums as window_sums
 from .masker_ref import MAP_WINDOW as MAP_WINDOW
 from .masker_ref import MaskerDecisions as MaskerDecisions
@@ -36,3 +38,4 @@ from .spatial_ref import pixel_mask_to_idx as pixel_mask_to_idx
 from .spatial_ref import pixel_mask_to_idx_padded as pixel_mask_to_idx_padded
 from .spatial_ref import samples_to_patch_idx as samples_to_patch_idx
 from .spatial_ref import samples_to_pixel_idx as samples_to_pixel_idx
+from .stem_ref import pack_stem_weight as pack_stem_weight

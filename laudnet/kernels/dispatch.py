@@ -416,3 +416,39 @@ def layer_norm_score(
         return layer_norm_score_ref(x, ln_weight, ln_bias, eps, score_w, score_b)
     return layer_norm_score_triton(x, ln_weight, ln_bias, eps, score_w, score_b)
 
+
+
+def stem_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel: tuple[int, int],
+    stride: int,
+    padding: int,
+    relu: bool = True,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """The network stem's convolution on a few input channels, + bias (+ ReLU), NHWC in and out.
+
+    Triton: an implicit GEMM whose K loop runs over the kernel rows, each row's (column, channel) slice one
+    contiguous run of the input (`laudnet.kernels.stem`).
+
+    Args:
+        x: NHWC `[N, H, W, C]` (a channels_last image batch viewed with `.permute(0, 2, 3, 1)`).
+        weight: `[Cout, C, KH, KW]` or packed (`stem_ref.pack_stem_weight`).
+        bias: `[Cout]` or None.
+        kernel: (KH, KW).
+        stride, padding: of the convolution, the same along both axes.
+        relu: apply ReLU after the bias.
+        impl: "auto", "reference" or "triton".
+
+    Returns:
+        NHWC `[N, HO, WO, Cout]`.
+    """
+    from .stem import stem_conv_triton
+    from .stem_ref import stem_conv_ref
+
+    if resolve_impl(x, weight, bias, impl=impl) == "reference":
+        return stem_conv_ref(x, weight, bias, kernel, stride, padding, relu)
+    return stem_conv_triton(x, weight, bias, kernel, stride, padding, relu)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from laudnet.kernels import _utils, channel, layer, masker, pack, rows, spatial, token
+from laudnet.kernels import _utils, channel, layer, masker, pack, rows, spatial, stem, token
 
 nvidia = pytest.importorskip("triton.backends.nvidia")
 if not os.path.exists(os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")):
@@ -172,6 +172,15 @@ def test_channel_kernels_compile(launches, tmp_path, monkeypatch, group_size, st
                                pool_out=torch.zeros(2, cin, dtype=torch.float32))
     stats = _compile_all(launches, tmp_path)
     assert all(s["async_copies"] > 0 for s in stats[1:]), stats  # the three GEMMs' loads are pipelined
+
+
+def test_stem_kernel_compiles(launches, tmp_path):
+    """ResNet's 7x7 and RegNet's 3x3 stem convolutions on 3 bf16 channels."""
+    x = _bf16(2, 32, 32, 3)
+    stem.stem_conv_triton(x, _bf16(64, 3, 7, 7), _bf16(64), (7, 7), 2, 3)
+    stem.stem_conv_triton(x, _bf16(32, 3, 3, 3), _bf16(32), (3, 3), 2, 1)
+    stats = _compile_all(launches, tmp_path)
+    assert all(s["async_copies"] > 0 for s in stats), stats  # the kernel-row loop's loads are pipelined
 
 
 def test_masker_kernels_compile(launches, tmp_path):
