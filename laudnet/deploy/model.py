@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from laudnet.deploy.blocks import COMPILE_SHAPES, MASKERS, DeployedBlock, compiled_residual_branch
 from laudnet.deploy.fold import fold_conv_bn
+from laudnet.deploy.stem import TritonStemConv
 from laudnet.models._base import DynamicModel
 from laudnet.models.regnet import LaudRegNet
 from laudnet.models.resnet import LaudResNet
@@ -17,6 +18,9 @@ from laudnet.models.vit import LaudViT
 
 if TYPE_CHECKING:
     from laudnet.deploy.vit import DeployedViT
+
+
+STEMS = ("cudnn", "triton")
 
 
 class DeployedModel(nn.Module):
@@ -106,14 +110,15 @@ class _Head(nn.Sequential):
         return self[1](torch.flatten(self[0](x), 1))
 
 
-def _stem_and_head(model: DynamicModel) -> tuple[nn.Module, nn.Module]:
+def _stem_and_head(model: DynamicModel, stem_kernel: str = "cudnn") -> tuple[nn.Module, nn.Module]:
     if isinstance(model, LaudResNet):
-        stem = nn.Sequential(fold_conv_bn(model.conv1, model.bn1), nn.ReLU(inplace=True), copy.deepcopy(model.maxpool))
+        conv, rest = fold_conv_bn(model.conv1, model.bn1), [copy.deepcopy(model.maxpool)]
     elif isinstance(model, LaudRegNet):
-        stem = nn.Sequential(fold_conv_bn(model.stem[0], model.stem[1]), nn.ReLU(inplace=True))
+        conv, rest = fold_conv_bn(model.stem[0], model.stem[1]), []
     else:
         raise TypeError(f"deploy supports LAUD ResNet and RegNet models, got {type(model).__name__}")
-    return stem, _Head(copy.deepcopy(model.avgpool), copy.deepcopy(model.fc))
+    first = [TritonStemConv(conv)] if stem_kernel == "triton" else [conv, nn.ReLU(inplace=True)]
+    return nn.Sequential(*first, *rest), _Head(copy.deepcopy(model.avgpool), copy.deepcopy(model.fc))
 
 
 def deploy(
@@ -125,6 +130,7 @@ def deploy(
     compile: bool | str = False,
     spatial_conv1: str = "dense",
     maskers: str = "fused",
+    stem: str = "cudnn",
 ) -> DeployedModel | DeployedViT:
     """Turn a trained LAUD model into an inference module; the model itself is left unchanged.
 
@@ -149,6 +155,8 @@ def deploy(
             compute the same function (window sums up to float summation order). Channel maskers: ``torch`` runs
             PyTorch's mean, linears and compare; the others one window-sum pass and one Triton launch for the MLP
             and threshold (`laudnet.kernels.channel_masker`). Other maskers always use torch.
+        stem: the stem's convolution + ReLU: ``cudnn`` (default: PyTorch's conv, fused by `torch.compile` when
+            `compile`) or ``triton`` (one kernel, `laudnet.kernels.stem_conv`; a custom op that `torch.compile` keeps).
 
     Returns:
         A `DeployedModel` in eval mode computing the eval-mode function of `model`.
@@ -156,8 +164,9 @@ def deploy(
     if not isinstance(model, DynamicModel):
         raise TypeError(f"deploy expects a LAUD model, got {type(model).__name__}")
     if isinstance(model, LaudViT):
-        if dense_above != 1.0 or compile or spatial_conv1 != "dense" or maskers != "fused":
-            raise ValueError("dense_above, compile, spatial_conv1 and maskers are CNN options (for a ViT: deploy_vit)")
+        if dense_above != 1.0 or compile or spatial_conv1 != "dense" or maskers != "fused" or stem != "cudnn":
+            raise ValueError("dense_above, compile, spatial_conv1, maskers and stem are CNN options "
+                             "(for a ViT: deploy_vit)")
         from laudnet.deploy.vit import deploy_vit
 
         return deploy_vit(model, dtype, device=device)
@@ -169,16 +178,20 @@ def deploy(
     thresholds = [dense_above] * len(blocks) if isinstance(dense_above, int | float) else list(dense_above)
     if len(thresholds) != len(blocks):
         raise ValueError(f"dense_above has {len(thresholds)} values for {len(blocks)} blocks")
-    stem, head = _stem_and_head(model)
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    stem_module, head = _stem_and_head(model, stem)
     it = iter(thresholds)
     stages = [[DeployedBlock(b, next(it)) for b in stage] for stage in model.stages()]
-    deployed = DeployedModel(stem, stages, head, dtype, model.in_chans)
+    deployed = DeployedModel(stem_module, stages, head, dtype, model.in_chans)
     device = device if device is not None else next(model.parameters()).device
     # Masker weights stay fp32 (buffers and the channel masker's fc1): decisions must not flip with rounding.
     deployed = deployed.to(device=device).eval()
     for m in deployed.modules():
         if isinstance(m, nn.Conv2d | nn.Linear) and not _is_masker(deployed, m):
             m.to(dtype=dtype, memory_format=torch.channels_last) if isinstance(m, nn.Conv2d) else m.to(dtype)
+        elif isinstance(m, TritonStemConv):
+            m.to(dtype)
     if spatial_conv1 not in ("dense", "sparse"):
         raise ValueError(f"spatial_conv1 must be 'dense' or 'sparse', got {spatial_conv1!r}")
     if maskers not in MASKERS:
@@ -203,7 +216,7 @@ def deploy(
 
 
 def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16, *,
-                        device: torch.device | str | None = None) -> DeployedModel | DeployedViT:
+                        device: torch.device | str | None = None, stem: str = "cudnn") -> DeployedModel | DeployedViT:
     """The model deployed with every block on its dense-masked path: the same function as `deploy`, without
     data-dependent shapes or custom kernels, so that the whole network traces as one graph.
 
@@ -216,11 +229,13 @@ def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16
     if isinstance(model, LaudViT):
         from laudnet.deploy.vit import deploy_vit
 
+        if stem != "cudnn":
+            raise ValueError("stem is a CNN option (a ViT embeds patches with one GEMM)")
         deployed = deploy_vit(model, dtype, device=device)
         for block in deployed.blocks:
             block.path = "dense"
         return deployed
-    deployed = deploy(model, dtype, device=device, maskers="torch")
+    deployed = deploy(model, dtype, device=device, maskers="torch", stem=stem)
     for b in deployed.blocks():
         b.path = "dense"
     return deployed

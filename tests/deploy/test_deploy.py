@@ -1,5 +1,7 @@
 """`laudnet.deploy`: the inference form computes the eval-mode function of the trained model."""
 
+import functools
+
 import pytest
 import torch
 from helpers import randomize_batchnorm
@@ -197,3 +199,57 @@ def test_laudnet_deploy_is_callable_after_the_package_is_imported():
     first, second = laudnet.deploy(model, torch.float32), laudnet.deploy(model, torch.float32)
     assert type(first).__name__ == type(second).__name__ == "DeployedModel"
     assert laudnet.deploy.DeployedModel is type(first)  # and it is still the package
+
+
+@pytest.mark.parametrize("name", ["laud_resnet50", "laud_regnety_400mf"])
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_triton_stem_keeps_the_function(name, impl, monkeypatch):
+    """`deploy(stem="triton")`: the stem's conv + ReLU as one kernel (interpreted on CPU) or its reference, the same
+    function; RegNet's 3x3 stem too."""
+    if impl == "triton":  # the stem kernel interpreted, the blocks on their (CPU) reference paths
+        pytest.importorskip("triton")
+        from laudnet.deploy import stem
+        from laudnet.kernels import dispatch
+
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setattr(stem.dispatch, "stem_conv", functools.partial(dispatch.stem_conv, impl="triton"))
+    model = _trained_like(name, "layer")
+    x = torch.randn(2, 3, 40, 36)
+    with torch.no_grad():
+        expected = model(x)
+        deployed = deploy(model, torch.float32, stem="triton")
+        assert type(deployed.stem[0]).__name__ == "TritonStemConv"
+        assert _rel(deployed(x), expected) < 1e-5
+
+
+def test_triton_stem_is_one_op_in_a_compiled_graph():
+    """The stem kernel is a custom op: the dense-masked network still traces as one graph."""
+    from laudnet.deploy import deploy_dense_masked
+
+    deployed = deploy_dense_masked(_trained_like("laud_resnet50", "channel"), torch.float32, stem="triton")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(deployed)(x)
+    torch._dynamo.reset()
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_stem_option_is_checked():
+    model = _trained_like("laud_resnet50", "layer")
+    with pytest.raises(ValueError, match="stem must be one of"):
+        deploy(model, stem="fast")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True])
+def test_triton_stem_on_gpu(compile):
+    """The stem kernel compiled for the GPU, eagerly, inside `torch.compile` (a custom op) and in a CUDA graph."""
+    model = _trained_like("laud_resnet50", "static").cuda()
+    x = torch.randn(8, 3, 96, 112, device="cuda")
+    with torch.no_grad():
+        expected = model(x)
+        deployed = deploy(model, torch.bfloat16, stem="triton", compile=compile)
+        out = deployed(x).float()
+        graphed = deployed.graphed(x)(x).float()
+    assert _rel(out, expected) < 2e-2
+    torch.testing.assert_close(graphed, out)
