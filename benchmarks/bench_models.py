@@ -209,11 +209,11 @@ def static_baselines(name: str, tv, x: torch.Tensor, args) -> dict[str, Callable
                                               "torchvision cuda-graph": as_graph(tv, xb)}
     if args.compile:
         forms["torchvision compile"] = partial(torch.compile(tv), xb)
-    static = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16)
+    static = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16, stem=args.stem)
     forms["laudnet folded eager"] = partial(static, x)
     forms["laudnet folded cuda-graph"] = as_graph(static, x)
     if args.compile:
-        static_c = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16,
+        static_c = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16, stem=args.stem,
                           compile=args.compile_shapes)
         forms["laudnet folded compile"] = partial(static_c, x)
         # one graph of the whole network at this shape (no dynamic-shape branch function shared with other models)
@@ -248,15 +248,18 @@ def bench_model(name: str, args, results: list[dict]) -> None:
             record_static(results, row, forms, args)
         for paradigm in args.paradigms:
             model = laudnet.create_model(name, paradigm=paradigm).cuda().eval()
-            deployed = deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes)
-            deployed_sparse = deploy(model, torch.bfloat16, spatial_conv1="sparse") if paradigm == "spatial" else None
+            deployed = deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes, stem=args.stem)
+            deployed_sparse = (deploy(model, torch.bfloat16, spatial_conv1="sparse", stem=args.stem)
+                               if paradigm == "spatial" else None)
             # the masker bookkeeping paths to compare with the default (fused) one, same compile setting
-            others = {mode: deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes, maskers=mode)
+            others = {mode: deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes, maskers=mode,
+                                   stem=args.stem)
                       for mode in MASKER_MODES if args.compare_maskers and paradigm in ("layer", "spatial")}
-            tuned = deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes) if args.tune else None
+            tuned = (deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes, stem=args.stem)
+                     if args.tune else None)
             # every block dense-masked, the whole network one compiled graph (the fallback where skipping does not
             # pay); its decisions are copied into one tensor per block, so it compiles once for all rates
-            dense_whole = deploy_dense_masked(model, torch.bfloat16) if args.dense_whole else None
+            dense_whole = deploy_dense_masked(model, torch.bfloat16, stem=args.stem) if args.dense_whole else None
             dense_whole_fn = torch.compile(dense_whole, dynamic=False) if dense_whole is not None else None
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)
@@ -347,6 +350,8 @@ def main() -> int:
     parser.add_argument("--dense-whole", action="store_true",
                         help="also time each case deployed with every block dense-masked and the whole network "
                              "compiled as one graph (deploy_dense_masked + torch.compile(dynamic=False))")
+    parser.add_argument("--stem", choices=["cudnn", "triton"], default="cudnn",
+                        help="the stem convolution of every laudnet network, static and dynamic (deploy(stem=...))")
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--maskers", default="fused", choices=["fused", "kernel", "torch"],
                         help="masker bookkeeping path of deploy (torch: the previous path)")
     parser.add_argument("--compile", action="store_true", help="deploy(compile=True): stem, head and dense paths")
+    parser.add_argument("--stem", choices=["cudnn", "triton"], default="cudnn", help="deploy(stem=...)")
     parser.add_argument("--static-whole", action="store_true",
                         help="profile the static folded network compiled whole instead (the best static form)")
     parser.add_argument("--out", required=True)
@@ -35,11 +36,12 @@ def main() -> int:
     torch.backends.cudnn.benchmark = True
     x = torch.randn(args.batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
     if args.static_whole:
-        static = deploy(laudnet.create_model(args.model, paradigm="static").cuda().eval(), torch.bfloat16)
+        static = deploy(laudnet.create_model(args.model, paradigm="static").cuda().eval(), torch.bfloat16,
+                        stem=args.stem)
         run = torch.compile(static, dynamic=False)
     else:
         model = laudnet.create_model(args.model, paradigm=args.paradigm).cuda().eval()
-        deployed = deploy(model, torch.bfloat16, maskers=args.maskers, compile=args.compile)
+        deployed = deploy(model, torch.bfloat16, maskers=args.maskers, compile=args.compile, stem=args.stem)
         shapes = block_decision_shapes(model, args.batch, 224)
         force(model, deployed, random_decisions(shapes, args.rate, torch.Generator().manual_seed(0)))
         run = deployed

@@ -8,9 +8,12 @@
 #                                      # benchmarks/results/bench_models_tuned_r101_dynamic_h200_16df232.json)
 #   OUT=dir benchmarks/run_ab.sh fastest   # GPU tests of deploy_fastest; bench_fastest.py on ResNet-101 and DeiT-S,
 #                                          # batch 128 and 1 (compare with bench_fastest_r101_b1_h200_d6ea585.json)
+#   OUT=dir benchmarks/run_ab.sh stem      # GPU tests of the stem kernel; bench_models ResNet-101 layer skipping with
+#                                          # deploy(stem="triton") for every laudnet network (compare the static and
+#                                          # dynamic times with bench_models_tuned_r101_h200_56fa110.json)
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|stem"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -36,5 +39,13 @@ fastest)
         --commit "$c" 2>&1 | grep "^{" | cut -c1-240
     timeout 200 python benchmarks/bench_fastest.py --model laud_deit_small --paradigms token head layer \
         --batches 128 1 --out "$out/bench_fastest_deit_s_h200_$c.json" --commit "$c" 2>&1 | grep "^{" | cut -c1-240 ;;
-*) echo "unknown part $part (vit, cnn or fastest)" >&2; exit 2 ;;
+stem)
+    python -m pytest -q tests/kernels/test_stem_kernels.py tests/deploy/test_deploy.py -k "gpu or cuda" \
+        > "$out/pytest_stem_gpu_h200_$c.txt" 2>&1
+    tail -2 "$out/pytest_stem_gpu_h200_$c.txt"
+    name=bench_models_stem_triton_r101_h200_$c
+    timeout 420 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer --batches 128 1 \
+        --rates 0.5 --stem triton --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
+    python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -20 ;;
+*) echo "unknown part $part (vit, cnn, fastest or stem)" >&2; exit 2 ;;
 esac
