@@ -218,7 +218,8 @@ def deploy(
 def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16, *,
                         device: torch.device | str | None = None, stem: str = "cudnn") -> DeployedModel | DeployedViT:
     """The model deployed with every block on its dense-masked path: the same function as `deploy`, without
-    data-dependent shapes or custom kernels, so that the whole network traces as one graph.
+    data-dependent shapes or custom kernels (but the custom op of ``stem="triton"``), so that the whole network
+    traces as one graph.
 
     CNN blocks run every conv dense with PyTorch maskers and the decisions as masks; ViT blocks compute every token,
     head and sub-block, dropped tokens masked out as keys and the skipped outputs not added. Compile it whole

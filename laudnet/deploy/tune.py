@@ -133,7 +133,7 @@ class Deployment:
 def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch.bfloat16, *, compile: bool = True,
                    repeats: int = 20, timer: Callable[..., float] = time_call,
                    setup: Callable[[nn.Module], None] | None = None,
-                   forms: tuple[str, ...] = FORMS) -> Deployment:
+                   forms: tuple[str, ...] = FORMS, stem: str = "cudnn") -> Deployment:
     """Deploy a trained (eval) model in each form and keep the one that runs `example` fastest, measured as it will
     run: skipping only pays at the batch sizes and rates where the skipped work outweighs its bookkeeping
     (`benchmarks/NOTES.md`), so choosing paths block by block (`tune_paths`) is not enough for "never slower than
@@ -161,6 +161,7 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
         setup: called on each deployed model before it is tuned, compiled and captured (benchmarks impose decisions
             with it: the CNN blocks' `forced_keep`, the ViT blocks' `forced`).
         forms: the forms to consider (a subset of `FORMS`).
+        stem: the CNN stem's convolution in both forms (see `deploy`).
     """
     if model.training:
         raise ValueError("deploy_fastest needs the model in eval mode (model.eval())")
@@ -181,12 +182,12 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
                 else "bucket"
             deployed = prepared(deploy_vit(model, dtype, device=example.device, capturable=cuda, attention=attention))
         else:
-            deployed = prepared(deploy(model, dtype, device=example.device, compile=compile))
+            deployed = prepared(deploy(model, dtype, device=example.device, compile=compile, stem=stem))
             tune_paths(deployed, example, graphed=cuda, repeats=max(3, repeats // 2), timer=timer)
         return deployed.graphed(example) if cuda else deployed
 
     def dense_masked() -> Callable[[Tensor], Tensor]:
-        deployed = prepared(deploy_dense_masked(model, dtype, device=example.device))
+        deployed = prepared(deploy_dense_masked(model, dtype, device=example.device, stem=stem))
         fn = torch.compile(deployed, dynamic=False) if compile and cuda else deployed
         return GraphedModel(fn, example) if cuda else fn
 
