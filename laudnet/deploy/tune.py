@@ -170,6 +170,8 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
     model._check_input(example)  # a bad example is the caller's error, not a form that fails to build
     cuda = example.device.type == "cuda"
     vit = isinstance(model, LaudViT)
+    if vit and stem != "cudnn":
+        raise ValueError("stem is a CNN option (a ViT embeds patches with one GEMM)")
 
     def prepared(deployed: nn.Module) -> nn.Module:
         if setup is not None:

@@ -69,6 +69,8 @@ def test_vit_forms(faster):
         assert _rel(chosen(x), expected) < 1e-5
     with pytest.raises(ValueError, match="this model takes 32x32 images"):
         deploy_fastest(model, torch.randn(2, 3, 40, 40))
+    with pytest.raises(ValueError, match="stem is a CNN option"):
+        deploy_fastest(model, x, stem="triton")
 
 
 def test_a_form_that_fails_is_left_out_with_its_error():
