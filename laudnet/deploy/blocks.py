@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from laudnet import kernels as K
 from laudnet.blocks.base import DynamicBlock
+from laudnet.deploy.conditional import if_node
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.flops import conv_out_size
 from laudnet.kernels import channel as channel_ops
@@ -366,32 +367,26 @@ class DeployedBlock(nn.Module):
             pool_out: fp32 window sums to accumulate the active patches' output sums into (see `forward_chained`).
             emit: window of the next block's masker: its sums are returned (from `pool_out`, or one pass).
         """
-        w1, w2, w3 = self._packed
-        in_hw, out_hw = (x.shape[2], x.shape[3]), self._out_hw(x)
-        if self.paradigm == "layer":  # one whole-map patch per executing sample; conv1 on all of its pixels
-            patch, hw = max(out_hw), in_hw[0] * in_hw[1]
+        out_hw = self._out_hw(x)
+        if self.paradigm == "layer":  # one whole-map patch per executing sample
+            patch = max(out_hw)
             if d is not None:  # the sample list itself drives conv1: no pixel list
-                patches, count = d.patch_idx, d.count
-                h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, d.order, count=count, per_sample=True)
+                patches, count, order = d.patch_idx, d.count, d.order
             else:
                 # Executing samples first (a stable sort of 0/1 flags): 2-3 small kernels, where a cumsum-scatter
                 # compaction takes ~8 (measured 20 µs against 50 µs per block on the H100, benchmarks/results/probe_*).
                 order = torch.argsort((~grid.view(-1)).to(torch.int8), stable=True).to(torch.int32)
                 count = grid.view(-1).sum(dtype=torch.int32).view(1)
                 patches = K.samples_to_patch_idx(order)
-                pixels = (order[:, None] * hw + self._pixel_base(hw, x.device)).view(-1)
-                h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=count * hw)
         else:
-            patch = self.granularity
+            patch, order = self.granularity, None
             patches, count = (d.patch_idx, d.count) if d is not None else K.mask_to_patch_list(grid)
-            if self.spatial_conv1 == "sparse":  # conv1 on the pixels the active patches' 3×3 windows read
-                pixels, pixel_count = K.pixel_mask_to_idx_padded(K.conv1_pixel_mask(grid, patch, self.stride, in_hw))
-                h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=pixel_count)
-            else:  # dense conv1: no pixel list to build (its cost on the device outweighs the saved conv1 work)
-                h1 = K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, None)
-        h2 = K.gather_conv3x3(h1, w2, self.conv2.bias, patches, patch, self.stride, count=count)
         s = self._shortcut_nhwc(x)  # the block input itself, or a fresh projection: written in place
-        K.conv1x1_scatter_add(h2, w3, self.conv3.bias, s, patches, patch, out=s, count=count, pool_out=pool_out)
+        with if_node(lambda: count[0] > 0):  # in a conditional CUDA graph: nothing launched when nothing executes
+            h1 = self._conv1(x, grid, order, count)
+            h2 = K.gather_conv3x3(h1, self._packed[1], self.conv2.bias, patches, patch, self.stride, count=count)
+            K.conv1x1_scatter_add(h2, self._packed[2], self.conv3.bias, s, patches, patch, out=s, count=count,
+                                  pool_out=pool_out)
         out = nchw(s)
         sums = pool_out
         if self.shortcut is not None:  # inactive positions of a projection block: relu(projection)
@@ -403,12 +398,18 @@ class DeployedBlock(nn.Module):
             sums = K.window_sums(s, emit)
         return out, sums
 
-    def _pixel_base(self, hw: int, device: torch.device) -> Tensor:
-        """arange(hw) as int32, cached per map size (a constant of the layer-skipping pixel lists)."""
-        base = getattr(self, "_base", None)
-        if base is None or base.numel() != hw or base.device != device:
-            base = self._base = torch.arange(hw, device=device, dtype=torch.int32)
-        return base
+    def _conv1(self, x: Tensor, grid: Tensor, order: Tensor | None, count: Tensor) -> Tensor:
+        """conv1 of the patch paths: on every pixel of the executing samples (layer skipping: `order` lists them,
+        `count` counts them), on the pixels the active patches' 3×3 windows read (``spatial_conv1="sparse"``), or
+        dense (its cost on the device outweighs the saved conv1 work)."""
+        w1, in_hw = self._packed[0], (x.shape[2], x.shape[3])
+        if self.paradigm == "layer":
+            return K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, order, count=count, per_sample=True)
+        if self.spatial_conv1 == "sparse":
+            pixels, pixel_count = K.pixel_mask_to_idx_padded(
+                K.conv1_pixel_mask(grid, self.granularity, self.stride, in_hw))
+            return K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=pixel_count)
+        return K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, None)
 
     def _forward_channel_chained(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor,
                                                                                                Tensor | None]:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from laudnet.deploy.blocks import COMPILE_SHAPES, MASKERS, DeployedBlock, compiled_residual_branch
+from laudnet.deploy.conditional import conditional_capture, conditional_nodes_available
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.deploy.stem import TritonStemConv
 from laudnet.models._base import DynamicModel
@@ -62,9 +63,11 @@ class DeployedModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
 
-    def graphed(self, example: Tensor) -> GraphedModel:
-        """This model captured as one CUDA graph for inputs shaped like `example` (see `GraphedModel`)."""
-        return GraphedModel(self, example)
+    def graphed(self, example: Tensor, *, conditional: bool = False) -> GraphedModel:
+        """This model captured as one CUDA graph for inputs shaped like `example` (see `GraphedModel`); with
+        `conditional`, each spatially or layer skipping block's kernels in an IF node that skips them when no sample
+        executes the block (`laudnet.deploy.conditional`)."""
+        return GraphedModel(self, example, conditional=conditional)
 
     def activation_rates(self) -> list[float]:
         """Per-block activation rates of the last forward (synchronises with the device)."""
@@ -79,9 +82,12 @@ class GraphedModel:
     says so.
     """
 
-    def __init__(self, model: DeployedModel | DeployedViT, example: Tensor) -> None:
+    def __init__(self, model: DeployedModel | DeployedViT, example: Tensor, *, conditional: bool = False) -> None:
         if not example.is_cuda:
             raise ValueError("CUDA graphs need a CUDA input")
+        if conditional and not conditional_nodes_available():
+            raise RuntimeError("conditional CUDA-graph nodes need a PyTorch whose torch.cuda.CUDAGraph has "
+                               "begin_capture_to_if_node (and CUDA >= 12.4)")
         self.model = model
         self.static_input = example.detach().clone()
         stream = torch.cuda.Stream()
@@ -92,7 +98,7 @@ class GraphedModel:
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         try:
-            with torch.no_grad(), torch.cuda.graph(self.graph):
+            with torch.no_grad(), torch.cuda.graph(self.graph), conditional_capture(conditional):
                 self.static_output = model(self.static_input)
         except RuntimeError as e:
             raise RuntimeError(f"this deployed model synchronises with the host and cannot be captured: {e}") from e

@@ -1,0 +1,56 @@
+"""Conditional CUDA-graph nodes: work captured inside `if_node(pred)` runs at replay only where `pred` is true.
+
+A deployed network replayed from one CUDA graph launches every kernel of every block, even of a block that no
+sample executes (its kernels then return at once, but each launch still costs a few microseconds: at batch 1 that is
+most of what a skipped block costs). Captured with ``conditional=True`` (`DeployedModel.graphed`), a block's kernels
+sit in an IF node on "some sample executes it", which the GPU evaluates at replay: a skipped block launches nothing.
+Needs a PyTorch whose `torch.cuda.CUDAGraph` has conditional capture (`begin_capture_to_if_node`, CUDA >= 12.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from torch import Tensor
+
+_CAPTURE = ContextVar("laudnet_conditional_capture", default=False)
+_API = ("begin_capture_to_if_node", "end_capture_to_conditional_node", "get_currently_capturing_graph")
+
+
+def conditional_nodes_available() -> bool:
+    """Whether this PyTorch can capture conditional CUDA-graph nodes."""
+    graph = getattr(torch.cuda, "CUDAGraph", None)
+    return graph is not None and all(hasattr(graph, name) for name in _API)
+
+
+@contextmanager
+def conditional_capture(enabled: bool = True) -> Iterator[None]:
+    """Within this context, a CUDA-graph capture turns `if_node` bodies into IF nodes."""
+    token = _CAPTURE.set(enabled)
+    try:
+        yield
+    finally:
+        _CAPTURE.reset(token)
+
+
+@contextmanager
+def if_node(predicate: Callable[[], Tensor]) -> Iterator[None]:
+    """The body runs at replay only where `predicate()` (a 0-d bool CUDA tensor) is true, when captured inside
+    `conditional_capture`; anywhere else (eager calls, plain captures) the body simply runs and `predicate` is not
+    called (no extra launch)."""
+    if not (_CAPTURE.get() and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        yield
+        return
+    pred = predicate()
+    if pred.dim() != 0 or pred.dtype != torch.bool or not pred.is_cuda:
+        raise ValueError(f"an IF node needs a 0-d bool CUDA tensor, got {pred.dtype} {tuple(pred.shape)} "
+                         f"on {pred.device}")
+    graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
+    graph.begin_capture_to_if_node(pred)
+    try:
+        yield
+    finally:
+        graph.end_capture_to_conditional_node()
