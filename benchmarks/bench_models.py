@@ -188,11 +188,12 @@ def record(results: list[dict], row: dict, variant: str, fn, args, **extra) -> f
     return ms
 
 
-def record_graph(results: list[dict], row: dict, variant: str, deployed, x, args, **extra) -> None:
-    """Capture a deployed model (or a compiled one) as a CUDA graph and time its replay (or record why it could not
-    be captured)."""
+def record_graph(results: list[dict], row: dict, variant: str, deployed, x, args, conditional: bool = False,
+                 **extra) -> None:
+    """Capture a deployed model (or a compiled one) as a CUDA graph, with conditional nodes when `conditional`, and
+    time its replay (or record why it could not be captured)."""
     try:
-        graphed = GraphedModel(deployed, x)
+        graphed = GraphedModel(deployed, x, conditional=conditional)
     except Exception as e:
         traceback.print_exc()
         results.append(dict(row, variant=variant, error=f"{type(e).__name__}: {str(e)[:300]}", **extra))
@@ -289,6 +290,9 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                 with torch.no_grad():
                     record(results, row, "deployed eager", partial(deployed, x), args, **extra)
                     record_graph(results, row, "deployed cuda-graph", deployed, x, args, **extra)
+                    if args.conditional:
+                        record_graph(results, row, "deployed cuda-graph conditional", deployed, x, args,
+                                     conditional=True, **extra)
                     if deployed_sparse is not None:
                         record_graph(results, row, "deployed sparse-conv1 cuda-graph", deployed_sparse, x, args,
                                      **extra)
@@ -328,6 +332,18 @@ def bench_tuned(results: list[dict], row: dict, tuned, x, ref, args, extra: dict
     record_graph(results, row, "deployed tuned cuda-graph", tuned, x, args,
                  **dict(extra, rel_error=relative_error(tuned, x, ref), dense_blocks=paths.count("dense"),
                         blocks=len(paths), tune_s=tune_s))
+    if args.conditional:  # tuned and captured with conditional nodes (a block no sample executes launches nothing)
+        for block in tuned.blocks():
+            block.path = "sparse"
+        try:
+            paths = tune_paths(tuned, x, graphed=True, conditional=True)
+        except Exception as e:
+            traceback.print_exc()
+            results.append(dict(row, variant="deployed tuned cuda-graph conditional",
+                                error=f"{type(e).__name__}: {str(e)[:300]}"))
+            return
+        record_graph(results, row, "deployed tuned cuda-graph conditional", tuned, x, args, conditional=True,
+                     **dict(extra, dense_blocks=paths.count("dense"), blocks=len(paths)))
 
 
 def main() -> int:
@@ -350,6 +366,8 @@ def main() -> int:
     parser.add_argument("--dense-whole", action="store_true",
                         help="also time each case deployed with every block dense-masked and the whole network "
                              "compiled as one graph (deploy_dense_masked + torch.compile(dynamic=False))")
+    parser.add_argument("--conditional", action="store_true",
+                        help="also time the deployed (and tuned) networks captured with conditional CUDA-graph nodes")
     parser.add_argument("--stem", choices=["cudnn", "triton"], default="cudnn",
                         help="the stem convolution of every laudnet network, static and dynamic (deploy(stem=...))")
     parser.add_argument("--commit", default="unknown")

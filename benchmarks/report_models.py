@@ -51,6 +51,7 @@ def report(path: str) -> str:
         lines += _masker_table(cases)
         lines += _tuned_table(cases, best)
         lines += _dense_whole_table(cases, best)
+        lines += _conditional_table(cases, best)
     return "\n".join(lines)
 
 
@@ -94,6 +95,25 @@ def _dense_whole_table(cases: dict, best: float) -> list[str]:
         graph = f"{g['ms']:.2f} ms | **{g['ms'] / best:.2f}**" if "ms" in g else "— | —"
         lines.append(f"| {kind} | {rate:g} | {r['ms']:.2f} ms | {r['ms'] / best:.2f} | {graph} | "
                      f"{_fmt_error(r.get('rel_error'))} |")
+    return [*lines, ""]
+
+
+def _conditional_table(cases: dict, best: float) -> list[str]:
+    """The deployed and tuned networks captured with conditional CUDA-graph nodes (`--conditional`), when measured."""
+    names = ("deployed cuda-graph", "deployed cuda-graph conditional", "deployed tuned cuda-graph",
+             "deployed tuned cuda-graph conditional")
+    rows = [(kind, rate, variants) for (kind, rate), variants in cases.items()
+            if any("ms" in variants.get(n, {}) for n in names[1::2])]
+    if not rows:
+        return []
+    lines = ["conditional CUDA-graph nodes (a block no sample executes launches nothing)", "",
+             "| paradigm | rate | all sparse | conditional | tuned | tuned, conditional | best / best static |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, rate, variants in rows:
+        ms = [variants.get(n, {}).get("ms") for n in names]
+        cells = " | ".join(f"{m:.2f} ms" if m is not None else "—" for m in ms)
+        timed = [m for m in ms if m is not None]
+        lines.append(f"| {kind} | {rate:g} | {cells} | **{min(timed) / best:.2f}** |")
     return [*lines, ""]
 
 

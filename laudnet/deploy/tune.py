@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from laudnet.deploy.conditional import conditional_capture
 from laudnet.deploy.model import DeployedModel, GraphedModel, deploy, deploy_dense_masked
 from laudnet.deploy.packed import varlen_available
 from laudnet.deploy.vit import deploy_vit
@@ -44,8 +45,9 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10,
     return statistics.median(times)
 
 
-def graph_replay(fn: Callable[[], object]) -> Callable[[], None]:
-    """fn() captured as a CUDA graph (after warm-up calls on a side stream); returns the graph's replay."""
+def graph_replay(fn: Callable[[], object], conditional: bool = False) -> Callable[[], None]:
+    """fn() captured as a CUDA graph (after warm-up calls on a side stream), with conditional nodes when
+    `conditional` (`laudnet.deploy.conditional`); returns the graph's replay."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -54,7 +56,7 @@ def graph_replay(fn: Callable[[], object]) -> Callable[[], None]:
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), conditional_capture(conditional):
             fn()
     except RuntimeError as e:
         raise RuntimeError(f"tune_paths(graphed=True): a block synchronises with the host and cannot be captured: "
@@ -64,7 +66,8 @@ def graph_replay(fn: Callable[[], object]) -> Callable[[], None]:
 
 @torch.no_grad()
 def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
-               timer: Callable[..., float] = time_call, graphed: bool = False) -> list[str]:
+               timer: Callable[..., float] = time_call, graphed: bool = False,
+               conditional: bool = False) -> list[str]:
     """Set each dynamic block's `path` to whichever of ``sparse`` and ``dense`` runs faster on `example`.
 
     Args:
@@ -75,6 +78,9 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
         graphed: time each block and path replayed from its own CUDA graph — what a model run through
             `DeployedModel.graphed` pays, without the per-kernel launch cost of eager calls, which dominates at
             small batches (CUDA only).
+        conditional: with `graphed`, capture each block with conditional nodes, as
+            ``deployed.graphed(example, conditional=True)`` will run it (a block no sample executes costs its masker
+            only).
 
     Returns:
         The chosen path of every block, in order.
@@ -99,7 +105,7 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
             # (a sparse block accumulates them in its last kernel, a dense one pools its output in one more pass).
             # Blocks may write into their input and sums: each call gets copies (the same cost on both sides).
             call = lambda b=block, x=x, s=sums: b.forward_chained(x.clone(), None if s is None else s.clone())  # noqa: E731
-            costs[path] = timer(graph_replay(call) if graphed else call, device, repeats=repeats)
+            costs[path] = timer(graph_replay(call, conditional) if graphed else call, device, repeats=repeats)
         block.path = min(costs, key=costs.get)
         chosen.append(block.path)
     return chosen
