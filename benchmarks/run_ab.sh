@@ -11,9 +11,11 @@
 #   OUT=dir benchmarks/run_ab.sh stem      # GPU tests of the stem kernel; bench_models ResNet-101 layer skipping with
 #                                          # deploy(stem="triton") for every laudnet network (compare the static and
 #                                          # dynamic times with bench_models_tuned_r101_h200_56fa110.json)
+#   OUT=dir benchmarks/run_ab.sh conditional   # GPU tests of conditional CUDA-graph nodes; bench_models ResNet-101
+#                                              # layer and spatial skipping, tuned, with and without them
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|stem"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|stem|conditional"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -47,5 +49,12 @@ stem)
     timeout 420 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer --batches 128 1 \
         --rates 0.5 --stem triton --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -20 ;;
-*) echo "unknown part $part (vit, cnn, fastest or stem)" >&2; exit 2 ;;
+conditional)
+    python -m pytest -q tests/deploy/test_conditional.py > "$out/pytest_conditional_gpu_h200_$c.txt" 2>&1
+    tail -2 "$out/pytest_conditional_gpu_h200_$c.txt"
+    name=bench_models_conditional_r101_h200_$c
+    timeout 540 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer spatial --batches 1 128 \
+        --rates 0.5 --tune --conditional --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
+    python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
+*) echo "unknown part $part (vit, cnn, fastest, stem or conditional)" >&2; exit 2 ;;
 esac
