@@ -87,6 +87,8 @@ def main() -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[128, 1])
     parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--conditional", action="store_true",
+                        help="CNN sparse form with conditional CUDA-graph nodes (deploy_fastest(conditional=True))")
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -114,7 +116,8 @@ def main() -> int:
                 setup = vit_setup(model, paradigm, args.rate, batch) if vit else cnn_setup(model, args.rate, batch)
                 t0 = time.time()
                 try:
-                    chosen = deploy_fastest(model, x, torch.bfloat16, setup=setup, repeats=args.repeats)
+                    chosen = deploy_fastest(model, x, torch.bfloat16, setup=setup, repeats=args.repeats,
+                                            conditional=args.conditional and not vit)
                 except Exception as e:
                     save(dict(batch=batch, kind=paradigm, error=f"{type(e).__name__}: {str(e)[:300]}"))
                     continue

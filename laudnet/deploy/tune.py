@@ -139,7 +139,7 @@ class Deployment:
 def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch.bfloat16, *, compile: bool = True,
                    repeats: int = 20, timer: Callable[..., float] = time_call,
                    setup: Callable[[nn.Module], None] | None = None,
-                   forms: tuple[str, ...] = FORMS, stem: str = "cudnn") -> Deployment:
+                   forms: tuple[str, ...] = FORMS, stem: str = "cudnn", conditional: bool = False) -> Deployment:
     """Deploy a trained (eval) model in each form and keep the one that runs `example` fastest, measured as it will
     run: skipping only pays at the batch sizes and rates where the skipped work outweighs its bookkeeping
     (`benchmarks/NOTES.md`), so choosing paths block by block (`tune_paths`) is not enough for "never slower than
@@ -168,6 +168,8 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
             with it: the CNN blocks' `forced_keep`, the ViT blocks' `forced`).
         forms: the forms to consider (a subset of `FORMS`).
         stem: the CNN stem's convolution in both forms (see `deploy`).
+        conditional: tune and capture the CNN sparse form with conditional CUDA-graph nodes (a block that no sample
+            executes launches nothing; `DeployedModel.graphed`).
     """
     if model.training:
         raise ValueError("deploy_fastest needs the model in eval mode (model.eval())")
@@ -176,8 +178,9 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
     model._check_input(example)  # a bad example is the caller's error, not a form that fails to build
     cuda = example.device.type == "cuda"
     vit = isinstance(model, LaudViT)
-    if vit and stem != "cudnn":
-        raise ValueError("stem is a CNN option (a ViT embeds patches with one GEMM)")
+    if vit and (stem != "cudnn" or conditional):
+        raise ValueError("stem and conditional are CNN options (a ViT embeds patches with one GEMM; its sub-blocks "
+                         "are not captured in conditional nodes)")
 
     def prepared(deployed: nn.Module) -> nn.Module:
         if setup is not None:
@@ -189,10 +192,10 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
             attention = "varlen" if cuda and varlen_available() and dtype in (torch.bfloat16, torch.float16) \
                 else "bucket"
             deployed = prepared(deploy_vit(model, dtype, device=example.device, capturable=cuda, attention=attention))
-        else:
-            deployed = prepared(deploy(model, dtype, device=example.device, compile=compile, stem=stem))
-            tune_paths(deployed, example, graphed=cuda, repeats=max(3, repeats // 2), timer=timer)
-        return deployed.graphed(example) if cuda else deployed
+            return deployed.graphed(example) if cuda else deployed
+        deployed = prepared(deploy(model, dtype, device=example.device, compile=compile, stem=stem))
+        tune_paths(deployed, example, graphed=cuda, repeats=max(3, repeats // 2), timer=timer, conditional=conditional)
+        return deployed.graphed(example, conditional=conditional) if cuda else deployed
 
     def dense_masked() -> Callable[[Tensor], Tensor]:
         deployed = prepared(deploy_dense_masked(model, dtype, device=example.device, stem=stem))

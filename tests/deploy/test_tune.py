@@ -69,8 +69,10 @@ def test_vit_forms(faster):
         assert _rel(chosen(x), expected) < 1e-5
     with pytest.raises(ValueError, match="this model takes 32x32 images"):
         deploy_fastest(model, torch.randn(2, 3, 40, 40))
-    with pytest.raises(ValueError, match="stem is a CNN option"):
+    with pytest.raises(ValueError, match="stem and conditional are CNN options"):
         deploy_fastest(model, x, stem="triton")
+    with pytest.raises(ValueError, match="stem and conditional are CNN options"):
+        deploy_fastest(model, x, conditional=True)
 
 
 def test_a_form_that_fails_is_left_out_with_its_error():
