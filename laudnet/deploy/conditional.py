@@ -36,12 +36,17 @@ def conditional_capture(enabled: bool = True) -> Iterator[None]:
         _CAPTURE.reset(token)
 
 
+def capturing_conditionally() -> bool:
+    """Whether an `if_node` entered now becomes an IF node (a CUDA-graph capture inside `conditional_capture`)."""
+    return _CAPTURE.get() and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 @contextmanager
 def if_node(predicate: Callable[[], Tensor]) -> Iterator[None]:
     """The body runs at replay only where `predicate()` (a 0-d bool CUDA tensor) is true, when captured inside
     `conditional_capture`; anywhere else (eager calls, plain captures) the body simply runs and `predicate` is not
     called (no extra launch)."""
-    if not (_CAPTURE.get() and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+    if not capturing_conditionally():
         yield
         return
     pred = predicate()

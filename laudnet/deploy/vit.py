@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from laudnet.blocks.vit import DynamicViTBlock
+from laudnet.deploy.conditional import capturing_conditionally, if_node
 from laudnet.deploy.model import GraphedModel
 from laudnet.deploy.packed import (
     PackedRows,
@@ -452,14 +454,26 @@ class DeployedViTBlock(nn.Module):
         if tokens is None and heads is None and run_attn is None:
             x = self._attention(x, y, None, None, None)  # dense
         elif self.attention == "varlen":
-            x = self._attention_varlen(x, y, tokens, heads, run_attn, shared)
+            x = self._sub_block(run_attn, x, lambda: self._attention_varlen(x, y, tokens, heads, run_attn, shared))
         elif self.capturable:
             x = self._attention_padded(x, y, tokens, heads, run_attn)
         else:
             x = self._attention(x, y, tokens, heads, run_attn)
-        x = self._mlp(x, tokens, run_mlp, inplace=self.owns_input or x is not x_in, rows=shared)
+        inplace = self.owns_input or x is not x_in
+        x = self._sub_block(run_mlp, x, lambda: self._mlp(x, tokens, run_mlp, inplace=inplace, rows=shared))
         self._record(tokens, heads, run_attn, run_mlp)
         return x
+
+    def _sub_block(self, run: Tensor | None, x: Tensor, fn: Callable[[], Tensor]) -> Tensor:
+        """fn(), a sub-block adding into x in place, inside an IF node on "some sample runs it" when captured with
+        conditional nodes (`laudnet.deploy.conditional`: a sub-block no sample runs launches nothing)."""
+        if run is None or not (self.capturable and self.owns_input):
+            return fn()
+        with if_node(lambda: run.any()):
+            out = fn()
+        if capturing_conditionally() and out.data_ptr() != x.data_ptr():
+            raise RuntimeError("a sub-block captured in a conditional node must update its input in place")
+        return out
 
 
 def _gated(branch: Tensor, tokens: Tensor | None, run: Tensor | None) -> Tensor:
@@ -528,13 +542,14 @@ class DeployedViT(nn.Module):
         x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(1)
         return self.head(self.fc_norm(x))
 
-    def graphed(self, example: Tensor) -> GraphedModel:
+    def graphed(self, example: Tensor, *, conditional: bool = False) -> GraphedModel:
         """This model captured as one CUDA graph for inputs shaped like `example` (`laudnet.deploy.GraphedModel`);
-        needs a model deployed with ``capturable=True``."""
+        needs a model deployed with ``capturable=True``. With `conditional`, each skippable sub-block (layer
+        skipping) sits in an IF node: a sub-block that no sample runs launches nothing."""
         if not self.capturable:
             raise ValueError("a CUDA graph needs a deployed ViT that does not synchronise with the host: "
                              "deploy_vit(model, ..., capturable=True)")
-        return GraphedModel(self, example)
+        return GraphedModel(self, example, conditional=conditional)
 
     def densities(self) -> list[dict[str, float]]:
         """Per-block batch-mean rates of the last forward: kept tokens, kept heads, executed attention and MLP."""

@@ -57,3 +57,31 @@ def test_conditional_graph_needs_a_cuda_input():
     deployed = deploy(_layer_model(), torch.float32)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA input"):
         deployed.graphed(torch.randn(1, 3, 32, 32), conditional=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("paradigm", "batch"), [("layer", 1), ("token+layer", 3)])
+def test_conditional_vit_graph_equals_the_plain_graph_on_gpu(paradigm, batch):
+    """ViT sub-blocks that no sample runs are skipped by their IF node: the same outputs as the plain graph."""
+    pytest.importorskip("timm")
+    if not conditional_nodes_available():
+        pytest.skip("this PyTorch has no conditional CUDA-graph capture")
+    from helpers import skipping_vit
+
+    from laudnet.deploy import deploy_vit
+
+    model = skipping_vit(paradigm).cuda()
+    deployed = deploy_vit(model, torch.bfloat16, attention="varlen", capturable=True)
+    gen = torch.Generator().manual_seed(0)
+    for i, block in enumerate(deployed.blocks):
+        layers = torch.rand(batch, 2, generator=gen) < 0.5
+        if i % 2 == 0:
+            layers[:, 0] = False  # an attention sub-block that no sample runs
+        tokens = torch.rand(batch, 17, generator=gen) < 0.6 if "token" in paradigm else None
+        if tokens is not None:
+            tokens[:, 0] = True
+        block.forced = (tokens.cuda() if tokens is not None else None, None, layers.cuda())
+    x = torch.randn(batch, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        plain = deployed.graphed(x)(x).clone()
+        torch.testing.assert_close(deployed.graphed(x, conditional=True)(x), plain)
