@@ -300,10 +300,10 @@ class Bench:
             fn(static_x)
         return g.replay
 
-    def graphed_deployed(self, deployed, x: Tensor):
+    def graphed_deployed(self, deployed, x: Tensor, conditional: bool = False):
         if not self.cuda:
             return lambda: deployed(x)
-        run = deployed.graphed(x)
+        run = deployed.graphed(x, conditional=conditional)
         return lambda: run(x)
 
     def over_budget(self) -> bool:
@@ -402,6 +402,11 @@ def bench_case(bench: Bench, case: Case, batch: int, x: Tensor, model: LaudViT, 
             bench.record(row, name, lambda d=dep: bench.graphed_deployed(d, x), flops_ratio=extra["flops_ratio"])
         else:
             bench.record(row, name, lambda d=dep: lambda: d(x), flops_ratio=extra["flops_ratio"])
+        _free()
+    if args.conditional and case.layer is not None and bench.cuda:  # skipped sub-blocks launch nothing
+        bench.record(row, "varlen cuda-graph conditional",
+                     lambda: bench.graphed_deployed(forms["varlen cuda-graph"], x, conditional=True),
+                     flops_ratio=extra["flops_ratio"])
         _free()
     set_fixed_k(fixed, k)
     base = FixedRatioViT(fixed, bench.dtype)
@@ -541,7 +546,7 @@ def report(path: str) -> str:
                   "| case | FLOPs | bucket eager | varlen eager | bucket graph | varlen graph | best/static "
                   "| fixed-ratio (FLOPs) eager / graph | fixed/static | pred. | rel. err. (bucket, varlen, graphs) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        by_case = defaultdict(dict)
+        by_case, conditional = defaultdict(dict), []
         for r in rs:
             if "case" in r:
                 by_case[r["case"]][r["variant"]] = r
@@ -552,6 +557,10 @@ def report(path: str) -> str:
                 continue
             times = {n: v[n]["ms"] if n in v and "ms" in v[n] else None for n in VARIANTS}
             got = [t for t in times.values() if t is not None]
+            cond = v.get("varlen cuda-graph conditional", {}).get("ms")
+            if cond is not None:  # the best includes the conditional graph; listed below the table
+                got.append(cond)
+                conditional.append(f"{label}: {cond:.2f} ms" + (f" ({cond / best:.2f})" if best else ""))
             base_e, base_g = v.get("fixed-ratio eager", {}), v.get("fixed-ratio cuda-graph", {})
             base_best = min([t for t in (base_e.get("ms"), base_g.get("ms")) if t is not None], default=None)
             errs = info["rel_error"]
@@ -566,6 +575,8 @@ def report(path: str) -> str:
                 + ", ".join(f"{errs[n]:.1e}" if isinstance(errs.get(n), float) else "err" for n in VARIANTS)
                 + " |"
             )
+        if conditional:
+            lines += ["", "varlen CUDA graph with conditional nodes: " + "; ".join(conditional)]
         if failed:
             lines += ["", "Not measured: " + "; ".join(failed)]
         lines.append("")
@@ -595,6 +606,9 @@ def parse_args(argv=None):
     parser.add_argument("--unfused-rows", dest="fuse_rows", action="store_const", const=False, default=None,
                         help="CUDA-graph forms without norm2, GELU and residual adds in the row GEMMs "
                              "(deploy_vit(fuse_rows=False))")
+    parser.add_argument("--conditional", action="store_true",
+                        help="also time layer-skipping cases as a varlen CUDA graph with conditional nodes "
+                             "(DeployedViT.graphed(conditional=True))")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-compile", dest="compile", action="store_false")

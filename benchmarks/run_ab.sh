@@ -26,7 +26,7 @@ vit)
     timeout 120 python benchmarks/bench_rows_kernels.py --rates 0.5 1.0 --out "$out/bench_rows_kernels_h200_$c.json" \
         --commit "$c" > "$out/bench_rows_kernels_h200_$c.log" 2>&1
     tail -14 "$out/bench_rows_kernels_h200_$c.log"
-    timeout 200 python benchmarks/bench_vit.py --batches 128 1 --budget-s 120 \
+    timeout 200 python benchmarks/bench_vit.py --batches 128 1 --budget-s 120 --conditional \
         --out "$out/bench_vit_h200_$c.json" --commit "$c" > "$out/bench_vit_h200_$c.log" 2>&1
     grep -A14 "batch 1" "$out/bench_vit_h200_$c.log" | head -34 ;;
 cnn)
