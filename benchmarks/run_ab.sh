@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The device runs that measure what was built since the last committed results, results under $OUT. Two parts, each
 # within a 10-minute device call:
-#   OUT=dir benchmarks/run_ab.sh vit   # GPU tests of kernels and deploy; row kernels vs cuBLAS; bench_vit (compare
-#                                      # with benchmarks/results/bench_{rows_kernels,vit}_h200_f6218d6.json)
+#   OUT=dir benchmarks/run_ab.sh vit   # every GPU test of kernels and deploy; bench_vit with the compiled static
+#                                      # forms and conditional graphs (compare with bench_vit_h200_ec673ee.json)
 #   OUT=dir benchmarks/run_ab.sh cnn   # bench_models ResNet-101 (tuned and dense-masked compiled whole, rate 0.5;
 #                                      # compare with
 #                                      # benchmarks/results/bench_models_tuned_r101_dynamic_h200_16df232.json)
@@ -21,14 +21,11 @@ c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 case $part in
 vit)
-    python -m pytest -q tests/kernels tests/deploy -k "cuda or gpu" > "$out/pytest_gpu_h200_$c.txt" 2>&1
+    timeout 240 python -m pytest -q tests/kernels tests/deploy -k "cuda or gpu" > "$out/pytest_gpu_h200_$c.txt" 2>&1
     tail -3 "$out/pytest_gpu_h200_$c.txt"
-    timeout 120 python benchmarks/bench_rows_kernels.py --rates 0.5 1.0 --out "$out/bench_rows_kernels_h200_$c.json" \
-        --commit "$c" > "$out/bench_rows_kernels_h200_$c.log" 2>&1
-    tail -14 "$out/bench_rows_kernels_h200_$c.log"
-    timeout 200 python benchmarks/bench_vit.py --batches 128 1 --budget-s 120 --conditional \
+    timeout 300 python benchmarks/bench_vit.py --batches 128 1 --budget-s 150 --conditional \
         --out "$out/bench_vit_h200_$c.json" --commit "$c" > "$out/bench_vit_h200_$c.log" 2>&1
-    grep -A14 "batch 1" "$out/bench_vit_h200_$c.log" | head -34 ;;
+    python benchmarks/bench_vit.py --report "$out/bench_vit_h200_$c.json" | head -40 ;;
 cnn)
     name=bench_models_tuned_r101_h200_$c
     timeout 540 python benchmarks/bench_models.py --models laud_resnet101 --batches 128 1 --tune --rates 0.5 \
