@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The device runs that measure what was built since the last committed results, results under $OUT. Two parts, each
-# within a 10-minute device call:
+# The device runs that measure what was built since the last committed results, results under $OUT. One part per
+# device call, each within 10 minutes:
 #   OUT=dir benchmarks/run_ab.sh vit   # every GPU test of kernels and deploy; bench_vit with the compiled static
 #                                      # forms and conditional graphs (compare with bench_vit_h200_ec673ee.json)
 #   OUT=dir benchmarks/run_ab.sh cnn   # bench_models ResNet-101 (tuned and dense-masked compiled whole, rate 0.5;
-#                                      # compare with
-#                                      # benchmarks/results/bench_models_tuned_r101_dynamic_h200_16df232.json)
+#                                      # compare with bench_models_tuned_r101_h200_56fa110.json)
 #   OUT=dir benchmarks/run_ab.sh fastest   # GPU tests of deploy_fastest; bench_fastest.py on ResNet-101 and DeiT-S,
 #                                          # batch 128 and 1 (compare with bench_fastest_r101_b1_h200_d6ea585.json)
 #   OUT=dir benchmarks/run_ab.sh stem      # GPU tests of the stem kernel; bench_models ResNet-101 layer skipping with
