@@ -382,7 +382,8 @@ class DeployedBlock(nn.Module):
             patch, order = self.granularity, None
             patches, count = (d.patch_idx, d.count) if d is not None else K.mask_to_patch_list(grid)
         s = self._shortcut_nhwc(x)  # the block input itself, or a fresh projection: written in place
-        with if_node(lambda: count[0] > 0):  # in a conditional CUDA graph: nothing launched when nothing executes
+        active = (lambda: d.active) if d is not None else (lambda: count[0] > 0)
+        with if_node(active):  # in a conditional CUDA graph: nothing is launched when nothing executes
             h1 = self._conv1(x, grid, order, count)
             h2 = K.gather_conv3x3(h1, self._packed[1], self.conv2.bias, patches, patch, self.stride, count=count)
             K.conv1x1_scatter_add(h2, self._packed[2], self.conv3.bias, s, patches, patch, out=s, count=count,

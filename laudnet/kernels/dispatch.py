@@ -239,7 +239,8 @@ def masker_decide(
         impl: "auto", "reference" or "triton".
 
     Returns:
-        `MaskerDecisions(keep [N, gh, gw] bool, patch_idx int32 [T, 3], order int32 [T], count int32 [1], rate)`:
+        `MaskerDecisions(keep [N, gh, gw] bool, patch_idx int32 [T, 3], order int32 [T], count int32 [1], rate,
+        active)`:
         active windows first (row-major), then the inactive ones; `T = N*gh*gw`.
     """
     from .masker import masker_decide_triton

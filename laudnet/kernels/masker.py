@@ -195,6 +195,7 @@ def _compact_kernel_src(
     order_ptr,  # int32 [T] out: the same list as flat window ids
     cnt_ptr,  # int32 [1] out: number of active windows
     rate_ptr,  # fp32 [1] out: count / T
+    any_ptr,  # uint8 [1] out: count > 0 (a conditional CUDA-graph node's predicate)
     T,
     G,  # windows per sample
     GW,
@@ -227,6 +228,7 @@ def _compact_kernel_src(
     first = pid == 0
     tl.store(cnt_ptr, n_total, mask=first)
     tl.store(rate_ptr, n_total.to(tl.float32) / T, mask=first)
+    tl.store(any_ptr, (n_total > 0).to(tl.uint8), mask=first)
 
 
 _window_sums_kernel = LazyKernel(_window_sums_kernel_src)
@@ -352,6 +354,7 @@ def masker_decide_triton(
     # written by the compaction kernel's first program (no fill launches: two fewer kernels per block)
     count = (torch.empty if t_cap else torch.zeros)(1, dtype=torch.int32, device=dev)
     rate = (torch.empty if t_cap else torch.zeros)(1, dtype=torch.float32, device=dev)
+    active = (torch.empty if t_cap else torch.zeros)(1, dtype=torch.uint8, device=dev)
     if t_cap:
         interp = interpreter_enabled()
         block_c = min(16 if interp else 2048, next_power_of_2(c))
@@ -368,9 +371,11 @@ def masker_decide_triton(
         )  # fmt: skip
         block = 16 if interp else 1024
         _compact_kernel[(-(-t_cap // block),)](
-            keep, patch_idx, order, count, rate, t_cap, gh * gw, gw, BLOCK=block, num_warps=1 if interp else 4
+            keep, patch_idx, order, count, rate, active, t_cap, gh * gw, gw, BLOCK=block,
+            num_warps=1 if interp else 4,
         )
-    return MaskerDecisions(keep.view(torch.bool).view(n, gh, gw), patch_idx, order, count, rate.view(()))
+    return MaskerDecisions(keep.view(torch.bool).view(n, gh, gw), patch_idx, order, count, rate.view(()),
+                           active.view(torch.bool).view(()))
 
 
 def channel_masker_triton(

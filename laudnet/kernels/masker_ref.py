@@ -36,6 +36,7 @@ class MaskerDecisions(NamedTuple):
         order: int32 `[T]` the same list as flat window ids `(n*gh + row)*gw + col` (for layer skipping: samples).
         count: int32 `[1]` number of active windows.
         rate: fp32 0-d tensor, `count / T`.
+        active: bool 0-d tensor, `count > 0` (the predicate of a conditional CUDA-graph node).
     """
 
     keep: torch.Tensor
@@ -43,6 +44,7 @@ class MaskerDecisions(NamedTuple):
     order: torch.Tensor
     count: torch.Tensor
     rate: torch.Tensor
+    active: torch.Tensor
 
 
 def window_grid(hw: tuple[int, int], window: int) -> tuple[int, int]:
@@ -155,7 +157,7 @@ def masker_decide_ref(
     rate = count[0].float() / max(flat.numel(), 1)
     if zero_active:
         sums.masked_fill_(keep[..., None], 0.0)
-    return MaskerDecisions(keep, patch_idx, order, count, rate)
+    return MaskerDecisions(keep, patch_idx, order, count, rate, count[0] > 0)
 
 
 def check_channel_masker_args(sums, pixels, w1, b1, w2, b2, forced) -> tuple[int, int, int, int]:

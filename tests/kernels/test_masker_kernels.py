@@ -105,6 +105,7 @@ def test_masker_decide_interpret(interpret, window, n, kind):
     assert torch.equal(s_tri, s_ref)
     t = sums.shape[0] * sums.shape[1] * sums.shape[2]
     assert int(got.count) == {"all": t, "none": 0}.get(kind, int(ref.keep.sum()))
+    assert got.active.shape == () and bool(got.active) == (int(got.count) > 0)  # a conditional node's predicate
     assert sorted(got.order.tolist()) == list(range(t))  # a permutation: every window listed once
     if kind == "random":
         assert 0 < int(got.count) < t
