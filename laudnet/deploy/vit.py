@@ -469,7 +469,7 @@ class DeployedViTBlock(nn.Module):
         conditional nodes (`laudnet.deploy.conditional`: a sub-block no sample runs launches nothing)."""
         if run is None or not (self.capturable and self.owns_input):
             return fn()
-        with if_node(lambda: run.any()):
+        with if_node(lambda: run.reshape(()) if run.numel() == 1 else run.any()):  # batch 1: a view, no launch
             out = fn()
         if capturing_conditionally() and out.data_ptr() != x.data_ptr():
             raise RuntimeError("a sub-block captured in a conditional node must update its input in place")
