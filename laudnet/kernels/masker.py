@@ -149,6 +149,11 @@ def _masker_decide_kernel_src(
     b_ptr,  # fp32 [1] execute-minus-skip bias
     forced_ptr,  # uint8 [R] imposed decisions (read when HAS_FORCED)
     keep_ptr,  # uint8 [R] out: decisions
+    pidx_ptr,  # with COMPACT, the outputs of `_compact_kernel` (see there)
+    order_ptr,
+    cnt_ptr,
+    rate_ptr,
+    any_ptr,
     R,
     C,
     G,  # windows per sample, GH*GW
@@ -158,6 +163,7 @@ def _masker_decide_kernel_src(
     K,
     HAS_FORCED: tl.constexpr,
     ZERO_ACTIVE: tl.constexpr,
+    COMPACT: tl.constexpr,  # one program holds every window: it also writes the lists (no `_compact_kernel`)
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -182,6 +188,11 @@ def _masker_decide_kernel_src(
     if HAS_FORCED:
         keep = tl.load(forced_ptr + r, mask=r_ok, other=0) != 0
     tl.store(keep_ptr + r, keep.to(tl.uint8), mask=r_ok)
+    if COMPACT:
+        k = (keep & r_ok).to(tl.int32)
+        n_total = tl.sum(k, axis=0)
+        _store_lists(r, k, tl.cumsum(k, axis=0) - k, n_total, R, G, GW, pidx_ptr, order_ptr, cnt_ptr, rate_ptr,
+                     any_ptr, r_ok, True)
     if ZERO_ACTIVE:
         zero = tl.full((BLOCK_R, BLOCK_C), 0.0, tl.float32)
         for c0 in range(0, C, BLOCK_C):
@@ -217,7 +228,13 @@ def _compact_kernel_src(
     ok = t < T
     k = tl.load(keep_ptr + t, mask=ok, other=0).to(tl.int32)
     act = tl.cumsum(k, axis=0) - k + tl.sum(before, axis=0)  # active windows before t
-    pos = tl.where(k > 0, act, n_total + t - act)  # inactive ones after all active ones, in order too
+    _store_lists(t, k, act, n_total, T, G, GW, pidx_ptr, order_ptr, cnt_ptr, rate_ptr, any_ptr, ok, pid == 0)
+
+
+def _store_lists(t, k, act, n_total, T, G, GW, pidx_ptr, order_ptr, cnt_ptr, rate_ptr, any_ptr, ok, first):
+    """Windows t (k: 1 if active, act: active windows before t, n_total: all active ones) to their list positions,
+    active ones first and each group in order; the count, rate and any-active flag where `first`."""
+    pos = tl.where(k > 0, act, n_total + t - act)
     smp = t // G
     cell = t - smp * G
     i = cell // GW
@@ -225,7 +242,6 @@ def _compact_kernel_src(
     tl.store(pidx_ptr + pos * 3, smp, mask=ok)
     tl.store(pidx_ptr + pos * 3 + 1, i, mask=ok)
     tl.store(pidx_ptr + pos * 3 + 2, cell - i * GW, mask=ok)
-    first = pid == 0
     tl.store(cnt_ptr, n_total, mask=first)
     tl.store(rate_ptr, n_total.to(tl.float32) / T, mask=first)
     tl.store(any_ptr, (n_total > 0).to(tl.uint8), mask=first)
@@ -274,8 +290,8 @@ def _channel_masker_kernel_src(
 
 _channel_masker_kernel = LazyKernel(_channel_masker_kernel_src)
 _window_tile_sums_kernel = LazyKernel(_window_tile_sums_kernel_src)
-_masker_decide_kernel = LazyKernel(_masker_decide_kernel_src)
-_compact_kernel = LazyKernel(_compact_kernel_src)
+_masker_decide_kernel = LazyKernel(_masker_decide_kernel_src, helpers=(_store_lists,))
+_compact_kernel = LazyKernel(_compact_kernel_src, helpers=(_store_lists,))
 
 
 def window_sums_triton(x: torch.Tensor, window: int, relu: bool = False, *, split: int | None = None) -> torch.Tensor:
@@ -341,7 +357,8 @@ def masker_decide_triton(
     forced: torch.Tensor | None = None,
     zero_active: bool = False,
 ) -> MaskerDecisions:
-    """Triton kernels of `masker_decide_ref` (two launches). Same arguments and result."""
+    """Triton kernels of `masker_decide_ref` (one launch where one program holds every window, e.g. layer skipping
+    at batch 1; two otherwise). Same arguments and result."""
     n, gh, gw, c = check_decide_args(sums, weight, bias, in_hw, window, forced)
     dev = sums.device
     for name, t in (("weight", weight), ("bias", bias), ("forced", forced)):
@@ -363,17 +380,19 @@ def masker_decide_triton(
         block_r = min(next_power_of_2(t_cap), 16 if interp else max(1, 2048 // block_c))
         forced_u8 = forced.reshape(-1).contiguous().view(torch.uint8) if forced is not None else keep
         h, w = in_hw
-        _masker_decide_kernel[(-(-t_cap // block_r),)](
-            sums, weight.contiguous(), bias.reshape(1), forced_u8, keep,
+        programs = -(-t_cap // block_r)
+        _masker_decide_kernel[(programs,)](
+            sums, weight.contiguous(), bias.reshape(1), forced_u8, keep, patch_idx, order, count, rate, active,
             t_cap, c, gh * gw, gw, h, w, window_size(in_hw, window),
-            HAS_FORCED=forced is not None, ZERO_ACTIVE=zero_active, BLOCK_R=block_r, BLOCK_C=block_c,
-            num_warps=1 if interp else 4,
+            HAS_FORCED=forced is not None, ZERO_ACTIVE=zero_active, COMPACT=programs == 1, BLOCK_R=block_r,
+            BLOCK_C=block_c, num_warps=1 if interp else 4,
         )  # fmt: skip
-        block = 16 if interp else 1024
-        _compact_kernel[(-(-t_cap // block),)](
-            keep, patch_idx, order, count, rate, active, t_cap, gh * gw, gw, BLOCK=block,
-            num_warps=1 if interp else 4,
-        )
+        if programs > 1:  # the lists need every program's decisions: a second launch
+            block = 16 if interp else 1024
+            _compact_kernel[(-(-t_cap // block),)](
+                keep, patch_idx, order, count, rate, active, t_cap, gh * gw, gw, BLOCK=block,
+                num_warps=1 if interp else 4,
+            )
     return MaskerDecisions(keep.view(torch.bool).view(n, gh, gw), patch_idx, order, count, rate.view(()),
                            active.view(torch.bool).view(()))
 

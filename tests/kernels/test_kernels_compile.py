@@ -189,7 +189,8 @@ def test_masker_kernels_compile(launches, tmp_path):
     masker.window_sums_triton(x, 4)
     masker.window_sums_triton(x, 8, split=1)
     sums = torch.randn(2, 2, 2, 64)
-    masker.masker_decide_triton(sums, torch.randn(64), torch.randn(1), (8, 8), 4)
+    masker.masker_decide_triton(sums, torch.randn(64), torch.randn(1), (8, 8), 4)  # one program: lists inline
+    masker.masker_decide_triton(torch.randn(4, 8, 8, 64), torch.randn(64), torch.randn(1), (32, 32), 4)  # two
     masker.channel_masker_triton(torch.randn(2, 64), 64, torch.randn(16, 64), torch.randn(16), torch.randn(8, 16),
                                  torch.randn(8))
     _compile_all(launches, tmp_path)

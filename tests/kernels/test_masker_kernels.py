@@ -88,10 +88,12 @@ def test_window_sums_interpret(interpret, window, split):
 @pytest.mark.parametrize(
     ("window", "n", "kind"),
     [(MR.MAP_WINDOW, 5, "random"), (MR.MAP_WINDOW, 37, "random"), (2, N, "random"), (3, N, "random"),
-     (2, N, "all"), (2, N, "none"), (MR.MAP_WINDOW, 5, "forced")],
+     (2, N, "all"), (2, N, "none"), (MR.MAP_WINDOW, 5, "forced"), (MR.MAP_WINDOW, 1, "all"),
+     (MR.MAP_WINDOW, 1, "none")],
 )
 def test_masker_decide_interpret(interpret, window, n, kind):
-    """Same decisions, lists, count and rate as the reference; T = N*gh*gw spans several compaction programs."""
+    """Same decisions, lists, count and rate as the reference; T = N*gh*gw spans several compaction programs, or
+    fits one decision program that writes the lists itself (T = 1, 5: layer skipping at batch 1 and 5)."""
     gen = torch.Generator().manual_seed(n + window)
     sums = MR.window_sums_ref(torch.randn((n, H, W, C), generator=gen), window)
     w = torch.randn(C, generator=gen)
