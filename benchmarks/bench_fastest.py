@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 
 import torch
 
@@ -31,33 +32,49 @@ from bench_models import _triton_version, block_decision_shapes, random_decision
 
 
 def static_forms(args, x: torch.Tensor, save) -> list[float]:
-    """Time the static candidates at x's batch size (each saved as a row); returns their times."""
+    """Time the static candidates at x's batch size (each saved as a row, or its error); returns their times."""
     dev, times = x.device, []
+
+    def timed(variant: str, build) -> None:
+        t0 = time.time()
+        try:
+            run, inp = build()
+            ms = 1e3 * time_call(lambda: run(inp), dev, repeats=args.repeats)
+        except Exception as e:  # one static form failing leaves the others (and the dynamic cases) to measure
+            traceback.print_exc()
+            save(dict(batch=x.shape[0], kind="static", variant=variant, error=f"{type(e).__name__}: {str(e)[:300]}"))
+            return
+        times.append(ms)
+        save(dict(batch=x.shape[0], kind="static", variant=variant, ms=ms, build_s=round(time.time() - t0, 1)))
+
     if "deit" in args.model or "vit" in args.model:
         import timm
 
         from laudnet.models.vit import MODEL_CFGS
 
-        tv = timm.create_model(MODEL_CFGS[args.model.removeprefix("laud_")].timm_name, pretrained=False)
-        tv = tv.to(dev, torch.bfloat16).eval()
-        xb = x.to(torch.bfloat16)
-        t0 = time.time()
-        graph = GraphedModel(torch.compile(tv, dynamic=False), xb)
-        times.append(1e3 * time_call(lambda: graph(xb), dev, repeats=args.repeats))
-        save(dict(batch=x.shape[0], kind="static", variant="timm compile cuda-graph", ms=times[-1],
-                  build_s=round(time.time() - t0, 1)))
-        static = deploy_fastest(laudnet.create_model(args.model, paradigm="static").to(dev).eval(), x,
-                                repeats=args.repeats)
+        def timm_graph():
+            tv = timm.create_model(MODEL_CFGS[args.model.removeprefix("laud_")].timm_name, pretrained=False)
+            xb = x.to(torch.bfloat16)
+            return GraphedModel(torch.compile(tv.to(dev, torch.bfloat16).eval(), dynamic=False), xb), xb
+
+        timed("timm compile cuda-graph", timm_graph)
+        try:
+            static = deploy_fastest(laudnet.create_model(args.model, paradigm="static").to(dev).eval(), x,
+                                    repeats=args.repeats)
+        except Exception as e:
+            traceback.print_exc()
+            save(dict(batch=x.shape[0], kind="static", variant="laudnet static", error=f"{type(e).__name__}: {e}"))
+            return times
         for form, ms in static.times_ms.items():
             times.append(ms)
             save(dict(batch=x.shape[0], kind="static", variant=f"laudnet static {form} cuda-graph", ms=ms))
         return times
-    static = deploy(laudnet.create_model(args.model, paradigm="static").to(dev).eval(), torch.bfloat16)
-    t0 = time.time()
-    graph = GraphedModel(torch.compile(static, dynamic=False), x)
-    times.append(1e3 * time_call(lambda: graph(x), dev, repeats=args.repeats))
-    save(dict(batch=x.shape[0], kind="static", variant="laudnet folded whole-compile cuda-graph", ms=times[-1],
-              build_s=round(time.time() - t0, 1)))
+
+    def folded_graph():
+        static = deploy(laudnet.create_model(args.model, paradigm="static").to(dev).eval(), torch.bfloat16)
+        return GraphedModel(torch.compile(static, dynamic=False), x), x
+
+    timed("laudnet folded whole-compile cuda-graph", folded_graph)
     return times
 
 
@@ -110,7 +127,7 @@ def main() -> int:
     with torch.no_grad():
         for batch in args.batches:
             x = torch.randn(batch, 3, 224, 224, device=dev).to(memory_format=torch.channels_last)
-            static_ms = min(static_forms(args, x, save))
+            static_ms = min(static_forms(args, x, save), default=float("nan"))
             for paradigm in args.paradigms:
                 model = laudnet.create_model(args.model, paradigm=paradigm).cuda().eval()
                 setup = vit_setup(model, paradigm, args.rate, batch) if vit else cnn_setup(model, args.rate, batch)

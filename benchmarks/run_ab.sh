@@ -5,8 +5,9 @@
 #                                      # forms and conditional graphs (compare with bench_vit_h200_ec673ee.json)
 #   OUT=dir benchmarks/run_ab.sh cnn   # bench_models ResNet-101 (tuned and dense-masked compiled whole, rate 0.5;
 #                                      # compare with bench_models_tuned_r101_h200_56fa110.json)
-#   OUT=dir benchmarks/run_ab.sh fastest   # GPU tests of deploy_fastest; bench_fastest.py on ResNet-101 and DeiT-S,
-#                                          # batch 128 and 1 (compare with bench_fastest_r101_b1_h200_d6ea585.json)
+#   OUT=dir benchmarks/run_ab.sh fastest   # GPU tests of deploy_fastest; bench_fastest.py on ResNet-101, batch 128
+#                                          # and 1 (compare with bench_fastest_r101_b1_h200_d6ea585.json)
+#   OUT=dir benchmarks/run_ab.sh fastest-vit   # bench_fastest.py on DeiT-S (token, head, layer), batch 128 and 1
 #   OUT=dir benchmarks/run_ab.sh stem      # GPU tests of the stem kernel; bench_models ResNet-101 layer skipping with
 #                                          # deploy(stem="triton") for every laudnet network (compare the static and
 #                                          # dynamic times with bench_models_tuned_r101_h200_56fa110.json)
@@ -14,7 +15,7 @@
 #                                              # layer and spatial skipping, tuned, with and without them
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|stem|conditional"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -31,11 +32,12 @@ cnn)
         --dense-whole --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
 fastest)
-    python -m pytest -q tests/deploy/test_tune.py -k "gpu" > "$out/pytest_fastest_gpu_h200_$c.txt" 2>&1
+    timeout 150 python -m pytest -q tests/deploy/test_tune.py -k "gpu" > "$out/pytest_fastest_gpu_h200_$c.txt" 2>&1
     tail -2 "$out/pytest_fastest_gpu_h200_$c.txt"
-    timeout 300 python benchmarks/bench_fastest.py --batches 128 1 --out "$out/bench_fastest_r101_h200_$c.json" \
-        --commit "$c" 2>&1 | grep "^{" | cut -c1-240
-    timeout 200 python benchmarks/bench_fastest.py --model laud_deit_small --paradigms token head layer \
+    timeout 420 python benchmarks/bench_fastest.py --batches 128 1 --out "$out/bench_fastest_r101_h200_$c.json" \
+        --commit "$c" 2>&1 | grep "^{" | cut -c1-240 ;;
+fastest-vit)
+    timeout 540 python benchmarks/bench_fastest.py --model laud_deit_small --paradigms token head layer \
         --batches 128 1 --out "$out/bench_fastest_deit_s_h200_$c.json" --commit "$c" 2>&1 | grep "^{" | cut -c1-240 ;;
 stem)
     python -m pytest -q tests/kernels/test_stem_kernels.py tests/deploy/test_deploy.py -k "gpu or cuda" \
@@ -52,5 +54,5 @@ conditional)
     timeout 540 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer spatial --batches 1 128 \
         --rates 0.5 --tune --conditional --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
-*) echo "unknown part $part (vit, cnn, fastest, stem or conditional)" >&2; exit 2 ;;
+*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem or conditional)" >&2; exit 2 ;;
 esac
