@@ -8,9 +8,10 @@
 #   OUT=dir benchmarks/run_ab.sh fastest   # GPU tests of deploy_fastest; bench_fastest.py on ResNet-101, batch 128
 #                                          # and 1 (compare with bench_fastest_r101_b1_h200_d6ea585.json)
 #   OUT=dir benchmarks/run_ab.sh fastest-vit   # bench_fastest.py on DeiT-S (token, head, layer), batch 128 and 1
-#   OUT=dir benchmarks/run_ab.sh stem      # GPU tests of the stem kernel; bench_models ResNet-101 layer skipping with
-#                                          # deploy(stem="triton") for every laudnet network (compare the static and
-#                                          # dynamic times with bench_models_tuned_r101_h200_56fa110.json)
+#   OUT=dir benchmarks/run_ab.sh stem      # GPU tests of the stem kernel and conditional graphs; bench_models
+#                                          # ResNet-101 layer skipping with deploy(stem="triton") for every laudnet
+#                                          # network, tuned, with and without conditional nodes (compare the static
+#                                          # and dynamic times with bench_models_tuned_r101_h200_56fa110.json)
 #   OUT=dir benchmarks/run_ab.sh conditional   # GPU tests of conditional CUDA-graph nodes; bench_models ResNet-101
 #                                              # layer and spatial skipping, tuned, with and without them
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
@@ -40,13 +41,13 @@ fastest-vit)
     timeout 540 python benchmarks/bench_fastest.py --model laud_deit_small --paradigms token head layer \
         --batches 128 1 --out "$out/bench_fastest_deit_s_h200_$c.json" --commit "$c" 2>&1 | grep "^{" | cut -c1-240 ;;
 stem)
-    python -m pytest -q tests/kernels/test_stem_kernels.py tests/deploy/test_deploy.py -k "gpu or cuda" \
-        > "$out/pytest_stem_gpu_h200_$c.txt" 2>&1
+    timeout 200 python -m pytest -q tests/kernels/test_stem_kernels.py tests/deploy/test_deploy.py \
+        tests/deploy/test_conditional.py -k "gpu or cuda" > "$out/pytest_stem_gpu_h200_$c.txt" 2>&1
     tail -2 "$out/pytest_stem_gpu_h200_$c.txt"
     name=bench_models_stem_triton_r101_h200_$c
-    timeout 420 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer --batches 128 1 \
-        --rates 0.5 --stem triton --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
-    python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -20 ;;
+    timeout 420 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer --batches 1 128 \
+        --rates 0.5 --stem triton --tune --conditional --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
+    python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -30 ;;
 conditional)
     python -m pytest -q tests/deploy/test_conditional.py > "$out/pytest_conditional_gpu_h200_$c.txt" 2>&1
     tail -2 "$out/pytest_conditional_gpu_h200_$c.txt"
