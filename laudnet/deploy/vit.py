@@ -76,11 +76,13 @@ def _layer_scale(ls: nn.Module) -> Tensor | None | bool:
     return gamma if isinstance(gamma, Tensor) and gamma.dim() == 1 else False
 
 
-def _execute(masker: nn.Module, pooled: Tensor) -> Tensor:
-    """A head or sub-block masker's eval decisions (execute logit ≥ skip logit, as `gumbel_gate` takes them) as
-    booleans (B, K): its linear, then one comparison."""
-    logits = masker.fc(pooled).view(pooled.shape[0], 2, -1)
-    return logits[:, 0] >= logits[:, 1]
+def _execute_minus_skip(fc: nn.Linear) -> tuple[Tensor, Tensor]:
+    """A head or sub-block masker's linear (execute outputs, then skip outputs) as one fp32 execute-minus-skip
+    linear: a decision is `w · pooled + b ≥ 0` (execute logit ≥ skip logit, as `gumbel_gate` takes them, up to
+    rounding)."""
+    w, b = fc.weight.detach().float(), fc.bias.detach().float()
+    k = w.shape[0] // 2
+    return w[:k] - w[k:], b[:k] - b[k:]
 
 
 class DeployedViTBlock(nn.Module):
@@ -138,11 +140,16 @@ class DeployedViTBlock(nn.Module):
             self.register_buffer("qkv_wt", qkv.weight.detach().view(3, c, c).transpose(1, 2).contiguous())
             self.register_buffer("qkv_wt_cat", qkv.weight.detach().t().contiguous())
             self.register_buffer("qkv_wt_heads", qkv.weight.detach().view(3, h, d, c).transpose(2, 3).contiguous())
-        for name in ("token_masker", "head_masker", "layer_masker"):
-            if hasattr(block, name):
-                masker = copy.deepcopy(getattr(block, name))
-                masker.override = None
-                setattr(self, name, masker)
+        if hasattr(block, "token_masker"):
+            self.token_masker = copy.deepcopy(block.token_masker)
+            self.token_masker.override = None
+        # The head and sub-block maskers, linears on the token mean, stacked into one execute-minus-skip linear: their
+        # decisions come out of one pass over the tokens (`laudnet.kernels.pooled_decisions`), not 4-7 launches.
+        pooled = [_execute_minus_skip(getattr(block, n).fc) for n in ("head_masker", "layer_masker")
+                  if hasattr(block, n)]
+        if pooled:
+            self.register_buffer("masker_pool_w", torch.cat([w for w, _ in pooled]).contiguous())
+            self.register_buffer("masker_pool_b", torch.cat([b for _, b in pooled]).contiguous())
         n1 = self.norm1
         affine_ln = isinstance(n1, nn.LayerNorm) and n1.weight is not None and n1.bias is not None
         if fuse_token_masker and "token" in self.parts and not affine_ln:
@@ -171,9 +178,11 @@ class DeployedViTBlock(nn.Module):
         if "token" in self.parts and tokens is None:
             y = y.float()
             tokens = self.token_masker(y) > 0.5
-        pooled = y.mean(1, dtype=torch.float32) if self.parts & {"head", "layer"} else None
-        heads = _execute(self.head_masker, pooled) if "head" in self.parts else None
-        layers = _execute(self.layer_masker, pooled) if "layer" in self.parts else None
+        heads = layers = None
+        if self.parts & {"head", "layer"}:
+            both = dispatch.pooled_decisions(y.contiguous(), self.masker_pool_w, self.masker_pool_b)
+            heads = both[:, : self.num_heads] if "head" in self.parts else None
+            layers = both[:, -2:] if "layer" in self.parts else None
         if self.forced is None:
             return tokens, heads, layers
         for name, own, forced in zip(("token", "head", "sub-block"), (tokens, heads, layers), self.forced, strict=True):
@@ -615,7 +624,8 @@ def deploy_vit(
         if id(p) not in maskers:
             p.data = p.data.to(dtype)
     for name, buf in deployed.named_buffers():
-        if buf.is_floating_point() and not name.rpartition(".")[2].startswith("token_score_"):  # fused masker: fp32
+        # the fused maskers' weights stay fp32
+        if buf.is_floating_point() and not name.rpartition(".")[2].startswith(("token_score_", "masker_pool_")):
             module, _, attr = name.rpartition(".")
             setattr(deployed.get_submodule(module) if module else deployed, attr, buf.to(dtype))
     return deployed

@@ -15,6 +15,7 @@ from .dispatch import layer_norm_score as layer_norm_score
 from .dispatch import masker_decide as masker_decide
 from .dispatch import pack_rows as pack_rows
 from .dispatch import pixel_conv1x1 as pixel_conv1x1
+from .dispatch import pooled_decisions as pooled_decisions
 from .dispatch import resolve_impl as resolve_impl
 from .dispatch import rows_add_relu_ as rows_add_relu_
 from .dispatch import rows_layer_norm as rows_layer_norm

@@ -453,3 +453,20 @@ def stem_conv(
     if resolve_impl(x, weight, bias, impl=impl) == "reference":
         return stem_conv_ref(x, weight, bias, kernel, stride, padding, relu)
     return stem_conv_triton(x, weight, bias, kernel, stride, padding, relu)
+
+
+def pooled_decisions(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """A ViT block's per-sample decisions (kept heads, executed sub-blocks) from the mean of its normalised tokens, in
+    one pass: bool `[B, K]`, `weight · mean_n(y) + bias ≥ 0` in fp32.
+
+    Args:
+        y: contiguous tokens `[B, N, C]` (norm1's output).
+        weight, bias: fp32 `[K, C]`, `[K]`: the execute-minus-skip rows of the maskers' linears, stacked.
+        impl: "auto", "reference" or "triton".
+    """
+    from .token import pooled_decisions_triton
+    from .token_ref import pooled_decisions_ref
+
+    if resolve_impl(y, weight, bias, impl=impl) == "reference":
+        return pooled_decisions_ref(y, weight, bias)
+    return pooled_decisions_triton(y, weight, bias)

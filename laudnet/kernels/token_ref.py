@@ -69,3 +69,24 @@ def rows_layer_norm_ref(src: torch.Tensor, in_idx: torch.Tensor | None, count: t
     res = torch.zeros((r, c), dtype=src.dtype, device=src.device)
     res[:n] = F.layer_norm(src[rows].float(), (c,), weight.float(), bias.float(), eps).to(src.dtype)
     return res
+
+
+def check_pooled_decisions_args(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Raise ValueError unless y is a contiguous [B, N, C] tensor and weight [K, C] / bias [K] are fp32."""
+    if y.dim() != 3 or not y.is_contiguous():
+        raise ValueError(f"y must be contiguous tokens [B, N, C], got shape {tuple(y.shape)}")
+    k, c = weight.shape if weight.dim() == 2 else (-1, -1)
+    if c != y.shape[2] or tuple(bias.shape) != (k,):
+        raise ValueError(f"weight must be [K, {y.shape[2]}] and bias [K], got {tuple(weight.shape)} and "
+                         f"{tuple(bias.shape)}")
+    if weight.dtype != torch.float32 or bias.dtype != torch.float32:
+        raise ValueError("weight and bias must be fp32: decisions are made in fp32")
+    if weight.device != y.device or bias.device != y.device:
+        raise ValueError("y and the weights must be on one device")
+
+
+def pooled_decisions_ref(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The per-sample maskers' decisions (heads, sub-blocks) from the mean of a block's normalised tokens: bool
+    [B, K], `weight · mean_n(y) + bias ≥ 0` in fp32 (weight, bias: execute-minus-skip rows of the maskers' linears)."""
+    check_pooled_decisions_args(y, weight, bias)
+    return y.mean(1, dtype=torch.float32) @ weight.t() + bias >= 0

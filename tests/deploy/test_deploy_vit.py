@@ -106,8 +106,9 @@ def test_forced_decisions():
     model = skipping_vit("token+head+layer")
     deployed = deploy(model, torch.float32)
     for block in deployed.blocks:  # maskers that would decide otherwise
-        for name in ("token_masker", "head_masker", "layer_masker"):
-            torch.nn.init.normal_(getattr(block, name).fc.weight, std=3.0)
+        torch.nn.init.normal_(block.token_masker.fc.weight, std=3.0)
+        for name in ("token_score_w", "masker_pool_w"):  # the fused token masker; the head and sub-block maskers
+            torch.nn.init.normal_(getattr(block, name), std=3.0)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)

@@ -126,6 +126,12 @@ def test_layer_norm_compiles(launches, tmp_path, form):
     _compile_all(launches, tmp_path)
 
 
+def test_pooled_decisions_compile(launches, tmp_path):
+    """The ViT head and sub-block maskers' decisions: token mean and stacked linear in one program per sample."""
+    token.pooled_decisions_triton(_bf16(2, 197, 384), torch.randn(8, 384), torch.randn(8))
+    _compile_all(launches, tmp_path)
+
+
 @pytest.mark.parametrize(("tokens", "run", "cls"), [(True, False, False), (True, True, True), (False, True, True)])
 def test_packing_compiles(launches, tmp_path, tokens, run, cls):
     pack.pack_rows_triton(torch.rand(3, 17) < 0.5 if tokens else None, torch.rand(3) < 0.5 if run else None, (3, 17),

@@ -118,3 +118,49 @@ def test_rows_layer_norm_cuda(cuda):
     z = K.rows_layer_norm(src, idx, cnt, w, b, 1e-6)
     ref = token_ref.rows_layer_norm_ref(src.float(), idx, cnt, w.float(), b.float(), 1e-6)
     assert err_ratio(z[: m // 2].float(), ref[: m // 2]) < 1e-2
+
+
+def test_pooled_decisions_reference_is_the_maskers_decision():
+    """The stacked execute-minus-skip linear decides as the head and sub-block maskers do (execute ≥ skip)."""
+    from laudnet.blocks.vit import HeadMasker, SubBlockMasker
+    from laudnet.deploy.vit import _execute_minus_skip
+
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(5, 9, 24, generator=gen)
+    heads, layers = HeadMasker(24, 3).eval(), SubBlockMasker(24).eval()
+    for m in (heads, layers):
+        torch.nn.init.normal_(m.fc.weight, generator=gen)
+    rows = [_execute_minus_skip(m.fc) for m in (heads, layers)]
+    got = token_ref.pooled_decisions_ref(y, torch.cat([w for w, _ in rows]), torch.cat([b for _, b in rows]))
+    pooled = y.mean(1)
+    with torch.no_grad():
+        expected = [(m.fc(pooled).view(5, 2, -1)[:, 0] >= m.fc(pooled).view(5, 2, -1)[:, 1]) for m in (heads, layers)]
+    assert torch.equal(got, torch.cat(expected, dim=1))
+
+
+@pytest.mark.parametrize(("shape", "k"), [((3, 17, 48), 5), ((1, 197, 40), 2), ((4, 5, 300), 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pooled_decisions_interpret(interpret, shape, k, dtype):
+    """One program per sample: token mean and the stacked linear, odd token counts and widths."""
+    gen = torch.Generator().manual_seed(k)
+    y = torch.randn(shape, generator=gen).to(dtype)
+    w, b = torch.randn(k, shape[2], generator=gen), torch.randn(k, generator=gen) * 0.1
+    got = K.pooled_decisions(y, w, b, impl="triton")
+    logit = y.mean(1, dtype=torch.float32) @ w.t() + b
+    decided = logit.abs() > 1e-4  # away from the threshold, where summation order cannot flip a decision
+    assert got.dtype == torch.bool and got.shape == (shape[0], k)
+    assert torch.equal(got[decided], (logit >= 0)[decided])
+    with pytest.raises(ValueError, match="must be fp32"):
+        K.pooled_decisions(y, w.double(), b, impl="triton")
+    with pytest.raises(ValueError, match=r"weight must be \[K, "):
+        K.pooled_decisions(y, w[:, 1:], b, impl="triton")
+
+
+def test_pooled_decisions_cuda(cuda):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(64, 197, 384, generator=gen).to(cuda, torch.bfloat16)
+    w, b = torch.randn(8, 384, generator=gen).to(cuda), torch.randn(8, generator=gen).to(cuda) * 0.1
+    logit = y.mean(1, dtype=torch.float32) @ w.t() + b
+    decided = logit.abs() > 1e-3
+    got = K.pooled_decisions(y, w, b)
+    assert torch.equal(got[decided], (logit >= 0)[decided])
