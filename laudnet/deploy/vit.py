@@ -170,17 +170,20 @@ class DeployedViTBlock(nn.Module):
         self.forced: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None
 
     # --- decisions ------------------------------------------------------------------------------------------------
-    def decide(self, y: Tensor, tokens: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def decide(self, y: Tensor, tokens: Tensor | None = None, impl: str = "auto"
+               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """Boolean token (B, N), head (B, H) and sub-block (B, 2) decisions, computed in fp32 (or the imposed ones).
 
         `tokens`: token decisions already made (by the fused token masker), or None to run the token masker here.
+        `impl`: of the head and sub-block decisions (`laudnet.kernels.pooled_decisions`; the dense-masked path takes
+        the PyTorch reference, which `torch.compile` traces).
         """
         if "token" in self.parts and tokens is None:
             y = y.float()
             tokens = self.token_masker(y) > 0.5
         heads = layers = None
         if self.parts & {"head", "layer"}:
-            both = dispatch.pooled_decisions(y.contiguous(), self.masker_pool_w, self.masker_pool_b)
+            both = dispatch.pooled_decisions(y.contiguous(), self.masker_pool_w, self.masker_pool_b, impl=impl)
             heads = both[:, : self.num_heads] if "head" in self.parts else None
             layers = both[:, -2:] if "layer" in self.parts else None
         if self.forced is None:
@@ -429,7 +432,7 @@ class DeployedViTBlock(nn.Module):
         b, n, c = x.shape
         h, d = self.num_heads, self.head_dim
         y = self.norm1(x)
-        tokens, heads, layers = self.decide(y)
+        tokens, heads, layers = self.decide(y, impl="reference")
         q, k, v = F.linear(y, self.qkv_w, self.qkv_b).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         keys = tokens[:, None, None, :] if tokens is not None else None
         o = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=keys, scale=self.scale)
