@@ -2,7 +2,7 @@
 
 A deployed network replayed from one CUDA graph launches every kernel of every block, even of a block that no
 sample executes (its kernels then return at once, but each launch still costs a few microseconds: at batch 1 that is
-most of what a skipped block costs). Captured with ``conditional=True`` (`DeployedModel.graphed`), a block's kernels
+much of what a skipped block costs). Captured with ``conditional=True`` (`DeployedModel.graphed`), a block's kernels
 sit in an IF node on "some sample executes it", which the GPU evaluates at replay: a skipped block launches nothing.
 Needs a PyTorch whose `torch.cuda.CUDAGraph` has conditional capture (`begin_capture_to_if_node`, CUDA >= 12.4).
 """
@@ -16,8 +16,9 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor
 
-_CAPTURE = ContextVar("laudnet_conditional_capture", default=False)
-_API = ("begin_capture_to_if_node", "end_capture_to_conditional_node", "get_currently_capturing_graph")
+# The graph being captured with conditional nodes (None: `if_node` bodies just run).
+_CAPTURE: ContextVar[torch.cuda.CUDAGraph | None] = ContextVar("laudnet_conditional_capture", default=None)
+_API = ("begin_capture_to_if_node", "end_capture_to_conditional_node")
 
 
 def conditional_nodes_available() -> bool:
@@ -27,9 +28,9 @@ def conditional_nodes_available() -> bool:
 
 
 @contextmanager
-def conditional_capture(enabled: bool = True) -> Iterator[None]:
-    """Within this context, a CUDA-graph capture turns `if_node` bodies into IF nodes."""
-    token = _CAPTURE.set(enabled)
+def conditional_capture(graph: torch.cuda.CUDAGraph | None) -> Iterator[None]:
+    """Within this context, the capture of `graph` turns `if_node` bodies into IF nodes (None: it does not)."""
+    token = _CAPTURE.set(graph)
     try:
         yield
     finally:
@@ -38,7 +39,7 @@ def conditional_capture(enabled: bool = True) -> Iterator[None]:
 
 def capturing_conditionally() -> bool:
     """Whether an `if_node` entered now becomes an IF node (a CUDA-graph capture inside `conditional_capture`)."""
-    return _CAPTURE.get() and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    return _CAPTURE.get() is not None and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 @contextmanager
@@ -53,7 +54,7 @@ def if_node(predicate: Callable[[], Tensor]) -> Iterator[None]:
     if pred.dim() != 0 or pred.dtype != torch.bool or not pred.is_cuda:
         raise ValueError(f"an IF node needs a 0-d bool CUDA tensor, got {pred.dtype} {tuple(pred.shape)} "
                          f"on {pred.device}")
-    graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
+    graph = _CAPTURE.get()
     graph.begin_capture_to_if_node(pred)
     try:
         yield

@@ -97,8 +97,9 @@ class GraphedModel:
                 model(self.static_input)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
+        if_nodes = conditional_capture(self.graph if conditional else None)
         try:
-            with torch.no_grad(), torch.cuda.graph(self.graph), conditional_capture(conditional):
+            with torch.no_grad(), torch.cuda.graph(self.graph), if_nodes:
                 self.static_output = model(self.static_input)
         except RuntimeError as e:
             raise RuntimeError(f"this deployed model synchronises with the host and cannot be captured: {e}") from e

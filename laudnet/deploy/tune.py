@@ -56,7 +56,7 @@ def graph_replay(fn: Callable[[], object], conditional: bool = False) -> Callabl
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph), conditional_capture(conditional):
+        with torch.cuda.graph(graph), conditional_capture(graph if conditional else None):
             fn()
     except RuntimeError as e:
         raise RuntimeError(f"tune_paths(graphed=True): a block synchronises with the host and cannot be captured: "

@@ -17,7 +17,7 @@ def test_if_node_outside_a_capture_runs_its_body_without_evaluating_the_predicat
 
     with if_node(predicate):
         ran.append(1)
-    with conditional_capture(), if_node(predicate):  # not capturing a CUDA graph: still just runs
+    with conditional_capture(object()), if_node(predicate):  # not capturing a CUDA graph: still just runs
         ran.append(2)
     assert ran == [1, 2]
     assert isinstance(conditional_nodes_available(), bool)
