@@ -1,4 +1,5 @@
-"""Triton kernels of the masker ops: window sums of a map, and decisions + compacted window lists in two launches.
+"""Triton kernels of the masker ops: window sums of a map, and decisions + compacted window lists (one or two
+launches).
 
 The specification is `masker_ref.py`. What they replace in a deployed layer-skipping block (H100 profile of
 ResNet-101 at batch 128, `benchmarks/NOTES.md`): a torch `mean` over every block input (1.0 ms of 9 ms) and about ten
@@ -13,7 +14,9 @@ small launches per block for the GEMV, the threshold, the rate, a stable argsort
   window column a contiguous run of channels) and reduces it; no atomics, one pass, enough bytes per load to stream
   the map at full bandwidth (the per-window kernel above moves 2 KB per program and reaches ~0.7 TB/s on an H200).
 * `_masker_decide_kernel`: one GEMV row block per program: logits, threshold (or imposed decisions), and zeroes the
-  active rows of the sums in place for the producer-side accumulation (`conv1x1_scatter_add(pool_out=)`).
+  active rows of the sums in place for the producer-side accumulation (`conv1x1_scatter_add(pool_out=)`). When one
+  program holds every window (layer skipping at small batch) it also writes the lists, and `_compact_kernel` is not
+  launched.
 * `_channel_masker_kernel`: a channel masker's MLP (fc1, ReLU, fc2, threshold) on one sample per program, from
   the per-sample sums of its input: one launch where PyTorch takes five (two GEMMs, ReLU, bias, compare).
 * `_compact_kernel`: stable partition of the decisions (active first) into `patch_idx`/`order`, count and rate. Each
