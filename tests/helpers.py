@@ -1,6 +1,7 @@
 """Helpers shared by tests (imported as a plain module: tests/ is on sys.path through rootdir conftest)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -17,11 +18,17 @@ TORCHVISION_BUILDERS = {
 
 
 def load_benchmark(name: str):
-    """The script benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The script benchmarks/<name>.py as a module (benchmarks/ is not a package), registered under its name (a
+    dataclass looks its module up while it is defined); loaded once per test session."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(sys.modules[name])
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
