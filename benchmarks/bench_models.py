@@ -45,14 +45,17 @@ from laudnet.flops import conv_out_size
 from laudnet.masks import mask_grid_size
 
 _SAVE = None  # set by main: writes the results file
+DEV = torch.device("cuda")  # --smoke: the CPU (tiny run of the whole flow; CUDA-graph variants record their error)
 
 TORCHVISION = {"laud_resnet50": torchvision.models.resnet50, "laud_resnet101": torchvision.models.resnet101}
 
 
 def time_ms(fn, warmup: int, iters: int) -> float:
-    """Median milliseconds of fn() measured with CUDA events."""
+    """Median milliseconds of fn() measured with CUDA events (the wall clock on the CPU, `--smoke`)."""
     for _ in range(warmup):
         fn()
+    if DEV.type != "cuda":
+        return statistics.median(_wall_ms(fn) for _ in range(iters))
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
@@ -63,6 +66,12 @@ def time_ms(fn, warmup: int, iters: int) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def _wall_ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def as_graph(fn, x: torch.Tensor):
@@ -121,8 +130,8 @@ def random_decisions(shapes, rate: float, gen: torch.Generator) -> list[torch.Te
 def force(model, deployed, masks: list[torch.Tensor]) -> None:
     """Impose decisions on both forms: the deployed blocks' `forced_keep` and the training-form maskers' outputs."""
     for block, dblock, keep in zip(model.dynamic_blocks(), deployed.blocks(), masks, strict=True):
-        dblock.forced_keep = keep.cuda()
-        value = keep.float().cuda()
+        dblock.forced_keep = keep.to(DEV)
+        value = keep.float().to(DEV)
         if block.paradigm == "layer":
             value = value.view(-1, 1, 1, 1)
         elif block.paradigm == "spatial":
@@ -206,15 +215,17 @@ def static_baselines(name: str, tv, x: torch.Tensor, args) -> dict[str, Callable
     forms, laudnet's folded network eager, as a CUDA graph, with compiled blocks, and compiled whole (also replayed
     from a CUDA graph)."""
     xb = x.to(torch.bfloat16)
-    forms: dict[str, Callable[[], object]] = {"torchvision eager": partial(tv, xb),
-                                              "torchvision cuda-graph": as_graph(tv, xb)}
+    forms: dict[str, Callable[[], object]] = {"torchvision eager": partial(tv, xb)}
+    if DEV.type == "cuda":
+        forms["torchvision cuda-graph"] = as_graph(tv, xb)
     if args.compile:
         forms["torchvision compile"] = partial(torch.compile(tv), xb)
-    static = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16, stem=args.stem)
+    static = deploy(laudnet.create_model(name, paradigm="static").to(DEV).eval(), torch.bfloat16, stem=args.stem)
     forms["laudnet folded eager"] = partial(static, x)
-    forms["laudnet folded cuda-graph"] = as_graph(static, x)
+    if DEV.type == "cuda":
+        forms["laudnet folded cuda-graph"] = as_graph(static, x)
     if args.compile:
-        static_c = deploy(laudnet.create_model(name, paradigm="static").cuda().eval(), torch.bfloat16, stem=args.stem,
+        static_c = deploy(laudnet.create_model(name, paradigm="static").to(DEV).eval(), torch.bfloat16, stem=args.stem,
                           compile=args.compile_shapes)
         forms["laudnet folded compile"] = partial(static_c, x)
         # one graph of the whole network at this shape (no dynamic-shape branch function shared with other models)
@@ -240,15 +251,15 @@ def record_static(results: list[dict], row: dict, forms: dict, args, suffix: str
 
 def bench_model(name: str, args, results: list[dict]) -> None:
     image = args.image_size
-    tv = TORCHVISION[name]().cuda().eval().to(memory_format=torch.channels_last, dtype=torch.bfloat16)
+    tv = TORCHVISION[name]().to(DEV).eval().to(memory_format=torch.channels_last, dtype=torch.bfloat16)
     for batch in args.batches:
-        x = torch.randn(batch, 3, image, image, device="cuda").to(memory_format=torch.channels_last)
+        x = torch.randn(batch, 3, image, image, device=DEV).to(memory_format=torch.channels_last)
         row = dict(model=name, batch=batch, kind="static")
         with torch.no_grad():
             forms = static_baselines(name, tv, x, args)
             record_static(results, row, forms, args)
         for paradigm in args.paradigms:
-            model = laudnet.create_model(name, paradigm=paradigm).cuda().eval()
+            model = laudnet.create_model(name, paradigm=paradigm).to(DEV).eval()
             deployed = deploy(model, torch.bfloat16, compile=args.compile and args.compile_shapes, stem=args.stem)
             deployed_sparse = (deploy(model, torch.bfloat16, spatial_conv1="sparse", stem=args.stem)
                                if paradigm == "spatial" else None)
@@ -261,7 +272,8 @@ def bench_model(name: str, args, results: list[dict]) -> None:
             # every block dense-masked, the whole network one compiled graph (the fallback where skipping does not
             # pay); its decisions are copied into one tensor per block, so it compiles once for all rates
             dense_whole = deploy_dense_masked(model, torch.bfloat16, stem=args.stem) if args.dense_whole else None
-            dense_whole_fn = torch.compile(dense_whole, dynamic=False) if dense_whole is not None else None
+            dense_whole_fn = (torch.compile(dense_whole, dynamic=False) if args.compile else dense_whole) \
+                if dense_whole is not None else None
             shapes = block_decision_shapes(model, batch, image)
             rates = list(args.rates)
             if paradigm == "layer":
@@ -273,11 +285,11 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                 for other in [deployed_sparse, tuned, *others.values()]:
                     if other is not None:
                         for dblock, keep in zip(other.blocks(), masks, strict=True):
-                            dblock.forced_keep = keep.cuda()
+                            dblock.forced_keep = keep.to(DEV)
                 if dense_whole is not None:
                     for dblock, keep in zip(dense_whole.blocks(), masks, strict=True):
                         if dblock.forced_keep is None:
-                            dblock.forced_keep = keep.cuda()
+                            dblock.forced_keep = keep.to(DEV)
                         else:
                             dblock.forced_keep.copy_(keep)
                 row = dict(model=name, batch=batch, kind=paradigm, rate=rate, granularity=list(model.granularity))
@@ -370,16 +382,22 @@ def main() -> int:
                         help="also time the deployed (and tuned) networks captured with conditional CUDA-graph nodes")
     parser.add_argument("--stem", choices=["cudnn", "triton"], default="cudnn",
                         help="the stem convolution of every laudnet network, static and dynamic (deploy(stem=...))")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run the whole flow on the CPU, uncompiled, one timed call per variant (CUDA-graph "
+                             "variants record their error): checks the script without a GPU")
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_models.py needs a CUDA device")
+    global DEV, _SAVE
+    if args.smoke:
+        DEV, args.compile, args.warmup, args.iters = torch.device("cpu"), False, 0, 1
+    elif not torch.cuda.is_available():
+        raise SystemExit("bench_models.py needs a CUDA device (or --smoke)")
     torch.backends.cudnn.benchmark = True
     results: list[dict] = []
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, torchvision=torchvision.__version__,
+    meta = dict(device=torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", torch=torch.__version__,
+                torchvision=torchvision.__version__,
                 triton=_triton_version(), python=platform.python_version(), commit=args.commit, args=vars(args))
-    global _SAVE
 
     def save() -> None:
         with open(args.out, "w") as f:

@@ -1,0 +1,31 @@
+"""benchmarks/bench_models.py end to end on the CPU (`--smoke`): every variant is built and run or records why not,
+and report_models.py reads the result."""
+
+import json
+import sys
+
+from helpers import ROOT, load_benchmark
+
+
+def test_smoke_run_and_report(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "models.json"
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    bench = load_benchmark("bench_models")
+    monkeypatch.setattr(sys, "argv", [
+        "bench_models.py", "--smoke", "--models", "laud_resnet50", "--paradigms", "layer", "spatial", "--batches", "2",
+        "--rates", "0.5", "--image-size", "64", "--tune", "--conditional", "--dense-whole", "--stem", "triton",
+        "--out", str(out)])
+    monkeypatch.setattr(bench, "DEV", bench.DEV)  # main switches it to the CPU: restored afterwards
+    assert bench.main() == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["device"] == "cpu" and data["meta"]["args"]["stem"] == "triton"
+    rows = data["results"]
+    timed = {(r["kind"], r["variant"]) for r in rows if "ms" in r}
+    for kind in ("layer", "spatial"):
+        assert {(kind, "deployed eager"), (kind, "dense-masked whole-compile")} <= timed
+    assert ("static", "laudnet folded eager") in timed and ("static", "torchvision eager (again)") in timed
+    errors = [r for r in rows if "error" in r]
+    assert errors and all("CUDA" in r["error"] for r in errors), errors  # only what needs a GPU failed
+    assert all(r["rel_error"] < 2e-2 for r in rows if r.get("variant") == "deployed eager")
+    report = load_benchmark("report_models").report(str(out))
+    assert "laud_resnet50, batch 2" in report
