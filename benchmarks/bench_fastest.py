@@ -30,6 +30,8 @@ from laudnet.deploy.tune import time_call
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_models import _triton_version, block_decision_shapes, random_decisions  # noqa: E402
 
+DEV = torch.device("cuda")  # --smoke: the CPU (the flow uncompiled and eager; CUDA-graph forms record their error)
+
 
 def static_forms(args, x: torch.Tensor, save) -> list[float]:
     """Time the static candidates at x's batch size (each saved as a row, or its error); returns their times."""
@@ -53,14 +55,15 @@ def static_forms(args, x: torch.Tensor, save) -> list[float]:
         from laudnet.models.vit import MODEL_CFGS
 
         def timm_graph():
-            tv = timm.create_model(MODEL_CFGS[args.model.removeprefix("laud_")].timm_name, pretrained=False)
+            tv = timm.create_model(MODEL_CFGS[args.model.removeprefix("laud_")].timm_name, pretrained=False,
+                                   img_size=args.image_size)
             xb = x.to(torch.bfloat16)
             return GraphedModel(torch.compile(tv.to(dev, torch.bfloat16).eval(), dynamic=False), xb), xb
 
         timed("timm compile cuda-graph", timm_graph)
         try:
-            static = deploy_fastest(laudnet.create_model(args.model, paradigm="static").to(dev).eval(), x,
-                                    repeats=args.repeats)
+            static = deploy_fastest(laudnet.create_model(args.model, paradigm="static", img_size=args.image_size)
+                                    .to(dev).eval(), x, repeats=args.repeats, compile=not args.smoke)
         except Exception as e:
             traceback.print_exc()
             save(dict(batch=x.shape[0], kind="static", variant="laudnet static", error=f"{type(e).__name__}: {e}"))
@@ -78,13 +81,13 @@ def static_forms(args, x: torch.Tensor, save) -> list[float]:
     return times
 
 
-def cnn_setup(model, rate: float, batch: int):
+def cnn_setup(model, rate: float, batch: int, image: int):
     """Imposes random decisions at exactly `rate` on each deployed CNN (`forced_keep`)."""
-    masks = random_decisions(block_decision_shapes(model, batch, 224), rate, torch.Generator().manual_seed(0))
+    masks = random_decisions(block_decision_shapes(model, batch, image), rate, torch.Generator().manual_seed(0))
 
     def setup(deployed):
         for block, keep in zip(deployed.blocks(), masks, strict=True):
-            block.forced_keep = keep.cuda()
+            block.forced_keep = keep.to(DEV)
     return setup
 
 
@@ -94,7 +97,7 @@ def vit_setup(model, paradigm: str, rate: float, batch: int):
 
     case = Case(paradigm, **{part: rate for part in paradigm.split("+")})
     decisions = exact_decisions(model, case, batch, torch.Generator().manual_seed(0))
-    return lambda deployed: impose([deployed], decisions, torch.device("cuda"))
+    return lambda deployed: impose([deployed], decisions, DEV)
 
 
 def main() -> int:
@@ -106,13 +109,21 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--conditional", action="store_true",
                         help="CNN sparse form with conditional CUDA-graph nodes (deploy_fastest(conditional=True))")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the whole flow on the CPU, eager and uncompiled (CUDA-graph forms record their error): "
+                             "checks the script without a GPU")
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_fastest.py needs a CUDA device")
+    global DEV
+    if args.smoke:
+        DEV, args.repeats = torch.device("cpu"), 1
+    elif not torch.cuda.is_available():
+        raise SystemExit("bench_fastest.py needs a CUDA device (or --smoke)")
     torch.backends.cudnn.benchmark = True
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=_triton_version(),
+    meta = dict(device=torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", torch=torch.__version__,
+                triton=_triton_version(),
                 commit=args.commit, model=args.model, rate=args.rate)
     rows = []
 
@@ -122,19 +133,21 @@ def main() -> int:
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
 
-    dev = torch.device("cuda")
     vit = "deit" in args.model or "vit" in args.model
+    size = args.image_size
+    arch = dict(img_size=size) if vit else {}
     with torch.no_grad():
         for batch in args.batches:
-            x = torch.randn(batch, 3, 224, 224, device=dev).to(memory_format=torch.channels_last)
+            x = torch.randn(batch, 3, size, size, device=DEV).to(memory_format=torch.channels_last)
             static_ms = min(static_forms(args, x, save), default=float("nan"))
             for paradigm in args.paradigms:
-                model = laudnet.create_model(args.model, paradigm=paradigm).cuda().eval()
-                setup = vit_setup(model, paradigm, args.rate, batch) if vit else cnn_setup(model, args.rate, batch)
+                model = laudnet.create_model(args.model, paradigm=paradigm, **arch).to(DEV).eval()
+                setup = (vit_setup(model, paradigm, args.rate, batch) if vit
+                         else cnn_setup(model, args.rate, batch, size))
                 t0 = time.time()
                 try:
                     chosen = deploy_fastest(model, x, torch.bfloat16, setup=setup, repeats=args.repeats,
-                                            conditional=args.conditional and not vit)
+                                            conditional=args.conditional and not vit, compile=not args.smoke)
                 except Exception as e:
                     save(dict(batch=batch, kind=paradigm, error=f"{type(e).__name__}: {str(e)[:300]}"))
                     continue
