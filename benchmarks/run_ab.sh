@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The device runs that measure what was built since the last committed results, results under $OUT. One part per
 # device call, each within 10 minutes:
-#   OUT=dir benchmarks/run_ab.sh vit   # every GPU test of kernels and deploy; bench_vit with the compiled static
-#                                      # forms and conditional graphs (compare with bench_vit_h200_ec673ee.json)
+#   OUT=dir benchmarks/run_ab.sh vit   # every GPU test of kernels and deploy; bench_stem (cuDNN vs Triton stem);
+#                                      # bench_vit with the compiled static forms (compare with
+#                                      # bench_vit_h200_ec673ee.json)
 #   OUT=dir benchmarks/run_ab.sh cnn   # bench_models ResNet-101 (tuned and dense-masked compiled whole, rate 0.5;
 #                                      # compare with bench_models_tuned_r101_h200_56fa110.json)
 #   OUT=dir benchmarks/run_ab.sh fastest   # GPU tests of deploy_fastest; bench_fastest.py on ResNet-101, batch 128
@@ -24,9 +25,10 @@ c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 case $part in
 vit)
-    timeout 240 python -m pytest -q tests/kernels tests/deploy -k "cuda or gpu" > "$out/pytest_gpu_h200_$c.txt" 2>&1
+    timeout 200 python -m pytest -q tests/kernels tests/deploy -k "cuda or gpu" > "$out/pytest_gpu_h200_$c.txt" 2>&1
     tail -3 "$out/pytest_gpu_h200_$c.txt"
-    timeout 300 python benchmarks/bench_vit.py --batches 128 1 --budget-s 150 --conditional \
+    timeout 90 python benchmarks/bench_stem.py --out "$out/bench_stem_r101_h200_$c.json" --commit "$c" 2>&1 | tail -4
+    timeout 270 python benchmarks/bench_vit.py --batches 128 1 --budget-s 140 \
         --out "$out/bench_vit_h200_$c.json" --commit "$c" > "$out/bench_vit_h200_$c.log" 2>&1
     python benchmarks/bench_vit.py --report "$out/bench_vit_h200_$c.json" | head -40 ;;
 cnn)
