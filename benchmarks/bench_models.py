@@ -380,7 +380,7 @@ def main() -> int:
                              "compiled as one graph (deploy_dense_masked + torch.compile(dynamic=False))")
     parser.add_argument("--conditional", action="store_true",
                         help="also time the deployed (and tuned) networks captured with conditional CUDA-graph nodes")
-    parser.add_argument("--stem", choices=["cudnn", "triton"], default="cudnn",
+    parser.add_argument("--stem", choices=["auto", "cudnn", "triton"], default="auto",
                         help="the stem convolution of every laudnet network, static and dynamic (deploy(stem=...))")
     parser.add_argument("--smoke", action="store_true",
                         help="run the whole flow on the CPU, uncompiled, one timed call per variant (CUDA-graph "

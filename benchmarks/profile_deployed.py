@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--maskers", default="fused", choices=["fused", "kernel", "torch"],
                         help="masker bookkeeping path of deploy (torch: the previous path)")
     parser.add_argument("--compile", action="store_true", help="deploy(compile=True): stem, head and dense paths")
-    parser.add_argument("--stem", choices=["cudnn", "triton"], default="cudnn", help="deploy(stem=...)")
+    parser.add_argument("--stem", choices=["auto", "cudnn", "triton"], default="auto", help="deploy(stem=...)")
     parser.add_argument("--static-whole", action="store_true",
                         help="profile the static folded network compiled whole instead (the best static form)")
     parser.add_argument("--out", required=True)

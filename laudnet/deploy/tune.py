@@ -140,7 +140,7 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
                    compile: bool | str = True,
                    repeats: int = 20, timer: Callable[..., float] = time_call,
                    setup: Callable[[nn.Module], None] | None = None,
-                   forms: tuple[str, ...] = FORMS, stem: str = "cudnn", conditional: bool = False) -> Deployment:
+                   forms: tuple[str, ...] = FORMS, stem: str = "auto", conditional: bool = False) -> Deployment:
     """Deploy a trained (eval) model in each form and keep the one that runs `example` fastest, measured as it will
     run: skipping only pays at the batch sizes and rates where the skipped work outweighs its bookkeeping
     (`benchmarks/NOTES.md`), so choosing paths block by block (`tune_paths`) is not enough for "never slower than
@@ -180,7 +180,7 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
     model._check_input(example)  # a bad example is the caller's error, not a form that fails to build
     cuda = example.device.type == "cuda"
     vit = isinstance(model, LaudViT)
-    if vit and (stem != "cudnn" or conditional):
+    if vit and (stem not in ("auto", "cudnn") or conditional):
         raise ValueError("stem and conditional are CNN options (a ViT embeds patches with one GEMM; its sub-blocks "
                          "are not captured in conditional nodes)")
 

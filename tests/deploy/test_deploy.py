@@ -240,6 +240,18 @@ def test_stem_option_is_checked():
         deploy(model, stem="fast")
 
 
+def test_default_stem_is_cudnn_off_the_gpu():
+    """stem="auto" (the default) takes the Triton kernel on a CUDA device only: on the CPU, PyTorch's conv."""
+    deployed = deploy(_trained_like("laud_resnet50", "layer"), torch.float32)
+    assert isinstance(deployed.stem[0], torch.nn.Conv2d)
+
+
+@pytest.mark.gpu
+def test_default_stem_is_triton_on_the_gpu():
+    deployed = deploy(_trained_like("laud_resnet50", "layer").cuda(), torch.bfloat16)
+    assert type(deployed.stem[0]).__name__ == "TritonStemConv"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True])
 def test_triton_stem_on_gpu(compile):
