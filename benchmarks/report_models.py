@@ -1,6 +1,8 @@
 """Markdown tables from a `bench_models.py` result: each deployed case against the best static time of the same run.
 
-Run: ``python benchmarks/report_models.py benchmarks/results/bench_models_h100_<commit>.json``.
+Run: ``python benchmarks/report_models.py benchmarks/results/bench_models_h100_<commit>.json``; with ``--summary A.json
+B.json ...``, one table per model: each case's best CUDA-graph time (tuned where measured) at every batch size
+(``--summary --hardware SPEC ...``: the predictor's ratio for CUDA-graph replays on a calibrated spec).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def report(path: str) -> str:
                 if args.get("compile", True) else "no torch.compile")
     lines = [f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}; bf16, "
              f"channels_last, {compiled}, medians of CUDA-event timings; ratio = time / best static time of the "
-             "same run.", ""]
+             "same run; predicted ratio = `laudnet.latency.predict_model` (hardware model `h100`, dynamic / static "
+             "network).", ""]
     groups = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["batch"])].append(r)
@@ -30,9 +33,9 @@ def report(path: str) -> str:
         best = static[best_name]
         lines += [f"**{model}, batch {batch}** — static: " + ", ".join(f"{k} {v:.2f} ms" for k, v in static.items())
                   + f"; best: {best_name}", "",
-                  "| paradigm | rate | FLOPs ratio | deployed (CUDA graph) | ratio to best static | eager "
-                  "| rel. error |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| paradigm | rate | FLOPs ratio | deployed (CUDA graph) | ratio to best static | predicted ratio "
+                  "| eager | rel. error |",
+                  "|---|---|---|---|---|---|---|---|"]
         cases = defaultdict(dict)
         for r in rs:
             if r["kind"] != "static":
@@ -44,6 +47,7 @@ def report(path: str) -> str:
             lines.append(
                 f"| {kind} | {rate:g} | {any_row['flops_ratio']:.3f} | "
                 + (f"{graph['ms']:.2f} ms | **{graph['ms'] / best:.2f}** | " if graph else "— | — | ")
+                + (f"{any_row['predicted_ratio']:.2f} | " if any_row.get("predicted_ratio") is not None else "— | ")
                 + (f"{eager['ms']:.2f} ms | " if eager else "— | ")
                 + f"{_fmt_error(any_row['rel_error'])} |"
             )
@@ -134,5 +138,57 @@ def _tuned_table(cases: dict, best: float) -> list[str]:
     return [*lines, ""]
 
 
+def graphed_prediction(row: dict, hardware: str) -> float | None:
+    """The predictor's dynamic/static ratio for a result row, both networks as CUDA graphs on a calibrated spec."""
+    from laudnet.latency import predict_model
+
+    gran = row.get("granularity")
+    gran = "-".join(map(str, gran)) if row["kind"] in ("spatial", "channel") and gran else None
+    return predict_model(row["model"], row["kind"], density=row["rate"], granularity=gran, hardware=hardware,
+                         batch=row["batch"], graphed=True).ratio
+
+
+def summary(paths: list[str], hardware: str | None = None) -> str:
+    """One table per model over all batch sizes of the given results: each case's best CUDA-graph time (tuned
+    where measured) and its ratio to the best static time of the same batch, with the predictor's ratio (the
+    recorded one, or with `hardware` — a calibrated spec — recomputed for CUDA-graph replays)."""
+    lines = []
+    for path in paths:
+        with open(path) as f:
+            rows = [r for r in json.load(f)["results"] if "ms" in r]
+        for model in dict.fromkeys(r["model"] for r in rows):
+            batches = list(dict.fromkeys(r["batch"] for r in rows if r["model"] == model))
+            best, cases = {}, defaultdict(dict)
+            for r in rows:
+                if r["model"] != model:
+                    continue
+                if r["kind"] == "static":
+                    best[r["batch"]] = min(best.get(r["batch"], float("inf")), r["ms"])
+                elif r["variant"] in ("deployed cuda-graph", "deployed tuned cuda-graph"):
+                    case = cases[(r["kind"], r["rate"])].setdefault(r["batch"], r)
+                    if r["ms"] < case["ms"]:
+                        cases[(r["kind"], r["rate"])][r["batch"]] = r
+            head = " | ".join(f"batch {b} (static {best[b]:.2f} ms) | predicted" for b in batches)
+            lines += [f"**{model}**", "", f"| paradigm | rate | FLOPs ratio | {head} |",
+                      "|---|---|---|" + "---|---|" * len(batches)]
+            for (kind, rate), by_batch in cases.items():
+                any_row = next(iter(by_batch.values()))
+                cells = []
+                for b in batches:
+                    r = by_batch.get(b)
+                    pred = r.get("predicted_ratio") if r else None
+                    if r and hardware:
+                        pred = graphed_prediction(r, hardware)
+                    cells += [f"{r['ms']:.2f} ms (**{r['ms'] / best[b]:.2f}**)" if r else "—",
+                              f"{pred:.2f}" if pred is not None else "—"]
+                lines.append(f"| {kind} | {rate:g} | {any_row['flops_ratio']:.3f} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(report(sys.argv[1]))
+    if sys.argv[1] == "--summary":  # --summary [--hardware SPEC] A.json B.json ...
+        hw = sys.argv[3] if sys.argv[2] == "--hardware" else None
+        print(summary(sys.argv[4:] if hw else sys.argv[2:], hw))
+    else:
+        print(report(sys.argv[1]))

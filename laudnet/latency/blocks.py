@@ -236,17 +236,21 @@ def layer_block(op: OpModel, b: BlockGeometry, density: float, masker: bool = Tr
 def _layer_engine(op: OpModel, b: BlockGeometry, density: float, masker: bool = True, index: bool = True) -> Cost:
     """Layer skipping of a plain bottleneck as the engine runs it.
 
-    engine: `DeployedBlock._forward_patches` with one whole-map patch per executing sample: masker (pool + GEMV),
-    executing samples first (argsort of the flags, count, `samples_to_patch_idx`: ~9 kernels over B entries) and
-    their pixel list (2 kernels writing B*H*W int32), then the spatial kernels on the compacted sub-batch of
-    ceil(density * B) samples: `pixel_conv1x1` over all their pixels, `gather_conv3x3` with S = map size,
-    `conv1x1_scatter_add` in place. The lists have full capacity, so the three kernels launch even when no sample
-    executes.
+    engine: `DeployedBlock._forward_kernels` with fused maskers and one whole-map patch per executing sample: the
+    previous block's output kernel has accumulated this block's window sums, so the masker is one decision kernel
+    (`masker_decide`: logits, threshold, flags, count and the executing samples first; a second launch compacts
+    the lists where the B decisions span several programs), then the spatial kernels on the compacted sub-batch of
+    ceil(density * B) samples, driven by the sample list: `pixel_conv1x1` over all their pixels, `gather_conv3x3`
+    with S = map size, `conv1x1_scatter_add` in place. The lists have full capacity, so the three kernels launch
+    (and return at once) even when no sample executes. A projection block computes its shortcut as one fused 1x1
+    conv + bias and the ReLU of the skipped samples in one pass.
     """
-    B, h, o = op.batch, b.in_size, b.out_size
-    cost = op.spatial_masker(b.in_channels, h, h, 1) if masker else ZERO
-    if index:
-        cost += op.stream(16 * B, 24 * B, launches=9) + op.stream(4 * B, 4 * B * h * h, launches=2)
+    B, o = op.batch, b.out_size
+    cost = ZERO
+    if masker or index:  # the decision kernel reads the window sums and writes the flags and lists
+        rows_per_program = max(1, 2048 // min(2048, 1 << (b.in_channels - 1).bit_length()))
+        launches = 1 if rows_per_program >= B else 2
+        cost += op.stream(4 * B * b.in_channels, 24 * B, launches=launches)
     if b.projection:
         cost += _projection(op, b) + _relu_pass(op, b.out_channels, o)
     idle = Cost(3 * op.launch, launches=3)
@@ -259,7 +263,7 @@ def _layer_engine(op: OpModel, b: BlockGeometry, density: float, masker: bool = 
 def _layer_kernels(op: OpModel, b: BlockGeometry, k: int) -> Cost:
     """The three spatial kernels on a sub-batch of `k` executing samples, one whole-map patch each."""
     sub, h, o = op.with_batch(k), b.in_size, b.out_size
-    cost = sub.pixel_gemm(b.in_channels, b.width, h * h) + sub.stream(4 * k * h * h, 0, launches=0)  # + pixel list
+    cost = sub.pixel_gemm(b.in_channels, b.width, h * h)
     cost += _patch_conv3x3(sub, b, o, 1)
     return cost + sub.pixel_gemm(b.width, b.out_channels, o * o) + sub.epilogue(k * b.out_channels * o * o)
 
