@@ -403,6 +403,15 @@ def bench_case(bench: Bench, case: Case, batch: int, x: Tensor, model: LaudViT, 
         else:
             bench.record(row, name, lambda d=dep: lambda: d(x), flops_ratio=extra["flops_ratio"])
         _free()
+    if case.head is not None and bench.cuda:  # the same graph with PyTorch's flash attention over every head
+        flash = forms["varlen cuda-graph"]
+        for block in flash.blocks:
+            block.skip_head_attention = False
+        bench.record(row, "varlen cuda-graph flash heads", lambda: bench.graphed_deployed(flash, x),
+                     flops_ratio=extra["flops_ratio"])
+        for block in flash.blocks:
+            block.skip_head_attention = True
+        _free()
     if args.conditional and case.layer is not None and bench.cuda:  # skipped sub-blocks launch nothing
         bench.record(row, "varlen cuda-graph conditional",
                      lambda: bench.graphed_deployed(forms["varlen cuda-graph"], x, conditional=True),
@@ -546,7 +555,7 @@ def report(path: str) -> str:
                   "| case | FLOPs | bucket eager | varlen eager | bucket graph | varlen graph | best/static "
                   "| fixed-ratio (FLOPs) eager / graph | fixed/static | pred. | rel. err. (bucket, varlen, graphs) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        by_case, conditional = defaultdict(dict), []
+        by_case, conditional, flash = defaultdict(dict), [], []
         for r in rs:
             if "case" in r:
                 by_case[r["case"]][r["variant"]] = r
@@ -561,6 +570,9 @@ def report(path: str) -> str:
             if cond is not None:  # the best includes the conditional graph; listed below the table
                 got.append(cond)
                 conditional.append(f"{label}: {cond:.2f} ms" + (f" ({cond / best:.2f})" if best else ""))
+            fl = v.get("varlen cuda-graph flash heads", {}).get("ms")
+            if fl is not None:  # a comparison: the default varlen graph skips the heads' attention
+                flash.append(f"{label}: {fl:.2f} ms against {_fmt(times['varlen cuda-graph'])}")
             base_e, base_g = v.get("fixed-ratio eager", {}), v.get("fixed-ratio cuda-graph", {})
             base_best = min([t for t in (base_e.get("ms"), base_g.get("ms")) if t is not None], default=None)
             errs = info["rel_error"]
@@ -577,6 +589,9 @@ def report(path: str) -> str:
             )
         if conditional:
             lines += ["", "varlen CUDA graph with conditional nodes: " + "; ".join(conditional)]
+        if flash:
+            lines += ["", "varlen CUDA graph, PyTorch's flash attention over every head instead of laudnet's kernel "
+                      "(skipped heads not computed): " + "; ".join(flash)]
         if failed:
             lines += ["", "Not measured: " + "; ".join(failed)]
         lines.append("")

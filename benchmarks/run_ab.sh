@@ -2,8 +2,9 @@
 # The device runs that measure what was built since the last committed results, results under $OUT. One part per
 # device call, each within 10 minutes:
 #   OUT=dir benchmarks/run_ab.sh vit   # every GPU test of kernels and deploy; bench_stem (cuDNN vs Triton stem);
-#                                      # bench_vit with the compiled static forms (compare with
-#                                      # bench_vit_h200_ec673ee.json)
+#                                      # bench_vit with the compiled static forms and, for head skipping, laudnet's
+#                                      # varlen attention against flash over every head (compare with
+#                                      # bench_vit_h200_46d5962.json)
 #   OUT=dir benchmarks/run_ab.sh cnn   # bench_models ResNet-101 (tuned and dense-masked compiled whole, rate 0.5;
 #                                      # compare with bench_models_tuned_r101_h200_56fa110.json)
 #   OUT=dir benchmarks/run_ab.sh fastest   # GPU tests of deploy_fastest; bench_fastest.py on ResNet-101, batch 128

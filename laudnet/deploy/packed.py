@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from laudnet.kernels import dispatch
+from laudnet.kernels.attention_ref import varlen_attention_ref
 from laudnet.kernels.pack_ref import compact_positions as compact_positions
 from laudnet.kernels.pack_ref import selection
 
@@ -203,28 +204,6 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, 
 
 
 def varlen_attention_reference(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float) -> Tensor:
-    """PyTorch reference of `varlen_attention`, without host synchronisation: the packed rows are scattered into a
-    (S, max_len) padded batch, attended with a key-padding mask and gathered back. Rows past ``cu[-1]`` give 0."""
-    r, h, d = q.shape
-    s = cu.numel() - 1
-    if s == 0 or max_len == 0 or r == 0:
-        return q.new_zeros(q.shape)
-    cu = cu.long()
-    row = torch.arange(r, device=q.device)
-    seq = torch.searchsorted(cu[1:], row, right=True)  # s for rows past the last sequence
-    off = row - cu[seq.clamp(max=s - 1)]
-    ok = (seq < s) & (off < max_len)
-    slot = torch.where(ok, seq * max_len + off, s * max_len + row)  # unused rows go to their own spare slots
-
-    def padded(t: Tensor) -> Tensor:
-        buf = t.new_zeros(s * max_len + r, h, d)
-        buf[slot] = t
-        return buf[: s * max_len].view(s, max_len, h, d).transpose(1, 2)
-
-    lengths = cu[1:] - cu[:-1]
-    key_ok = torch.arange(max_len, device=q.device) < lengths[:, None]
-    key_ok[:, 0] = True  # an empty sequence attends to a zero row (no query of it is read back) rather than to nothing
-    o = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=key_ok[:, None, None, :],
-                                       scale=scale)
-    o = o.transpose(1, 2).reshape(s * max_len, h, d)
-    return torch.where(ok[:, None, None], o[slot.clamp(max=s * max_len - 1)], 0)
+    """PyTorch reference of `varlen_attention`, without host synchronisation (`laudnet.kernels.attention_ref`).
+    Rows past ``cu[-1]`` give 0."""
+    return varlen_attention_ref(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_len, scale)

@@ -18,8 +18,9 @@ computes the eval-mode function of the model with hard decisions (maskers in fp3
   packed rows; the projection then runs once on the kept tokens with the skipped heads' inputs at zero (one GEMM
   over C columns is faster than H thin ones). Either way a skipped head's q, k, v and attention are not computed.
   With ``capturable`` and fused rows (the default there), varlen head skipping is one qkv row GEMM whose tiles
-  without a kept head are not computed (a skipped head's q, k, v are zero, so its attention output is zero: the
-  attention kernel still runs over all heads), then the same varlen call and projection as without head skipping.
+  without a kept head are not computed, then laudnet's varlen attention kernel, which skips the (sample, head)
+  pairs that are not kept (`laudnet.kernels.varlen_attention`; PyTorch's varlen flash attention would run over
+  every head), and the projection as without head skipping.
 
 By default (``fuse_token_masker``) each block's token masker runs inside its first LayerNorm (`laudnet.kernels.
 layer_norm_score`): the normalised tokens and each token's fp32 score (execute minus skip logit) in one pass.
@@ -168,6 +169,10 @@ class DeployedViTBlock(nn.Module):
         # for a part the paradigm does not skip): for benchmarks at chosen rates, and for low-precision tests where
         # rounding could flip a borderline decision. The maskers still run, so that their cost is measured.
         self.forced: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None
+        # With fused rows and head skipping, attention runs in laudnet's varlen kernel, which does not compute the
+        # skipped (sample, head) pairs; False: PyTorch's varlen flash attention over every head (the skipped heads'
+        # q, k, v are zero, so their outputs are too), for comparison.
+        self.skip_head_attention = True
 
     # --- decisions ------------------------------------------------------------------------------------------------
     def decide(self, y: Tensor, tokens: Tensor | None = None, impl: str = "auto"
@@ -291,12 +296,18 @@ class DeployedViTBlock(nn.Module):
         scale = _layer_scale(self.ls1)
         head_tiles = heads is None or d % HEAD_TILE_MIN == 0
         if self.fuse_rows and scale is not False and head_tiles and _triton_rows(y2, rows, self.proj_wt):
-            # one qkv GEMM (q, k, v planes; tiles of skipped heads not computed, their columns zero, so their
-            # attention outputs zero), varlen attention, and the projection adding into the residual stream
+            # one qkv GEMM (q, k, v planes; tiles of skipped heads not computed, their columns zero), varlen
+            # attention (skipped heads not computed, their outputs zero), and the projection adding into the
+            # residual stream
             qkv = dispatch.rows_linear(y2, self.qkv_wt_cat, self.qkv_b, rows.pos32, rows.count, planes=3,
                                        heads=(heads, n) if heads is not None else None)
             q, k, v = (t.view(-1, h, d) for t in qkv.unbind(0))
-            o = varlen_attention(self.q_norm(q), self.k_norm(k), v, rows.cu, rows.max_len, self.scale)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if heads is not None and self.skip_head_attention:  # one sequence per sample: heads (B, H) per sequence
+                o = dispatch.varlen_attention(q.contiguous(), k.contiguous(), v.contiguous(), rows.cu, rows.max_len,
+                                              self.scale, heads)
+            else:
+                o = varlen_attention(q, k, v, rows.cu, rows.max_len, self.scale)
             res = x.reshape(b * n, c) if self.owns_input else x.reshape(b * n, c).clone()
             dispatch.rows_linear(o.reshape(-1, c), self.proj_wt, self.proj_b, None, rows.count, out=res,
                                  out_idx=rows.pos32, keep=rows.keep, scale=scale)

@@ -470,3 +470,35 @@ def pooled_decisions(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     if resolve_impl(y, weight, bias, impl=impl) == "reference":
         return pooled_decisions_ref(y, weight, bias)
     return pooled_decisions_triton(y, weight, bias)
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor,
+    max_len: int,
+    scale: float,
+    heads: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Attention within packed sequences, the (sequence, head) pairs that `heads` skips not computed (zero).
+
+    Triton: flash attention's forward per (query block, sequence, head), a skipped pair writing zeros
+    (`laudnet.kernels.attention`). Rows past ``cu[-1]`` are zero in the reference and unwritten by the kernel.
+
+    Args:
+        q, k, v: contiguous `[R, H, d]` packed rows.
+        cu: int32/int64 `[S + 1]`: each sequence's first row, then the end of the last.
+        max_len: the longest sequence (a capacity is fine: query blocks past a sequence's end exit at once).
+        scale: of the scores (1/√d for standard attention).
+        heads: bool `[S, H]`, the computed pairs, or None for every pair.
+        impl: "auto", "reference" or "triton".
+    """
+    from .attention import varlen_attention_triton
+    from .attention_ref import varlen_attention_ref
+
+    if resolve_impl(q, k, v, cu, heads, impl=impl) == "reference":
+        return varlen_attention_ref(q, k, v, cu, max_len, scale, heads)
+    return varlen_attention_triton(q, k, v, cu, max_len, scale, heads)

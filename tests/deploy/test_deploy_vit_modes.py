@@ -169,6 +169,14 @@ def test_fused_rows_through_triton(monkeypatch, layer_scale, norm2):
         return kernel(*args, **kwargs)
 
     monkeypatch.setattr(dispatch, "rows_linear", counting)
+    attention_calls = []
+    attention = dispatch.varlen_attention
+
+    def counting_attention(*args, **kwargs):
+        attention_calls.append(args[6] is not None)  # the kept heads
+        return attention(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "varlen_attention", counting_attention)
     model = skipping_vit("token+head+layer", depth=2, init_values=layer_scale)
     if not norm2:
         for block in model.blocks:
@@ -176,9 +184,14 @@ def test_fused_rows_through_triton(monkeypatch, layer_scale, norm2):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
-        out = deploy_vit(model, torch.float32, attention="varlen", capturable=True, fuse_rows=True)(x)
+        deployed = deploy_vit(model, torch.float32, attention="varlen", capturable=True, fuse_rows=True)
+        out = deployed(x)
         assert _rel(out, expected) < 1e-5
-    assert calls == [False, True, False, True] * 2  # per block: qkv, projection + add, fc1 + GELU, fc2 + add
+        for block in deployed.blocks:  # PyTorch's varlen attention over every head: the same function
+            block.skip_head_attention = False
+        assert _rel(deployed(x), expected) < 1e-5
+    assert calls == [False, True, False, True] * 4  # per block: qkv, projection + add, fc1 + GELU, fc2 + add
+    assert attention_calls == [True, True]  # laudnet's kernel, skipped heads not computed (first pass only)
 
 
 @pytest.mark.skipif(not interpreter_enabled(), reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")

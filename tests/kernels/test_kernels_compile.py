@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from laudnet.kernels import _utils, channel, layer, masker, pack, rows, spatial, stem, token
+from laudnet.kernels import _utils, attention, channel, layer, masker, pack, rows, spatial, stem, token
 
 nvidia = pytest.importorskip("triton.backends.nvidia")
 if not os.path.exists(os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")):
@@ -187,6 +187,16 @@ def test_stem_kernel_compiles(launches, tmp_path):
     stem.stem_conv_triton(x, _bf16(32, 3, 3, 3), _bf16(32), (3, 3), 2, 1)
     stats = _compile_all(launches, tmp_path)
     assert all(s["async_copies"] > 0 for s in stats), stats  # the kernel-row loop's loads are pipelined
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_varlen_attention_compiles(launches, tmp_path, dtype):
+    """DeiT-S's heads (6 x 64) with and without skipped heads; the key loop's bound is read on the device."""
+    q, k, v = (torch.randn(40, 6, 64).to(dtype) for _ in range(3))
+    cu = torch.tensor([0, 17, 40], dtype=torch.int32)
+    attention.varlen_attention_triton(q, k, v, cu, 23, 0.125)
+    attention.varlen_attention_triton(q, k, v, cu, 23, 0.125, torch.ones(2, 6, dtype=torch.bool))
+    _compile_all(launches, tmp_path)
 
 
 def test_masker_kernels_compile(launches, tmp_path):
