@@ -22,8 +22,9 @@ def report(path: str) -> str:
                 if args.get("compile", True) else "no torch.compile")
     lines = [f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}; bf16, "
              f"channels_last, {compiled}, medians of CUDA-event timings; ratio = time / best static time of the "
-             "same run; predicted ratio = `laudnet.latency.predict_model` (hardware model `h100`, dynamic / static "
-             "network).", ""]
+             "same run; predicted ratio = `laudnet.latency.predict_model`, dynamic / static network (both as CUDA "
+             "graphs on the H100-calibrated spec where the run recorded it, else the `h100` preset with eager "
+             "launches).", ""]
     groups = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["batch"])].append(r)
@@ -47,7 +48,7 @@ def report(path: str) -> str:
             lines.append(
                 f"| {kind} | {rate:g} | {any_row['flops_ratio']:.3f} | "
                 + (f"{graph['ms']:.2f} ms | **{graph['ms'] / best:.2f}** | " if graph else "— | — | ")
-                + (f"{any_row['predicted_ratio']:.2f} | " if any_row.get("predicted_ratio") is not None else "— | ")
+                + _fmt_prediction(any_row)
                 + (f"{eager['ms']:.2f} ms | " if eager else "— | ")
                 + f"{_fmt_error(any_row['rel_error'])} |"
             )
@@ -57,6 +58,11 @@ def report(path: str) -> str:
         lines += _dense_whole_table(cases, best)
         lines += _conditional_table(cases, best)
     return "\n".join(lines)
+
+
+def _fmt_prediction(row: dict) -> str:
+    pred = row.get("predicted_ratio_graphed", row.get("predicted_ratio"))
+    return f"{pred:.2f} | " if pred is not None else "— | "
 
 
 def _fmt_error(rel) -> str:
@@ -151,7 +157,8 @@ def graphed_prediction(row: dict, hardware: str) -> float | None:
 def summary(paths: list[str], hardware: str | None = None) -> str:
     """One table per model over all batch sizes of the given results: each case's best CUDA-graph time (tuned
     where measured) and its ratio to the best static time of the same batch, with the predictor's ratio (the
-    recorded one, or with `hardware` — a calibrated spec — recomputed for CUDA-graph replays)."""
+    recorded one — for CUDA graphs where the run recorded it — or with `hardware`, a calibrated spec, recomputed for
+    CUDA-graph replays)."""
     lines = []
     for path in paths:
         with open(path) as f:
@@ -176,7 +183,7 @@ def summary(paths: list[str], hardware: str | None = None) -> str:
                 cells = []
                 for b in batches:
                     r = by_batch.get(b)
-                    pred = r.get("predicted_ratio") if r else None
+                    pred = r.get("predicted_ratio_graphed", r.get("predicted_ratio")) if r else None
                     if r and hardware:
                         pred = graphed_prediction(r, hardware)
                     cells += [f"{r['ms']:.2f} ms (**{r['ms'] / best[b]:.2f}**)" if r else "—",
