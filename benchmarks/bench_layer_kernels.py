@@ -35,6 +35,11 @@ EXTRA_1X1 = {"m128_n128_k64_w8_s4": spatial.GemmConfig(128, 128, 64, 8, 4),
              "m256_n128_k64_w8_s3": spatial.GemmConfig(256, 128, 64, 8, 3),
              "m128_n256_k64_w8_s4": spatial.GemmConfig(128, 256, 64, 8, 4),
              "m128_n64_k64_w4_s4": spatial.GemmConfig(128, 64, 64, 4, 4)}
+# small tiles for one executing sample (batch 1: 3 136 rows or fewer fill few of the SMs with 64- or 128-row tiles)
+SMALL = {"m32_n64_k64_w2_s3": spatial.GemmConfig(32, 64, 64, 2, 3),
+         "m64_n32_k64_w2_s3": spatial.GemmConfig(64, 32, 64, 2, 3),
+         "m32_n32_k64_w2_s3": spatial.GemmConfig(32, 32, 64, 2, 3),
+         "m32_n128_k64_w4_s3": spatial.GemmConfig(32, 128, 64, 4, 3)}
 
 
 def ms(fn, repeats: int = 30) -> float:
@@ -75,8 +80,10 @@ def stage_case(stage: int, batch: int, count: int, gen: torch.Generator) -> list
                                                                  count=cnt),
             "conv3+add": lambda cfg: spatial.conv1x1_scatter_add_triton(h2, w3p, b3, res, patches, size, out=res,
                                                                         config=cfg, count=cnt)}
-    configs = {"conv1": {**spatial.CONV1X1_CONFIGS, **EXTRA_1X1}, "conv3x3": spatial.CONV3X3_CONFIGS,
-               "conv3+add": {**spatial.CONV1X1_CONFIGS, **EXTRA_1X1}}
+    small = SMALL if count * size * size <= 32 * 132 else {}  # fewer rows than one wave of 32-row tiles
+    configs = {"conv1": {**spatial.CONV1X1_CONFIGS, **EXTRA_1X1, **small},
+               "conv3x3": {**spatial.CONV3X3_CONFIGS, **small},
+               "conv3+add": {**spatial.CONV1X1_CONFIGS, **EXTRA_1X1, **small}}
     rows = []
     for op, fn in cudnn.items():
         row = dict(stage=stage, op=op, batch=batch, count=count, cudnn_ms=ms(fn),

@@ -28,7 +28,7 @@ def test_smoke_run_and_report(tmp_path, monkeypatch, capsys):
     assert errors and all("CUDA" in r["error"] for r in errors), errors  # only what needs a GPU failed
     assert all(r["rel_error"] < 2e-2 for r in rows if r.get("variant") == "deployed eager")
     # the predictor's ratio with eager launches (preset) and as CUDA graphs (the calibrated spec)
-    assert all(0 < r["predicted_ratio"] and 0 < r["predicted_ratio_graphed"] != r["predicted_ratio"]
+    assert all(r["predicted_ratio"] > 0 and 0 < r["predicted_ratio_graphed"] != r["predicted_ratio"]
                for r in rows if r.get("variant") == "deployed eager")
     report = load_benchmark("report_models").report(str(out))
     assert "laud_resnet50, batch 2" in report
