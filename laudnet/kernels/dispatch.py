@@ -499,6 +499,8 @@ def varlen_attention(
     from .attention import varlen_attention_triton
     from .attention_ref import varlen_attention_ref
 
+    if impl == "auto" and q.is_cuda and q.dtype == torch.float32:
+        impl = "reference"  # the kernel's tl.dot would round fp32 to tf32 on the GPU
     if resolve_impl(q, k, v, cu, heads, impl=impl) == "reference":
         return varlen_attention_ref(q, k, v, cu, max_len, scale, heads)
     return varlen_attention_triton(q, k, v, cu, max_len, scale, heads)
