@@ -18,11 +18,14 @@
 #                                              # layer and spatial skipping, tuned, with and without them
 #   OUT=dir benchmarks/run_ab.sh kernels-b1   # bench_layer_kernels at batch 1 (one executing sample), with the
 #                                             # small tiles: which tile config each stage wants at batch 1
+#   OUT=dir benchmarks/run_ab.sh capped   # GPU tests of the spatial kernels; bench_models ResNet-101 layer and
+#                                         # spatial skipping at rate 0.5, batch 128 and 1, with the count-aware
+#                                         # grids capped at 2 programs per SM against the full grids
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|kernels-b1|full-r101|full-r50"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|capped|kernels-b1|full-r101|full-r50"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -62,6 +65,13 @@ conditional)
     timeout 540 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer spatial --batches 1 128 \
         --rates 0.5 --tune --conditional --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
+capped)
+    timeout 120 python -m pytest -q tests/kernels/test_spatial_kernels.py -k cuda > "$out/pytest_capped_gpu_h200_$c.txt" 2>&1
+    tail -2 "$out/pytest_capped_gpu_h200_$c.txt"
+    name=bench_models_capped_r101_h200_$c
+    timeout 420 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer spatial --batches 128 1 \
+        --rates 0.5 --max-programs-per-sm 2 --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
+    python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | grep -v static | head -30 ;;
 kernels-b1)
     timeout 300 python benchmarks/bench_layer_kernels.py --batch 1 --count 1 \
         --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -20 ;;
@@ -71,5 +81,5 @@ full-r101|full-r50)
     timeout 570 python benchmarks/bench_models.py --models "$m" --batches 128 1 --tune --rates 0.25 0.5 0.75 \
         --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
-*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, kernels-b1, full-r101, full-r50)" >&2; exit 2 ;;
+*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, capped, kernels-b1, full-r101, full-r50)" >&2; exit 2 ;;
 esac
