@@ -165,42 +165,51 @@ def graphed_prediction(row: dict, hardware: str) -> float | None:
                          batch=row["batch"], graphed=True).ratio
 
 
-def summary(paths: list[str], hardware: str | None = None) -> str:
-    """One table per model over all batch sizes of the given results: each case's best CUDA-graph time (tuned
-    where measured) and its ratio to the best static time of the same batch, with the predictor's ratio (the
-    recorded one — for CUDA graphs where the run recorded it — or with `hardware`, a calibrated spec, recomputed for
-    CUDA-graph replays)."""
-    lines = []
+def best_cases(paths: list[str], hardware: str | None = None) -> dict:
+    """Per model: the batch sizes, each batch's best static time, and per case (paradigm, rate) and batch the
+    fastest CUDA-graph form (all sparse or tuned) as a dict with ``ms``, ``ratio`` (to that best static time),
+    ``flops_ratio`` and ``predicted`` (the recorded prediction — for CUDA graphs where the run recorded it — or,
+    with `hardware`, a calibrated spec, recomputed for CUDA-graph replays)."""
+    out: dict = {}
     for path in paths:
         with open(path) as f:
             rows = [r for r in json.load(f)["results"] if "ms" in r]
         for model in dict.fromkeys(r["model"] for r in rows):
-            batches = list(dict.fromkeys(r["batch"] for r in rows if r["model"] == model))
-            best, cases = {}, defaultdict(dict)
-            for r in rows:
-                if r["model"] != model:
-                    continue
+            mine = [r for r in rows if r["model"] == model]
+            best = {}
+            for r in mine:
                 if r["kind"] == "static":
                     best[r["batch"]] = min(best.get(r["batch"], float("inf")), r["ms"])
-                elif r["variant"] in ("deployed cuda-graph", "deployed tuned cuda-graph"):
-                    case = cases[(r["kind"], r["rate"])].setdefault(r["batch"], r)
-                    if r["ms"] < case["ms"]:
-                        cases[(r["kind"], r["rate"])][r["batch"]] = r
-            head = " | ".join(f"batch {b} (static {best[b]:.2f} ms) | predicted" for b in batches)
-            lines += [f"**{model}**", "", f"| paradigm | rate | FLOPs ratio | {head} |",
-                      "|---|---|---|" + "---|---|" * len(batches)]
-            for (kind, rate), by_batch in cases.items():
-                any_row = next(iter(by_batch.values()))
-                cells = []
-                for b in batches:
-                    r = by_batch.get(b)
-                    pred = r.get("predicted_ratio_graphed", r.get("predicted_ratio")) if r else None
-                    if r and hardware:
-                        pred = graphed_prediction(r, hardware)
-                    cells += [f"{r['ms']:.2f} ms (**{r['ms'] / best[b]:.2f}**)" if r else "—",
-                              f"{pred:.2f}" if pred is not None else "—"]
-                lines.append(f"| {kind} | {rate:g} | {any_row['flops_ratio']:.3f} | " + " | ".join(cells) + " |")
-            lines.append("")
+            cases: dict = defaultdict(dict)
+            for r in mine:
+                if r["kind"] != "static" and r["variant"] in ("deployed cuda-graph", "deployed tuned cuda-graph"):
+                    old = cases[(r["kind"], r["rate"])].get(r["batch"])
+                    if old is None or r["ms"] < old["ms"]:
+                        pred = graphed_prediction(r, hardware) if hardware else r.get(
+                            "predicted_ratio_graphed", r.get("predicted_ratio"))
+                        cases[(r["kind"], r["rate"])][r["batch"]] = dict(
+                            ms=r["ms"], ratio=r["ms"] / best[r["batch"]], flops_ratio=r["flops_ratio"], predicted=pred)
+            out[model] = dict(batches=list(dict.fromkeys(r["batch"] for r in mine)), best=best, cases=dict(cases))
+    return out
+
+
+def summary(paths: list[str], hardware: str | None = None) -> str:
+    """One table per model over all batch sizes of the given results (`best_cases`)."""
+    lines = []
+    for model, data in best_cases(paths, hardware).items():
+        batches, best = data["batches"], data["best"]
+        head = " | ".join(f"batch {b} (static {best[b]:.2f} ms) | predicted" for b in batches)
+        lines += [f"**{model}**", "", f"| paradigm | rate | FLOPs ratio | {head} |",
+                  "|---|---|---|" + "---|---|" * len(batches)]
+        for (kind, rate), by_batch in data["cases"].items():
+            cells = []
+            for b in batches:
+                c = by_batch.get(b)
+                cells += [f"{c['ms']:.2f} ms (**{c['ratio']:.2f}**)" if c else "—",
+                          f"{c['predicted']:.2f}" if c and c["predicted"] is not None else "—"]
+            flops = next(iter(by_batch.values()))["flops_ratio"]
+            lines.append(f"| {kind} | {rate:g} | {flops:.3f} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
