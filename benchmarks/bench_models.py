@@ -43,7 +43,6 @@ import torchvision
 import laudnet
 from laudnet.deploy import GraphedModel, deploy, deploy_dense_masked, tune_paths
 from laudnet.flops import conv_out_size
-from laudnet.kernels import spatial
 from laudnet.masks import mask_grid_size
 
 _SAVE = None  # set by main: writes the results file
@@ -318,13 +317,6 @@ def bench_model(name: str, args, results: list[dict]) -> None:
                     if args.conditional:
                         record_graph(results, row, "deployed cuda-graph conditional", deployed, x, args,
                                      conditional=True, **extra)
-                    if args.max_programs_per_sm and DEV.type == "cuda":  # captured with the grids capped
-                        spatial.set_max_programs(args.max_programs_per_sm, DEV)
-                        try:
-                            record_graph(results, row, "deployed cuda-graph capped grids", deployed, x, args,
-                                         **extra)
-                        finally:
-                            spatial.set_max_programs(None)
                     if deployed_sparse is not None:
                         record_graph(results, row, "deployed sparse-conv1 cuda-graph", deployed_sparse, x, args,
                                      **extra)
@@ -402,9 +394,6 @@ def main() -> int:
                         help="also time the deployed (and tuned) networks captured with conditional CUDA-graph nodes")
     parser.add_argument("--stem", choices=["auto", "cudnn", "triton"], default="auto",
                         help="the stem convolution of every laudnet network, static and dynamic (deploy(stem=...))")
-    parser.add_argument("--max-programs-per-sm", type=int, default=None, metavar="N",
-                        help="also time each deployed network captured with the count-aware kernels' grids capped "
-                             "at N programs per SM (laudnet.kernels.spatial.set_max_programs)")
     parser.add_argument("--smoke", action="store_true",
                         help="run the whole flow on the CPU, uncompiled, one timed call per variant (CUDA-graph "
                              "variants record their error): checks the script without a GPU")

@@ -57,7 +57,6 @@ def report(path: str) -> str:
         lines += _tuned_table(cases, best)
         lines += _dense_whole_table(cases, best)
         lines += _conditional_table(cases, best)
-        lines += _capped_lines(cases, best)
     return "\n".join(lines)
 
 
@@ -126,16 +125,6 @@ def _conditional_table(cases: dict, best: float) -> list[str]:
         timed = [m for m in ms if m is not None]
         lines.append(f"| {kind} | {rate:g} | {cells} | **{min(timed) / best:.2f}** |")
     return [*lines, ""]
-
-
-def _capped_lines(cases: dict, best: float) -> list[str]:
-    """The deployed networks captured with the count-aware grids capped (`--max-programs-per-sm`), when measured."""
-    name = "deployed cuda-graph capped grids"
-    rows = [f"{kind} {rate:g}: {v[name]['ms']:.2f} ms ({v[name]['ms'] / best:.2f}) against "
-            f"{v['deployed cuda-graph']['ms']:.2f} ms" for (kind, rate), v in cases.items()
-            if "ms" in v.get(name, {}) and "ms" in v.get("deployed cuda-graph", {})]
-    return ["count-aware grids capped (each program loops over tiles), all sparse: " + "; ".join(rows), ""] \
-        if rows else []
 
 
 def _tuned_table(cases: dict, best: float) -> list[str]:

@@ -18,18 +18,14 @@
 #                                              # layer and spatial skipping, tuned, with and without them
 #   OUT=dir benchmarks/run_ab.sh kernels-b1   # bench_layer_kernels at batch 1 (one executing sample), with the
 #                                             # small tiles: which tile config each stage wants at batch 1
-#   OUT=dir benchmarks/run_ab.sh next     # what the last session built, in one call (~8 min): GPU tests of the
-#                                         # attention and spatial kernels, bench_vit head skipping (laudnet's
-#                                         # attention against flash heads), the batch-1 tile sweep, and the capped
-#                                         # grids (bench_models layer/spatial 0.5)
-#   OUT=dir benchmarks/run_ab.sh capped   # GPU tests of the spatial kernels; bench_models ResNet-101 layer and
-#                                         # spatial skipping at rate 0.5, batch 128 and 1, with the count-aware
-#                                         # grids capped at 2 programs per SM against the full grids
+#   OUT=dir benchmarks/run_ab.sh next     # what the last session built, in one call (~5 min): GPU tests of the
+#                                         # attention kernel and the ViT paths, bench_vit head skipping (laudnet's
+#                                         # attention against flash heads) and the batch-1 tile sweep
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|capped|kernels-b1|full-r101|full-r50"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -70,7 +66,7 @@ conditional)
         --rates 0.5 --tune --conditional --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
 next)
-    timeout 150 python -m pytest -q tests/kernels/test_attention_kernels.py tests/kernels/test_spatial_kernels.py \
+    timeout 150 python -m pytest -q tests/kernels/test_attention_kernels.py \
         tests/deploy/test_deploy_vit_modes.py -k "cuda or gpu" > "$out/pytest_next_gpu_h200_$c.txt" 2>&1
     tail -2 "$out/pytest_next_gpu_h200_$c.txt"
     timeout 150 python benchmarks/bench_vit.py --batches 128 1 --token-rates --head-rates 0.5 0.33 --layer-rates \
@@ -78,18 +74,7 @@ next)
         > "$out/bench_vit_heads_h200_$c.log" 2>&1
     python benchmarks/bench_vit.py --report "$out/bench_vit_heads_h200_$c.json" | grep -i "head\|flash" | cut -c1-200
     timeout 100 python benchmarks/bench_layer_kernels.py --batch 1 --count 1 \
-        --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -16
-    name=bench_models_capped_r101_h200_$c
-    timeout 240 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer spatial --batches 128 1 \
-        --rates 0.5 --max-programs-per-sm 2 --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
-    python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | grep -v static | head -30 ;;
-capped)
-    timeout 120 python -m pytest -q tests/kernels/test_spatial_kernels.py -k cuda > "$out/pytest_capped_gpu_h200_$c.txt" 2>&1
-    tail -2 "$out/pytest_capped_gpu_h200_$c.txt"
-    name=bench_models_capped_r101_h200_$c
-    timeout 420 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer spatial --batches 128 1 \
-        --rates 0.5 --max-programs-per-sm 2 --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
-    python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | grep -v static | head -30 ;;
+        --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -16 ;;
 kernels-b1)
     timeout 300 python benchmarks/bench_layer_kernels.py --batch 1 --count 1 \
         --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -20 ;;
@@ -99,5 +84,5 @@ full-r101|full-r50)
     timeout 570 python benchmarks/bench_models.py --models "$m" --batches 128 1 --tune --rates 0.25 0.5 0.75 \
         --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
-*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, capped, kernels-b1, full-r101, full-r50)" >&2; exit 2 ;;
+*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50)" >&2; exit 2 ;;
 esac

@@ -125,61 +125,62 @@ def _gather_conv3x3_kernel_src(
     BLOCK_K: tl.constexpr,
 ):
     # N tiles vary fastest so that the programs sharing one set of halo rows run together (L2 reuse).
+    pid = tl.program_id(0)
     num_n = (C_OUT + BLOCK_N - 1) // BLOCK_N
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     ss = S * S
     if HAS_COUNT:  # sync-free launch: the grid covers the capacity, the valid count is read on the device
         M = tl.load(cnt_ptr) * ss
-    # Tiles past the valid rows are not visited; a grid smaller than the tiles loops over them (`_grid`).
-    for pid in range(tl.program_id(0), (M + BLOCK_M - 1) // BLOCK_M * num_n, tl.num_programs(0)):
-        pid_m = pid // num_n
-        pid_n = pid % num_n
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rm < M
-        n_ok = rn < C_OUT
-        # Decode each gathered row into its output pixel once; the K loop only adds the tap offset.
-        p = rm // ss
-        r = rm - p * ss
-        dy = r // S
-        dx = r - dy * S
-        smp = tl.load(pidx_ptr + p * 3, mask=row_ok, other=0)
-        prow = tl.load(pidx_ptr + p * 3 + 1, mask=row_ok, other=0)
-        pcol = tl.load(pidx_ptr + p * 3 + 2, mask=row_ok, other=0)
-        oy = prow * S + dy
-        ox = pcol * S + dx
-        pix_ok = row_ok & (oy < HO) & (ox < WO)
-        iy0 = oy * STRIDE - 1  # padding 1
-        ix0 = ox * STRIDE - 1
-        k_tiles = (C_IN + BLOCK_K - 1) // BLOCK_K
-        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-        # One flat loop over (tap, channel tile) so the compiler pipelines loads across taps.
-        for i in range(0, 9 * k_tiles):
-            tap = i // k_tiles
-            c0 = (i - tap * k_tiles) * BLOCK_K
-            ky = tap // 3
-            kx = tap - ky * 3
-            iy = iy0 + ky
-            ix = ix0 + kx
-            ok = pix_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)  # zero padding at the map's borders
-            src = ((smp * H + iy) * W + ix).to(tl.int64) * C_IN + c0
-            kk = c0 + rk
-            wrow = (tap * C_IN + kk).to(tl.int64) * C_OUT
-            if EVEN_K:
-                a = tl.load(x_ptr + src[:, None] + rk[None, :], mask=ok[:, None], other=0.0)
-                b = tl.load(w_ptr + wrow[:, None] + rn[None, :], mask=n_ok[None, :], other=0.0)
-            else:
-                k_ok = kk < C_IN
-                a = tl.load(x_ptr + src[:, None] + rk[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_ptr + wrow[:, None] + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if RELU:
-            acc = tl.maximum(acc, 0.0)
-        acc = tl.where(pix_ok[:, None], acc, 0.0)  # pixels beyond the map are defined as 0
-        dst = rm.to(tl.int64)[:, None] * C_OUT + rn[None, :]
-        tl.store(y_ptr + dst, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+        if pid_m * BLOCK_M >= M:  # a tile past the valid rows: nothing to read or write
+            return
+    row_ok = rm < M
+    n_ok = rn < C_OUT
+    # Decode each gathered row into its output pixel once; the K loop only adds the tap offset.
+    p = rm // ss
+    r = rm - p * ss
+    dy = r // S
+    dx = r - dy * S
+    smp = tl.load(pidx_ptr + p * 3, mask=row_ok, other=0)
+    prow = tl.load(pidx_ptr + p * 3 + 1, mask=row_ok, other=0)
+    pcol = tl.load(pidx_ptr + p * 3 + 2, mask=row_ok, other=0)
+    oy = prow * S + dy
+    ox = pcol * S + dx
+    pix_ok = row_ok & (oy < HO) & (ox < WO)
+    iy0 = oy * STRIDE - 1  # padding 1
+    ix0 = ox * STRIDE - 1
+    k_tiles = (C_IN + BLOCK_K - 1) // BLOCK_K
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    # One flat loop over (tap, channel tile) so the compiler pipelines loads across taps.
+    for i in range(0, 9 * k_tiles):
+        tap = i // k_tiles
+        c0 = (i - tap * k_tiles) * BLOCK_K
+        ky = tap // 3
+        kx = tap - ky * 3
+        iy = iy0 + ky
+        ix = ix0 + kx
+        ok = pix_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)  # zero padding at the map's borders
+        src = ((smp * H + iy) * W + ix).to(tl.int64) * C_IN + c0
+        kk = c0 + rk
+        wrow = (tap * C_IN + kk).to(tl.int64) * C_OUT
+        if EVEN_K:
+            a = tl.load(x_ptr + src[:, None] + rk[None, :], mask=ok[:, None], other=0.0)
+            b = tl.load(w_ptr + wrow[:, None] + rn[None, :], mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = kk < C_IN
+            a = tl.load(x_ptr + src[:, None] + rk[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + wrow[:, None] + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    acc = tl.where(pix_ok[:, None], acc, 0.0)  # pixels beyond the map are defined as 0
+    dst = rm.to(tl.int64)[:, None] * C_OUT + rn[None, :]
+    tl.store(y_ptr + dst, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
 def _conv1x1_scatter_add_kernel_src(
@@ -209,78 +210,80 @@ def _conv1x1_scatter_add_kernel_src(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    pid = tl.program_id(0)
     num_n = (C_OUT + BLOCK_N - 1) // BLOCK_N
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     ss = S * S
     if HAS_COUNT:
         M = tl.load(cnt_ptr) * ss
-    # Tiles past the valid rows are not visited; a grid smaller than the tiles loops over them (`_grid`).
-    for pid in range(tl.program_id(0), (M + BLOCK_M - 1) // BLOCK_M * num_n, tl.num_programs(0)):
-        pid_m = pid // num_n
-        pid_n = pid % num_n
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rm < M
-        n_ok = rn < C_OUT
-        p = rm // ss
-        r = rm - p * ss
-        dy = r // S
-        dx = r - dy * S
-        smp = tl.load(pidx_ptr + p * 3, mask=row_ok, other=0)
-        prow = tl.load(pidx_ptr + p * 3 + 1, mask=row_ok, other=0)
-        pcol = tl.load(pidx_ptr + p * 3 + 2, mask=row_ok, other=0)
-        oy = prow * S + dy
-        ox = pcol * S + dx
-        pix_ok = row_ok & (oy < HO) & (ox < WO)  # pixels beyond the map of border patches are never written
-        dst = ((smp * HO + oy) * WO + ox).to(tl.int64) * C_OUT
-        m2 = pix_ok[:, None] & n_ok[None, :]
-        # The residual tile is the largest read (C_OUT >= 4*K in a bottleneck): issue it before the GEMM so that its
-        # latency overlaps the short K loop (1-4 iterations).
-        res = tl.load(res_ptr + dst[:, None] + rn[None, :], mask=m2, other=0.0)
-        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-        arow = rm.to(tl.int64) * K
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + rk
-            if EVEN_K:
-                a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None], other=0.0)
-                b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=n_ok[None, :], other=0.0)
-            else:
-                k_ok = kk < K
-                a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :],
-                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        acc += res.to(tl.float32)
-        if RELU:
-            acc = tl.maximum(acc, 0.0)
-        val = acc.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + dst[:, None] + rn[None, :], val, mask=m2)
-        if POOL > 0:
-            # The next block's masker pools this map over the same patches: sum the values just written (as stored,
-            # so the sums equal a later read of the map) per patch, and add them to the patch's row of pool_ptr.
-            v = tl.where(m2, val.to(tl.float32), 0.0)
-            if POOL == 1:  # patches of >= BLOCK_M rows (layer skipping: a whole map) or odd sizes: 1-3 per tile
-                m0 = pid_m * BLOCK_M
-                p_lo = m0 // ss
-                # all operands non-negative: integer division truncates on the GPU and floors in the interpreter
-                p_end = (tl.maximum(tl.minimum(m0 + BLOCK_M, M), m0 + 1) - 1) // ss + 1
-                for jj in range(0, p_end - p_lo):
-                    j = p_lo + jj
-                    part = tl.sum(tl.where((p == j)[:, None], v, 0.0), axis=0)
-                    jrow = (tl.load(pidx_ptr + j * 3) * GH + tl.load(pidx_ptr + j * 3 + 1)) * GW
-                    jrow += tl.load(pidx_ptr + j * 3 + 2)
-                    tl.atomic_add(pool_ptr + jrow.to(tl.int64) * C_OUT + rn, part, mask=n_ok)
-            else:  # small power-of-two patches (S = 1, 2, 4, 8): the tile is BLOCK_M // SEG whole patches
-                part = tl.sum(tl.reshape(v, (BLOCK_M // SEG, SEG, BLOCK_N)), axis=1)
-                q = pid_m * (BLOCK_M // SEG) + tl.arange(0, BLOCK_M // SEG)
-                q_ok = q * SEG < M
-                qrow = (tl.load(pidx_ptr + q * 3, mask=q_ok, other=0) * GH
-                        + tl.load(pidx_ptr + q * 3 + 1, mask=q_ok, other=0)) * GW
-                qrow += tl.load(pidx_ptr + q * 3 + 2, mask=q_ok, other=0)
-                ptrs = pool_ptr + qrow.to(tl.int64)[:, None] * C_OUT + rn[None, :]
-                tl.atomic_add(ptrs, part, mask=q_ok[:, None] & n_ok[None, :])
+        if pid_m * BLOCK_M >= M:  # a tile past the valid rows: nothing to read or write
+            return
+    row_ok = rm < M
+    n_ok = rn < C_OUT
+    p = rm // ss
+    r = rm - p * ss
+    dy = r // S
+    dx = r - dy * S
+    smp = tl.load(pidx_ptr + p * 3, mask=row_ok, other=0)
+    prow = tl.load(pidx_ptr + p * 3 + 1, mask=row_ok, other=0)
+    pcol = tl.load(pidx_ptr + p * 3 + 2, mask=row_ok, other=0)
+    oy = prow * S + dy
+    ox = pcol * S + dx
+    pix_ok = row_ok & (oy < HO) & (ox < WO)  # pixels beyond the map of border patches are never written
+    dst = ((smp * HO + oy) * WO + ox).to(tl.int64) * C_OUT
+    m2 = pix_ok[:, None] & n_ok[None, :]
+    # The residual tile is the largest read (C_OUT >= 4*K in a bottleneck): issue it before the GEMM so that its
+    # latency overlaps the short K loop (1-4 iterations).
+    res = tl.load(res_ptr + dst[:, None] + rn[None, :], mask=m2, other=0.0)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    arow = rm.to(tl.int64) * K
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        if EVEN_K:
+            a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None], other=0.0)
+            b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = kk < K
+            a = tl.load(a_ptr + arow[:, None] + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(
+                w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0
+            )
+        acc = tl.dot(a, b, acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    acc += res.to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    val = acc.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + dst[:, None] + rn[None, :], val, mask=m2)
+    if POOL > 0:
+        # The next block's masker pools this map over the same patches: sum the values just written (as stored,
+        # so the sums equal a later read of the map) per patch, and add them to the patch's row of pool_ptr.
+        v = tl.where(m2, val.to(tl.float32), 0.0)
+        if POOL == 1:  # patches of >= BLOCK_M rows (layer skipping: a whole map) or odd sizes: 1-3 per tile
+            m0 = pid_m * BLOCK_M
+            p_lo = m0 // ss
+            # all operands non-negative: integer division truncates on the GPU and floors in the interpreter
+            p_end = (tl.maximum(tl.minimum(m0 + BLOCK_M, M), m0 + 1) - 1) // ss + 1
+            for jj in range(0, p_end - p_lo):
+                j = p_lo + jj
+                part = tl.sum(tl.where((p == j)[:, None], v, 0.0), axis=0)
+                jrow = (tl.load(pidx_ptr + j * 3) * GH + tl.load(pidx_ptr + j * 3 + 1)) * GW
+                jrow += tl.load(pidx_ptr + j * 3 + 2)
+                tl.atomic_add(pool_ptr + jrow.to(tl.int64) * C_OUT + rn, part, mask=n_ok)
+        else:  # small power-of-two patches (S = 1, 2, 4, 8): the tile is BLOCK_M // SEG whole patches
+            part = tl.sum(tl.reshape(v, (BLOCK_M // SEG, SEG, BLOCK_N)), axis=1)
+            q = pid_m * (BLOCK_M // SEG) + tl.arange(0, BLOCK_M // SEG)
+            q_ok = q * SEG < M
+            qrow = (tl.load(pidx_ptr + q * 3, mask=q_ok, other=0) * GH
+                    + tl.load(pidx_ptr + q * 3 + 1, mask=q_ok, other=0)) * GW
+            qrow += tl.load(pidx_ptr + q * 3 + 2, mask=q_ok, other=0)
+            ptrs = pool_ptr + qrow.to(tl.int64)[:, None] * C_OUT + rn[None, :]
+            tl.atomic_add(ptrs, part, mask=q_ok[:, None] & n_ok[None, :])
 
 
 def _pixel_conv1x1_kernel_src(
@@ -304,47 +307,49 @@ def _pixel_conv1x1_kernel_src(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    pid = tl.program_id(0)
     num_n = (C_OUT + BLOCK_N - 1) // BLOCK_N
-    rk = tl.arange(0, BLOCK_K)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
     if HAS_COUNT:
         Q = tl.load(cnt_ptr)
         if PER_SAMPLE:
             Q = Q * HW
-    # Tiles past the valid rows are not visited; a grid smaller than the tiles loops over them (`_grid`).
-    for pid in range(tl.program_id(0), (Q + BLOCK_M - 1) // BLOCK_M * num_n, tl.num_programs(0)):
-        pid_m = pid // num_n
-        pid_n = pid % num_n
-        rq = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        q_ok = rq < Q
-        n_ok = rn < C_OUT
-        if PER_SAMPLE:  # layer skipping: no pixel list to build, read or keep
-            smp = tl.load(pix_ptr + rq // HW, mask=q_ok, other=0)
-            row = smp.to(tl.int64) * HW + (rq % HW)
+        if pid_m * BLOCK_M >= Q:  # a tile past the valid rows: nothing to read or write
+            return
+    rq = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    q_ok = rq < Q
+    n_ok = rn < C_OUT
+    if PER_SAMPLE:  # layer skipping: no pixel list to build, read or keep
+        smp = tl.load(pix_ptr + rq // HW, mask=q_ok, other=0)
+        row = smp.to(tl.int64) * HW + (rq % HW)
+    else:
+        row = tl.load(pix_ptr + rq, mask=q_ok, other=0).to(tl.int64)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        if EVEN_K:
+            a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None], other=0.0)
+            b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=n_ok[None, :], other=0.0)
         else:
-            row = tl.load(pix_ptr + rq, mask=q_ok, other=0).to(tl.int64)
-        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + rk
-            if EVEN_K:
-                a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None], other=0.0)
-                b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=n_ok[None, :], other=0.0)
-            else:
-                k_ok = kk < K
-                a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :],
-                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if RELU:
-            acc = tl.maximum(acc, 0.0)
-        dst_row = rq.to(tl.int64) if COMPACT else row
-        tl.store(
-            out_ptr + dst_row[:, None] * C_OUT + rn[None, :],
-            acc.to(out_ptr.dtype.element_ty),
-            mask=q_ok[:, None] & n_ok[None, :],
-        )
+            k_ok = kk < K
+            a = tl.load(x_ptr + row[:, None] * K + kk[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(
+                w_ptr + kk.to(tl.int64)[:, None] * C_OUT + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0
+            )
+        acc = tl.dot(a, b, acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    dst_row = rq.to(tl.int64) if COMPACT else row
+    tl.store(
+        out_ptr + dst_row[:, None] * C_OUT + rn[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=q_ok[:, None] & n_ok[None, :],
+    )
 
 
 _gather_conv3x3_kernel = LazyKernel(_gather_conv3x3_kernel_src)
@@ -364,26 +369,8 @@ def _check_count(count: torch.Tensor | None, device: torch.device) -> None:
         )
 
 
-# At most this many programs per launch with a device-side count (None: one per tile of the capacity). Programs past
-# the count return at once, but each is still scheduled: a grid of a few waves that loops over the valid tiles
-# launches none of them. Experimental, off by default: `set_max_programs`.
-MAX_PROGRAMS: int | None = None
-
-
-def set_max_programs(per_sm: int | None, device: torch.device | str | None = None) -> int | None:
-    """Cap the grid of the count-aware launches at `per_sm` programs per SM of `device` (None: no cap); returns the
-    cap. Takes effect for launches (and CUDA-graph captures) made after the call."""
-    global MAX_PROGRAMS
-    if per_sm is not None and per_sm < 1:
-        raise ValueError(f"per_sm must be a positive number of programs per SM or None, got {per_sm}")
-    sms = torch.cuda.get_device_properties(device or "cuda").multi_processor_count if per_sm else 0
-    MAX_PROGRAMS = per_sm * sms if per_sm else None
-    return MAX_PROGRAMS
-
-
-def _grid(m: int, n: int, cfg: GemmConfig, counted: bool = False) -> tuple[int]:
-    tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
-    return (min(tiles, MAX_PROGRAMS),) if counted and MAX_PROGRAMS else (tiles,)
+def _grid(m: int, n: int, cfg: GemmConfig) -> tuple[int]:
+    return (-(-m // cfg.block_m) * -(-n // cfg.block_n),)
 
 
 def _packed3x3(weight: torch.Tensor, cin: int, dtype: torch.dtype) -> torch.Tensor:
@@ -429,7 +416,7 @@ def gather_conv3x3_triton(
         return y
     ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
     cfg = config or _pick_config("conv3x3", m, cin, cout, whole_maps=patch_size >= max(ho, wo))
-    _gather_conv3x3_kernel[_grid(m, cout, cfg, count is not None)](
+    _gather_conv3x3_kernel[_grid(m, cout, cfg)](
         h1, wp, bias if bias is not None else y, patch_idx.contiguous(), y, count if count is not None else patch_idx,
         m, h, w, ho, wo, cin, cout, patch_size, stride,
         HAS_BIAS=bias is not None, RELU=relu, EVEN_K=cin % cfg.block_k == 0, HAS_COUNT=count is not None,
@@ -479,7 +466,7 @@ def conv1x1_scatter_add_triton(
     ss = s * s
     # POOL 2 (one reshape-reduction per tile) needs whole power-of-two patches per tile; otherwise loop per patch.
     pool = 0 if pool_out is None else (2 if ss < cfg.block_m and cfg.block_m % ss == 0 and ss & (ss - 1) == 0 else 1)
-    _conv1x1_scatter_add_kernel[_grid(m, cout, cfg, count is not None)](
+    _conv1x1_scatter_add_kernel[_grid(m, cout, cfg)](
         a, wm, bias if bias is not None else a, residual, out, patch_idx.contiguous(),
         count if count is not None else patch_idx, pool_out if pool_out is not None else a,
         m, k, ho, wo, cout, s, gh, gw,
@@ -524,7 +511,7 @@ def pixel_conv1x1_triton(
     if q == 0:
         return out
     cfg = config or _pick_config("conv1x1", q, cin, cout, whole_maps=per_sample)
-    _pixel_conv1x1_kernel[_grid(q, cout, cfg, count is not None)](
+    _pixel_conv1x1_kernel[_grid(q, cout, cfg)](
         x, wm, bias if bias is not None else wm, pix_idx.contiguous(), out, count if count is not None else pix_idx,
         q, cin, cout, h * w,
         HAS_BIAS=bias is not None, RELU=relu, COMPACT=compact, EVEN_K=cin % cfg.block_k == 0,

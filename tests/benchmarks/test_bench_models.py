@@ -14,7 +14,6 @@ def test_smoke_run_and_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [
         "bench_models.py", "--smoke", "--models", "laud_resnet50", "--paradigms", "layer", "spatial", "--batches", "2",
         "--rates", "0.5", "--image-size", "64", "--tune", "--conditional", "--dense-whole", "--stem", "triton",
-        "--max-programs-per-sm", "2",
         "--out", str(out)])
     monkeypatch.setattr(bench, "DEV", bench.DEV)  # main switches it to the CPU: restored afterwards
     assert bench.main() == 0

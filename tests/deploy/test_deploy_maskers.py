@@ -11,7 +11,7 @@ from torchvision.models.resnet import Bottleneck
 import laudnet
 from laudnet.blocks.bottleneck import DynamicBottleneck
 from laudnet.deploy import deploy, deploy_dense_masked
-from laudnet.kernels import MAP_WINDOW, spatial
+from laudnet.kernels import MAP_WINDOW
 from laudnet.kernels._utils import triton_available
 from laudnet.models._base import dynamic_stage
 
@@ -116,13 +116,9 @@ def triton_interpreter(monkeypatch):
 
 
 @pytest.mark.parametrize(("paradigm", "granularity"), [("layer", None), ("spatial", "2-2-1-2")])
-@pytest.mark.parametrize("max_programs", [None, 2])
-def test_fused_chain_through_triton_kernels_interpret(triton_interpreter, monkeypatch, paradigm, granularity,
-                                                      max_programs):
+def test_fused_chain_through_triton_kernels_interpret(triton_interpreter, paradigm, granularity):
     """The Triton path end to end (interpreted): the fused chain equals the eval model and the torch masker path,
-    with some, all and no windows executing; also with the count-aware grids capped (each program loops over
-    several tiles, `spatial.set_max_programs`)."""
-    monkeypatch.setattr(spatial, "MAX_PROGRAMS", max_programs)
+    with some, all and no windows executing."""
     x = torch.randn(2, 3, 36, 28)  # stages at 9x7, 5x4, 3x2, 2x1: partial border patches everywhere
     model = _center_maskers(_tiny_resnet(paradigm, granularity), x)
     fused = deploy(model, torch.float32)

@@ -210,7 +210,7 @@ def test_triton_launchers_reject_bad_inputs(interpret):
 @pytest.mark.gpu
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("s", [4, 7])
-def test_spatial_kernels_cuda_bf16(cuda, monkeypatch, stride, s):
+def test_spatial_kernels_cuda_bf16(cuda, stride, s):
     torch.manual_seed(s + stride)
     n, h, w, c, cm, cout = 4, 29, 27, 256, 64, 256  # odd map: partial border patches
     dt = torch.bfloat16
@@ -244,22 +244,11 @@ def test_spatial_kernels_cuda_bf16(cuda, monkeypatch, stride, s):
     out_c = res.clone()
     K.conv1x1_scatter_add(got_c, w3, b3, out_c, plist, s, count=count)
     assert err_ratio(out_c, out) < 1e-3
-    # the same with the grid capped (one program per SM; three programs: each loops over several tiles)
-    monkeypatch.setattr(spatial, "MAX_PROGRAMS", None)
-    assert spatial.set_max_programs(1, cuda) == torch.cuda.get_device_properties(cuda).multi_processor_count
-    spatial.MAX_PROGRAMS = 3  # restored by monkeypatch
-    got_p = K.gather_conv3x3(h1, w2, b2, plist, s, stride, count=count)
-    out_p = res.clone()
-    K.conv1x1_scatter_add(got_p, w3, b3, out_p, plist, s, count=count)
-    assert torch.equal(got_p[: got.shape[0]], got_c[: got.shape[0]]) and torch.equal(out_p, out_c)
 
 
 @pytest.mark.parametrize("kind", ["random", "none", "all"])
-@pytest.mark.parametrize("max_programs", [None, 1, 3])
-def test_sync_free_count_path_interpret(interpret, monkeypatch, kind, max_programs):
-    """Capacity-sized launches with a device-side count give the same results as exact lists, also with the grid
-    capped below the tiles (each program loops over several)."""
-    monkeypatch.setattr(spatial, "MAX_PROGRAMS", max_programs)
+def test_sync_free_count_path_interpret(interpret, kind):
+    """Capacity-sized launches with a device-side count give the same results as exact lists."""
     gen = torch.Generator().manual_seed(MASK_KINDS.index(kind))
     s, cin, cm, cout = 2, 20, 18, 20
     mask = _mask(kind, R.patch_grid((H, W), s), gen)
@@ -348,9 +337,3 @@ def test_pixel_conv1x1_all_pixels_is_dense_conv(interpret):
     got = K.pixel_conv1x1(x, wt, b, None, impl="triton")
     dense = F.conv2d(x.permute(0, 3, 1, 2), wt, b).relu().permute(0, 2, 3, 1)
     assert got.shape == dense.shape and err_ratio(got, dense) < 1e-5
-
-
-def test_set_max_programs():
-    assert spatial.set_max_programs(None) is None and spatial.MAX_PROGRAMS is None
-    with pytest.raises(ValueError, match="per_sm must be a positive number"):
-        spatial.set_max_programs(0)
