@@ -3,8 +3,9 @@
 Each spec names a kernel (its `LazyKernel` by module and name), its signature (pointer dtypes, integer and constexpr
 arguments), the arguments divisible by 16 (as Triton's launcher specialises them at run time: aligned pointers and
 such integers, which decide for instance whether a loop's loads are pipelined), its constexpr values and launch
-options (`test_kernels_compile.py` records them). Prints one JSON line per kernel: its name, shared memory and the
-number of asynchronous global-to-shared copies (a software-pipelined K loop has some). Exit status 0: all
+options (`test_kernels_compile.py` records them). Prints one JSON line per kernel: its name, shared memory, the
+number of asynchronous global-to-shared copies (a software-pipelined K loop has some) and, where Triton ships
+`cuobjdump`, registers per thread and local memory (register spills). Exit status 0: all
 compiled; 1: a compile error (printed); 3: this Triton has another ahead-of-time API (the reason printed).
 Run without TRITON_INTERPRET: Triton decides at import whether its own helpers are interpreted.
 """
@@ -43,8 +44,27 @@ def main(path: str) -> int:
             return 1
         ttgir = kernel.asm.get("ttgir", "")
         print(json.dumps(dict(name=spec["name"], shared=kernel.metadata.shared,
-                              async_copies=ttgir.count("async_copy_global_to_local"))))
+                              async_copies=ttgir.count("async_copy_global_to_local"), **_resources(kernel))))
     return 0
+
+
+def _resources(kernel) -> dict:
+    """Registers per thread and local (spill) bytes of the cubin, from Triton's own `cuobjdump` (empty without it)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = {k: int(v) for k, v in re.findall(r"\b(REG|LOCAL):(\d+)", usage)}
+    return {"registers": found["REG"], "local_bytes": found["LOCAL"]} if {"REG", "LOCAL"} <= found.keys() else {}
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def _compile_all(launches, tmp_path) -> list[dict]:
     assert len(stats) == len(launches)
     # an H100 / H200 block gets at most 227 KB of shared memory: more fails at launch ("out of resources")
     assert all(s["shared"] <= SM90_SHARED_BYTES for s in stats), stats
+    # no register spills to local memory (reported where Triton ships cuobjdump)
+    assert all(s.get("local_bytes", 0) == 0 for s in stats), stats
     return stats
 
 
