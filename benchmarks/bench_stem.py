@@ -2,8 +2,9 @@
 
 For each batch size, the stem of a deployed static LAUD-ResNet (`deploy(model, stem=...).stem`) is replayed from a
 CUDA graph (median ms): ``cudnn`` and ``triton`` (`deploy(stem="triton")`), each eager and `torch.compile`d (the
-compiler fuses the max-pool; the Triton conv is a custom op it keeps). It says whether `stem="triton"` should be the
-default, apart from the rest of the network.
+compiler fuses the max-pool; the Triton conv is a custom op it keeps), and the Triton conv alone at each tile height
+(`block_m`). It says whether `stem="triton"` should be the default, and with which tiles, apart from the rest of the
+network.
 
     python benchmarks/bench_stem.py --out stem.json --commit $(git rev-parse --short HEAD)
 """
@@ -14,12 +15,14 @@ import argparse
 import json
 import platform
 import sys
+from functools import partial
 
 import torch
 
 import laudnet
 from laudnet.deploy import deploy
 from laudnet.deploy.tune import graph_replay, time_call
+from laudnet.kernels.stem import stem_conv_triton
 
 
 def stem_times(model: torch.nn.Module, batch: int, image: int, repeats: int) -> dict:
@@ -37,6 +40,14 @@ def stem_times(model: torch.nn.Module, batch: int, image: int, repeats: int) -> 
                 row[f"{kernel}_{form}_ms"] = 1e3 * time_call(graph_replay(lambda fn=fn: fn(x)),
                                                             torch.device("cuda"), repeats=repeats)
             print(f"batch {batch} {kernel} {form}: {row[f'{kernel}_{form}_ms']:.4f} ms", flush=True)
+    # the conv kernel alone (no max-pool) at each tile height: which `block_m` the default should take
+    conv = deploy(model, torch.bfloat16, stem="triton").stem[0]
+    xh = x.permute(0, 2, 3, 1)
+    for bm in (64, 128, 256):
+        fn = partial(stem_conv_triton, xh, conv.weight, conv.bias, conv.kernel, conv.stride, conv.padding,
+                     block_m=bm)
+        row[f"triton_conv_block_m{bm}_ms"] = 1e3 * time_call(graph_replay(fn), torch.device("cuda"), repeats=repeats)
+        print(f"batch {batch} triton conv block_m={bm}: {row[f'triton_conv_block_m{bm}_ms']:.4f} ms", flush=True)
     return row
 
 

@@ -20,7 +20,8 @@
 #                                             # small tiles: which tile config each stage wants at batch 1
 #   OUT=dir benchmarks/run_ab.sh next     # what the last session built, in one call (~5 min): GPU tests of the
 #                                         # attention kernel and the ViT paths, bench_vit head skipping (laudnet's
-#                                         # attention against flash heads) and the batch-1 tile sweep
+#                                         # attention against flash heads), the batch-1 tile sweep and the
+#                                         # stem's tile heights
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
@@ -74,7 +75,8 @@ next)
         > "$out/bench_vit_heads_h200_$c.log" 2>&1
     python benchmarks/bench_vit.py --report "$out/bench_vit_heads_h200_$c.json" | grep -i "head\|flash" | cut -c1-200
     timeout 100 python benchmarks/bench_layer_kernels.py --batch 1 --count 1 \
-        --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -16 ;;
+        --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -16
+    timeout 90 python benchmarks/bench_stem.py --out "$out/bench_stem_r101_h200_$c.json" --commit "$c" 2>&1 | tail -14 ;;
 kernels-b1)
     timeout 300 python benchmarks/bench_layer_kernels.py --batch 1 --count 1 \
         --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -20 ;;
