@@ -11,7 +11,9 @@ For each model, in the same run and process (bf16, channels_last, cudnn.benchmar
   Sync-free paths (channel) are also timed as CUDA graphs.
 * correctness: every dynamic deployed network is compared with the training-form model in eval mode holding the same
   decisions (relative error, bf16 vs fp32);
-* the latency predictor's ratio for the same case (`laudnet.latency.predict_model`, hardware `h100`);
+* the latency predictor's ratio for the same case (`laudnet.latency.predict_model`): with eager launches on the
+  `h100` preset (``predicted_ratio``) and with both networks as CUDA graphs on the spec calibrated on the H100
+  (``predicted_ratio_graphed``, what `report_models.py` shows);
 * with `--compare-maskers`, the spatial and layer networks are also deployed with the other masker bookkeeping
   paths (`deploy(maskers="kernel")`: Triton decisions and lists, each block pooling its own input; ``"torch"``: the
   previous torch path) and timed as CUDA graphs in the same run: variants ``deployed cuda-graph maskers=<mode>``.
