@@ -31,22 +31,32 @@ CHANNEL_EXECUTE_BIAS = 2.0
 CHANNEL_SKIP_BIAS = -2.0
 
 
-def gumbel_gate(logits: Tensor, temperature: float, training: bool) -> Tensor:
+def gumbel_gate(logits: Tensor, temperature: float, training: bool, noise: float = 1.0) -> Tensor:
     """Binary decisions from (execute, skip) logits along dim 1.
 
     Args:
         logits: (B, 2, ...) logits; index 0 along dim 1 is "execute".
         temperature: Gumbel-softmax temperature (training only).
         training: sample with straight-through Gumbel noise if True, else take the argmax.
+        noise: scale of the Gumbel noise in training. 1 is the Gumbel-softmax sample; 0 takes the eval decision
+            (execute iff logit_execute >= logit_skip) with the soft sample's gradient, so a run whose noise decays
+            to 0 trains on the decisions it will make in eval.
 
     Returns:
         (B, ...) float mask of exact zeros and ones; in training its gradient is the soft sample's.
     """
     if logits.dim() < 2 or logits.shape[1] != 2:
         raise ValueError(f"gate logits must have shape (B, 2, ...), got {tuple(logits.shape)}")
-    if training:
+    if not training:
+        return (logits[:, 0] >= logits[:, 1]).to(logits.dtype)
+    if noise == 1.0:
         return F.gumbel_softmax(logits, tau=temperature, hard=True, dim=1)[:, 0]
-    return (logits[:, 0] >= logits[:, 1]).to(logits.dtype)
+    if noise > 0:
+        gumbels = -torch.empty_like(logits).exponential_().log()
+        logits = logits + noise * gumbels
+    soft = torch.softmax(logits / temperature, dim=1)[:, 0]
+    hard = (logits[:, 0] >= logits[:, 1]).to(soft.dtype)
+    return hard - soft.detach() + soft
 
 
 def mask_grid_size(height: int, width: int, patch: int | None) -> tuple[int, int]:
@@ -72,17 +82,18 @@ def pool_patches(x: Tensor, stride: int, patch: int | None, out_hw: tuple[int, i
 
 
 class _Masker(nn.Module):
-    """Shared state: temperature, and an override that forces every decision to 1 or 0."""
+    """Shared state: temperature, Gumbel noise scale, and an override that forces every decision to 1 or 0."""
 
     def __init__(self) -> None:
         super().__init__()
         self.temperature = 1.0
+        self.noise = 1.0
         self.override: float | None = None
 
     def _decide(self, logits: Tensor) -> Tensor:
         if self.override is not None:
             return torch.full_like(logits[:, 0], float(self.override))
-        return gumbel_gate(logits, self.temperature, self.training)
+        return gumbel_gate(logits, self.temperature, self.training, self.noise)
 
 
 class SpatialMasker(_Masker):

@@ -82,3 +82,19 @@ def test_conv3x3_input_mask_stride1_and_stride2():
 def test_channel_group_expansion():
     m = expand_channel_groups(torch.tensor([[1.0, 0.0]]), 3)
     assert m.view(-1).tolist() == [1, 1, 1, 0, 0, 0] and m.shape == (1, 6, 1, 1)
+
+
+def test_gate_noise_scale():
+    torch.manual_seed(0)
+    logits = torch.zeros(4000, 2)
+    logits[:, 0] = 1.0
+    # Half the noise: P(execute) = P(g1 - g2 > -2), a logistic variable of scale 1, = sigmoid(2) ≈ 0.881.
+    assert abs(gumbel_gate(logits, 1.0, training=True, noise=0.5).mean().item() - 0.881) < 0.03
+    # No noise: exactly the eval decision, with the soft sample's gradient.
+    leaf = torch.tensor([[[2.0, -1.0, 0.0], [1.0, 3.0, 0.0]]], requires_grad=True)
+    hard = gumbel_gate(leaf, 0.5, training=True, noise=0.0)
+    assert hard.tolist() == gumbel_gate(leaf.detach(), 0.5, training=False).tolist()
+    hard[0, 2].backward()
+    soft = torch.sigmoid(torch.tensor(0.0))  # logits equal: soft = 0.5, d soft / d logit_exec = 0.5 * 0.5 / T
+    assert leaf.grad[0, 0, 2].item() == pytest.approx(float(soft * (1 - soft)) / 0.5)
+    assert leaf.grad[0, 1, 2].item() == pytest.approx(-float(soft * (1 - soft)) / 0.5)

@@ -95,7 +95,7 @@ class TokenMasker(_Masker):
         if self.override is not None:
             mask = torch.full_like(logits[:, 0], float(self.override))
         elif self.keep_ratio is None:
-            mask = gumbel_gate(logits, self.temperature, self.training)
+            mask = gumbel_gate(logits, self.temperature, self.training, self.noise)
         else:
             score = logits[:, 0, 1:] - logits[:, 1, 1:]
             top = score.topk(self.n_keep(score.shape[1]), dim=1).indices

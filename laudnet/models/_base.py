@@ -126,6 +126,14 @@ class DynamicModel(nn.Module):
             if hasattr(m, "override") and hasattr(m, "temperature"):
                 m.temperature = float(temperature)
 
+    def set_gate_noise(self, noise: float) -> None:
+        """Scale of the Gumbel noise of every masker's training decisions (1: Gumbel-softmax, 0: none)."""
+        if noise < 0:
+            raise ValueError(f"gate noise must be non-negative, got {noise}")
+        for m in self.modules():
+            if hasattr(m, "override") and hasattr(m, "noise"):
+                m.noise = float(noise)
+
     def masker_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if "masker" in n]
 

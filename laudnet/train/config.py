@@ -24,11 +24,14 @@ from typing import Any
 
 import yaml
 
+from laudnet.train.schedules import FLOPS_REDUCTIONS, NOISE_KINDS, TEMPERATURE_KINDS
+
 # CNN paradigms, then the ViT ones (laud_deit_*, laud_vit_base: token, head and layer skipping, combined with "+").
 PARADIGMS = ("spatial", "channel", "layer", "both", "token", "head", "token+head", "token+layer", "head+layer",
              "token+head+layer")
 MODES = ("dynamic", "static")
-TEMP_SCHEDULES = ("exp", "linear", "cosine")
+TEMP_SCHEDULES = TEMPERATURE_KINDS
+NOISE_SCHEDULES = NOISE_KINDS
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -91,11 +94,22 @@ class TrainConfig:
     target: float = _f(0.5, "target FLOPs ratio t in (0, 1]", "dynamic", short="-t")
     lambda_flops: float = _f(10.0, "weight of the FLOPs loss", "dynamic")
     bounds_fraction: float = _f(0.33, "fraction of the epochs over which the per-block bounds relax", "dynamic")
+    bounds_lower: float = _f(0.0, "per-block FLOPs-ratio lower bound after the relaxation (paper: 0)", "dynamic")
+    bounds_upper: float = _f(1.0, "per-block FLOPs-ratio upper bound after the relaxation (paper: 1)", "dynamic")
+    flops_loss: str = _f(
+        "batch", "batch: the batch-mean FLOPs ratio meets the target (paper); sample: every image's does", "dynamic",
+        FLOPS_REDUCTIONS,
+    )
     kd_alpha: float = _f(0.5, "weight of the self-distillation loss (0: no teacher)", "dynamic")
     kd_temperature: float = _f(4.0, "distillation temperature T", "dynamic")
     t0: float = _f(5.0, "initial Gumbel temperature", "dynamic")
     t_last: float = _f(0.1, "final Gumbel temperature", "dynamic")
     temp_schedule: str = _f("exp", "Gumbel temperature schedule over all iterations", "dynamic", TEMP_SCHEDULES)
+    noise_schedule: str = _f(
+        "constant", "scale of the Gumbel noise of training decisions: constant 1 (paper), or decaying to noise_end",
+        "dynamic", NOISE_SCHEDULES,
+    )
+    noise_end: float = _f(0.0, "final Gumbel-noise scale of a decaying noise_schedule", "dynamic")
     # run
     output: str = _f("runs", "folder of the runs", "run", short="-o")
     run_name: str | None = _f(None, "run folder name under output (default: from model, mode, dataset)", "run")
@@ -212,6 +226,13 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 < cfg.bounds_fraction <= 1:
         raise ValueError(f"bounds_fraction must be in (0, 1], got {cfg.bounds_fraction}")
+    if not 0 <= cfg.bounds_lower <= cfg.target <= cfg.bounds_upper <= 1:
+        raise ValueError(
+            f"block bounds must satisfy 0 <= bounds_lower <= target <= bounds_upper <= 1, got {cfg.bounds_lower}, "
+            f"{cfg.target} and {cfg.bounds_upper}"
+        )
+    if not 0 <= cfg.noise_end <= 1:
+        raise ValueError(f"noise_end must be in [0, 1], got {cfg.noise_end}")
     if not 0 < cfg.canvas_scale_min <= cfg.canvas_scale_max <= 1:
         raise ValueError(
             f"canvas scales must satisfy 0 < canvas_scale_min <= canvas_scale_max <= 1, got "

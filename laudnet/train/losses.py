@@ -1,8 +1,10 @@
 """LAUDNet's training objective: L = CE + α·KD + λ·(L_flops + L_bounds).
 
-- L_flops = (F_dyn / F_static − t)², F over the whole network (stem and head included, maskers in F_dyn).
+- L_flops = (F_dyn / F_static − t)², F over the whole network (stem and head included, maskers in F_dyn), with F_dyn
+  the batch mean (the paper); or, with ``flops_reduction="sample"``, the mean over samples of (F_dyn,i / F_static − t)²,
+  which asks every image to spend the target instead of the batch on average.
 - L_bounds = mean over blocks of max(0, f_l − upper)² + max(0, lower − f_l)², with the schedule of
-  `schedules.flops_bounds`.
+  `schedules.flops_bounds` (relaxing to [0, 1] in the paper, or to narrower ``final_bounds``).
 - KD = KL(softmax(z_t / T) ‖ softmax(z_s / T)) · T², from the frozen static network as teacher.
 Defaults are the paper's ImageNet recipe: λ = 10, α = 0.5, T = 4.
 """
@@ -13,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from laudnet.train.schedules import flops_bounds
+from laudnet.train.schedules import FLOPS_REDUCTIONS, flops_bounds
 
 
 def flops_target_loss(ratio: Tensor, target: float) -> Tensor:
-    """(ratio − t)²."""
-    return (ratio - target) ** 2
+    """(ratio − t)², averaged over its elements (one batch-mean ratio, or one ratio per sample)."""
+    return ((ratio - target) ** 2).mean()
 
 
 def bounds_loss(block_ratios: Tensor, lower: float, upper: float) -> Tensor:
@@ -49,7 +51,10 @@ class LaudLoss(nn.Module):
         lambda_flops: λ, weight of the FLOPs terms.
         alpha_kd: α, weight of the distillation term.
         kd_temperature: T of the distillation term.
-        bounds_fraction: fraction of the run over which the per-block bounds relax to [0, 1].
+        bounds_fraction: fraction of the run over which the per-block bounds relax to ``final_bounds``.
+        final_bounds: (lower, upper) per-block bounds after the relaxation; (0, 1) is the paper's.
+        flops_reduction: ``batch`` (the paper: the batch-mean FLOPs ratio meets the target) or ``sample`` (every
+            sample's ratio is pulled to the target).
         label_smoothing: of the cross-entropy.
     """
 
@@ -62,6 +67,8 @@ class LaudLoss(nn.Module):
         alpha_kd: float = 0.5,
         kd_temperature: float = 4.0,
         bounds_fraction: float = 0.33,
+        final_bounds: tuple[float, float] = (0.0, 1.0),
+        flops_reduction: str = "batch",
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
@@ -72,7 +79,12 @@ class LaudLoss(nn.Module):
         self.lambda_flops = lambda_flops
         self.alpha_kd = alpha_kd
         self.kd_temperature = kd_temperature
+        if flops_reduction not in FLOPS_REDUCTIONS:
+            raise ValueError(f"unknown FLOPs reduction {flops_reduction!r}; choose from: {', '.join(FLOPS_REDUCTIONS)}")
+        flops_bounds(0, 1, target, bounds_fraction, final_bounds)  # checks the final bounds against the target
         self.bounds_fraction = bounds_fraction
+        self.final_bounds = tuple(final_bounds)
+        self.flops_reduction = flops_reduction
         self.label_smoothing = label_smoothing
 
     def forward(
@@ -81,10 +93,13 @@ class LaudLoss(nn.Module):
         labels: Tensor,
         model: nn.Module,
         *,
-        epoch: int = 0,
+        epoch: float = 0,
         teacher_logits: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Loss terms of one batch; `model` must have just run the forward that produced `logits`."""
+        """Loss terms of one batch; `model` must have just run the forward that produced `logits`.
+
+        `epoch` may be fractional (epochs done, with the part of the current one), for the bounds schedule.
+        """
         zero = logits.new_zeros(())
         out = {"loss_cls": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
         if getattr(model, "paradigm", "static") != "static":
@@ -92,8 +107,9 @@ class LaudLoss(nn.Module):
             ratio = per_sample.mean() / dense
             infos = [i for i in model.collect_info() if i.paradigm != "static"]
             block_ratios = torch.stack([i.mean_flops / i.dense_flops for i in infos])
-            lower, upper = flops_bounds(epoch, self.total_epochs, self.target, self.bounds_fraction)
-            out["loss_flops"] = flops_target_loss(ratio, self.target)
+            lower, upper = flops_bounds(epoch, self.total_epochs, self.target, self.bounds_fraction, self.final_bounds)
+            per_image = per_sample / dense if self.flops_reduction == "sample" else ratio
+            out["loss_flops"] = flops_target_loss(per_image, self.target)
             out["loss_bounds"] = bounds_loss(block_ratios, lower, upper)
             out["flops_ratio"] = ratio.detach()
         else:

@@ -1,10 +1,13 @@
-"""Schedules of LAUDNet training: the Gumbel temperature and the per-block FLOPs bounds."""
+"""Schedules of LAUDNet training: the Gumbel temperature and noise, and the per-block FLOPs bounds."""
 
 from __future__ import annotations
 
 import math
 
 TEMPERATURE_KINDS = ("exp", "linear", "cosine")
+NOISE_KINDS = ("constant", "linear", "cosine")
+# How the FLOPs-target term reduces over the batch (see `laudnet.train.losses.LaudLoss`).
+FLOPS_REDUCTIONS = ("batch", "sample")
 
 
 def gumbel_temperature(
@@ -28,14 +31,40 @@ def gumbel_temperature(
     return t_last + (t0 - t_last) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def flops_bounds(epoch: int, total_epochs: int, target: float, fraction: float = 0.33) -> tuple[float, float]:
+def gate_noise(step: int, total_steps: int, kind: str = "constant", end: float = 0.0) -> float:
+    """Scale of the Gumbel noise of the training decisions at a global iteration.
+
+    ``constant``: 1 throughout (the Gumbel-softmax of the paper); ``linear`` and ``cosine`` decay from 1 to ``end``
+    over the run, so that the last iterations train on (nearly) the deterministic decisions of eval.
+    """
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown gate-noise schedule {kind!r}; choose from: {', '.join(NOISE_KINDS)}")
+    if not 0 <= end <= 1:
+        raise ValueError(f"the final gate noise must be in [0, 1], got {end}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if kind == "constant":
+        return 1.0
+    p = min(max(step / total_steps, 0.0), 1.0)
+    if kind == "linear":
+        return 1.0 + (end - 1.0) * p
+    return end + (1.0 - end) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def flops_bounds(
+    epoch: int, total_epochs: int, target: float, fraction: float = 0.33, final: tuple[float, float] = (0.0, 1.0)
+) -> tuple[float, float]:
     """(lower, upper) bounds on each block's FLOPs ratio at an epoch.
 
     At epoch 0 both equal the target (every block is pinned to t); they relax as cos²(π/2 · epoch / (fraction · E))
-    and reach [0, 1] at epoch fraction·E, after which the bounds term vanishes.
+    and reach ``final`` at epoch fraction·E. With the paper's final bounds [0, 1] the term then vanishes; narrower
+    final bounds keep every block executing for some inputs and skipping for others.
     """
     if total_epochs <= 0:
         raise ValueError(f"total_epochs must be positive, got {total_epochs}")
+    lo, hi = final
+    if not 0 <= lo <= min(target, hi) or not max(target, lo) <= hi <= 1:
+        raise ValueError(f"final block bounds must satisfy 0 <= lower <= target <= upper <= 1, got {final}")
     p = min(max(epoch / (fraction * total_epochs), 0.0), 1.0)
     progress = math.cos(math.pi / 2 * p) ** 2
-    return progress * target, 1 - progress * (1 - target)
+    return lo + progress * (target - lo), hi - progress * (hi - target)

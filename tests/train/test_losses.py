@@ -7,7 +7,7 @@ import torch
 
 import laudnet
 from laudnet.train.losses import LaudLoss, bounds_loss, distillation_loss, flops_target_loss
-from laudnet.train.schedules import flops_bounds, gumbel_temperature
+from laudnet.train.schedules import flops_bounds, gate_noise, gumbel_temperature
 
 
 def test_temperature_schedules():
@@ -28,6 +28,46 @@ def test_bounds_schedule():
     lower, upper = flops_bounds(10, 100, 0.4)
     progress = math.cos(math.pi / 2 * 10 / 33) ** 2
     assert (lower, upper) == pytest.approx((progress * 0.4, 1 - progress * 0.6))
+
+
+def test_bounds_schedule_with_final_bounds():
+    assert flops_bounds(0, 10, 0.5, final=(0.2, 0.9)) == pytest.approx((0.5, 0.5))
+    assert flops_bounds(5, 10, 0.5, fraction=0.5, final=(0.2, 0.9)) == pytest.approx((0.2, 0.9))
+    progress = math.cos(math.pi / 2 * 0.5) ** 2
+    assert flops_bounds(2.5, 10, 0.5, fraction=0.5, final=(0.2, 0.9)) == pytest.approx(
+        (0.2 + progress * 0.3, 0.9 - progress * 0.4)
+    )
+    with pytest.raises(ValueError, match="final block bounds"):
+        flops_bounds(0, 10, 0.5, final=(0.6, 0.9))
+
+
+def test_gate_noise_schedules():
+    assert gate_noise(70, 100) == 1.0
+    assert gate_noise(0, 100, "linear") == pytest.approx(1.0)
+    assert gate_noise(50, 100, "linear") == pytest.approx(0.5)
+    assert gate_noise(100, 100, "linear", end=0.2) == pytest.approx(0.2)
+    assert gate_noise(25, 100, "cosine") > gate_noise(25, 100, "linear")
+    with pytest.raises(ValueError, match="unknown gate-noise schedule 'exp'"):
+        gate_noise(0, 10, "exp")
+
+
+def test_per_sample_flops_loss():
+    torch.manual_seed(0)
+    model = laudnet.create_model("laud_regnety_400mf", paradigm="layer", num_classes=4).eval()
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    for m in model.modules():  # unbiased random maskers: each sample decides otherwise
+        if m.__class__.__name__ == "SpatialMasker":
+            m.conv.bias.data.zero_()
+    logits = model(x)
+    per_sample, dense = model.dynamic_flops()
+    ratios = per_sample / dense
+    assert ratios.std() > 0.01
+    batch = LaudLoss(0.5, 10)(logits, y, model)["loss_flops"]
+    sample = LaudLoss(0.5, 10, flops_reduction="sample")(logits, y, model)["loss_flops"]
+    assert batch.item() == pytest.approx(((ratios.mean() - 0.5) ** 2).item())
+    assert sample.item() == pytest.approx(((ratios - 0.5) ** 2).mean().item())
+    with pytest.raises(ValueError, match="unknown FLOPs reduction"):
+        LaudLoss(0.5, 10, flops_reduction="median")
 
 
 def test_terms():
