@@ -2,10 +2,11 @@
 
 - ``laudnet train -c config.yaml [--flag value ...]``: flags override the YAML file, which overrides the defaults;
   under ``torchrun`` every process runs the same command (one per GPU).
-- ``laudnet eval CHECKPOINT``: top-1/top-5, mean dense and dynamic FLOPs and per-block activation rates, as a table
-  and a JSON file.
-- ``laudnet viz CHECKPOINT [CHECKPOINT ...]``: the per-block activation-rate chart (runs side by side) and, for
-  spatial models, mask overlays on validation images, as PNGs.
+- ``laudnet eval CHECKPOINT``: top-1/top-5, mean dense and dynamic FLOPs, per-block activation rates and the
+  adaptivity of the decisions (:mod:`laudnet.train.adaptivity`), as a table and a JSON file.
+- ``laudnet viz CHECKPOINT [CHECKPOINT ...]``: the per-block activation-rate chart (runs side by side), the
+  execution-share histogram, and, for spatial models, the localisation lift per stage and mask overlays on validation
+  images, as PNGs.
 
 Bad input (a missing data root, an unknown model or config key, a target outside (0, 1], a checkpoint of another
 model, ...) ends the command with one line ``laudnet <command>: error: <message>`` and exit status 2.
@@ -130,7 +131,7 @@ def evaluate_checkpoint(path: str | Path, args: argparse.Namespace) -> tuple[Any
     check_config_inputs(cfg)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    (val_set,), classes = build_datasets(cfg, ("val",))
+    (val_set,), classes = build_datasets(cfg, ("val",), boxes=True)  # fashion-canvas: boxes for the lift
     if classes != state["num_classes"]:
         raise ValueError(f"{cfg.dataset} has {classes} classes but the checkpoint {path} has {state['num_classes']}")
     if args.batch_size < 1:
@@ -154,7 +155,51 @@ def format_eval(result, title: str) -> str:
     ]
     for name, rate in zip(result.block_names, result.block_rates, strict=True):
         lines.append(f"  {short_block_name(name):<8} {rate:6.3f} {'#' * round(20 * min(rate, 1.0))}")
+    if result.adaptivity is not None:
+        lines += format_adaptivity(result.adaptivity)
     return "\n".join(lines)
+
+
+def format_lift(lift: float | str | None) -> str:
+    """A lift as text: ``3.1``, ``inf`` or ``n/a`` (undefined)."""
+    if lift is None:
+        return "n/a"
+    return f"{float(lift):.2f}" if float(lift) != float("inf") else "inf"
+
+
+def stage_lift_text(adaptivity) -> str:
+    """``s1 1.20, s2 3.10, ...``: the stage lifts of an ``AdaptivityResult`` (empty without boxes)."""
+    return ", ".join(f"{s.stage} {format_lift(s.lift)}" for s in adaptivity.stages)
+
+
+def format_adaptivity(adaptivity) -> list[str]:
+    """Lines of the adaptivity section of :func:`format_eval`."""
+    from laudnet.train.viz import short_block_name
+
+    a = adaptivity
+    low, high = (round(100 * t) for t in a.thresholds)
+    units = "blocks" if a.unit == "block" else "channel groups"
+    lines = [f"  adaptivity ({a.paradigm}, {a.num_images} images)"]
+    if a.stages:
+        lines.append(f"    masks on the items: lift {stage_lift_text(a)}  (1 = blind)")
+        lines.append("    P(patch computed) in / out of the box: "
+                     + ", ".join(f"{s.stage} {_p(s.p_in)}/{_p(s.p_out)}" for s in a.stages))
+    lines.append(f"    {units} executed by {low}-{high} % of the images: {a.adaptive_units}/{a.total_units} "
+                 f"({100 * a.adaptive_fraction:.0f} %)")
+    what = "with a computed patch" if a.paradigm == "spatial" else "executing"
+    if a.unit == "group":
+        what = "executing a group (mean over groups; adaptive groups)"
+    cells = [f"{short_block_name(b.name)} {b.share:.2f}" + (f" ({b.adaptive}/{len(b.shares)})" if a.unit == "group"
+                                                            else "") for b in a.blocks]
+    lines.append(f"    share of images {what}:")
+    per_line = 5 if a.unit == "group" else 8
+    for k in range(0, len(cells), per_line):
+        lines.append("      " + "  ".join(cells[k : k + per_line]))
+    return lines
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.2f}"
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -246,16 +291,18 @@ def mask_figure(model, cfg, path: Path, num_images: int, title: str) -> Path:
 
 def run_viz(args: argparse.Namespace) -> int:
     def body() -> int:
-        from laudnet.train.viz import RateSeries, plot_activation_rates
+        from laudnet.train.viz import RateSeries, plot_activation_rates, plot_execution_shares, plot_stage_lifts
 
         if args.labels is not None and len(args.labels) != len(args.checkpoints):
             raise ValueError(f"--labels has {len(args.labels)} entries for {len(args.checkpoints)} checkpoints")
         out = Path(args.out)
-        series, spatial, targets = [], [], set()
+        series, spatial, targets, adaptive = [], [], set(), []
         for k, ckpt in enumerate(args.checkpoints):
             result, state, cfg = evaluate_checkpoint(ckpt, args)
             label = args.labels[k] if args.labels else _run_label(state)
             series.append(RateSeries(label, result.block_names, result.block_rates, result.flops_ratio))
+            if result.adaptivity is not None:
+                adaptive.append((label, result.adaptivity))
             if state["paradigm"] != "static":
                 targets.add(cfg.target)
             if state["paradigm"] == "spatial":
@@ -265,6 +312,13 @@ def run_viz(args: argparse.Namespace) -> int:
         target = targets.pop() if len(targets) == 1 else None
         path = plot_activation_rates(series, out / "activation_rates.png", target=target)
         print(f"wrote {path}")
+        if adaptive:
+            path = plot_execution_shares(adaptive, out / "execution_shares.png",
+                                         title="How many images execute each block (channel group)")
+            print(f"wrote {path}")
+        if any(a.stages for _, a in adaptive):
+            path = plot_stage_lifts(adaptive, out / "stage_lift.png")
+            print(f"wrote {path}")
         for ckpt, label, cfg in spatial:
             model, _ = load_trained(ckpt)
             fname = "masks.png" if len(spatial) == 1 else f"masks-{Path(ckpt).parent.name}-{Path(ckpt).stem}.png"

@@ -4,7 +4,8 @@ The recipe lives in ``laudnet/configs/demo.yaml``: shared options at the top lev
 short static training from scratch; omit it to train the dynamic network from scratch) and a ``dynamic:`` section
 (fine-tuning with maskers from the static network, which is also the distillation teacher). The demo writes, under
 the output folder (default ``runs/demo``): the two runs (``static/``, ``dynamic/``), ``report.json`` (top-1,
-FLOPs ratio, target and more, of the dynamic network's last checkpoint), ``activation_rates.png`` and ``masks.png``.
+FLOPs ratio, target, adaptivity and more, of the dynamic network's last checkpoint), ``activation_rates.png`` and
+``masks.png``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from laudnet.train.cli import evaluate_checkpoint, format_eval, load_trained, mask_figure
+    from laudnet.train.cli import evaluate_checkpoint, format_eval, load_trained, mask_figure, stage_lift_text
     from laudnet.train.loop import train
     from laudnet.train.viz import RateSeries, plot_activation_rates
 
@@ -125,6 +126,7 @@ def _demo(args: argparse.Namespace) -> int:
         "dataset": cfg.dataset,
         "image_size": cfg.image_size,
         "block_rates": {n: round(r, 4) for n, r in zip(ev.block_names, ev.block_rates, strict=True)},
+        "adaptivity": None if ev.adaptivity is None else ev.adaptivity.to_dict(),
         "checkpoint": str(checkpoint),
         "plots": plots,
         "train_seconds": round(t_train, 1),
@@ -138,5 +140,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  dynamic network: top-1 {ev.top1:.2f} % (chance {report['chance_top1']:.0f} %), FLOPs ratio "
           f"{ev.flops_ratio:.3f} (target {cfg.target}), {ev.dynamic_flops / 1e6:.2f} of {ev.dense_flops / 1e6:.2f} "
           f"MMACs per image")
+    if ev.adaptivity is not None and ev.adaptivity.stages:
+        print(f"  masks on the items: lift {stage_lift_text(ev.adaptivity)} (1 = blind)")
     print(f"  wrote {report_path}, {', '.join(plots)} in {report['total_seconds']:.0f} s")
     return 0

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from laudnet.train import distributed as dist_utils
+from laudnet.train.adaptivity import AdaptivityMeter, AdaptivityResult, patch_sizes
 from laudnet.train.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -83,14 +84,23 @@ def check_config_inputs(cfg: TrainConfig) -> None:
         raise FileNotFoundError(f"init weights file {cfg.init} does not exist")
 
 
-def build_datasets(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val")) -> tuple[list[Dataset], int]:
-    """The datasets of ``splits`` and the number of classes; bad paths fail here with a message naming them."""
-    from laudnet.data import build_dataset, num_classes
+def build_datasets(
+    cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val"), *, boxes: bool = False
+) -> tuple[list[Dataset], int]:
+    """The datasets of ``splits`` and the number of classes; bad paths fail here with a message naming them.
 
-    datasets = [
-        build_dataset(cfg.dataset, cfg.data_root, split, cfg.image_size, **cfg.dataset_kwargs(split))
-        for split in splits
-    ]
+    With ``boxes``, the non-training splits of ``fashion-canvas`` yield ``(image, label, box)`` (for the localisation
+    lift of :func:`evaluate`); the training split never does.
+    """
+    from laudnet.data import build_dataset, canonical_name, num_classes
+
+    def kwargs(split: str) -> dict[str, Any]:
+        kw = cfg.dataset_kwargs(split)
+        if boxes and split != "train" and canonical_name(cfg.dataset) == "fashion-canvas":
+            kw["return_box"] = True
+        return kw
+
+    datasets = [build_dataset(cfg.dataset, cfg.data_root, split, cfg.image_size, **kwargs(split)) for split in splits]
     return datasets, num_classes(cfg.dataset, cfg.data_root)
 
 
@@ -239,6 +249,8 @@ class EvalResult:
         flops_ratio: dynamic / dense.
         block_names: the dynamic blocks, in forward order.
         block_rates: per block, the mean activation rate f_l = dynamic / dense FLOPs of the block.
+        adaptivity: how much the decisions depend on the input (execution shares per block or channel group,
+            per-class rates and, with item boxes, the localisation lift per stage); None for static models.
     """
 
     top1: float
@@ -250,9 +262,12 @@ class EvalResult:
     flops_ratio: float
     block_names: list[str] = field(default_factory=list)
     block_rates: list[float] = field(default_factory=list)
+    adaptivity: AdaptivityResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["adaptivity"] = None if self.adaptivity is None else self.adaptivity.to_dict()
+        return out
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -280,21 +295,24 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
     max_batches: int | None = None,
+    adaptivity: bool = True,
 ) -> EvalResult:
-    """Top-1/top-5, loss, mean dense and dynamic FLOPs and per-block activation rates over ``loader``.
+    """Top-1/top-5, loss, mean dense and dynamic FLOPs, per-block activation rates and adaptivity over ``loader``.
 
     Under DDP every rank evaluates its shard and the sums are reduced (the sampler pads the last shard by repeating a
     few samples, as DistributedSampler does).
 
     Args:
         model: a LAUD model (not the DDP wrapper).
-        loader: batches of ``(image, label, ...)``.
+        loader: batches of ``(image, label)`` or ``(image, label, box)``; with boxes (``fashion-canvas`` built with
+            ``return_box=True``) the adaptivity includes the localisation lift of spatial masks.
         device: where to run.
         amp: bf16 autocast on CUDA.
         channels_last: channels_last inputs on CUDA.
         progress: tqdm bar (rank 0 only).
         desc: its label.
         max_batches: stop after this many batches.
+        adaptivity: measure it (see :mod:`laudnet.train.adaptivity`).
     """
     device = torch.device(device)
     was_training = model.training
@@ -304,6 +322,7 @@ def evaluate(
     loss_sum = dyn_sum = dense_sum = 0.0
     rate_sums: Tensor | None = None
     names: list[str] = []
+    meter: AdaptivityMeter | None = None
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     show = progress and dist_utils.is_main_process()
     for k, batch in enumerate(_progress(loader, total, desc, show)):
@@ -329,11 +348,17 @@ def evaluate(
             names = [i.name for i in infos]
             rates = torch.stack([i.flops.float().sum() / i.dense_flops for i in infos]).double().cpu()
             rate_sums = rates if rate_sums is None else rate_sums + rates
+            if adaptivity:
+                meter = meter or AdaptivityMeter(logits.shape[1], patch_sizes(model))
+                boxes = batch[2] if len(batch) > 2 else None
+                meter.update(infos, labels, boxes, image_hw=images.shape[-2:])
     model.train(was_training)
     sums = torch.tensor([n, correct1, correct5, loss_sum, dyn_sum, dense_sum], dtype=torch.float64)
     sums = dist_utils.all_reduce_sum(sums.to(device)).cpu()
     if rate_sums is not None:
         rate_sums = dist_utils.all_reduce_sum(rate_sums.to(device)).cpu()
+    if meter is not None and meter.measured:  # same model on every rank: all or none take part
+        meter.all_reduce(dist_utils.all_reduce_sum)
     n_all = int(sums[0])
     if n_all == 0:
         raise ValueError("the evaluation set is empty")
@@ -347,6 +372,7 @@ def evaluate(
         flops_ratio=float(sums[4]) / float(sums[5]),
         block_names=names,
         block_rates=[] if rate_sums is None else [float(r) / n_all for r in rate_sums],
+        adaptivity=None if meter is None else meter.result(),
     )
 
 

@@ -4,6 +4,9 @@
 - :func:`spatial_mask_maps` + :func:`plot_mask_overlays`: for a spatial model, each stage's execution map (mean of
   its blocks' pixel masks, upsampled to the input) drawn over the input image; on ``fashion-canvas`` the item's box too,
   which shows whether the masks found the item.
+- :func:`plot_execution_shares`: histogram of the per-block (per-group) execution shares, one panel per run, with the
+  adaptive band (10-90 % of the images) marked; :func:`plot_stage_lifts`: the localisation lift per stage of spatial
+  runs (see :mod:`laudnet.train.adaptivity`).
 
 Matplotlib runs with the Agg backend (files only, no display needed).
 """
@@ -14,10 +17,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from laudnet.train.adaptivity import AdaptivityResult
 
 
 def _pyplot():
@@ -192,3 +199,104 @@ def plot_mask_overlays(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    plt = _pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_execution_shares(
+    runs: Sequence[tuple[str, AdaptivityResult]], path: str | os.PathLike, title: str | None = None, bins: int = 20
+) -> Path:
+    """Histogram of the execution shares of every unit (block or channel group), one panel per run.
+
+    A unit's share is the fraction of images that execute it; the adaptive band (the result's thresholds, 10-90 %) is
+    shaded, and each panel's title gives the adaptive fraction. A blind network piles up at 0 and 1.
+
+    Args:
+        runs: ``(label, adaptivity)`` per run.
+        path: the PNG to write.
+        title: figure title.
+        bins: histogram bins over [0, 1].
+
+    Returns:
+        The path written.
+    """
+    if not runs:
+        raise ValueError("plot_execution_shares needs at least one run")
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs) + 0.6, 3.2), squeeze=False, sharey=False)
+    for ax, (label, a) in zip(axes[0], runs, strict=True):
+        shares = [s for b in a.blocks for s in b.shares]
+        low, high = a.thresholds
+        ax.axvspan(low, high, color="tab:green", alpha=0.12)
+        ax.hist(shares, bins=bins, range=(0.0, 1.0), color="tab:blue", edgecolor="white")
+        for t in (low, high):
+            ax.axvline(t, color="tab:green", linestyle="--", linewidth=1)
+        units = "blocks" if a.unit == "block" else "channel groups" if a.unit == "group" else "units"
+        ax.set_title(f"{label}\n{a.adaptive_units}/{a.total_units} {units} adaptive ({a.adaptive_fraction:.0%}) = "
+                     f"in the green band {low:.0%}-{high:.0%}", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of images executing the unit")
+        ax.set_ylabel(units)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_stage_lifts(
+    runs: Sequence[tuple[str, AdaptivityResult]], path: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Bar chart of the localisation lift per stage, runs side by side, with a line at 1.0 (blind masks).
+
+    An infinite lift (nothing computed outside the boxes) is drawn at the top of the axis and marked ``inf``; an
+    undefined one (``None``) is marked ``n/a``.
+
+    Args:
+        runs: ``(label, adaptivity)`` per spatial run whose ``stages`` are filled (data with boxes).
+        path: the PNG to write.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    runs = [(label, a) for label, a in runs if a.stages]
+    if not runs:
+        raise ValueError("plot_stage_lifts needs a run with localisation lifts (a spatial model on data with boxes)")
+    plt = _pyplot()
+    stages: list[str] = []
+    for _, a in runs:
+        stages += [s.stage for s in a.stages if s.stage not in stages]
+    finite = [float(s.lift) for _, a in runs for s in a.stages if s.lift is not None and s.lift != float("inf")]
+    top = max([1.5, *finite]) * 1.2
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(stages) * len(runs) ** 0.5 + 2), 3.4))
+    for k, (label, a) in enumerate(runs):
+        xs = [stages.index(s.stage) + (k - (len(runs) - 1) / 2) * width for s in a.stages]
+        heights = [0.0 if s.lift is None else min(float(s.lift), top) for s in a.stages]
+        bars = ax.bar(xs, heights, width=width * 0.95, label=label)
+        for bar, s in zip(bars, a.stages, strict=True):
+            if s.lift == float("inf"):
+                bar.set_hatch("//")
+            text = "n/a" if s.lift is None else "inf" if s.lift == float("inf") else f"{s.lift:.2f}"
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), text, ha="center", va="bottom", fontsize=7)
+    ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="1 = blind")
+    ax.set_xticks(range(len(stages)))
+    ax.set_xticklabels(stages)
+    ax.set_ylim(0, top * 1.3)  # room for the labels and the legend
+    ax.set_xlabel("stage")
+    ax.set_ylabel("lift = P(computed | on item) / P(computed | off item)", fontsize=7)
+    ax.set_title(title or "Localisation lift of the spatial masks", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", ncols=len(runs) + 1)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -44,6 +44,10 @@ def test_tiny_demo(tmp_path, fashion_root, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["target"] == 0.6 and 0 <= report["top1"] <= 100 and 0 < report["flops_ratio"] <= 1.05
     assert report["static_top1"] is not None and report["val_images"] == 16 and len(report["block_rates"]) == 16
+    adaptivity = report["adaptivity"]
+    assert adaptivity["num_images"] == 16 and [s["stage"] for s in adaptivity["stages"]] == ["s1", "s2", "s3", "s4"]
+    assert [s["cells_in"] + s["cells_out"] for s in adaptivity["stages"]] == [16 * 16, 16 * 12, 16 * 24, 16 * 6]
+    assert "masks on the items: lift s1 " in text
     for name in ("activation_rates.png", "masks.png"):
         assert matplotlib.image.imread(out / name).shape[0] > 100
     # The dynamic run was initialised from the static one, which was its teacher.
