@@ -52,7 +52,7 @@ from laudnet.train.checkpoint import (
 from laudnet.train.config import TrainConfig, save_resolved
 from laudnet.train.losses import LaudLoss
 from laudnet.train.metrics import MetricsLogger
-from laudnet.train.schedules import gumbel_temperature
+from laudnet.train.schedules import gate_noise, gumbel_temperature
 
 # Running sums kept per epoch (weighted by samples) and logged as epoch means.
 _LOSS_TERMS = ("loss", "loss_cls", "loss_flops", "loss_bounds", "loss_distill", "flops_ratio")
@@ -616,6 +616,8 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
         alpha_kd=cfg.kd_alpha if teacher is not None else 0.0,
         kd_temperature=cfg.kd_temperature,
         bounds_fraction=cfg.bounds_fraction,
+        final_bounds=(cfg.bounds_lower, cfg.bounds_upper),
+        flops_reduction=cfg.flops_loss,
         label_smoothing=cfg.label_smoothing,
     )
 
@@ -706,6 +708,7 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
             for step in bar:
                 temperature = gumbel_temperature(state.global_step, total_steps, cfg.t0, cfg.t_last, cfg.temp_schedule)
                 raw_model.set_temperature(temperature)
+                raw_model.set_gate_noise(gate_noise(state.global_step, total_steps, cfg.noise_schedule, cfg.noise_end))
                 optimizer.zero_grad(set_to_none=True)
                 step_terms = torch.zeros(len(_LOSS_TERMS), dtype=torch.float64)
                 step_images = 0
@@ -723,7 +726,8 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
                             if teacher is not None:
                                 with torch.no_grad():
                                     teacher_logits = teacher(images).float()
-                        out = criterion(logits.float(), labels, raw_model, epoch=epoch, teacher_logits=teacher_logits)
+                        out = criterion(logits.float(), labels, raw_model, epoch=epoch + step / steps_per_epoch,
+                                        teacher_logits=teacher_logits)
                         (out["loss"] / cfg.grad_accum).backward()
                     b = len(labels)
                     # One device-to-host copy per micro-batch (not one synchronisation per term).
