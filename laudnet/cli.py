@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     add(parser)
     args = parser.parse_args(rest)
     runner = getattr(module, f"run_{name}", None) or module.run
-    return int(runner(args) or 0)
+    try:
+        return int(runner(args) or 0)
+    except KeyboardInterrupt:  # training saves on the first Ctrl-C; this is a second one, or another command
+        print(f"laudnet {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ is sharded under DDP and resumable mid-epoch (see :mod:`laudnet.data.sampler` fo
 from __future__ import annotations
 
 import os
+import signal
 
 import torch
 import torch.distributed as dist
@@ -88,6 +89,17 @@ def num_classes(name: str, root: str | os.PathLike | None = None) -> int:
     return len(FASHION_CLASSES)
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM and SIGINT and leave the stopping to the main process.
+
+    ``timeout``, Slurm, Kubernetes and Ctrl-C signal the whole process group. Workers that died of it first made the
+    main process fail with ``DataLoader worker (pid ...) is killed by signal: Terminated`` before it could save; now
+    the main process saves, then shuts its workers down (they also exit on their own if the main process dies).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -108,7 +120,7 @@ def build_loader(
         batch_size: per-process batch size.
         train: shuffle each epoch and (by default) drop the last incomplete batch.
         seed: data-order seed, also the seed of the workers' random augmentation.
-        num_workers: loader worker processes.
+        num_workers: loader worker processes; they ignore SIGTERM and SIGINT (:func:`ignore_stop_signals`).
         drop_last: drop incomplete batches; default: ``train``.
         pin_memory: pin host memory (for CUDA).
     """
@@ -128,5 +140,6 @@ def build_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
-EXIT_TERMINATED = 143  # 128 + SIGTERM: the run stopped on request and can be resumed
+EXIT_TERMINATED = 143  # 128 + SIGTERM: the run stopped on request and can be resumed (130 after SIGINT)
 
 
 def _guard(command: str, fn: Callable[[], int]) -> int:
@@ -52,8 +52,8 @@ def run_train(args: argparse.Namespace) -> int:
 
         cfg = resolve_config(args)
         result = train(cfg)
-        if result.interrupted:
-            return EXIT_TERMINATED
+        if result.interrupted:  # 128 + the signal, as a shell reports a process killed by it: 143 or 130
+            return 128 + int(result.stop_signal or 15)
         if result.last_eval is not None:
             print(f"done: {result.run_dir} (best val top-1 {result.best_top1:.2f}%)")
         return 0

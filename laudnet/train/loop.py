@@ -11,8 +11,9 @@ The recipe is the spec's §9: SGD with Nesterov momentum (or AdamW, for ViTs) an
 ``masker_lr_mult`` × the backbone lr), a per-iteration cosine schedule with optional linear warm-up, the Gumbel
 temperature updated every iteration, label smoothing, gradient accumulation, bf16 autocast and channels_last on CUDA.
 
-Nothing is lost on interruption: ``last.pt`` is written atomically after every epoch and when SIGTERM arrives (after
-the optimiser step in flight), holding the model, optimiser, lr scheduler, epoch, optimiser steps done in that epoch,
+Nothing is lost on interruption: ``last.pt`` is written atomically after every epoch and when SIGTERM or SIGINT
+arrives (after the optimiser step in flight; the signal may reach the whole process group, DataLoader workers
+included), holding the model, optimiser, lr scheduler, epoch, optimiser steps done in that epoch,
 the temperature, every rank's RNG states and the epoch's running metric sums. ``resume`` continues from it with the
 same data order (the sampler skips the batches already seen), so an interrupted and resumed run takes exactly the
 steps of an uninterrupted one. ``best.pt`` keeps the checkpoint of the best validation top-1.
@@ -411,7 +412,9 @@ class TrainResult:
         epochs_done: completed epochs.
         global_step: optimiser steps of the whole run so far (resumed parts included).
         steps_run: optimiser steps taken by this call.
-        interrupted: stopped by SIGTERM (``last.pt`` holds the position; resume with ``resume='auto'``).
+        interrupted: stopped by SIGTERM or SIGINT (``last.pt`` holds the position; resume with ``resume='auto'``).
+        stop_signal: the signal that stopped the run (``signal.SIGTERM`` when another rank received it); None when
+            not interrupted.
         best_top1: best validation top-1 (None before any validation).
         last_eval: the last validation.
         history: the metric rows logged by this call.
@@ -428,17 +431,33 @@ class TrainResult:
     last_eval: EvalResult | None
     history: list[dict[str, Any]] = field(default_factory=list)
     replica_digests: list[str] | None = None
+    stop_signal: int | None = None
 
 
 class _TerminationFlag:
-    """Set by SIGTERM; the loop checks it after each optimiser step and saves before stopping."""
+    """Set by SIGTERM or SIGINT; the loop checks it after each optimiser step and saves before stopping.
+
+    ``timeout``, Slurm and Kubernetes signal the whole process group and Ctrl-C does the same: the DataLoader workers
+    ignore both signals (see :func:`laudnet.data.build_loader`), so they keep serving batches until the main process
+    has saved ``last.pt`` and shuts them down. A second SIGINT aborts at once (``KeyboardInterrupt``), without saving.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.set = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
+        if self.set and signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: the user does not want to wait for the save
         self.set = True
+        self.signum = self.signum or signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "stop signal (to another process)"
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_TerminationFlag]:
@@ -447,11 +466,12 @@ class _TerminationFlag:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGTERM, self._previous)
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
@@ -527,13 +547,15 @@ def train(
     info, device = dist_utils.init_distributed(cfg.device)
     main = info.is_main
     say = (log if (log is not None and main) else (lambda _msg: None))
+    flag = _TerminationFlag()
     try:
-        return _train(cfg, info, device, on_step, say)
+        with flag.installed():  # from here on, SIGTERM/SIGINT stop the run after the next step, with a save
+            return _train(cfg, info, device, on_step, say, flag)
     finally:
         dist_utils.cleanup()
 
 
-def _train(cfg, info, device, on_step, say) -> TrainResult:
+def _train(cfg, info, device, on_step, say, flag: _TerminationFlag) -> TrainResult:
     from laudnet.data import build_loader
 
     main = info.is_main
@@ -655,7 +677,6 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
 
     state = TrainState(epoch=start_epoch, step_in_epoch=start_step, global_step=global_step,
                        steps_per_epoch=steps_per_epoch)
-    flag = _TerminationFlag()
     history: list[dict[str, Any]] = []
     last_eval: EvalResult | None = None
     steps_run = 0
@@ -692,123 +713,122 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
             model_name=cfg.model,
         )
 
-    with flag.installed():
-        for epoch in range(start_epoch, cfg.epochs):
-            state.epoch = epoch
-            first_step = start_step if epoch == start_epoch else 0
-            if first_step == 0:
-                sums.zero_()
-            train_loader.sampler.set_epoch(epoch, start_batch=first_step * cfg.grad_accum)
-            model.train()
-            t_epoch = time.time()
-            images_in_epoch = 0
-            batches = iter(train_loader)
-            bar = _progress(range(first_step, steps_per_epoch), steps_per_epoch - first_step,
-                            f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
-            for step in bar:
-                temperature = gumbel_temperature(state.global_step, total_steps, cfg.t0, cfg.t_last, cfg.temp_schedule)
-                raw_model.set_temperature(temperature)
-                raw_model.set_gate_noise(gate_noise(state.global_step, total_steps, cfg.noise_schedule, cfg.noise_end))
-                optimizer.zero_grad(set_to_none=True)
-                step_terms = torch.zeros(len(_LOSS_TERMS), dtype=torch.float64)
-                step_images = 0
-                for micro in range(cfg.grad_accum):
-                    images, labels = next(batches)[:2]
-                    images = images.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
-                    if use_cl:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    sync = micro == cfg.grad_accum - 1 or world == 1
-                    with (contextlib.nullcontext() if sync else model.no_sync()):
-                        with _autocast(device, cfg.amp):
-                            logits = model(images)
-                            teacher_logits = None
-                            if teacher is not None:
-                                with torch.no_grad():
-                                    teacher_logits = teacher(images).float()
-                        out = criterion(logits.float(), labels, raw_model, epoch=epoch + step / steps_per_epoch,
-                                        teacher_logits=teacher_logits)
-                        (out["loss"] / cfg.grad_accum).backward()
-                    b = len(labels)
-                    # One device-to-host copy per micro-batch (not one synchronisation per term).
-                    values = torch.stack([out[k].detach().float() for k in _LOSS_TERMS]
-                                         + [(logits.argmax(1) == labels).sum().float()]).double().cpu()
-                    terms = values[: len(_LOSS_TERMS)]
-                    step_terms += terms
-                    sums[: len(_LOSS_TERMS)] += terms * b
-                    sums[-2] += float(values[-1])
-                    sums[-1] += b
-                    step_images += b
-                if cfg.clip_grad is not None:
-                    nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                state.lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                state.global_step += 1
-                images_in_epoch += step_images
-                state.step_in_epoch = step + 1
-                state.temperature = temperature
-                state.metrics = {k: float(v) / cfg.grad_accum for k, v in zip(_LOSS_TERMS, step_terms, strict=True)}
-                steps_run += 1
-                if not math.isfinite(state.metrics["loss"]):
-                    raise FloatingPointError(
-                        f"loss is {state.metrics['loss']} at epoch {epoch}, step {step}: lower the learning rate"
-                    )
-                if hasattr(bar, "set_postfix") and (step + 1) % cfg.log_interval == 0:
-                    bar.set_postfix(loss=f"{state.metrics['loss']:.3f}", flops=f"{state.metrics['flops_ratio']:.3f}",
-                                    T=f"{temperature:.2f}")
-                if on_step is not None:
-                    on_step(state)
-                if _stop_requested(flag, device):
-                    checkpoint(run_dir / "last.pt", epoch, step + 1)
-                    interrupted = True
-                    say(f"SIGTERM: saved {run_dir / 'last.pt'} at epoch {epoch}, step {step + 1}/{steps_per_epoch}; "
-                        "resume with --resume auto")
-                    break
-            if hasattr(bar, "close"):
-                bar.close()
-            if interrupted:
-                break
-            state.step_in_epoch = 0
-            # ---- end of epoch: metrics, validation, checkpoints
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            # Training throughput of this process (validation excluded); the first epoch includes warm-up.
-            train_seconds = time.time() - t_epoch
-            dist_utils.broadcast_buffers(raw_model)
-            totals = dist_utils.all_reduce_sum(sums.to(device)).cpu()
-            seen = max(float(totals[-1]), 1.0)
-            row: dict[str, Any] = {f"train_{k}" if k == "loss" else k: float(totals[i]) / seen
-                                   for i, k in enumerate(_LOSS_TERMS)}
-            row["train_top1"] = 100.0 * float(totals[-2]) / seen
-            row["temperature"] = state.temperature
-            row["lr"] = state.lr
-            validate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-            improved = False
-            if validate:
-                last_eval = evaluate(raw_model, val_loader, device, amp=cfg.amp, channels_last=use_cl,
-                                     progress=cfg.progress, desc="validate")
-                row.update(val_top1=last_eval.top1, val_top5=last_eval.top5, val_loss=last_eval.loss,
-                           val_flops_ratio=last_eval.flops_ratio, val_dense_mflops=last_eval.dense_flops / 1e6,
-                           val_dynamic_mflops=last_eval.dynamic_flops / 1e6)
-                if best_top1 is None or last_eval.top1 > best_top1:
-                    best_top1, improved = last_eval.top1, True
-            row["epoch_time_s"] = time.time() - t_epoch
-            row["train_images_per_s"] = images_in_epoch / max(train_seconds, 1e-9)
-            row["train_images_per_s_all"] = row["train_images_per_s"] * world
-            logger.log(epoch, row)
-            history.append({"epoch": epoch, **row})
-            say(_epoch_line(epoch, cfg.epochs, row))
-            epochs_done = epoch + 1
-            stop = _stop_requested(flag, device)
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or stop:
-                checkpoint(run_dir / "last.pt", epoch + 1, 0)
-            if improved:
-                checkpoint(run_dir / "best.pt", epoch + 1, 0)
-            if stop and epoch + 1 < cfg.epochs:
+    for epoch in range(start_epoch, cfg.epochs):
+        state.epoch = epoch
+        first_step = start_step if epoch == start_epoch else 0
+        if first_step == 0:
+            sums.zero_()
+        train_loader.sampler.set_epoch(epoch, start_batch=first_step * cfg.grad_accum)
+        model.train()
+        t_epoch = time.time()
+        images_in_epoch = 0
+        batches = iter(train_loader)
+        bar = _progress(range(first_step, steps_per_epoch), steps_per_epoch - first_step,
+                        f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
+        for step in bar:
+            temperature = gumbel_temperature(state.global_step, total_steps, cfg.t0, cfg.t_last, cfg.temp_schedule)
+            raw_model.set_temperature(temperature)
+            raw_model.set_gate_noise(gate_noise(state.global_step, total_steps, cfg.noise_schedule, cfg.noise_end))
+            optimizer.zero_grad(set_to_none=True)
+            step_terms = torch.zeros(len(_LOSS_TERMS), dtype=torch.float64)
+            step_images = 0
+            for micro in range(cfg.grad_accum):
+                images, labels = next(batches)[:2]
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                if use_cl:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                sync = micro == cfg.grad_accum - 1 or world == 1
+                with (contextlib.nullcontext() if sync else model.no_sync()):
+                    with _autocast(device, cfg.amp):
+                        logits = model(images)
+                        teacher_logits = None
+                        if teacher is not None:
+                            with torch.no_grad():
+                                teacher_logits = teacher(images).float()
+                    out = criterion(logits.float(), labels, raw_model, epoch=epoch + step / steps_per_epoch,
+                                    teacher_logits=teacher_logits)
+                    (out["loss"] / cfg.grad_accum).backward()
+                b = len(labels)
+                # One device-to-host copy per micro-batch (not one synchronisation per term).
+                values = torch.stack([out[k].detach().float() for k in _LOSS_TERMS]
+                                     + [(logits.argmax(1) == labels).sum().float()]).double().cpu()
+                terms = values[: len(_LOSS_TERMS)]
+                step_terms += terms
+                sums[: len(_LOSS_TERMS)] += terms * b
+                sums[-2] += float(values[-1])
+                sums[-1] += b
+                step_images += b
+            if cfg.clip_grad is not None:
+                nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            state.lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            state.global_step += 1
+            images_in_epoch += step_images
+            state.step_in_epoch = step + 1
+            state.temperature = temperature
+            state.metrics = {k: float(v) / cfg.grad_accum for k, v in zip(_LOSS_TERMS, step_terms, strict=True)}
+            steps_run += 1
+            if not math.isfinite(state.metrics["loss"]):
+                raise FloatingPointError(
+                    f"loss is {state.metrics['loss']} at epoch {epoch}, step {step}: lower the learning rate"
+                )
+            if hasattr(bar, "set_postfix") and (step + 1) % cfg.log_interval == 0:
+                bar.set_postfix(loss=f"{state.metrics['loss']:.3f}", flops=f"{state.metrics['flops_ratio']:.3f}",
+                                T=f"{temperature:.2f}")
+            if on_step is not None:
+                on_step(state)
+            if _stop_requested(flag, device):
+                checkpoint(run_dir / "last.pt", epoch, step + 1)
                 interrupted = True
-                say(f"SIGTERM: stopped after epoch {epoch + 1}; resume with --resume auto")
+                say(f"{flag.name}: saved {run_dir / 'last.pt'} at epoch {epoch}, step {step + 1}/{steps_per_epoch}; "
+                    "resume with --resume auto")
                 break
+        if hasattr(bar, "close"):
+            bar.close()
+        if interrupted:
+            break
+        state.step_in_epoch = 0
+        # ---- end of epoch: metrics, validation, checkpoints
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        # Training throughput of this process (validation excluded); the first epoch includes warm-up.
+        train_seconds = time.time() - t_epoch
+        dist_utils.broadcast_buffers(raw_model)
+        totals = dist_utils.all_reduce_sum(sums.to(device)).cpu()
+        seen = max(float(totals[-1]), 1.0)
+        row: dict[str, Any] = {f"train_{k}" if k == "loss" else k: float(totals[i]) / seen
+                               for i, k in enumerate(_LOSS_TERMS)}
+        row["train_top1"] = 100.0 * float(totals[-2]) / seen
+        row["temperature"] = state.temperature
+        row["lr"] = state.lr
+        validate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        improved = False
+        if validate:
+            last_eval = evaluate(raw_model, val_loader, device, amp=cfg.amp, channels_last=use_cl,
+                                 progress=cfg.progress, desc="validate")
+            row.update(val_top1=last_eval.top1, val_top5=last_eval.top5, val_loss=last_eval.loss,
+                       val_flops_ratio=last_eval.flops_ratio, val_dense_mflops=last_eval.dense_flops / 1e6,
+                       val_dynamic_mflops=last_eval.dynamic_flops / 1e6)
+            if best_top1 is None or last_eval.top1 > best_top1:
+                best_top1, improved = last_eval.top1, True
+        row["epoch_time_s"] = time.time() - t_epoch
+        row["train_images_per_s"] = images_in_epoch / max(train_seconds, 1e-9)
+        row["train_images_per_s_all"] = row["train_images_per_s"] * world
+        logger.log(epoch, row)
+        history.append({"epoch": epoch, **row})
+        say(_epoch_line(epoch, cfg.epochs, row))
+        epochs_done = epoch + 1
+        stop = _stop_requested(flag, device)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or stop:
+            checkpoint(run_dir / "last.pt", epoch + 1, 0)
+        if improved:
+            checkpoint(run_dir / "best.pt", epoch + 1, 0)
+        if stop and epoch + 1 < cfg.epochs:
+            interrupted = True
+            say(f"{flag.name}: saved {run_dir / 'last.pt'} after epoch {epoch + 1}; resume with --resume auto")
+            break
     logger.close()
     digests = None
     if world > 1 and not interrupted:
@@ -819,6 +839,7 @@ def _train(cfg, info, device, on_step, say) -> TrainResult:
         global_step=state.global_step,
         steps_run=steps_run,
         interrupted=interrupted,
+        stop_signal=(flag.signum or signal.SIGTERM) if interrupted else None,
         best_top1=best_top1,
         last_eval=last_eval,
         history=history,
