@@ -114,6 +114,9 @@ class TrainConfig:
     output: str = _f("runs", "folder of the runs", "run", short="-o")
     run_name: str | None = _f(None, "run folder name under output (default: from model, mode, dataset)", "run")
     resume: str | None = _f(None, "checkpoint to resume from, or 'auto' for the run folder's last.pt", "run")
+    overwrite: bool = _f(
+        False, "start afresh in a run folder that already holds a run, replacing its checkpoints and metrics", "run"
+    )
     seed: int = _f(0, "seed of the model init, the data order and the dataset", "run")
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", "run")
     threads: int | None = _f(None, "intra-op CPU threads per process (default: torch's choice)", "run")
@@ -238,6 +241,8 @@ def validate_config(cfg: TrainConfig) -> None:
             f"canvas scales must satisfy 0 < canvas_scale_min <= canvas_scale_max <= 1, got "
             f"{cfg.canvas_scale_min} and {cfg.canvas_scale_max}"
         )
+    if cfg.overwrite and cfg.resume is not None:
+        raise ValueError("--overwrite starts the run afresh and --resume continues it: give one of them")
     if cfg.warmup_epochs >= cfg.epochs:
         raise ValueError(f"warmup_epochs ({cfg.warmup_epochs}) must be shorter than epochs ({cfg.epochs})")
 

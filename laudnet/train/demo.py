@@ -50,7 +50,10 @@ def load_demo_config(path: str | Path, output: str | None = None):
             configs[name] = None
             continue
         values = check_overrides(sections[name], f"demo config {path} ({name}:)", where=f" in {path} ({name}:)")
-        configs[name] = TrainConfig(**{**shared, **values, "mode": name, "run_name": name})
+        merged = {**shared, **values, "mode": name, "run_name": name}
+        # A demo reruns from scratch: it replaces its own previous runs (and says so) unless the file resumes them.
+        merged.setdefault("overwrite", merged.get("resume") is None)
+        configs[name] = TrainConfig(**merged)
     return configs["static"], configs["dynamic"]
 
 

@@ -482,16 +482,63 @@ def run_dir_of(cfg: TrainConfig) -> Path:
     return Path(cfg.output) / name
 
 
-def _resolve_resume(cfg: TrainConfig, run_dir: Path) -> Path | None:
+# What makes a folder hold a run: rerunning its name without --resume would replace these.
+_RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "replicas.json")
+
+
+def _prepare_run_dir(
+    cfg: TrainConfig, run_dir: Path, main: bool, say: Callable[[str], None]
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """Check the run folder before anything is built; returns the checkpoint to resume and its state (or Nones).
+
+    - Temporary files left by a write that was killed half-way (``.last.pt.<random>.tmp``) are removed.
+    - Without ``resume``, a folder that already holds a run is refused unless ``overwrite`` (which removes its files).
+    - ``resume='auto'`` without ``last.pt`` starts fresh (and says so).
+    - A checkpoint of a run of another length is refused: the cosine lr and temperature schedules span the whole run,
+      so a resumed run could not take the steps of any uninterrupted one; a finished run cannot be extended.
+
+    Raises:
+        ValueError, FileNotFoundError, CheckpointError: with a one-line message naming the folder or file.
+    """
+    if main and run_dir.is_dir():
+        for tmp in sorted(run_dir.glob(".*.tmp")):
+            tmp.unlink(missing_ok=True)
+            say(f"removed {tmp}: the temporary file of a write that was killed half-way")
     if cfg.resume is None:
-        return None
+        held = [name for name in _RUN_FILES if (run_dir / name).exists()]
+        if held and not cfg.overwrite:
+            raise ValueError(
+                f"run folder {run_dir} already holds a run ({', '.join(held)}): continue it with --resume auto, "
+                "give a fresh --run-name, or start it over with --overwrite"
+            )
+        if held and main:
+            for name in held:
+                (run_dir / name).unlink(missing_ok=True)
+            say(f"--overwrite: removed {', '.join(held)} of the previous run in {run_dir}")
+        return None, None
     if cfg.resume == "auto":
         path = run_dir / "last.pt"
-        return path if path.is_file() else None
-    path = Path(cfg.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint to resume {path} does not exist")
-    return path
+        if not path.is_file():
+            say(f"--resume auto: no checkpoint {path} yet; starting fresh")
+            return None, None
+    else:
+        path = Path(cfg.resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint to resume {path} does not exist")
+    state = load_checkpoint(path, expected_model=cfg.model)
+    saved_epochs = (state.get("config") or {}).get("epochs")
+    if saved_epochs is not None and saved_epochs != cfg.epochs:
+        if int(state["epoch"]) >= saved_epochs:
+            raise ValueError(
+                f"checkpoint {path} ends a finished {saved_epochs}-epoch run whose learning-rate schedule has ended; "
+                f"a resume cannot extend it to {cfg.epochs} epochs: start a new run from its weights "
+                f"(--init {path} --run-name NEW)"
+            )
+        raise ValueError(
+            f"checkpoint {path} is of a {saved_epochs}-epoch run, not {cfg.epochs}: resume it with --epochs "
+            f"{saved_epochs} (the learning-rate and temperature schedules span the whole run)"
+        )
+    return path, state
 
 
 def _check_resume_state(state: dict[str, Any], path: Path, cfg: TrainConfig, model: nn.Module, classes: int) -> None:
@@ -560,9 +607,13 @@ def _train(cfg, info, device, on_step, say, flag: _TerminationFlag) -> TrainResu
 
     main = info.is_main
     world = info.world_size
-    (train_set, val_set), num_classes = build_datasets(cfg)
     run_dir = run_dir_of(cfg)
-    resume_path = _resolve_resume(cfg, run_dir)
+    resume_path, resume_state = _prepare_run_dir(cfg, run_dir, main, say)
+    if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
+        say(f"{run_dir} is already complete ({cfg.epochs} epochs, checkpoint {resume_path}); nothing to do")
+        return TrainResult(run_dir=run_dir, epochs_done=cfg.epochs, global_step=int(resume_state["global_step"]),
+                           steps_run=0, interrupted=False, best_top1=resume_state.get("best_top1"), last_eval=None)
+    (train_set, val_set), num_classes = build_datasets(cfg)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     model = build_model(cfg, num_classes)
@@ -589,9 +640,7 @@ def _train(cfg, info, device, on_step, say, flag: _TerminationFlag) -> TrainResu
     if cfg.mode == "dynamic" and cfg.kd_alpha > 0 and teacher is None and cfg.init is None:
         say("note: dynamic training without init has no static teacher; the distillation term is off")
     torch.manual_seed(cfg.seed + info.rank)  # own Gumbel noise per rank (a resume restores the saved states)
-    resume_state = None
-    if resume_path is not None:
-        resume_state = load_checkpoint(resume_path, expected_model=cfg.model)
+    if resume_state is not None:
         _check_resume_state(resume_state, resume_path, cfg, model, num_classes)
         model.load_state_dict(resume_state["model"])
 

@@ -72,20 +72,81 @@ def _assert_same_weights(got, want):
         (signal.SIGTERM, 143, 0.0),  # while the workers start and the first batches load
         (signal.SIGTERM, 143, 2.5),  # later: in epoch 1 or 2, or in validation
         (signal.SIGINT, 130, 1.0),  # Ctrl-C
+        (signal.SIGKILL, -9, 3.0),  # nothing is saved: the resume starts from the last epoch's last.pt, or afresh
     ],
+    ids=["sigterm-at-start", "sigterm-later", "sigint", "sigkill"],
 )
 def test_group_signal_saves_then_resume_matches(tmp_path, fashion_root, reference, sig, code, delay):
     argv = _argv(tmp_path, "run", fashion_root)
     rc, out = _start_and_signal(argv, sig, delay)
     name = signal.Signals(sig).name
     assert rc == code, out
-    assert "Traceback" not in out and "killed by signal" not in out, out
-    assert f"{name}: saved" in out and "--resume auto" in out, out
-    saved = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert saved["global_step"] <= STEPS * EPOCHS
+    if sig != signal.SIGKILL:
+        assert "Traceback" not in out and "killed by signal" not in out, out
+        assert f"{name}: saved" in out and "--resume auto" in out, out
+        saved = load_checkpoint(tmp_path / "run" / "last.pt")
+        assert saved["global_step"] <= STEPS * EPOCHS
 
     done = subprocess.run([*argv, "--resume", "auto"], capture_output=True, text=True, timeout=300, env=_env())
     assert done.returncode == 0, done.stdout + done.stderr
     final = load_checkpoint(tmp_path / "run" / "last.pt")
     assert (final["global_step"], final["epoch"], final["step_in_epoch"]) == (STEPS * EPOCHS, EPOCHS, 0)
     _assert_same_weights(final["model"], reference)
+
+
+# ----------------------------------------------------------------------------------------- reruns and run folders
+
+
+def _small(out, name, root, *extra):
+    """A 2-epoch run of 2 steps each, without workers: the fastest full run."""
+    argv = _argv(out, name, root, "--train-subset", "16", "--val-subset", "8", "--workers", "0", *extra)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=_env())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fashion_root):
+    """The output folder of a finished 2-epoch run named "done"."""
+    out = tmp_path_factory.mktemp("finished")
+    done = _small(out, "done", fashion_root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def _one_line_error(result):
+    err = result.stderr.strip()
+    assert result.returncode == 2 and err.startswith("laudnet train: error: ") and "\n" not in err, result.stderr
+    return err
+
+
+def test_rerun_of_a_finished_run_is_refused(finished, fashion_root):
+    before = (finished / "done" / "last.pt").stat().st_mtime_ns
+    err = _one_line_error(_small(finished, "done", fashion_root, "--model", "laud_regnety_800mf"))
+    assert f"{finished / 'done'} already holds a run" in err
+    assert "--resume auto" in err and "--run-name" in err and "--overwrite" in err
+    assert (finished / "done" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_resume_of_a_complete_run_says_so_and_cleans_stale_temporaries(finished, fashion_root):
+    stale = finished / "done" / ".last.pt.k3x9q1.tmp"  # what a checkpoint write killed half-way leaves
+    stale.write_bytes(b"PK\x03\x04 half a checkpoint")
+    result = _small(finished, "done", fashion_root, "--resume", "auto")
+    assert result.returncode == 0, result.stderr
+    assert "already complete" in result.stdout and "nothing to do" in result.stdout
+    assert f"removed {stale}" in result.stdout and not stale.exists()
+
+
+def test_extending_a_finished_run_is_refused(finished, fashion_root):
+    err = _one_line_error(_small(finished, "done", fashion_root, "--resume", "auto", "--epochs", "3"))
+    assert "finished 2-epoch run" in err and "cannot extend it to 3 epochs" in err and "--init" in err
+
+
+def test_overwrite_and_resume_auto_without_a_checkpoint(tmp_path, fashion_root):
+    fresh = _small(tmp_path, "new", fashion_root, "--resume", "auto")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "--resume auto: no checkpoint" in fresh.stdout and "starting fresh" in fresh.stdout
+    (tmp_path / "new" / "metrics.csv").write_text("epoch,train_loss\n7,1.0\n")  # a row only the old run had
+    again = _small(tmp_path, "new", fashion_root, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert "--overwrite: removed last.pt, best.pt, metrics.csv" in again.stdout
+    epochs = [line.split(",")[0] for line in (tmp_path / "new" / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1"]
