@@ -9,6 +9,15 @@ is deterministic: execute iff logit_execute >= logit_skip.
   cells pool over the partial patch. Layer skipping is the same masker with a 1×1 grid.
 - `ChannelMasker`: global pool → Linear → ReLU → Linear, one decision per group of G consecutive channels.
 
+Input normalisation (``norm=True``, the default; ``norm=False`` is the paper's masker): the pooled input is
+standardised per channel (a BatchNorm without affine parameters: batch statistics in training, running ones in eval)
+before the masker's first linear layer. The block input is post-ReLU, so without it every pooled feature is
+non-negative and the FLOPs term's gradient on the masker weights, summed over cells, points along the mean feature:
+it lowers the execute logit most where activations are largest — on the objects — and trained masks avoid what they
+should compute. With centred inputs that gradient goes to the bias (the global rate) and the weights learn from the
+task's gradient where computing pays. At inference the normalisation folds into the first linear layer
+(`SpatialMasker.decision_weights`, `ChannelMasker.folded_fc1`), so the deployed maskers cost what they did.
+
 Differences from the official code: the skip-logit bias is initialised for every skip output (the official slice
 starts one element late, spec FLAG 7), and pooling windows are the exact patch regions, not `output // S` cells of
 integer division (FLAG 1).
@@ -102,11 +111,13 @@ class SpatialMasker(_Masker):
     Args:
         in_channels: channels of the block input.
         groups: mask channel groups g (1 in every published setting).
+        norm: standardise the pooled input per channel (see the module docstring).
     """
 
-    def __init__(self, in_channels: int, groups: int = 1) -> None:
+    def __init__(self, in_channels: int, groups: int = 1, norm: bool = True) -> None:
         super().__init__()
         self.groups = groups
+        self.norm: nn.BatchNorm2d | None = nn.BatchNorm2d(in_channels, affine=False) if norm else None
         self.conv = nn.Conv2d(in_channels, 2 * groups, kernel_size=1, bias=True)
         with torch.no_grad():
             self.conv.bias[:groups].fill_(SPATIAL_EXECUTE_BIAS)
@@ -115,12 +126,30 @@ class SpatialMasker(_Masker):
     def forward(self, x: Tensor, stride: int, patch: int | None, out_hw: tuple[int, int]) -> Tensor:
         """Coarse mask (B, g, gh, gw) for an output map of size out_hw."""
         pooled = pool_patches(x, stride, patch, out_hw)
+        if self.norm is not None:
+            pooled = self.norm(pooled)
         logits = self.conv(pooled)
         b, _, gh, gw = logits.shape
         return self._decide(logits.view(b, 2, self.groups, gh, gw))
 
+    def decision_weights(self) -> tuple[Tensor, Tensor]:
+        """(w (C,), b (1,)) in fp32 with execute iff w · pooled + b >= 0 (eval decisions, normalisation folded in)."""
+        if self.groups != 1:
+            raise ValueError("decision weights exist for spatial maskers with one mask group")
+        w = (self.conv.weight[0] - self.conv.weight[1]).detach().flatten().float()
+        b = (self.conv.bias[0] - self.conv.bias[1]).detach().float().reshape(1)
+        if self.norm is not None:
+            w, b = _fold_norm(self.norm, w[None], b)
+            w = w[0]
+        return w.clone(), b.clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        _match_norm(self, state_dict, prefix, nn.BatchNorm2d)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def flops(self, in_channels: int, in_hw: tuple[int, int], grid: tuple[int, int]) -> float:
-        """Per-image operations: one add per pooled input element, then the 1×1 conv's MACs on the grid."""
+        """Per-image operations: one add per pooled input element, then the 1×1 conv's MACs on the grid (the input
+        normalisation folds into the conv at inference)."""
         return in_channels * in_hw[0] * in_hw[1] + in_channels * 2 * self.groups * grid[0] * grid[1]
 
 
@@ -131,11 +160,13 @@ class ChannelMasker(_Masker):
         in_channels: channels of the block input.
         n_groups: number of channel decisions (bottleneck width / G).
         reduction: hidden-width reduction (16 in every published setting).
+        norm: standardise the pooled input per channel (see the module docstring).
     """
 
-    def __init__(self, in_channels: int, n_groups: int, reduction: int = 16) -> None:
+    def __init__(self, in_channels: int, n_groups: int, reduction: int = 16, norm: bool = True) -> None:
         super().__init__()
         self.n_groups = n_groups
+        self.norm: nn.BatchNorm1d | None = nn.BatchNorm1d(in_channels, affine=False) if norm else None
         self.hidden = max(n_groups // reduction, 16)
         self.fc1 = nn.Linear(in_channels, self.hidden)
         self.relu = nn.ReLU(inplace=True)
@@ -146,12 +177,50 @@ class ChannelMasker(_Masker):
 
     def forward(self, x: Tensor) -> Tensor:
         """Group mask (B, n_groups)."""
-        logits = self.fc2(self.relu(self.fc1(x.mean(dim=(2, 3)))))
+        pooled = x.mean(dim=(2, 3))
+        if self.norm is not None:
+            pooled = self.norm(pooled)
+        logits = self.fc2(self.relu(self.fc1(pooled)))
         return self._decide(logits.view(x.shape[0], 2, self.n_groups))
+
+    def folded_fc1(self) -> nn.Linear:
+        """An fp32 copy of fc1 with the input normalisation folded in: it takes the raw pooled input (eval)."""
+        fc1 = nn.Linear(self.fc1.in_features, self.fc1.out_features)
+        w, b = self.fc1.weight.detach().float(), self.fc1.bias.detach().float()
+        if self.norm is not None:
+            w, b = _fold_norm(self.norm, w, b)
+        with torch.no_grad():
+            fc1.weight.copy_(w)
+            fc1.bias.copy_(b)
+        return fc1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        _match_norm(self, state_dict, prefix, nn.BatchNorm1d)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def flops(self, in_channels: int, in_hw: tuple[int, int]) -> float:
         """Per-image operations: the global pool's adds and both linears' MACs."""
         return in_channels * in_hw[0] * in_hw[1] + in_channels * self.hidden + self.hidden * 2 * self.n_groups
+
+
+def _fold_norm(norm: nn.modules.batchnorm._BatchNorm, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(w', b') with w'·x + b' = w·norm_eval(x) + b, for w (out, C) and b (out,)."""
+    inv = torch.rsqrt(norm.running_var.detach().float() + norm.eps)
+    w = w * inv
+    return w, b - w @ norm.running_mean.detach().float()
+
+
+def _match_norm(masker: nn.Module, state_dict, prefix: str, kind: type[nn.Module]) -> None:
+    """Give `masker` the input normalisation its checkpoint has: a state dict written without one (the paper's
+    masker, or a checkpoint from before it existed) loads as such, and one with it into a masker built without."""
+    has = f"{prefix}norm.running_mean" in state_dict
+    if not any(k.startswith(prefix) for k in state_dict) or has == (masker.norm is not None):
+        return
+    if has:
+        device = next(masker.parameters()).device
+        masker.norm = kind(state_dict[f"{prefix}norm.running_mean"].numel(), affine=False).to(device)
+    else:
+        masker.norm = None
 
 
 def expand_patches(mask: Tensor, patch: int | None, out_hw: tuple[int, int]) -> Tensor:

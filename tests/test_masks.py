@@ -98,3 +98,53 @@ def test_gate_noise_scale():
     soft = torch.sigmoid(torch.tensor(0.0))  # logits equal: soft = 0.5, d soft / d logit_exec = 0.5 * 0.5 / T
     assert leaf.grad[0, 0, 2].item() == pytest.approx(float(soft * (1 - soft)) / 0.5)
     assert leaf.grad[0, 1, 2].item() == pytest.approx(-float(soft * (1 - soft)) / 0.5)
+
+
+def _trained_norm(masker, x, *args):
+    """Run `masker` in training mode on a few shifted batches so its input normalisation holds real statistics."""
+    masker.train()
+    for k in range(5):
+        masker(x * (1 + k) + k, *args)
+    return masker.eval()
+
+
+def test_masker_input_normalisation_folds_into_the_decision_weights():
+    torch.manual_seed(0)
+    x = torch.rand(6, 8, 9, 7) * 3  # non-negative, like a post-ReLU block input
+    masker = _trained_norm(SpatialMasker(8), x, 1, 2, (9, 7))
+    with torch.no_grad():
+        masker.conv.bias[0] = 0.3
+        assert masker.norm.running_mean.abs().sum() > 1  # statistics moved away from the identity
+        expect = masker(x, 1, 2, (9, 7))
+        w, b = masker.decision_weights()
+        pooled = pool_patches(x, 1, 2, (9, 7))
+        got = (torch.einsum("bchw,c->bhw", pooled, w) + b >= 0).float()
+    assert torch.equal(got, expect[:, 0])
+    assert 0 < expect.mean() < 1
+
+
+def test_channel_masker_normalisation_folds_into_fc1():
+    torch.manual_seed(0)
+    x = torch.rand(6, 16, 5, 5) * 2
+    masker = _trained_norm(ChannelMasker(16, n_groups=4), x)
+    with torch.no_grad():
+        hidden = masker.fc1(masker.norm(x.mean(dim=(2, 3))))
+        folded = masker.folded_fc1()(x.mean(dim=(2, 3)))
+    torch.testing.assert_close(folded, hidden, rtol=1e-5, atol=1e-5)
+
+
+def test_paper_masker_has_no_normalisation_and_checkpoints_keep_theirs():
+    plain = SpatialMasker(8, norm=False)
+    assert plain.norm is None and not any("norm" in k for k in plain.state_dict())
+    normed = SpatialMasker(8)
+    normed.norm.running_mean.fill_(2.0)
+    # A checkpoint without the normalisation (the paper's masker, or an older laudnet) loads as such ...
+    target = SpatialMasker(8)
+    target.load_state_dict(plain.state_dict())
+    assert target.norm is None
+    # ... and one with it gets it, statistics included.
+    plain.load_state_dict(normed.state_dict())
+    assert plain.norm is not None and torch.equal(plain.norm.running_mean, torch.full((8,), 2.0))
+    channel = ChannelMasker(16, n_groups=4, norm=False)
+    channel.load_state_dict(ChannelMasker(16, n_groups=4).state_dict())
+    assert isinstance(channel.norm, torch.nn.BatchNorm1d)

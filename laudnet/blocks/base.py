@@ -61,7 +61,9 @@ class DynamicBlock(nn.Module):
     groups: int
     se_channels: int
 
-    def _init_dynamic(self, paradigm: str, granularity: int | None, masker_reduction: int = 16) -> None:
+    def _init_dynamic(
+        self, paradigm: str, granularity: int | None, masker_reduction: int = 16, masker_norm: bool = True
+    ) -> None:
         self.paradigm = check_paradigm(paradigm)
         self.info: DynamicInfo | None = None
         if paradigm == "spatial":
@@ -82,9 +84,11 @@ class DynamicBlock(nn.Module):
                 raise ValueError(f"paradigm {paradigm!r} takes no granularity, got {granularity!r}")
             self.granularity = None
         if paradigm in ("spatial", "layer"):
-            self.masker = SpatialMasker(self.in_channels)
+            self.masker = SpatialMasker(self.in_channels, norm=masker_norm)
         elif paradigm == "channel":
-            self.channel_masker = ChannelMasker(self.in_channels, self.width // self.granularity, masker_reduction)
+            self.channel_masker = ChannelMasker(
+                self.in_channels, self.width // self.granularity, masker_reduction, norm=masker_norm
+            )
 
     # --- layers, provided by subclasses -------------------------------------------------------------------------
     def _conv1(self, x: Tensor) -> Tensor:  # conv + BN + activation

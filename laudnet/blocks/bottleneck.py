@@ -20,10 +20,16 @@ class DynamicBottleneck(DynamicBlock):
         paradigm: ``static``, ``spatial``, ``channel`` or ``layer``.
         granularity: patch size S (spatial) or channel group size G (channel); None otherwise.
         masker_reduction: hidden-width reduction of the channel masker's MLP.
+        masker_norm: normalise the masker's input (see `laudnet.masks`).
     """
 
     def __init__(
-        self, block: Bottleneck, paradigm: str = "static", granularity: int | None = None, masker_reduction: int = 16
+        self,
+        block: Bottleneck,
+        paradigm: str = "static",
+        granularity: int | None = None,
+        masker_reduction: int = 16,
+        masker_norm: bool = True,
     ) -> None:
         super().__init__()
         self.conv1, self.bn1 = block.conv1, block.bn1
@@ -37,7 +43,7 @@ class DynamicBottleneck(DynamicBlock):
         self.stride = block.conv2.stride[0]
         self.groups = block.conv2.groups
         self.se_channels = 0
-        self._init_dynamic(paradigm, granularity, masker_reduction)
+        self._init_dynamic(paradigm, granularity, masker_reduction, masker_norm)
 
     @property
     def has_projection(self) -> bool:

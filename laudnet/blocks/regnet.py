@@ -22,6 +22,7 @@ class DynamicRegNetBlock(DynamicBlock):
         paradigm: ``static``, ``spatial``, ``channel`` or ``layer``.
         granularity: patch size S (spatial) or channel group size G (channel); None otherwise.
         masker_reduction: hidden-width reduction of the channel masker's MLP.
+        masker_norm: normalise the masker's input (see `laudnet.masks`).
     """
 
     def __init__(
@@ -30,6 +31,7 @@ class DynamicRegNetBlock(DynamicBlock):
         paradigm: str = "static",
         granularity: int | None = None,
         masker_reduction: int = 16,
+        masker_norm: bool = True,
     ) -> None:
         super().__init__()
         self.proj = block.proj
@@ -43,7 +45,7 @@ class DynamicRegNetBlock(DynamicBlock):
         self.groups = conv_b.groups
         se = getattr(self.f, "se", None)
         self.se_channels = se.fc1.out_channels if se is not None else 0
-        self._init_dynamic(paradigm, granularity, masker_reduction)
+        self._init_dynamic(paradigm, granularity, masker_reduction, masker_norm)
 
     @property
     def has_projection(self) -> bool:

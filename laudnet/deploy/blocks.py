@@ -137,16 +137,16 @@ class DeployedBlock(nn.Module):
         # is measured, but `forced_keep` (shaped like `decide`'s result) replaces its answer.
         self.forced_keep: Tensor | None = None
         if self.paradigm in ("spatial", "layer"):
-            conv = block.masker.conv
             if block.masker.groups != 1:
                 raise ValueError("deploy supports spatial maskers with one mask group")
-            # execute iff (w_e − w_s)·x + (b_e − b_s) ≥ 0
-            self.register_buffer("masker_w", (conv.weight[0] - conv.weight[1]).detach().flatten().float().clone())
-            self.register_buffer("masker_b", (conv.bias[0] - conv.bias[1]).detach().float().reshape(1))
+            # execute iff w·x + b ≥ 0 (the difference of the execute and skip logits, input normalisation folded in)
+            masker_w, masker_b = block.masker.decision_weights()
+            self.register_buffer("masker_w", masker_w)
+            self.register_buffer("masker_b", masker_b)
         elif self.paradigm == "channel":
             cm = block.channel_masker
             n = cm.n_groups
-            self.masker_fc1 = copy.deepcopy(cm.fc1).float()
+            self.masker_fc1 = cm.folded_fc1().to(cm.fc1.weight.device)
             self.register_buffer("masker_w2", (cm.fc2.weight[:n] - cm.fc2.weight[n:]).detach().float().clone())
             self.register_buffer("masker_b2", (cm.fc2.bias[:n] - cm.fc2.bias[n:]).detach().float().clone())
         # The fused kernels cover the plain bottleneck; a grouped 3×3 with SE (RegNetY) runs the torch paths.

@@ -40,6 +40,7 @@ class LaudRegNet(DynamicModel):
         granularity: per-stage S or G (see `laudnet.create_model`).
         num_classes: classifier outputs.
         masker_reduction: hidden-width reduction of the channel maskers' MLP.
+        masker_norm: normalise each masker's input (see `laudnet.masks`); False gives the paper's maskers.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class LaudRegNet(DynamicModel):
         granularity=None,
         num_classes: int = 1000,
         masker_reduction: int = 16,
+        masker_norm: bool = True,
     ) -> None:
         super().__init__()
         grans = parse_granularity(paradigm, granularity)
@@ -60,7 +62,7 @@ class LaudRegNet(DynamicModel):
         trunk = nn.Sequential()
         for i, ((stage_name, stage), gran) in enumerate(zip(tv.trunk_output.named_children(), grans, strict=True)):
             trunk.add_module(stage_name, dynamic_stage(stage, DynamicRegNetBlock, paradigm, gran, i,
-                                                       masker_reduction=masker_reduction))
+                                                       masker_reduction=masker_reduction, masker_norm=masker_norm))
         self.trunk_output = trunk
         self.avgpool, self.fc = tv.avgpool, tv.fc
 

@@ -40,6 +40,7 @@ class LaudResNet(DynamicModel):
         granularity: per-stage S or G (see `laudnet.create_model`).
         num_classes: classifier outputs.
         masker_reduction: hidden-width reduction of the channel maskers' MLP.
+        masker_norm: normalise each masker's input (see `laudnet.masks`); False gives the paper's maskers.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class LaudResNet(DynamicModel):
         granularity=None,
         num_classes: int = 1000,
         masker_reduction: int = 16,
+        masker_norm: bool = True,
     ) -> None:
         super().__init__()
         grans = parse_granularity(paradigm, granularity)
@@ -60,7 +62,7 @@ class LaudResNet(DynamicModel):
         for i, gran in enumerate(grans):
             name = f"layer{i + 1}"
             self.add_module(name, dynamic_stage(getattr(tv, name), DynamicBottleneck, paradigm, gran, i,
-                                                masker_reduction=masker_reduction))
+                                                masker_reduction=masker_reduction, masker_norm=masker_norm))
         self.avgpool, self.fc = tv.avgpool, tv.fc
 
     def stages(self) -> list[nn.Sequential]:

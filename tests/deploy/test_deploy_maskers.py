@@ -58,7 +58,7 @@ def _center_maskers(model, x):
 
     def center(masker, args):
         pooled = pool_patches(*args)
-        logits = masker.conv(pooled)
+        logits = masker.conv(pooled if masker.norm is None else masker.norm(pooled))
         diff = (logits[:, 0] - logits[:, 1]).flatten().sort().values
         k = diff.numel() // 2
         with torch.no_grad():

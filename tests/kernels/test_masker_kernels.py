@@ -269,7 +269,8 @@ def test_channel_masker_ref_is_the_deployed_masker_mlp():
         n = masker.n_groups
         w2, b2 = masker.fc2.weight[:n] - masker.fc2.weight[n:], masker.fc2.bias[:n] - masker.fc2.bias[n:]
         sums = MR.window_sums_ref(x.permute(0, 2, 3, 1).contiguous(), MR.MAP_WINDOW).view(4, 24)
-        got = MR.channel_masker_ref(sums, 30, masker.fc1.weight, masker.fc1.bias, w2, b2)
+        fc1 = masker.folded_fc1()
+        got = MR.channel_masker_ref(sums, 30, fc1.weight, fc1.bias, w2, b2)
     assert torch.equal(got, expect.view(4, n))
 
 
