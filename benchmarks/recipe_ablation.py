@@ -1,13 +1,13 @@
 """Why trained maskers collapse, and which recipe makes them adapt: ablations of the masker recipe on fashion-canvas.
 
 Every run starts from one static network trained with the demo's recipe (``laudnet/configs/demo.yaml``, or
-``--config``: its top-level and ``static:`` options), then fine-tunes a dynamic network with the demo's ``dynamic:`` options plus one
-variant's overrides, and is evaluated with ``laudnet eval`` (top-1, FLOPs ratio and the adaptivity metrics: the
-localisation lift of spatial masks per stage, and for layer skipping the fraction of blocks executed by 10-90 % of the
-validation images). Runs go through the ``laudnet`` command line, several at a time (``--jobs``), and a finished run
-is not trained again, so an interrupted sweep continues where it stopped.
+``--config``: its top-level and ``static:`` options), then fine-tunes a dynamic network with the demo's
+``dynamic:`` options plus one variant's overrides, and is evaluated with ``laudnet eval`` (top-1, FLOPs ratio and
+the adaptivity metrics: the localisation lift of spatial masks per stage, and for layer skipping the fraction of
+blocks executed by 10-90 % of the validation images). Runs go through the ``laudnet`` command line, several at a
+time (``--jobs``), and a finished run is not trained again, so an interrupted sweep continues where it stopped.
 
-    python benchmarks/recipe_ablation.py --out runs/ablation --jobs 6 --device cuda --commit $(git rev-parse --short HEAD)
+    python benchmarks/recipe_ablation.py --out runs/ablation --jobs 6 --device cuda --commit $(git rev-parse HEAD)
     python benchmarks/recipe_ablation.py --smoke --out /tmp/abl      # the whole flow on a CPU in about a minute
 
 Writes ``<out>/recipe_ablation.json`` (one record per run, the configuration beside its results) and prints a
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for (v, s), fut in zip(cases, futures, strict=True):
             runs.append(fut.result())
-            print(f"{v} (seed {s}): {json.dumps({k: runs[-1][k] for k in ('top1', 'flops_ratio', 'lift', 'adaptive_fraction')})}",
-                  flush=True)
+            shown = {k: runs[-1][k] for k in ("top1", "flops_ratio", "lift", "adaptive_fraction")}
+            print(f"{v} (seed {s}): {json.dumps(shown)}", flush=True)
     import torch
 
     payload = {
