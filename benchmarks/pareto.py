@@ -35,12 +35,13 @@ One command, run up to three times back to back on the same machine (its files s
 held): ``--budget-minutes`` makes each call stop before a unit of work that would not fit (a laudnet training run in
 progress at the deadline saves its ``last.pt`` and stops), with exit status 3; the next call skips every unit whose
 outputs exist under ``--out`` and resumes a laudnet run from its ``last.pt``. Exit status 0: every point trained and
-timed; 2: bad input (one line). Stages run in the order ``static`` → ``dynamic`` → ``prune`` → ``time`` → ``report``;
-``--stage`` runs one (``train`` = the first three, ``all`` the default), e.g. ``--stage train`` twice, then
-``--stage time``. ``pareto.json``, ``pareto.md`` and the plots are rewritten at the end of every call with what exists
-so far (``"complete": false`` until every point is trained and timed). Fashion-MNIST's four IDX files may lie in any
-folder (``.data/fashion-mnist``, an ignored copy carried to the GPU machine). The timing stage may span two calls
-(processes) on the same machine: each point records its device, process and time (``timing_pid``, ``timed_at``).
+timed; 1: a unit failed (its traceback is printed, ``pareto.json``'s ``errors`` names it, every other unit still ran;
+a rerun retries it); 2: bad input (one line). Stages run in the order ``static`` → ``dynamic`` → ``prune`` → ``time``
+→ ``report``; ``--stage`` runs one (``train`` = the first three, ``all`` the default), e.g. ``--stage train`` twice,
+then ``--stage time``. ``pareto.json``, ``pareto.md`` and the plots are rewritten at the end of every call with what
+exists so far (``"complete": false`` until every point is trained and timed). Fashion-MNIST's four IDX files may lie
+in any folder (``.data/fashion-mnist``, an ignored copy carried to the GPU machine). The timing stage may span two
+calls (processes) on the same machine: each point records its device, process and time (``timing_pid``, ``timed_at``).
 
 GPU time, estimated from first principles for an H100 (bf16, channels_last, batch 128, 128 px; 12,800 training
 images, 6 static epochs, 2 fine-tuning epochs). Training: ResNet-101 costs 3 × 2.55 GMAC per image; at ~20 TMAC/s
@@ -86,7 +87,8 @@ latency, one panel per batch size), ``pareto_flops.png`` (top-1 against FLOPs); 
                  of deployed predictions equal to the training form's}, "device", "torch", "commit", "train": {...},
                  "laud": {"flops_ratio_own", "block_rates"} | "pruned": {"tp_flops_ratio", "widths", ...}}],
      "gains": [{"name", "batch", "latency_ms", "top1", "static_top1_at_latency", "gain_vs_static",
-                "pruned_top1_at_latency", "gain_vs_pruned"}]}
+                "pruned_top1_at_latency", "gain_vs_pruned"}],
+     "errors": {unit: "Type: message"}}
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ import signal
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -255,6 +258,21 @@ class Context:
     deadline: float | None
     units: dict[str, dict] = field(default_factory=dict)
     stopped: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def guard(self, name: str, fn: Callable[[], Any]) -> Any:
+        """fn(); an error is printed and recorded (``pareto.json``'s ``errors``, exit status 1) and the other units go
+        on: the machine and its files stay only while it is held, so one failing unit must not cost the others."""
+        try:
+            return fn()
+        except (BudgetReached, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            traceback.print_exc()
+            self.errors[name] = f"{type(e).__name__}: {str(e)[:600]}"
+            print(f"error in {name}: {self.errors[name]}; going on with the other units", flush=True)
+            free_cuda()
+            return None
 
     @property
     def cuda(self) -> bool:
@@ -585,20 +603,24 @@ def evaluate_laud_checkpoint(ctx: Context, path: Path, cfg):
 
 
 def stage_static(ctx: Context) -> None:
-    from laudnet.data import num_classes
-
     a = ctx.args
     order = [a.base] + [n for n in reversed(STATIC_NETS) if n in a.static_nets and n != a.base]  # the base first
     for arch in order:
-        estimate = train_estimate(ctx, arch, a.static_epochs)
-        info = dict(family="static", arch=arch, paradigm="static", target=None)
-        if arch in LAUD_MODELS:
-            cfg = train_config(ctx, "static", arch, model=LAUD_MODELS[arch], mode="static", resume="auto")
-            run_laudnet(ctx, arch, cfg, estimate, **info)
-            continue
-        run_dir = ctx.run_dir(arch)
-        if (run_dir / "result.json").is_file():
-            continue
+        ctx.guard(arch, partial(train_static, ctx, arch))
+
+
+def train_static(ctx: Context, arch: str) -> None:
+    from laudnet.data import num_classes
+
+    a = ctx.args
+    estimate = train_estimate(ctx, arch, a.static_epochs)
+    info = dict(family="static", arch=arch, paradigm="static", target=None)
+    if arch in LAUD_MODELS:
+        cfg = train_config(ctx, "static", arch, model=LAUD_MODELS[arch], mode="static", resume="auto")
+        run_laudnet(ctx, arch, cfg, estimate, **info)
+        return
+    run_dir = ctx.run_dir(arch)
+    if not (run_dir / "result.json").is_file():
         ctx.check_budget(arch, "train", estimate)
         print(f"== {arch}: torchvision, static ({a.static_epochs} epochs, estimate {estimate:.0f} s)", flush=True)
         t0 = time.time()
@@ -618,7 +640,7 @@ def stage_static(ctx: Context) -> None:
 def base_checkpoint(ctx: Context) -> Path:
     path = ctx.run_dir(ctx.args.base) / "best.pt"
     if not path.is_file():
-        raise BudgetReached(f"the static {ctx.args.base} ({path}) is not trained yet: run --stage static first")
+        raise RuntimeError(f"the static {ctx.args.base} ({path}) is not trained: run --stage static first")
     return path
 
 
@@ -633,7 +655,8 @@ def stage_dynamic(ctx: Context) -> None:
                                paradigm=paradigm, target=target, init=str(init), resume="auto",
                                granularity=granularity)
             estimate = train_estimate(ctx, a.base, a.finetune_epochs, LAUD_SLOWDOWN)
-            run_laudnet(ctx, name, cfg, estimate, family="laud", arch=a.base, paradigm=paradigm, target=target)
+            ctx.guard(name, partial(run_laudnet, ctx, name, cfg, estimate, family="laud", arch=a.base,
+                                    paradigm=paradigm, target=target))
 
 
 def importance(kind: str):
@@ -696,30 +719,34 @@ def stage_prune(ctx: Context) -> None:
         t0 = time.time()
         prune_snapshots(ctx, base, missing)
         ctx.record("pruning", "train", time.time() - t0, 40)
-    dense = count_macs(base, a.image_size)
     for target in sorted(todo, reverse=True):
-        name = names[target]
-        run_dir = ctx.run_dir(name)
-        estimate = train_estimate(ctx, a.base, a.finetune_epochs, slowdown=1.25 * (target + 0.35))
-        ctx.check_budget(name, "train", estimate)
-        print(f"== {name}: fine-tune ({a.finetune_epochs} epochs, KD from the static {a.base}, estimate "
-              f"{estimate:.0f} s)", flush=True)
-        t0 = time.time()
-        model = torch.load(run_dir / "pruned.pt", map_location="cpu", weights_only=False)
-        cfg = train_config(ctx, "finetune", name)
-        teacher = copy.deepcopy(base) if cfg.kd_alpha > 0 else None
-        res = train_plain(model, cfg, ctx.device, teacher=teacher)
-        torch.save(model.cpu(), run_dir / "model.pt")
-        macs = count_macs(model, a.image_size)
-        widths = [b.conv2.out_channels for layer in (model.layer1, model.layer2, model.layer3, model.layer4)
-                  for b in layer]
-        out = dict(name=name, family="pruned", arch=a.base, paradigm="pruned", target=target, **res,
-                   flops_mmacs=macs / 1e6, dense_mmacs=dense / 1e6,
-                   params_m=sum(p.numel() for p in model.parameters()) / 1e6, checkpoint=str(run_dir / "model.pt"),
-                   pruned=dict(read_json(run_dir / "pruning.json"), flops_ratio=macs / dense, widths=widths,
-                               stem=model.conv1.out_channels))
-        write_json(run_dir / "result.json", out)
-        ctx.record(name, "train", time.time() - t0, estimate)
+        ctx.guard(names[target], partial(finetune_pruned, ctx, base, target, names[target]))
+
+
+def finetune_pruned(ctx: Context, base: nn.Module, target: float, name: str) -> None:
+    a = ctx.args
+    run_dir = ctx.run_dir(name)
+    dense = count_macs(base, a.image_size)
+    estimate = train_estimate(ctx, a.base, a.finetune_epochs, slowdown=1.25 * (target + 0.35))
+    ctx.check_budget(name, "train", estimate)
+    print(f"== {name}: fine-tune ({a.finetune_epochs} epochs, KD from the static {a.base}, estimate "
+          f"{estimate:.0f} s)", flush=True)
+    t0 = time.time()
+    model = torch.load(run_dir / "pruned.pt", map_location="cpu", weights_only=False)
+    cfg = train_config(ctx, "finetune", name)
+    teacher = copy.deepcopy(base) if cfg.kd_alpha > 0 else None
+    res = train_plain(model, cfg, ctx.device, teacher=teacher)
+    torch.save(model.cpu(), run_dir / "model.pt")
+    macs = count_macs(model, a.image_size)
+    widths = [b.conv2.out_channels for layer in (model.layer1, model.layer2, model.layer3, model.layer4)
+              for b in layer]
+    out = dict(name=name, family="pruned", arch=a.base, paradigm="pruned", target=target, **res,
+               flops_mmacs=macs / 1e6, dense_mmacs=dense / 1e6,
+               params_m=sum(p.numel() for p in model.parameters()) / 1e6, checkpoint=str(run_dir / "model.pt"),
+               pruned=dict(read_json(run_dir / "pruning.json"), flops_ratio=macs / dense, widths=widths,
+                           stem=model.conv1.out_channels))
+    write_json(run_dir / "result.json", out)
+    ctx.record(name, "train", time.time() - t0, estimate)
 
 
 # ---------------------------------------------------------------------------------------------------- timing
@@ -806,21 +833,29 @@ def time_static(ctx: Context, unit: dict, inputs: dict[int, list[torch.Tensor]])
     suffix = " whole-compile cuda-graph" if ctx.cuda else " eager"
     result: dict[str, Any] = {}
     for form, build in static_forms(ctx, unit).items():
-        module = build()
-        fn = torch.compile(module, dynamic=False) if ctx.cuda else module
-        for b, xs in inputs.items():
-            xs_dev = [x.to(ctx.device).contiguous(memory_format=torch.channels_last) for x in xs]
-            t0 = time.time()
-            with torch.no_grad():
-                run = GraphedModel(fn, xs_dev[0]) if ctx.cuda else fn
-                per = time_run(run, xs_dev, ctx.device, ctx.args.repeats)
-            rec = result.setdefault(str(b), dict(forms_ms={}, per_batch_ms={}, build_s={}))
-            rec["forms_ms"][form + suffix] = statistics.median(per)
-            rec["per_batch_ms"][form + suffix] = per
-            rec["build_s"][form + suffix] = round(time.time() - t0, 1)
-            del run
-        del fn, module
+        try:
+            module = build()
+            fn = torch.compile(module, dynamic=False) if ctx.cuda else module
+            for b, xs in inputs.items():
+                xs_dev = [x.to(ctx.device).contiguous(memory_format=torch.channels_last) for x in xs]
+                t0 = time.time()
+                with torch.no_grad():
+                    run = GraphedModel(fn, xs_dev[0]) if ctx.cuda else fn
+                    per = time_run(run, xs_dev, ctx.device, ctx.args.repeats)
+                rec = result.setdefault(str(b), dict(forms_ms={}, per_batch_ms={}, build_s={}, errors={}))
+                rec["forms_ms"][form + suffix] = statistics.median(per)
+                rec["per_batch_ms"][form + suffix] = per
+                rec["build_s"][form + suffix] = round(time.time() - t0, 1)
+                del run
+            del fn, module
+        except Exception as e:  # one form failing leaves the other to time (and says why)
+            traceback.print_exc()
+            for b in inputs:
+                rec = result.setdefault(str(b), dict(forms_ms={}, per_batch_ms={}, build_s={}, errors={}))
+                rec["errors"][form + suffix] = f"{type(e).__name__}: {str(e)[:300]}"
         free_cuda()
+    if any(not rec["forms_ms"] for rec in result.values()):
+        raise RuntimeError(f"no static form could be timed: {[r['errors'] for r in result.values()]}")
     for rec in result.values():
         rec["form"] = min(rec["forms_ms"], key=rec["forms_ms"].get)
         rec["ms"] = rec["forms_ms"][rec["form"]]
@@ -885,7 +920,10 @@ def stage_time(ctx: Context) -> None:
         inputs = inputs if inputs is not None else timing_inputs(ctx)
         print(f"== timing {name} (estimate {estimate:.0f} s)", flush=True)
         t0 = time.time()
-        batches = time_laud(ctx, unit, inputs) if unit["family"] == "laud" else time_static(ctx, unit, inputs)
+        timer = time_laud if unit["family"] == "laud" else time_static
+        batches = ctx.guard(f"timing {name}", partial(timer, ctx, unit, inputs))
+        if batches is None:
+            continue
         for b, rec in batches.items():
             forms = ", ".join(f"{k} {v:.3f}" for k, v in rec["forms_ms"].items())
             print(f"   batch {b}: {rec['ms']:.3f} ms ({rec['form']}; {forms})", flush=True)
@@ -1087,7 +1125,8 @@ def stage_report(ctx: Context) -> dict:
                              f" from the static {a.base}, as the LAUD networks") if kd else "CE only",
                 dtype=next((p["dtype"] for p in points if p.get("dtype")), str(ctx.dtype).removeprefix("torch.")),
                 smoke=a.smoke, args=vars(a), **versions())
-    data = dict(complete=complete, meta=meta, points=points, gains=gains(points, a.batches, a.base))
+    data = dict(complete=complete, meta=meta, points=points, gains=gains(points, a.batches, a.base),
+                errors=ctx.errors)
     ctx.out.mkdir(parents=True, exist_ok=True)
     write_json(ctx.out / "pareto.json", data)
     text = markdown(data)
@@ -1136,13 +1175,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for stage in stages:
             t0 = time.time()
-            run[stage](ctx)
+            ctx.guard(f"stage {stage}", partial(run[stage], ctx))
             print(f"stage {stage}: {time.time() - t0:.0f} s", flush=True)
     except BudgetReached as e:
         stopped = str(e)
         print(f"budget: stopping before {stopped}; rerun the same command to continue", flush=True)
     data = stage_report(ctx)
     print(f"total {time.time() - t_start:.0f} s", flush=True)
+    if ctx.errors:
+        print(f"errors: {json.dumps(ctx.errors, indent=1)}", flush=True)
+        return 1
     if stopped is not None and args.stage != "report":
         return 3
     return 0 if data["complete"] or args.stage != "all" else 3
