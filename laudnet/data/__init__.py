@@ -6,12 +6,14 @@ is sharded under DDP and resumable mid-epoch (see :mod:`laudnet.data.sampler` fo
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import weakref
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from laudnet.data.canvas import FashionCanvas as FashionCanvas
 from laudnet.data.canvas import fashion_canvas as fashion_canvas
@@ -100,6 +102,33 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# Loaders with worker processes, shut down at exit (see _shutdown_workers_at_exit).
+_LOADERS_WITH_WORKERS: weakref.WeakSet[DataLoader] = weakref.WeakSet()
+_AT_EXIT_REGISTERED = False
+
+
+def _shutdown_workers_at_exit() -> None:
+    # multiprocessing's own exit handler stops daemonic children with SIGTERM and then joins them; workers ignore
+    # SIGTERM, so a loader still alive at exit (an error left it in a traceback cycle) would hang the process there.
+    # Registered after multiprocessing's handler, this one runs first (atexit is LIFO) and stops them the normal way.
+    for loader in list(_LOADERS_WITH_WORKERS):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+def collate_skipping_bad(samples: list):
+    """``default_collate`` of the samples that are not ``None`` (unreadable images a dataset chose to skip).
+
+    Raises:
+        ValueError: every sample of the batch was skipped.
+    """
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        raise ValueError(f"all {len(samples)} images of a batch are unreadable (see the warnings naming them)")
+    return default_collate(kept)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -116,7 +145,7 @@ def build_loader(
     ``k`` batches); the order depends only on ``seed`` and ``epoch``.
 
     Args:
-        dataset: the dataset.
+        dataset: the dataset; samples that are ``None`` (skipped unreadable images) are dropped from their batch.
         batch_size: per-process batch size.
         train: shuffle each epoch and (by default) drop the last incomplete batch.
         seed: data-order seed, also the seed of the workers' random augmentation.
@@ -132,7 +161,11 @@ def build_loader(
     sampler = ResumableSampler(
         dataset, batch_size, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=drop_last
     )
-    return DataLoader(
+    global _AT_EXIT_REGISTERED
+    if num_workers > 0 and not _AT_EXIT_REGISTERED:
+        atexit.register(_shutdown_workers_at_exit)
+        _AT_EXIT_REGISTERED = True
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -141,5 +174,9 @@ def build_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        collate_fn=collate_skipping_bad,
         generator=torch.Generator().manual_seed(seed),
     )
+    if num_workers > 0:
+        _LOADERS_WITH_WORKERS.add(loader)
+    return loader

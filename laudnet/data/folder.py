@@ -3,12 +3,19 @@
 Transforms follow the usual ImageNet recipe (and the spec's §9): RandomResizedCrop + horizontal flip for training,
 resize to ``size·256/224`` + centre crop for evaluation, both normalised with the ImageNet mean and std. The folders
 are checked up front so a wrong path fails with a message naming it, before any long work starts.
+
+Unreadable images (a truncated JPEG, a file that is no image) are met only when read, as real folders have a few:
+``on_bad_image="skip"`` (default) warns once naming the file, counts it and yields ``None``, which the loader's collate
+(:func:`laudnet.data.collate_skipping_bad`) drops from the batch; ``"error"`` raises :class:`BadImageError` naming it.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
@@ -18,6 +25,11 @@ from laudnet.data.canvas import IMAGENET_MEAN, IMAGENET_STD
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Folder names tried for each split, in order: evaluation data is "val" in ImageNet, "test" elsewhere.
 _SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded, under ``on_bad_image="error"``."""
 
 
 def build_transforms(image_size: int = 224, train: bool = True) -> transforms.Compose:
@@ -81,6 +93,8 @@ class ImageFolderDataset(ImageFolder):
         image_size: output side.
         train_transforms: use the training augmentation; default: only for the train split.
         num_samples: keep a deterministic subset of this size: evenly spaced images, so every class stays represented.
+        on_bad_image: ``skip`` an unreadable image (a warning naming it; counted in :attr:`bad_images`; the sample is
+            ``None``) or raise :class:`BadImageError` naming it (``error``).
     """
 
     def __init__(
@@ -90,7 +104,13 @@ class ImageFolderDataset(ImageFolder):
         image_size: int = 224,
         train_transforms: bool | None = None,
         num_samples: int | None = None,
+        on_bad_image: str = "skip",
     ) -> None:
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
+        # Shared with the DataLoader workers (inherited at their start), so the main process sees their count.
+        self._bad_count = multiprocessing.Value("l", 0)
         folder = split_folder(root, split)
         self._train_classes = class_names(root)
         train = split == "train" if train_transforms is None else train_transforms
@@ -109,3 +129,28 @@ class ImageFolderDataset(ImageFolder):
         self.imgs = self.samples
         self.targets = [t for _, t in self.samples]
         self.split = split
+
+    @property
+    def bad_images(self) -> int:
+        """Unreadable images skipped so far, by this process and its DataLoader workers (each read counts)."""
+        return int(self._bad_count.value)
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)  # PIL decodes in convert("RGB"), so truncation surfaces here
+        except (OSError, SyntaxError) as err:  # PIL's errors of corrupt files (UnidentifiedImageError is an OSError)
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if self.on_bad_image == "error":
+                raise BadImageError(
+                    f"unreadable image {path} ({detail}); remove or replace it, or pass --on-bad-image skip"
+                ) from None
+            with self._bad_count.get_lock():
+                self._bad_count.value += 1
+            warnings.warn(f"skipping unreadable image {path} ({detail})", stacklevel=2)
+            return None
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target

@@ -15,6 +15,7 @@ model, ...) ends the command with one line ``laudnet <command>: error: <message>
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -32,8 +33,17 @@ def _guard(command: str, fn: Callable[[], int]) -> int:
     try:
         return fn()
     except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError) as err:
-        print(f"laudnet {command}: error: {err}", file=sys.stderr)
+        print(f"laudnet {command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err``; for one re-raised from a DataLoader worker, the original message without the traceback
+    that torch puts before it (``Caught BadImageError in DataLoader worker process 0. Original Traceback ...``)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------------- train
@@ -74,6 +84,8 @@ def _add_data_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-j", "--workers", type=int, default=0, help="data loader processes (default: 0)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     group.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    group.add_argument("--on-bad-image", choices=("skip", "error"), default=None,
+                       help="imagefolder: skip an unreadable image with a warning, or stop naming it (default: skip)")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +123,7 @@ def _eval_config(state: dict[str, Any], args: argparse.Namespace):
     from laudnet.train.config import TrainConfig
 
     values = dict(state["config"])
-    for key in ("dataset", "data_root", "image_size", "val_subset", "threads"):
+    for key in ("dataset", "data_root", "image_size", "val_subset", "threads", "on_bad_image"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     values.update(workers=args.workers, device=args.device, resume=None, init=None)
@@ -268,7 +280,8 @@ def mask_figure(model, cfg, path: Path, num_images: int, title: str) -> Path:
         boxes = [s.box for s in samples]
         labels = [s.label for s in samples]
     else:
-        pairs = [dataset[i] for i in range(count)]
+        readable = (p for p in (dataset[i] for i in range(len(dataset))) if p is not None)  # None: unreadable image
+        pairs = list(itertools.islice(readable, count))
         images = torch.stack([p[0] for p in pairs])
         labels = [int(p[1]) for p in pairs]
         mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)

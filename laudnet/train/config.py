@@ -66,6 +66,10 @@ class TrainConfig:
     canvas_scale_min: float = _f(0.25, "fashion-canvas: smallest item side, as a fraction of the canvas", "data")
     canvas_scale_max: float = _f(0.5, "fashion-canvas: largest item side, as a fraction of the canvas", "data")
     workers: int = _f(4, "data loader processes per training process", "data", short="-j")
+    on_bad_image: str = _f(
+        "skip", "imagefolder: an unreadable image (truncated, corrupt) is skipped with a warning naming it and counted "
+        "in the epoch line, or stops the run with an error naming it", "data", ("skip", "error"),
+    )
     # optimisation
     epochs: int = _f(100, "training epochs", "optimisation")
     batch_size: int = _f(
@@ -150,6 +154,8 @@ class TrainConfig:
         subset = self.train_subset if split == "train" else self.val_subset
         if subset is not None:
             kwargs["num_samples"] = subset
+        if canonical_name(self.dataset) == "imagefolder":
+            kwargs["on_bad_image"] = self.on_bad_image
         if canonical_name(self.dataset) == "fashion-canvas":
             kwargs.update(
                 num_clutter=self.canvas_clutter,

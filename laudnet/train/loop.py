@@ -727,6 +727,7 @@ def _train(cfg, info, device, on_step, say, flag: _TerminationFlag) -> TrainResu
     state = TrainState(epoch=start_epoch, step_in_epoch=start_step, global_step=global_step,
                        steps_per_epoch=steps_per_epoch)
     history: list[dict[str, Any]] = []
+    bad_seen = 0
     last_eval: EvalResult | None = None
     steps_run = 0
     interrupted = False
@@ -865,6 +866,9 @@ def _train(cfg, info, device, on_step, say, flag: _TerminationFlag) -> TrainResu
         row["epoch_time_s"] = time.time() - t_epoch
         row["train_images_per_s"] = images_in_epoch / max(train_seconds, 1e-9)
         row["train_images_per_s_all"] = row["train_images_per_s"] * world
+        if hasattr(train_set, "bad_images"):  # image folders: unreadable images skipped since the last epoch line
+            bad = train_set.bad_images + getattr(val_set, "bad_images", 0)
+            row["skipped_images"], bad_seen = bad - bad_seen, bad
         logger.log(epoch, row)
         history.append({"epoch": epoch, **row})
         say(_epoch_line(epoch, cfg.epochs, row))
@@ -918,4 +922,6 @@ def _epoch_line(epoch: int, epochs: int, row: dict[str, Any]) -> str:
     )
     if "val_top1" in row:
         text += f" | val top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% flops {row['val_flops_ratio']:.3f}"
+    if row.get("skipped_images"):
+        text += f" | skipped {row['skipped_images']} unreadable images"
     return text + f" [{row['epoch_time_s']:.0f}s]"

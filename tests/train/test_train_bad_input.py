@@ -89,3 +89,67 @@ def test_broken_checkpoints(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
     code, err, _ = _run(["viz", str(tmp_path / "missing.pt")], capsys)
     assert code == 2 and err.startswith("laudnet viz: error: ")
+
+
+# ------------------------------------------------------------------------------------------ corrupt images (real files)
+
+
+@pytest.fixture
+def folder_with_a_truncated_jpeg(tmp_path):
+    """An image folder of 3 classes (8 train and 2 val PNGs each) plus one truncated JPEG in train/ and one in val/."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "images"
+    g = torch.Generator().manual_seed(0)
+    for split, per_class in (("train", 8), ("val", 2)):
+        for c, name in enumerate(("circle", "square", "stripes")):
+            (root / split / name).mkdir(parents=True)
+            for k in range(per_class):
+                img = (torch.rand(40, 40, 3, generator=g) * 60).to(torch.uint8)
+                img[:, :, c] += 150
+                Image.fromarray(img.numpy()).save(root / split / name / f"{k}.png")
+    buf = io.BytesIO()
+    Image.fromarray((torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()).save(buf, "JPEG")
+    bad = [root / "train" / "square" / "broken.jpg", root / "val" / "circle" / "broken.jpg"]
+    for path in bad:
+        path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # a download cut half-way
+    return root, bad
+
+
+def _train_subprocess(root, out, *extra):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "laudnet", "train", "--model", "laud_regnety_400mf", "--dataset", "imagefolder",
+            "--data-root", str(root), "--image-size", "32", "-b", "8", "--epochs", "1", "--workers", "2",
+            "--threads", "1", "--no-progress", "-o", str(out), "--run-name", "r", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
+def test_truncated_jpeg_is_skipped_by_name_and_counted(folder_with_a_truncated_jpeg, tmp_path):
+    root, bad = folder_with_a_truncated_jpeg
+    result = _train_subprocess(root, tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    for path in bad:
+        assert f"skipping unreadable image {path}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "skipped 2 unreadable images" in result.stdout  # one train, one val image, each read once in the epoch
+
+    import subprocess
+    import sys
+
+    ev = subprocess.run([sys.executable, "-m", "laudnet", "eval", str(tmp_path / "runs" / "r" / "last.pt")],
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    assert f"skipping unreadable image {bad[1]}" in ev.stderr and "(6 images)" in ev.stdout
+
+
+def test_truncated_jpeg_is_an_error_by_name_on_request(folder_with_a_truncated_jpeg, tmp_path):
+    root, bad = folder_with_a_truncated_jpeg
+    # Also a regression test of a hang: the workers ignore SIGTERM, with which multiprocessing stops them at exit.
+    result = _train_subprocess(root, tmp_path / "runs", "--on-bad-image", "error")
+    err = result.stderr.strip()
+    assert result.returncode == 2 and err.startswith("laudnet train: error: unreadable image "), result.stderr
+    assert "\n" not in err and str(bad[0]) in err and "--on-bad-image skip" in err
