@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -24,8 +25,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``laudnet <cmd>: error: <message> (see laudnet <cmd> --help)``,
+    like every other error of the command line, instead of the full usage (21 lines for ``train``) before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="laudnet",
         description="Latency-aware unified dynamic networks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,16 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         _top_parser().error(f"unknown command {name!r}; choose from: {', '.join(COMMANDS)}")
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"laudnet {name}", description=COMMANDS[name][1])
+    parser = _Parser(prog=f"laudnet {name}", description=COMMANDS[name][1])
     add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
     add(parser)
     args = parser.parse_args(rest)
     runner = getattr(module, f"run_{name}", None) or module.run
     try:
-        return int(runner(args) or 0)
+        code = int(runner(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
     except KeyboardInterrupt:  # training saves on the first Ctrl-C; this is a second one, or another command
         print(f"laudnet {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`laudnet latency ... | head -1`): stop quietly, as a C tool killed by SIGPIPE does.
+        # stdout is pointed at /dev/null so that Python's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
 
 
 if __name__ == "__main__":

@@ -54,8 +54,22 @@ def _is_vit(name: str) -> bool:
 
 
 def run_flops(args: argparse.Namespace) -> int:
+    from laudnet.train.cli import _guard
+
+    return _guard("flops", lambda: _flops(args))
+
+
+def _flops(args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        raise ValueError(f"--batch must be a positive integer, got {args.batch}")
+    if args.image_size < 1:
+        raise ValueError(f"--image-size must be a positive integer, got {args.image_size}")
+    known = laudnet.list_models()
+    unknown = [m for m in args.models or [] if m not in known]
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r}; choose from: {', '.join(known)}")
     torch.manual_seed(args.seed)
-    names = args.models or laudnet.list_models()
+    names = args.models or known
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)
     print(f"input {tuple(x.shape)}; FLOPs are multiply-accumulates per image; rate = dynamic / dense per block")
     for name in names:

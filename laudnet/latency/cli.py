@@ -24,7 +24,7 @@ def _clear_errors(fn):
         try:
             return fn(args)
         except (ValueError, FileNotFoundError) as err:
-            print(f"laudnet: error: {err}", file=sys.stderr)
+            print(f"laudnet {fn.__name__.removeprefix('run_')}: error: {err}", file=sys.stderr)
             return 2
 
     return wrapper

@@ -98,10 +98,11 @@ def parse_granularity(value: str | int | Sequence[int] | None, n_stages: int = 4
     if value is None:
         return None
     if isinstance(value, str):
+        # Every part must be a number: "-1" is not 1 (its empty first part once read as 1-1-1-1).
         try:
-            parts = [int(p) for p in value.replace(",", "-").split("-") if p.strip()]
+            parts = [int(p) for p in value.strip().replace(",", "-").split("-")]
         except ValueError as err:
-            raise ValueError(f"granularity must look like 4-4-2-1, got {value!r}") from err
+            raise ValueError(f"granularity must look like 4-4-2-1 (positive integers), got {value!r}") from err
     elif isinstance(value, int):
         parts = [value]
     else:

@@ -55,12 +55,33 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+def _check_device(name: str) -> None:
+    """Refuse a CUDA device on a machine without one (a one-line error rather than a traceback from deep inside)."""
+    if str(name).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name} was requested but this machine has no CUDA GPU: use --device cpu or auto")
+
+
+def _check_data_chosen(args: argparse.Namespace) -> None:
+    """``laudnet train`` with no data given would start the defaults' long ImageNet-size job: ask for a choice."""
+    if getattr(args, "config", None) or any(hasattr(args, key) for key in ("dataset", "data_root")):
+        return
+    raise ValueError(
+        "no data chosen: give --dataset and/or --data-root, or a config file with -c (bare defaults would train "
+        "laud_resnet50 for 100 epochs at 224 px); for a first run in minutes on the CPU, try `laudnet demo`"
+    )
+
+
 def run_train(args: argparse.Namespace) -> int:
     def body() -> int:
         from laudnet.train.config import resolve_config
         from laudnet.train.loop import train
 
+        _check_data_chosen(args)
         cfg = resolve_config(args)
+        _check_device(cfg.device)
         result = train(cfg)
         if result.interrupted:  # 128 + the signal, as a shell reports a process killed by it: 143 or 130
             return 128 + int(result.stop_signal or 15)
@@ -105,6 +126,12 @@ def load_trained(path: str | Path, model_name: str | None = None) -> tuple[Any, 
     from laudnet.train.checkpoint import CheckpointError, load_checkpoint
     from laudnet.train.loop import size_kwargs
 
+    if Path(path).is_dir():
+        held = sorted(p.name for p in Path(path).glob("*.pt"))
+        if not held:
+            raise ValueError(f"{path} is a folder, not a checkpoint, and holds no checkpoint (*.pt)")
+        pick = Path(path) / ("last.pt" if "last.pt" in held else held[0])
+        raise ValueError(f"{path} is a run folder, not a checkpoint; it holds {', '.join(held)}: give one, e.g. {pick}")
     state = load_checkpoint(path, expected_model=model_name)
     if "config" not in state or "paradigm" not in state or "num_classes" not in state:
         raise CheckpointError(f"checkpoint {path} has no training config: it was not written by laudnet train")
@@ -140,6 +167,7 @@ def evaluate_checkpoint(path: str | Path, args: argparse.Namespace) -> tuple[Any
 
     model, state = load_trained(path, getattr(args, "model", None))
     cfg = _eval_config(state, args)
+    _check_device(cfg.device)
     check_config_inputs(cfg)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

@@ -27,7 +27,7 @@ import yaml
 from laudnet.train.schedules import FLOPS_REDUCTIONS, NOISE_KINDS, TEMPERATURE_KINDS
 
 # CNN paradigms, then the ViT ones (laud_deit_*, laud_vit_base: token, head and layer skipping, combined with "+").
-PARADIGMS = ("spatial", "channel", "layer", "both", "token", "head", "token+head", "token+layer", "head+layer",
+PARADIGMS = ("spatial", "channel", "layer", "token", "head", "token+head", "token+layer", "head+layer",
              "token+head+layer")
 MODES = ("dynamic", "static")
 TEMP_SCHEDULES = TEMPERATURE_KINDS
@@ -65,7 +65,10 @@ class TrainConfig:
     canvas_clutter: int = _f(6, "fashion-canvas: clutter fragments per image", "data")
     canvas_scale_min: float = _f(0.25, "fashion-canvas: smallest item side, as a fraction of the canvas", "data")
     canvas_scale_max: float = _f(0.5, "fashion-canvas: largest item side, as a fraction of the canvas", "data")
-    workers: int = _f(4, "data loader processes per training process", "data", short="-j")
+    workers: int = _f(
+        min(4, os.cpu_count() or 1), "data loader processes per training process (4, or the machine's CPU cores if "
+        "fewer)", "data", short="-j"
+    )
     on_bad_image: str = _f(
         "skip", "imagefolder: an unreadable image (truncated, corrupt) is skipped with a warning naming it and counted "
         "in the epoch line, or stops the run with an error naming it", "data", ("skip", "error"),
