@@ -45,6 +45,46 @@ def describe(model: laudnet.DynamicModel) -> list[str]:
     return lines
 
 
+def randomise_maskers(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> None:
+    """Give an untrained model's maskers random weights whose decisions vary: some positions, channels and blocks skip.
+
+    Random weights alone skipped nothing on the RegNetYs (every rate 1.00): the maskers' biases start every block open
+    (execute logit +5 spatial, +2 channel: "start as the static network") and the pooled RegNetY activations are small
+    (mean 0.16 in the first block at 64 px), so ``w · pooled`` never outweighed the bias. ResNets skipped only because
+    their activations grow with depth. Here each CNN masker's execute bias is instead shifted so that, on ``x``, a
+    random fraction (10-90 %) of its decisions execute, whatever the scale of its input.
+    """
+    from laudnet.masks import ChannelMasker, SpatialMasker
+
+    for n, p in model.named_parameters():
+        if "masker" in n and p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.5, generator=generator)
+    layers = {}  # masker -> its last layer, whose output is (execute logits, skip logits)
+    for module in model.modules():
+        if isinstance(module, SpatialMasker):
+            layers[module] = (module.conv, module.groups)
+        elif isinstance(module, ChannelMasker):
+            layers[module] = (module.fc2, module.n_groups)
+    margins: dict[torch.nn.Module, torch.Tensor] = {}
+
+    def keep(layer, groups):
+        def hook(_module, _inputs, out):
+            margins[layer] = (out[:, :groups] - out[:, groups:]).detach().flatten()
+        return hook
+
+    handles = [layer.register_forward_hook(keep(layer, g)) for layer, g in layers.values()]
+    try:
+        # Calibrate one masker at a time, in forward order: each shift changes what the later blocks see.
+        for layer, groups in layers.values():
+            with torch.no_grad():
+                model(x)
+                q = float(torch.empty(()).uniform_(0.1, 0.9, generator=generator))
+                layer.bias[:groups] -= torch.quantile(margins[layer].float(), 1 - q)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 CNN_PARADIGMS = ["spatial", "channel", "layer"]
 VIT_PARADIGMS = ["token", "head", "layer", "token+head+layer"]
 
@@ -71,7 +111,8 @@ def _flops(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     names = args.models or known
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)
-    print(f"input {tuple(x.shape)}; FLOPs are multiply-accumulates per image; rate = dynamic / dense per block")
+    print(f"input {tuple(x.shape)}; FLOPs are multiply-accumulates per image; rate = dynamic (masker included) / "
+          "static FLOPs per block, so a block that executes everything has a rate a little above 1")
     for name in names:
         vit = _is_vit(name)
         if vit and args.models is None and importlib.util.find_spec("timm") is None:
@@ -80,10 +121,8 @@ def _flops(args: argparse.Namespace) -> int:
         for paradigm in args.paradigms or (VIT_PARADIGMS if vit else CNN_PARADIGMS):
             kwargs = {"img_size": args.image_size} if vit else {}
             model = laudnet.create_model(name, paradigm=paradigm, **kwargs).eval()
-            # Fresh maskers execute almost everything; random masker weights show skipping at work.
-            for n, p in model.named_parameters():
-                if "masker" in n and p.dim() > 1:
-                    torch.nn.init.normal_(p, std=0.5)
+            # Fresh maskers execute everything; random maskers, calibrated on this batch, show skipping at work.
+            randomise_maskers(model, x, torch.Generator().manual_seed(args.seed))
             with torch.no_grad():
                 model(x)
             flops = laudnet.model_flops(model, (3, args.image_size, args.image_size))

@@ -23,7 +23,8 @@ class DynamicInfo:
             (B, n_groups) group decisions.
         density: batch-mean activation rate of each masked operand (``conv1``, ``conv2``, ``conv3``, ``channel``).
             0-d tensors that carry the gates' gradient in training.
-        dense_flops: the static block's per-image multiply-accumulates (maskers included) at this input size.
+        dense_flops: the static block's per-image multiply-accumulates at this input size (no masker: ``flops``
+            includes the masker's, so a block that executes everything has an activation rate a little above 1).
         flops: per-sample dynamic multiply-accumulates, shape (B,), differentiable in training.
     """
 

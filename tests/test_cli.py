@@ -113,3 +113,16 @@ def test_default_workers_fit_the_machine():
     from laudnet.train.config import TrainConfig
 
     assert TrainConfig().workers == min(4, os.cpu_count() or 1)
+
+
+def test_flops_shows_regnety_skipping():
+    """Untrained RegNetY maskers started every block open (rates 1.00/1.01); `laudnet flops` now shows skipping."""
+    import re
+
+    result = _laudnet("flops", "--models", "laud_regnety_400mf", "--image-size", "32")
+    assert result.returncode == 0, result.stderr
+    ratios = {m[0]: float(m[1]) for m in re.findall(r"laud_regnety_400mf (\w+) .* ratio ([\d.]+)", result.stdout)}
+    assert set(ratios) == {"spatial", "channel", "layer"}, result.stdout
+    assert all(0.1 < r < 0.9 for r in ratios.values()), ratios
+    rates = [float(r) for line in re.findall(r"block rates \[([^\]]*)\]", result.stdout) for r in line.split()]
+    assert min(rates) < 0.5 and max(rates) <= 1.05, rates
