@@ -94,6 +94,23 @@ def test_group_signal_saves_then_resume_matches(tmp_path, fashion_root, referenc
     _assert_same_weights(final["model"], reference)
 
 
+def test_sigint_during_validation_finishes_it_then_saves(tmp_path, fashion_root):
+    """2 training steps and 600 validation images per epoch: a Ctrl-C 1.5 s in lands in validation."""
+    extra = ("--train-subset", "16", "--val-subset", "600")
+    ref = subprocess.run(_argv(tmp_path, "ref", fashion_root, *extra), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    argv = _argv(tmp_path, "run", fashion_root, *extra)
+    rc, out = _start_and_signal(argv, signal.SIGINT, 1.5)
+    assert rc == 130 and "SIGINT: saved" in out and "Traceback" not in out, out
+    done = subprocess.run([*argv, "--resume", "auto"], capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (final["global_step"], final["epoch"]) == (2 * EPOCHS, EPOCHS)
+    _assert_same_weights(final["model"], load_checkpoint(tmp_path / "ref" / "last.pt")["model"])
+    epochs = [line.split(",")[0] for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1"]
+
+
 # ----------------------------------------------------------------------------------------- reruns and run folders
 
 
