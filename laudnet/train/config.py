@@ -99,6 +99,9 @@ class TrainConfig:
     clip_grad: float | None = _f(None, "clip the gradient norm to this value", "optimisation")
     # dynamic
     target: float = _f(0.5, "target FLOPs ratio t in (0, 1]", "dynamic", short="-t")
+    masker_norm: bool = _f(
+        True, "standardise each CNN masker's pooled input (--no-masker-norm: the paper's masker)", "dynamic"
+    )
     lambda_flops: float = _f(10.0, "weight of the FLOPs loss", "dynamic")
     bounds_fraction: float = _f(0.33, "fraction of the epochs over which the per-block bounds relax", "dynamic")
     bounds_lower: float = _f(0.0, "per-block FLOPs-ratio lower bound after the relaxation (paper: 0)", "dynamic")
@@ -113,8 +116,8 @@ class TrainConfig:
     t_last: float = _f(0.1, "final Gumbel temperature", "dynamic")
     temp_schedule: str = _f("exp", "Gumbel temperature schedule over all iterations", "dynamic", TEMP_SCHEDULES)
     noise_schedule: str = _f(
-        "constant", "scale of the Gumbel noise of training decisions: constant 1 (paper), or decaying to noise_end",
-        "dynamic", NOISE_SCHEDULES,
+        "linear", "scale of the Gumbel noise of training decisions: decaying from 1 to noise_end, or constant 1 "
+        "(the paper)", "dynamic", NOISE_SCHEDULES,
     )
     noise_end: float = _f(0.0, "final Gumbel-noise scale of a decaying noise_schedule", "dynamic")
     # run

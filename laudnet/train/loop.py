@@ -118,8 +118,10 @@ def build_model(cfg: TrainConfig, num_classes: int, paradigm: str | None = None)
     granularity = cfg.granularity if paradigm in ("spatial", "channel") else None
     if granularity is not None and len(granularity) == 1:  # one value for every stage
         granularity = granularity[0]
-    return create_model(cfg.model, paradigm=paradigm, granularity=granularity, num_classes=num_classes,
-                        **size_kwargs(cfg.model, cfg.image_size))
+    kwargs = size_kwargs(cfg.model, cfg.image_size)
+    if "img_size" not in kwargs:  # a CNN: its maskers' form (a ViT's maskers have no input normalisation)
+        kwargs["masker_norm"] = cfg.masker_norm
+    return create_model(cfg.model, paradigm=paradigm, granularity=granularity, num_classes=num_classes, **kwargs)
 
 
 def size_kwargs(model_name: str, image_size: int) -> dict[str, int]:
