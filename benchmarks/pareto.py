@@ -128,7 +128,7 @@ RECIPE: dict[str, Any] = {
                  "momentum": 0.9, "nesterov": True, "kd_alpha": 0.5, "kd_temperature": 4.0},
     # the LAUD maskers and their objective
     "laud": {"masker_lr_mult": 5.0, "t0": 5.0, "t_last": 0.1, "temp_schedule": "exp", "lambda_flops": 10.0,
-             "bounds_fraction": 0.33},
+             "bounds_fraction": 0.33, "masker_norm": True, "noise_schedule": "linear"},
     # per paradigm (None: the model's default, 4-4-2-1 spatial, 8-8-8-8 channel)
     "granularity": {"spatial": None, "channel": None},
     # torch-pruning: global channel pruning in steps (--prune-step of the channels) until the FLOPs ratio is within
