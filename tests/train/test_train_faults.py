@@ -41,8 +41,12 @@ def reference(tmp_path_factory, fashion_root):
     return load_checkpoint(out / "ref" / "last.pt")["model"]
 
 
-def _start_and_signal(argv, sig, delay):
-    """Start `argv` in a new session, wait until training has begun, then `delay` s later signal the whole group."""
+def _start_and_signal(argv, sig, delay, after=" steps x "):
+    """Start `argv` in a new session, wait for a line holding `after`, then `delay` s later signal the whole group.
+
+    `after` is the start line (printed just before the first batch is asked for) or ``epoch 1/`` (printed after the
+    first epoch's validation and metrics, just before its checkpoint is written).
+    """
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
                             start_new_session=True)
     lines = []
@@ -52,7 +56,7 @@ def _start_and_signal(argv, sig, delay):
         if not line:
             break
         lines.append(line)
-        if " steps x " in line:  # the start line, printed just before the first batch is asked for
+        if after in line:
             break
     time.sleep(delay)
     os.killpg(proc.pid, sig)
@@ -67,18 +71,19 @@ def _assert_same_weights(got, want):
 
 
 @pytest.mark.parametrize(
-    ("sig", "code", "delay"),
+    ("sig", "code", "delay", "after"),
     [
-        (signal.SIGTERM, 143, 0.0),  # while the workers start and the first batches load
-        (signal.SIGTERM, 143, 2.5),  # later: in epoch 1 or 2, or in validation
-        (signal.SIGINT, 130, 1.0),  # Ctrl-C
-        (signal.SIGKILL, -9, 3.0),  # nothing is saved: the resume starts from the last epoch's last.pt, or afresh
+        (signal.SIGTERM, 143, 0.0, " steps x "),  # while the workers start and the first batches load
+        (signal.SIGTERM, 143, 0.3, "epoch 1/"),  # in epoch 2 (or while epoch 1 is saved)
+        (signal.SIGINT, 130, 1.0, " steps x "),  # Ctrl-C in epoch 1
+        (signal.SIGKILL, -9, 0.0, "epoch 1/"),  # most often during the write of epoch 1's last.pt: nothing saved
+        (signal.SIGKILL, -9, 0.3, "epoch 1/"),  # in epoch 2: the resume starts from epoch 1's last.pt
     ],
-    ids=["sigterm-at-start", "sigterm-later", "sigint", "sigkill"],
+    ids=["sigterm-at-start", "sigterm-epoch-2", "sigint", "sigkill-at-save", "sigkill-epoch-2"],
 )
-def test_group_signal_saves_then_resume_matches(tmp_path, fashion_root, reference, sig, code, delay):
+def test_group_signal_saves_then_resume_matches(tmp_path, fashion_root, reference, sig, code, delay, after):
     argv = _argv(tmp_path, "run", fashion_root)
-    rc, out = _start_and_signal(argv, sig, delay)
+    rc, out = _start_and_signal(argv, sig, delay, after)
     name = signal.Signals(sig).name
     assert rc == code, out
     if sig != signal.SIGKILL:
