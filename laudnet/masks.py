@@ -19,8 +19,8 @@ task's gradient where computing pays. At inference the normalisation folds into 
 (`SpatialMasker.decision_weights`, `ChannelMasker.folded_fc1`), so the deployed maskers cost what they did.
 
 Differences from the official code: the skip-logit bias is initialised for every skip output (the official slice
-starts one element late, spec FLAG 7), and pooling windows are the exact patch regions, not `output // S` cells of
-integer division (FLAG 1).
+starts one element late), and pooling windows are the exact patch regions, not `output // S` cells of integer
+division.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ One forward serves every paradigm; only the mask shapes differ:
   output is masked too, so SE pools over active pixels only — what a sparse kernel can compute.
 - ``layer``: the spatial formulation with one cell per sample.
 - ``channel``: one decision per group of G consecutive bottleneck channels, applied after BN and activation of conv1
-  and conv2, so a skipped channel is an exact zero (the official ResNet masks before BN, spec FLAG 3, which a sparse
-  kernel could not reproduce).
+  and conv2, so a skipped channel is an exact zero (the official ResNet masks before BN, which a sparse kernel could
+  not reproduce).
 
 Training computes densely and multiplies by masks; a deployed sparse network computes the same function because
 masked values are exact zeros. FLOPs are counted per sample from the masks (the official code squares the batch-mean

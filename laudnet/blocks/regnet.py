@@ -1,9 +1,9 @@
 """Dynamic RegNetY block (torchvision's `ResBottleneckBlock`: 1×1 → grouped 3×3 → SE → 1×1).
 
 The block keeps torchvision's module tree (``proj``, ``f.a``, ``f.b``, ``f.se``, ``f.c``, ``activation``), so
-torchvision state dicts load unchanged. Unlike the official code, layer skipping is supported (spec FLAG 5) and a
-spatially masked block's SE pools over the active pixels only (FLAG 10: the official SE is dense in training, which a
-sparse network cannot compute).
+torchvision state dicts load unchanged. Unlike the official code, layer skipping is supported and a spatially
+masked block's SE pools over the active pixels only (the official SE is dense in training, which a sparse network
+cannot compute).
 """
 
 from __future__ import annotations

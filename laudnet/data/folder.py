@@ -1,6 +1,6 @@
 """ImageNet-style image folders: ``root/train/<class>/*.jpg|png`` and ``root/val/<class>/...``.
 
-Transforms follow the usual ImageNet recipe (and the spec's §9): RandomResizedCrop + horizontal flip for training,
+Transforms follow the usual ImageNet recipe (and the official one): RandomResizedCrop + horizontal flip for training,
 resize to ``size·256/224`` + centre crop for evaluation, both normalised with the ImageNet mean and std. The folders
 are checked up front so a wrong path fails with a message naming it, before any long work starts.
 

@@ -92,9 +92,8 @@ def compiled_residual_branch(shapes: str = "dynamic"):
 
     Args:
         shapes: ``dynamic`` — symbolic sizes, one graph serving many signatures; ``static`` — one graph specialised
-            to each shape signature (on an H200 the folded static ResNet-101 took 11.35 ms at batch 128 with its
-            blocks compiled dynamically, 7.80 ms compiled whole at static shapes:
-            `benchmarks/results/bench_models_tuned_r101_h200_8c859e2.json`). Use one mode per process: the modes
+            to each shape signature (faster where the shapes are fixed, as in a captured CUDA graph: Inductor
+            specialises the kernels to the sizes). Use one mode per process: the modes
             share Dynamo's cache of this function's code.
     """
     if shapes not in COMPILE_SHAPES:
@@ -246,7 +245,7 @@ class DeployedBlock(nn.Module):
     def _shortcut_nhwc(self, x: Tensor) -> Tensor:
         """The shortcut for the kernel paths, which write the block output into it in place (NHWC): the block input
         itself, or the projection as one fused 1×1 conv + bias kernel over the (strided) input pixels — cuDNN's conv
-        adds its bias in a second, unvectorised pass (0.13 ms per projection block at batch 128 on the H200)."""
+        adds its bias in a second, unvectorised pass."""
         xh = nhwc(x)
         if self.shortcut is None:
             return xh
@@ -374,7 +373,7 @@ class DeployedBlock(nn.Module):
                 patches, count, order = d.patch_idx, d.count, d.order
             else:
                 # Executing samples first (a stable sort of 0/1 flags): 2-3 small kernels, where a cumsum-scatter
-                # compaction takes ~8 (measured 20 µs against 50 µs per block on the H100, benchmarks/results/probe_*).
+                # compaction takes ~8 (and measured more than twice as slow per block).
                 order = torch.argsort((~grid.view(-1)).to(torch.int8), stable=True).to(torch.int32)
                 count = grid.view(-1).sum(dtype=torch.int32).view(1)
                 patches = K.samples_to_patch_idx(order)

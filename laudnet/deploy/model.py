@@ -164,8 +164,8 @@ def deploy(
             and threshold (`laudnet.kernels.channel_masker`). Other maskers always use torch.
         stem: the stem's convolution + ReLU: ``triton`` (one kernel, `laudnet.kernels.stem_conv`; a custom op that
             `torch.compile` keeps), ``cudnn`` (PyTorch's conv, fused by `torch.compile` when `compile`) or ``auto``
-            (default: ``triton`` when deployed on a CUDA device, ``cudnn`` elsewhere). On an H200 the Triton stem
-            takes 0.46 ms against cuDNN's 1.06 ms at batch 128, both compiled (`benchmarks/bench_stem.py`).
+            (default: ``triton`` when deployed on a CUDA device, ``cudnn`` elsewhere; chosen by measurement, see the
+            README): cuDNN pads the 3 input channels and runs a generic kernel, the Triton stem reads them as they are.
 
     Returns:
         A `DeployedModel` in eval mode computing the eval-mode function of `model`.
@@ -220,8 +220,8 @@ def deploy(
             chained = (b.fusable and nxt.fusable) or (b.channel_kernels and nxt.channel_kernels)
             b.emit_window = nxt.in_window if chained else None
     if compile:
-        # The stem's conv, ReLU and max-pool: on an H100 at batch 128 eager cuDNN and max-pool take 1.3 ms of a
-        # 9 ms layer-skipping ResNet-101 (benchmarks/results/profile_layer_*); Inductor fuses the pointwise work.
+        # The stem's conv, ReLU and max-pool and the head are a noticeable share of a fast sparse network in eager
+        # mode; Inductor fuses their pointwise work.
         deployed.stem = torch.compile(deployed.stem)
         deployed.head = torch.compile(deployed.head)
     return deployed

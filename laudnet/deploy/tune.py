@@ -1,7 +1,7 @@
 """Per-block choice between the sparse and the dense-masked path, decided by measurement on the target device.
 
 Skipping only pays where the skipped work outweighs the cost of skipping (maskers, index lists, less efficient
-kernels): at high activation rates, and for small blocks, the dense path can be faster (benchmarks/NOTES.md). The
+kernels): at high activation rates, and for small blocks, the dense path can be faster. The
 choice depends on the device and on the rates a trained model shows on real data, so it is measured: each block runs
 both paths on the input it receives from a representative batch, and keeps the faster (`tune_paths`). One level up,
 `deploy_fastest` measures the whole tuned network against the dense-masked network compiled whole, and keeps the
@@ -142,8 +142,8 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
                    setup: Callable[[nn.Module], None] | None = None,
                    forms: tuple[str, ...] = FORMS, stem: str = "auto", conditional: bool = False) -> Deployment:
     """Deploy a trained (eval) model in each form and keep the one that runs `example` fastest, measured as it will
-    run: skipping only pays at the batch sizes and rates where the skipped work outweighs its bookkeeping
-    (`benchmarks/NOTES.md`), so choosing paths block by block (`tune_paths`) is not enough for "never slower than
+    run: skipping only pays at the batch sizes and rates where the skipped work outweighs its bookkeeping,
+    so choosing paths block by block (`tune_paths`) is not enough for "never slower than
     static".
 
     The forms, both the same function as the eval model:
@@ -196,7 +196,7 @@ def deploy_fastest(model: nn.Module, example: Tensor, dtype: torch.dtype = torch
             deployed = prepared(deploy_vit(model, dtype, device=example.device, capturable=cuda, attention=attention))
             return deployed.graphed(example) if cuda else deployed
         # captured at fixed shapes anyway: the dense-masked blocks compiled at static shapes (`deploy(compile=
-        # "static")`: channel skipping at batch 128 9.42 -> 8.83 ms on the H200, no change elsewhere)
+        # "static")`), which Inductor specialises better than dynamic shapes (chosen by measurement, see the README)
         shapes = "static" if compile is True and cuda else compile
         deployed = prepared(deploy(model, dtype, device=example.device, compile=shapes, stem=stem))
         tune_paths(deployed, example, graphed=cuda, repeats=max(3, repeats // 2), timer=timer, conditional=conditional)

@@ -413,8 +413,8 @@ class DeployedViTBlock(nn.Module):
 
     def _layer_norm(self, norm: nn.Module, x: Tensor) -> Tensor:
         """`norm(x)` over every token; in the capturable form on CUDA an affine LayerNorm runs as the Triton row
-        kernel (`laudnet.kernels.rows_layer_norm`: the fused norm1 + token masker, the same kernel, took 16 µs
-        against 44 µs for PyTorch's LayerNorm on an H200 at DeiT-S batch 128)."""
+        kernel (`laudnet.kernels.rows_layer_norm`, the kernel of the fused norm1 + token masker), one read and one
+        write per row, which is faster than PyTorch's LayerNorm at these row widths."""
         affine = isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None
         if not (self.capturable and affine and dispatch.resolve_impl(x, norm.weight) == "triton"):
             return norm(x)
@@ -518,8 +518,8 @@ def gemm_patch_embedding(patch_embed: nn.Module) -> bool:
 
 def patch_embed_gemm(x: Tensor, proj: nn.Conv2d) -> Tensor:
     """(B, C, H, W) images → (B, L, D) patch tokens: the patch-embedding conv (kernel = stride) as one GEMM over
-    the flattened patches. cuDNN runs this conv with a generic kernel: 0.53 against 0.10 ms for the GEMM on an H200
-    (DeiT-S, batch 128, bf16), a tenth of the whole static network."""
+    the flattened patches. cuDNN runs this conv with a generic kernel, several times slower than the GEMM, which
+    made it a large share of the whole static network."""
     b, c, h, w = x.shape
     ph, pw = proj.kernel_size
     gh, gw = h // ph, w // pw
@@ -606,16 +606,15 @@ def deploy_vit(
             (`laudnet.kernels.layer_norm_score`, Triton on CUDA): one pass over the tokens instead of the norm, an fp32
             copy and the masker's linear. The masker becomes the difference of its two outputs (as the CNN maskers
             are deployed), so a token whose two logits are within rounding of each other may be decided otherwise.
-            Default None: fused in every block whose norm1 is an affine LayerNorm (measured on an H200 at batch 128,
-            token rate 0.5: 7.7 against 8.7 ms in the varlen CUDA-graph form); False: never; True: required (an
+            Default None: fused in every block whose norm1 is an affine LayerNorm (chosen by measurement, see the
+            README); False: never; True: required (an
             error where a block cannot fuse it).
         fuse_rows: with ``capturable=True`` on CUDA, the MLP's norm2 runs on the packed rows only
             (`laudnet.kernels.rows_layer_norm`), its GELU in the fc1 row GEMM's epilogue, the residual adds of the
             MLP and of varlen attention in the fc2 / projection GEMMs' epilogues, and varlen attention's q, k and v
             come from one row GEMM that skips the heads each sample drops (`laudnet.kernels.rows_linear`): no pass
             over the B·N capacity rows for the norm, the activation, the gathers and the copies. Default None: on
-            whenever ``capturable`` (measured on an H200, DeiT-S at batch 128, varlen CUDA graph: token rate 0.5
-            6.30 → 4.96 ms, 0.3 5.85 → 3.91 ms, layer 0.5 7.39 → 6.07 ms); False keeps the unfused form; True
+            whenever ``capturable`` (chosen by measurement, see the README); False keeps the unfused form; True
             without ``capturable`` is an error.
 
     Returns:

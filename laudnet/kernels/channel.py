@@ -13,13 +13,12 @@ bottleneck's width. The official code multiplies dense outputs by the mask; here
 
 Each sample is its own small GEMM (a grouped GEMM with one problem per sample): program ``(slot tile, pixel tile,
 sample)`` loops over the sample's own active channels only, so the work follows each sample's count. Bucketing samples
-by identical pattern would let cuDNN run shared GEMMs, but with per-sample masks almost every pattern is unique
-(``benchmarks/NOTES-channel.md`` measures both), so the per-sample kernels are the engine.
+by identical pattern would let cuDNN run shared GEMMs, but with per-sample masks almost every pattern is unique, so
+the per-sample kernels are the engine.
 
-Measured on an H100 (batch 128, bf16; ``benchmarks/NOTES-channel.md``): at channel rate 0.5 with G >= 8 a stage-2/3
-block takes 0.40-0.61x the folded cuDNN block, but about 1.0x a ``torch.compile``-d static block at stage 3. Use
-G >= 8 (the 3x3 weight gather gets 16-byte loads), ``kmax = width`` (no host sync) and CUDA graphs: the default
-``kmax`` reads the counts on the host, which costs ~110 us per block in eager mode. G = 1 is 2-3x slower than G = 8.
+Use G >= 8 (the 3x3 weight gather gets 16-byte loads; G = 1 is several times slower), ``kmax = width`` (no host
+sync) and CUDA graphs: the default ``kmax`` reads the counts on the host, a synchronisation per block in eager mode.
+Measured speeds against static blocks are in the README.
 
 The spec is ``channel_ref.py``; every public op here dispatches to the Triton kernel for CUDA tensors and to the
 reference otherwise. ``impl="triton"|"torch"`` forces a path (the kernel on CPU tensors under
@@ -333,7 +332,7 @@ def conv3x3_config(pixels_out: int, kmax: int) -> dict:
     """Default tiles of the conv2 kernel."""
     if interpreter_enabled():
         return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
-    # fastest of the benchmark's sweep at stages 2 and 3 (benchmarks/NOTES-channel.md)
+    # fastest of a tile sweep at stages 2 and 3
     return dict(BM=_fit(128, pixels_out), BN=_fit(64, kmax), BK=_fit(32, kmax), num_warps=4, num_stages=3)
 
 
@@ -341,7 +340,7 @@ def conv1x1_in_config(p: int, cout: int, kmax: int) -> dict:
     """Default tiles of the conv3 kernel."""
     if interpreter_enabled():
         return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1, PREFETCH=True)
-    # fastest of the sweep at stages 2 and 3, residual prefetched: 104 vs 111 us at stage 2 (NOTES-channel.md)
+    # fastest of a tile sweep at stages 2 and 3; prefetching the residual hides its load behind the K loop
     return dict(BM=_fit(64, p), BN=_fit(128, cout), BK=_fit(64, kmax), num_warps=4, num_stages=3, PREFETCH=True)
 
 

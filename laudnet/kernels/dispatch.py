@@ -164,8 +164,8 @@ def pixel_conv1x1(
         weight: `[Cout, Cin, 1, 1]` or packed `[Cin, Cout]`.
         bias: `[Cout]` or None.
         pix_idx: int32 `[Q]` flat pixel rows `n*H*W + y*W + x` (`pixel_mask_to_idx`, `samples_to_pixel_idx`), or
-            None for every pixel: a dense fused 1x1 conv + bias + ReLU in NHWC (on the H100 2.2x faster than cuDNN's
-            conv + `relu_` for ResNet stage-1 conv1, see benchmarks/NOTES-spatial.md).
+            None for every pixel: a dense fused 1x1 conv + bias + ReLU in NHWC (faster than cuDNN's conv + `relu_`
+            for ResNet stage-1 conv1: one pass over the map instead of separate bias and ReLU passes).
         relu: apply ReLU.
         out: with `compact=False`, NHWC `[N, H, W, Cout]` to write into. When None a new map is made whose pixels
             outside `pix_idx` are unspecified (uninitialised on the Triton path): only read the pixels you computed.

@@ -1,9 +1,9 @@
 """Triton kernels of the masker ops: window sums of a map, and decisions + compacted window lists (one or two
 launches).
 
-The specification is `masker_ref.py`. What they replace in a deployed layer-skipping block (H100 profile of
-ResNet-101 at batch 128, `benchmarks/NOTES.md`): a torch `mean` over every block input (1.0 ms of 9 ms) and about ten
-small launches per block for the GEMV, the threshold, the rate, a stable argsort and the patch and pixel lists (~1 ms).
+The specification is `masker_ref.py`. What they replace in a deployed layer-skipping block: a torch `mean` over
+every block input (a full extra read of each map) and about ten small launches per block for the GEMV, the threshold,
+the rate, a stable argsort and the patch and pixel lists.
 
 * `_window_sums_kernel`: program (window, channel tile[, pixel split]) streams the window's pixels and writes fp32
   sums (deterministic); with a pixel split (few, large windows: a whole map per sample) partial sums are added
@@ -12,7 +12,7 @@ small launches per block for the GEMV, the threshold, the rate, a stable argsort
 * `_window_tile_sums_kernel`: small windows (a spatial masker's S x stride, up to `_TILED_MAX_WINDOW`): program
   (run of consecutive windows, channel tile) loads, per window row, a `[windows, window columns, channels]` tile (each
   window column a contiguous run of channels) and reduces it; no atomics, one pass, enough bytes per load to stream
-  the map at full bandwidth (the per-window kernel above moves 2 KB per program and reaches ~0.7 TB/s on an H200).
+  the map at full bandwidth (the per-window kernel above moves only 2 KB per program, far below the memory bandwidth).
 * `_masker_decide_kernel`: one GEMV row block per program: logits, threshold (or imposed decisions), and zeroes the
   active rows of the sums in place for the producer-side accumulation (`conv1x1_scatter_add(pool_out=)`). When one
   program holds every window (layer skipping at small batch) it also writes the lists, and `_compact_kernel` is not
@@ -45,7 +45,7 @@ except Exception:  # the reference path works without triton; the kernels below 
         constexpr = object
 
 
-# Programs wanted for a memory-bound pass over a map: ~8 per SM on a 132-SM H100, so that enough loads are in flight.
+# Programs wanted for a memory-bound pass over a map: ~8 per SM on a ~130-SM GPU, so that enough loads are in flight.
 _TARGET_PROGRAMS = 1024
 # Largest window side summed by `_window_tile_sums_kernel` (one program's load spans a window's columns); larger
 # windows (a layer masker's whole map) go through `_window_sums_kernel` with its pixel split.

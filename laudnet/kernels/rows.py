@@ -2,12 +2,10 @@
 its epilogue (and, for the qkv projection, per-sample kept heads and q / k / v planes), reading the row count on the
 device (programs past it exit at once). The LayerNorm of listed rows is in `token.py`.
 
-What they replace in the capturable deployed ViT (H200 profile of the varlen CUDA graph at token rate 0.5,
-`benchmarks/NOTES-vit.md`): GELU over every one of the B·N capacity rows (0.6 ms per forward) and, per residual
-branch, a gather, a `where` and an `index_copy_` over the capacity rows (about 1.9 ms with the packing's gathers),
-and norm2 over every token (0.5 ms). norm2 is its own kernel (`token.rows_layer_norm_triton`), not the fc1 GEMM's
-prologue: normalising inside the GEMM's K loop took the fc1 kernel to 0.20 ms against cuBLAS's 0.036 ms on the same
-rows (H200, batch 128, half the tokens; `benchmarks/results/bench_rows_kernels_h200_bf9519d.json`).
+What they replace in the capturable deployed ViT (the varlen CUDA-graph form): GELU over every one of the B·N
+capacity rows and, per residual branch, a gather, a `where` and an `index_copy_` over the capacity rows, and norm2
+over every token. norm2 is its own kernel (`token.rows_layer_norm_triton`), not the fc1 GEMM's prologue:
+normalising inside the GEMM's K loop made the fc1 kernel several times slower than cuBLAS on the same rows.
 """
 
 import torch
@@ -172,7 +170,7 @@ def rows_linear_triton(
 ) -> torch.Tensor:
     """Triton kernel of `rows_linear_ref` (one launch). Same arguments and result; `config`: the tile shape (default
     chosen by shape and form). A program per tile of the capacity; tiles past the count return at once (a persistent
-    grid walking only the counted tiles measured slower on the H200, `benchmarks/NOTES-vit.md`)."""
+    grid walking only the counted tiles measured slower)."""
     r, cin, cout = check_rows_linear_args(src, weight_t, bias, in_idx, count, act, out, out_idx, keep, scale, planes,
                                           heads)
     for name, t in (("weight_t", weight_t), ("bias", bias), ("in_idx", in_idx), ("count", count), ("out", out),
@@ -187,8 +185,8 @@ def rows_linear_triton(
         out = torch.empty((planes, r, plane) if planes > 1 else (r, cout), dtype=src.dtype, device=src.device)
     if r == 0 or cout == 0:
         return out
-    # H200, DeiT-S shapes at batch 128 (benchmarks/bench_rows_kernels.py): the scatter-add form is fastest with
-    # 128 x 64 tiles (fc2 0.045 against 0.058 ms with 128 x 128), as for the CNN's residual scatter
+    # at DeiT-S shapes the scatter-add form is fastest with 128 x 64 tiles (chosen by measurement, as for the
+    # CNN's residual scatter)
     cfg = config or _pick_config("scatter" if scatter else "conv1x1", r, cin, cout)
     dummy = wt
     head_keep, tokens = heads if heads is not None else (None, 1)

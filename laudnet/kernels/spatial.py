@@ -7,7 +7,7 @@ specification; each launcher here (1) checks shapes, (2) allocates the output, (
 Every GEMM accumulates in fp32; operands are the map's dtype (bf16/fp16 on GPU, fp32 under the interpreter).
 Pixel offsets are computed in int32 before widening, so a map needs N*H*W < 2^31 (ResNet at batch 128: 1.6e6).
 
-H100 measurements, tile sweeps and what limits each kernel: benchmarks/NOTES-spatial.md.
+The default tiles (`_pick_config`) were chosen by sweeps over the ResNet stage shapes.
 """
 
 from dataclasses import dataclass
@@ -70,27 +70,26 @@ _INTERPRET_CONFIG = GemmConfig(32, 16, 16, 1, 1)
 def _pick_config(kind: str, m: int, k: int, n: int, whole_maps: bool = False) -> GemmConfig:
     """Default tile config for a GEMM of M x K x N (`kind` is "conv3x3", "scatter" or "conv1x1").
 
-    `whole_maps`: the rows are whole feature maps per sample (layer skipping; a patch covering the map), swept on
-    the H200 in `benchmarks/bench_layer_kernels.py` (`results/bench_layer_kernels_h200_37af28c.json`).
+    `whole_maps`: the rows are whole feature maps per sample (layer skipping; a patch covering the map), which
+    favours other tiles at some stages (chosen by a tile sweep).
     """
     if interpreter_enabled():
         return _INTERPRET_CONFIG
     bk = 64 if k >= 64 else max(16, next_power_of_2(k))
     if kind == "conv3x3":
-        # N = Cout is 64..256 in ResNet stages 1-3. H100 sweep at S=4, rate 0.5 (benchmarks/NOTES-spatial.md):
+        # N = Cout is 64..256 in ResNet stages 1-3. A sweep at S=4, rate 0.5 found
         # 128x64 tiles best for Cout = 64, 128x128 with 8 warps for Cout = 128 and 256.
         cfg = CONV3X3_CONFIGS["m128_n128_k64_w8_s3"] if n >= 128 else CONV3X3_CONFIGS["m128_n64_k64_w4_s3"]
-        if whole_maps and n == 256:  # ResNet stage 3 (14 x 14 maps): 0.049 against 0.055 ms for 128 x 128 tiles
+        if whole_maps and n == 256:  # ResNet stage 3 (14 x 14 maps): faster than 128 x 128 tiles
             cfg = CONV3X3_CONFIGS["m128_n64_k64_w4_s3"]
     elif kind == "scatter":
         # K = width is short (64-256), N = 4*width long: the epilogue (residual read + write) dominates, and
-        # 128x64 tiles with 4 warps beat 128x128/128x256 on all three stages (0.103 vs 0.142 ms in stage 1).
+        # 128x64 tiles with 4 warps beat 128x128/128x256 on all three stages.
         cfg = CONV1X1_CONFIGS["m128_n64_k64_w4_s3"]
     else:
         cfg = CONV1X1_CONFIGS["m128_n128_k64_w8_s3"] if n >= 128 else CONV1X1_CONFIGS["m128_n64_k64_w4_s3"]
     # Fewer rows than ~1 wave of 128-row tiles on 132 SMs: halve BLOCK_M to fill the machine. Whole maps at stage 4
-    # (batch 128, 6 272 rows of capacity) measured faster unhalved (3x3: 0.060 against 0.066 ms; scatter 0.027 /
-    # 0.031), so there only very short lists (batch 1) halve.
+    # (batch 128, 6 272 rows of capacity) measured faster unhalved, so there only very short lists (batch 1) halve.
     if m <= (32 if whole_maps else 64) * 132:
         cfg = GemmConfig(64, cfg.block_n, cfg.block_k, 4, cfg.num_stages)
     return GemmConfig(cfg.block_m, cfg.block_n, min(cfg.block_k, bk), cfg.num_warps, cfg.num_stages)

@@ -1,8 +1,8 @@
 """Reference for the network stem's convolution (`stem.py`): a dense conv on a few input channels + bias + ReLU, NHWC.
 
 A ResNet's stem is a 7×7 stride-2 conv on 3 channels (a RegNet's a 3×3 stride-2 one). Its GEMM has K = 147 (27),
-which library conv kernels serve poorly: on an H200 cuDNN pads the 3 channels to 8 and runs an sm80 kernel, 1.0 ms
-for ResNet-101's stem at batch 128 with the padding, bias and ReLU passes (`benchmarks/NOTES.md`).
+which library conv kernels serve poorly: cuDNN pads the 3 channels to 8 and runs a generic kernel, with separate
+padding, bias and ReLU passes (measured in the README's "Inference engine" section).
 
 Packed weight layout (`pack_stem_weight`): for kernel row ky, the K index `kx * C + c` runs over one contiguous
 stretch of the NHWC input (KW consecutive pixels of C channels each), padded with zero rows to `k_row` (a power of

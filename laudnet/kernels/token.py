@@ -3,8 +3,7 @@ masker fused into the block's first LayerNorm (the score and decision of each no
 registers: no fp32 copy of the tokens and no separate GEMM for a two-output linear), a list of rows with a
 device-side count (norm2 on the packed rows of the capturable deployed ViT), or plain (every row).
 
-On an H200 (DeiT-S, batch 128) the fused norm1 + masker took 16 µs against 44 µs for PyTorch's LayerNorm alone
-(`benchmarks/results/prof_vit_token05_varlen_graphed_bf9519d.txt`).
+One read and one write per row: the fused norm1 + masker is faster than PyTorch's LayerNorm alone at ViT widths.
 """
 
 import torch

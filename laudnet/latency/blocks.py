@@ -1,8 +1,8 @@
 """Latency of one residual block (ResNet bottleneck or RegNetY block), static or dynamic, composed from `ops`.
 
-Composition follows the paper (spec 11.4): a static block is conv1 + conv2 + conv3 + add (+ projection, + SE); the
+Composition follows the paper: a static block is conv1 + conv2 + conv3 + add (+ projection, + SE); the
 dynamic blocks replace convs by their sparse forms and add the masker, gather and scatter costs. `compat` reproduces
-the official `eval_example.py` composition; the default fixes what the spec flags, fix by fix.
+the official `eval_example.py` composition; the default fixes its quirks, fix by fix.
 
 In the default mode, the dynamic plain bottlenecks (no conv groups, no SE: the blocks laudnet's fused kernels cover) are
 composed the way laudnet's inference engine runs them (`laudnet.deploy.blocks.DeployedBlock`), each choice marked
@@ -54,7 +54,7 @@ def _relu_pass(op: OpModel, c: int, size: int) -> Cost:
 
 def _projection(op: OpModel, b: BlockGeometry) -> Cost:
     if op.compat:
-        # compat: FLAG 20, only a stride-2 projection is costed (ResNet stage 1's 64 -> 256 projection is not)
+        # compat: only a stride-2 projection is costed (ResNet stage 1's 64 -> 256 projection is not)
         return op.conv(b.in_channels, b.out_channels, b.out_size, b.out_size, 1, stride=2) if b.stride == 2 else ZERO
     return op.conv(b.in_channels, b.out_channels, b.out_size, b.out_size, 1, stride=b.stride) if b.projection else ZERO
 
@@ -138,7 +138,7 @@ def spatial_block(op: OpModel, b: BlockGeometry, patch: int, density: float, con
     w, h, o = b.width, b.in_size, b.out_size
     n_out = op.n_patches(o, o, patch, density)
     if op.compat:
-        # compat: FLAG 17, conv1 runs on the same density as conv3 without the halo, and the masker is scheduled
+        # compat: conv1 runs on the same density as conv3 without the halo, and the masker is scheduled
         # with conv1 (fused dense conv, or mask conv + conv1 on patches of the block-input map, the cheaper one)
         cost = op.masker_conv1(b.in_channels, w, h, h, patch, density)
         cost += op.gather_conv(w, w, o, o, 3, b.groups, b.stride, patch, n_out, gathered_input=False)
@@ -150,7 +150,7 @@ def spatial_block(op: OpModel, b: BlockGeometry, patch: int, density: float, con
     if _engine(op, b):
         return sum(spatial_parts(op, b, patch, density, conv1, masker, index).values(), ZERO)
     # Grouped / SE blocks (torch paths in the engine): the paper's composition with the fixes.
-    # fix: FLAG 17, each active output patch needs a ((S-1)*stride + 3)^2 region of conv1's output (the 3x3 halo):
+    # fix: each active output patch needs a ((S-1)*stride + 3)^2 region of conv1's output (the 3x3 halo):
     # conv1 computes it per patch (halos recomputed, no dilation of the mask needed), conv2 reads it gathered.
     cell, side = patch * b.stride, (patch - 1) * b.stride + 3
     cost = op.spatial_masker(b.in_channels, h, h, o // patch)
@@ -168,7 +168,7 @@ def channel_block(op: OpModel, b: BlockGeometry, group: int, density: float, mas
     """Channel skipping in groups of `group` consecutive bottleneck channels; `density` = kept fraction."""
     w, h, o = b.width, b.in_size, b.out_size
     if op.compat:
-        # compat: FLAG 19 (masker sized from the block input channels), FLAG 18 (G only sizes the masker), the
+        # compat: the masker is sized from the block input channels, G only sizes the masker, the
         # residual add is a full-density scatter-add and SE is the patch-pooling SE at full density
         cost = op.conv(b.in_channels, w, h, h, 1, out_density=density)
         cost += op.channel_masker(b.in_channels, h, h, b.in_channels // group)
@@ -197,7 +197,7 @@ def channel_block(op: OpModel, b: BlockGeometry, group: int, density: float, mas
             cost += _projection(op, b)
         return cost
     # Grouped / SE blocks (torch paths in the engine): the paper's composition with the fixes.
-    # fix: FLAG 18 / 19, the group size reaches the load-imbalance model and the masker has width // G outputs
+    # fix: the group size reaches the load-imbalance model and the masker has width // G outputs
     cost = op.channel_masker(b.in_channels, h, h, w // group)
     cost += op.conv(b.in_channels, w, h, h, 1, out_density=density, group=group)
     cost += op.conv(w, w, o, o, 3, b.groups, b.stride, in_density=density, out_density=density, group=group)
@@ -291,7 +291,7 @@ def transformer_block(op: OpModel, tokens: int, dim: int, heads: int, mlp_ratio:
                       token_density: float = 1.0, head_density: float = 1.0, attn_density: float = 1.0,
                       mlp_density: float = 1.0, engine: bool = False,
                       maskers: frozenset[str] | None = None, token_bucket: int = 1) -> Cost:
-    """Pre-norm ViT block with AdaViT-style skipping (spec 12), for the ViT work.
+    """Pre-norm ViT block with AdaViT-style skipping, for the ViT work.
 
     Args:
         tokens: tokens entering the block (class token included).

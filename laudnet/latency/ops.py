@@ -7,8 +7,8 @@ L2 bandwidth, with the efficiency lost when a request is narrower than a sector)
 kernel launch is added. All latencies are seconds for the whole batch.
 
 Two fidelities share this code. `compat=True` reproduces the official DyNetSimulator operator by operator, quirks
-included, so that the paper's analysis can be re-run; each reproduced quirk is marked `compat: FLAG n` (numbers from
-the spec's section 13). `compat=False` (the default) fixes them, each fix marked `fix: FLAG n`, and adds what the paper
+included, so that the paper's analysis can be re-run; each reproduced quirk is marked `compat:` with what it does.
+`compat=False` (the default) fixes them, each fix marked `fix:`, and adds what the paper
 lacks (tensor cores via `HardwareSpec.precision`, exact channel-group load imbalance).
 """
 
@@ -51,7 +51,7 @@ class Cost:
 ZERO = Cost(0.0)
 
 
-# ---- helpers (spec 11.2) ---------------------------------------------------------------------------------------------
+# ---- helpers ---------------------------------------------------------------------------------------------------------
 # The helpers take numbers or numpy arrays: the tile searches evaluate every candidate tiling at once (a Python loop
 # over the ~60k candidates of a sparse conv takes ~0.2 s; the array form ~2 ms), then re-cost the winner on scalars.
 def ceil_eff(x, unit):
@@ -99,7 +99,7 @@ def expected_max_density(n_tiles: int, c_tile: int, density: float, group: int =
     Channels come in runs of `group` consecutive channels, each run kept with probability `density`; the output
     channels are split into `n_tiles` tiles of `c_tile` channels and the slowest (fullest) tile sets the time. This is
     the exact expectation of what the official `calc_max_c_density` estimates with 100 unseeded Monte-Carlo draws
-    (fix: FLAG 14, deterministic and order-independent), floored at `density` as there.
+    (fixed: deterministic and order-independent), floored at `density` as there.
     """
     if density >= 1:
         return 1.0
@@ -205,7 +205,7 @@ class OpModel:
         c, m = float(compute[idx]), float(mem[idx])
         return Cost(self._join(c, m) + self.launch, c, m, 1)
 
-    # -- dense convolution (spec 11.3 simulate_conv) -------------------------------------------------------------------
+    # -- dense convolution (the official simulate_conv) ----------------------------------------------------------------
     def conv(self, cin: int, cout: int, out_h: int, out_w: int, ks: int = 1, groups: int = 1, stride: int = 1,
              in_density: float = 1.0, out_density: float = 1.0, group: int = 1, compacted: str | None = None) -> Cost:
         """Convolution (or channel-masked convolution with gathered weights) producing `cout x out_h x out_w`.
@@ -231,7 +231,7 @@ class OpModel:
         n_ct = np.ceil(cout / ct)
         n_tiles = n_ct * np.ceil(out_h / ht) * np.ceil(out_w / wt)
         touched = np.ceil(ct / (cout // groups))  # conv groups a channel tile reads
-        if self.compat:  # compat: FLAG 15, the halo is (t + k - 1) * s instead of (t - 1) * s + k
+        if self.compat:  # compat: the halo is (t + k - 1) * s instead of (t - 1) * s + k
             in_tile = touched * cpg * (ht + ks - 1) * stride * (wt + ks - 1) * stride
         else:
             in_tile = touched * cpg * ((ht - 1) * stride + ks) * ((wt - 1) * stride + ks)
@@ -244,7 +244,7 @@ class OpModel:
         if compacted and B > 1:
             # engine: `laudnet.kernels.channel`, every sample gathers its own kept weights (DRAM once, L2 per
             # sample); `channel_conv3x3` gathers both channel dimensions in aligned runs of G, loaded at the sector
-            # efficiency of such runs (benchmarks/NOTES-channel.md, "Choice of G")
+            # efficiency of such runs (why G >= 8 is the default)
             eff = mem_eff(group, cpg, self.sector) if compacted == "both" else 1.0
             pe_traffic = pe_traffic + (B - 1) * w_all * ic * oc / eff
         dram = w_all + cin * out_h * stride * out_w * stride * B * ic + cout * out_h * out_w * B * oc
@@ -253,10 +253,10 @@ class OpModel:
             busy = oc
             lanes, fill = self.mm_lanes, self.mm_fill
         elif self.compat:
-            # compat: FLAG 15 (rho_in counted twice) and FLAG 18 (group size never reaches this model)
+            # compat: rho_in counted twice, and the group size never reaches this model
             busy = self._imbalance_axis(cout, c_cand, ic * oc, 1, ct.ndim)
             lanes, fill = self.lanes, self.fill
-        else:  # fix: FLAG 15 / FLAG 18, rho_in times the busiest tile's kept output channels at group size G
+        else:  # fix: rho_in times the busiest tile's kept output channels at group size G
             busy = self._imbalance_axis(cout, c_cand, oc, group, ct.ndim)
             lanes, fill = self.mm_lanes, self.mm_fill
         macs = ct * ht * wt * cpg * ks * ks * B
@@ -342,13 +342,13 @@ class OpModel:
         B = self.batch * rows
         co, ci = _grid(tile_candidates(cout), tile_candidates(cin))
         if self.compat:
-            # compat: FLAG 16, tile count = product of tile sizes; weights re-read for every sample
+            # compat: tile count = product of tile sizes; weights re-read for every sample
             n_tiles = co * ci
             pe_traffic = (co * ci + ci + co) * n_tiles * B
             dram = (cin * cout + cin + cout) * B
             gap = cin
             lanes, fill = self.lanes, self.fill
-        else:  # fix: FLAG 16, tiles counted by number; the weight is read once per batch
+        else:  # fix: tiles counted by number; the weight is read once per batch
             n_tiles = np.ceil(cout / co) * np.ceil(cin / ci)
             pe_traffic = (co * ci + (ci + co) * B) * n_tiles
             dram = cin * cout + (cin + cout) * B
@@ -363,7 +363,7 @@ class OpModel:
         """Dense SE: global pool, fc c->squeeze, fc squeeze->c, rescale (4 kernels)."""
         return self.global_pool(c, h, w) + self.fc(c, squeeze) + self.fc(squeeze, c) + self.broadcast_mul(c, h, w)
 
-    # -- sparse ops over S x S patches (spec 11.3 simulate_dynamic_conv, scatter_add, dynamic SE) ----------------------
+    # -- sparse ops over S x S patches (the official simulate_dynamic_conv, scatter_add, dynamic SE) -------------------
     @staticmethod
     def n_patches(h: int, w: int, patch: int, density: float) -> int:
         """Active patches: the density rounded up to whole patches (a block with any active pixel computes)."""
@@ -394,9 +394,9 @@ class OpModel:
         # the real count.
         grid = math.ceil(out_h / patch) * math.ceil(out_w / patch)
         mean_patches = (grid + 1) / 2
-        if self.compat:  # compat: FLAG 17, the halo only fed a print; the patch that is computed is S x S
+        if self.compat:  # compat: the halo only fed a print; the patch that is computed is S x S
             side = patch
-        if self.compat:  # compat: FLAG 15 / FLAG 18 as in `conv`
+        if self.compat:  # compat: rho_in counted twice and G unused, as in `conv`
             density, grp = ic * oc, group
         else:
             density, grp = oc, group
@@ -432,7 +432,7 @@ class OpModel:
         cpg = cin // groups
         touched = np.ceil(ct / (cout // groups))
         w_tile = ct * cpg * ks * ks
-        if self.compat:  # compat: FLAG 15 halo form
+        if self.compat:  # compat: the official halo form
             in_tile = touched * cpg * (ht + ks - 1) * stride * (wt + ks - 1) * stride * n_patches
             in_patch = (side + ks - 1) * stride
         else:
@@ -638,16 +638,16 @@ class OpModel:
     def channel_masker(self, cin: int, h: int, w: int, n_groups: int) -> Cost:
         """Channel masker MLP: global pool, fc cin -> hidden, fc hidden -> n_groups; one logit per group."""
         if self.compat:
-            # compat: FLAG 19, the official predictor passes n_groups = cin // G and hidden = n // 16 (capped)
+            # compat: the official predictor passes n_groups = cin // G and hidden = n // 16 (capped)
             if n_groups == 1:
                 return ZERO
             hidden = n_groups // min(16, n_groups)
-        else:  # fix: FLAG 19, the trained masker has hidden = max(n_groups // 16, 16)
+        else:  # fix: the trained masker has hidden = max(n_groups // 16, 16)
             hidden = max(n_groups // 16, 16)
         return self.avg_pool(cin, h, w, 1, 1) + self.fc(cin, hidden) + self.fc(hidden, n_groups)
 
-    # -- transformer ops (spec 12) -------------------------------------------------------------------------------------
-    # Token rows are per sample. compat reproduces the official predictor's batch handling (FLAG 22: the batch is folded
+    # -- transformer ops ----------------------------------------------------------------------------------------------
+    # Token rows are per sample. compat reproduces the official predictor's batch handling (the batch is folded
     # into the rows and counted again by the operator), not its exact map layouts, for which no reference numbers
     # exist.
     def _as_map(self, rows: int) -> tuple[int, int]:
@@ -655,7 +655,7 @@ class OpModel:
         return side, max(1, round(rows / side))
 
     def _rows(self, rows: int) -> int:
-        return rows * self.batch if self.compat else rows  # compat: FLAG 22
+        return rows * self.batch if self.compat else rows  # compat: the batch is counted again
 
     def linear(self, rows: int, cin: int, cout: int, in_density: float = 1.0, out_density: float = 1.0) -> Cost:
         """`rows x cin @ cin x cout` per sample with a shared weight (rows folded into a square map, as a 1x1 conv).
@@ -669,10 +669,10 @@ class OpModel:
 
     def batched_matmul(self, mats: int, m: int, k: int, n: int) -> Cost:
         """`mats` independent products `m x k @ k x n` per sample whose operands are both activations (attention)."""
-        if self.compat:  # compat: FLAG 22, one shared-weight linear over batch * mats * m rows, batch counted again
+        if self.compat:  # compat: one shared-weight linear over batch * mats * m rows, batch counted again
             h, w = self._as_map(self._rows(mats * m))
             return self.conv(k, n, h, w, 1)
-        # fix: FLAG 22, both operands are activations: each of the batch * mats products reads its own right operand
+        # fix: both operands are activations: each of the batch * mats products reads its own right operand
         B = self.batch
         h, w = self._as_map(m)
         inner = self.with_batch(B * mats).conv(k, n, h, w, 1)
@@ -681,7 +681,7 @@ class OpModel:
 
     def elementwise(self, rows: int, dim: int) -> Cost:
         """One element-wise pass over `rows x dim` (GELU, residual add, scaling)."""
-        if self.compat:  # compat: FLAG 22, the (B, L, C) tensor is the map C x B x L, and the batch multiplies again
+        if self.compat:  # compat: the (B, L, C) tensor is the map C x B x L, and the batch multiplies again
             return self.add(dim, self.batch, rows)
         return self.add(dim, *self._as_map(rows))
 

@@ -10,12 +10,11 @@ tokens kept (class token included), of heads kept, and the probability that the 
 Their blocks are costed by `transformer_block` as laudnet's inference engine runs them (`laudnet.deploy.vit`), plus
 the patch embedding, class/position embedding, final norm and classifier.
 
-Two fidelities: `compat="paper"` reproduces the official simulator (FP32, residual stages only, no stem/head, quirks
-as in the spec's section 11); the default (`compat=None`) fixes the flagged quirks and also costs the stem, the
-pooling, the classifier and the ResNet stage-1 projection (fix: FLAG 20). In the default mode the dynamic plain
-bottlenecks are composed as laudnet's inference engine runs them (`laudnet.latency.blocks`: fused scatter-add, conv1
-once, sync-free index lists, compacted channels, layer skipping as whole-map patches), masker and index building
-included.
+Two fidelities: `compat="paper"` reproduces the official simulator (FP32, residual stages only, no stem/head, with its
+quirks); the default (`compat=None`) fixes those quirks and also costs the stem, the pooling, the classifier and the
+ResNet stage-1 projection (which the official total leaves out). In the default mode the dynamic plain bottlenecks are
+composed as laudnet's inference engine runs them (`laudnet.latency.blocks`: fused scatter-add, conv1 once, sync-free
+index lists, compacted channels, layer skipping as whole-map patches), masker and index building included.
 """
 
 from __future__ import annotations
@@ -118,7 +117,7 @@ def _densities(geom: ModelGeometry | ViTGeometry, density: float | Sequence[floa
                per_block_densities: Sequence[float] | None) -> list[float]:
     if per_block_densities is not None and density is not None and not isinstance(density, (int, float)):
         raise ValueError("give either density or per_block_densities, not two lists")
-    # fix: FLAG 21, the rate list is sized from the model's own depths (the official script hard-codes ResNet-50's)
+    # fix: the rate list is sized from the model's own depths (the official script hard-codes ResNet-50's)
     values = per_block_densities if per_block_densities is not None else density
     if values is None:
         raise ValueError("a density (activation rate) is needed for a dynamic paradigm")
@@ -154,7 +153,7 @@ def _check_granularity(geom: ModelGeometry, paradigm: str, gran: list[int] | Non
 
 
 def _head_cost(op: OpModel, geom: ModelGeometry) -> Cost:
-    """Stem, max-pool (ResNet), global pool and classifier: fix: FLAG 20, the official total leaves them out."""
+    """Stem, max-pool (ResNet), global pool and classifier: fixed, the official total leaves them out."""
     if geom.family == "resnet":
         stem = op.conv(3, geom.stem_channels, 112, 112, 7, stride=2) + op.avg_pool(geom.stem_channels, 112, 112, 56, 56)
     else:

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from laudnet.blocks.base import PARADIGMS, DynamicBlock
 from laudnet.info import DynamicInfo, collect_info
 
-# Spatial: the paper's S^net = 4-4-2-1. Channel: G = 8, not the official scripts' G = 1: measured on an H100 at
-# channel rate 0.5 (benchmarks/NOTES-channel.md), a stage-3 block takes 1.40× the static block with G = 1 and 0.61×
-# with G = 8 (the 3×3 weight gather gets 16-byte loads); G = 8 divides every stage width of the four models.
+# Spatial: the paper's S^net = 4-4-2-1. Channel: G = 8, not the official scripts' G = 1: with G = 1 a channel-skipping
+# block is slower than the static block, with G = 8 faster (the 3×3 weight gather gets 16-byte loads; chosen by
+# measurement, see the README); G = 8 divides every stage width of the four models.
 DEFAULT_GRANULARITY = {"spatial": (4, 4, 2, 1), "channel": (8, 8, 8, 8)}
 
 

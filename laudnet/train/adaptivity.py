@@ -1,4 +1,4 @@
-"""Adaptivity, measured: how much a trained dynamic network's decisions depend on its input (issue 18).
+"""Adaptivity, measured: how much a trained dynamic network's decisions depend on its input.
 
 A dynamic network can meet its FLOPs target blindly, computing the same patches, blocks or channel groups for every
 image. Two measures tell how far it does not:

@@ -1,6 +1,6 @@
 """The training configuration: one dataclass, filled from defaults, then a YAML file (``-c``), then command-line flags.
 
-Defaults follow the spec's §9 ImageNet recipe (SGD with Nesterov momentum 0.9, weight decay 5e-5 on all parameters,
+Defaults follow the official ImageNet recipe (SGD with Nesterov momentum 0.9, weight decay 5e-5 on all parameters,
 lr 0.02 per 256 images with cosine decay per iteration and no warm-up, target ratio 0.5, λ = 10, KD α = 0.5 and T = 4,
 Gumbel temperature 5.0 → 0.1 exponentially); the quick-run fields (subsets, steps per epoch) are off by default. ViTs
 trained from scratch use ``optimizer: adamw`` with ``decay_all: false`` instead (see ``configs/vit-canvas.yaml``).
@@ -84,12 +84,12 @@ class TrainConfig:
     lr_base_size: int = _f(256, "batch size that lr_base refers to", "optimisation")
     min_lr: float = _f(0.0, "end of the per-iteration cosine decay", "optimisation")
     masker_lr_mult: float = _f(1.0, "learning-rate multiplier of the masker parameters", "optimisation")
-    optimizer: str = _f("sgd", "sgd (spec §9) or adamw (betas 0.9, 0.999: the usual choice for ViTs)", "optimisation",
-                        OPTIMIZERS)
+    optimizer: str = _f("sgd", "sgd (official recipe) or adamw (betas 0.9, 0.999: the usual choice for ViTs)",
+                        "optimisation", OPTIMIZERS)
     weight_decay: float = _f(5e-5, "weight decay (decoupled for adamw)", "optimisation")
     decay_all: bool = _f(
-        True, "weight decay on every parameter (spec §9); --no-decay-all exempts biases, norm scales, position "
-        "embeddings and class tokens, as ViT recipes do", "optimisation"
+        True, "weight decay on every parameter (official recipe); --no-decay-all exempts biases, norm scales, "
+        "position embeddings and class tokens, as ViT recipes do", "optimisation"
     )
     momentum: float = _f(0.9, "SGD momentum", "optimisation")
     nesterov: bool = _f(True, "Nesterov momentum (SGD)", "optimisation")
@@ -147,7 +147,8 @@ class TrainConfig:
         return self.batch_size * world_size * self.grad_accum
 
     def effective_lr(self, world_size: int = 1) -> float:
-        """``lr`` if set, else ``lr_base`` scaled linearly by the global batch (spec §9: 0.02 × 1024/256 = 0.08)."""
+        """``lr`` if set, else ``lr_base`` scaled linearly by the global batch (official recipe: 0.02 × 1024/256
+        = 0.08)."""
         if self.lr is not None:
             return self.lr
         return self.lr_base * self.global_batch(world_size) / self.lr_base_size

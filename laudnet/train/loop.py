@@ -5,9 +5,9 @@ process per GPU under ``torchrun`` (DistributedDataParallel; NCCL on GPU, gloo o
 
 - ``mode: static`` trains the network without maskers (for data that has no torchvision weights);
 - ``mode: dynamic`` trains with maskers, usually from ``init`` (a static laudnet checkpoint or a torchvision weights
-  file), with the frozen static network loaded from the same weights as the distillation teacher (spec §8).
+  file), with the frozen static network loaded from the same weights as the distillation teacher (as in the paper).
 
-The recipe is the spec's §9: SGD with Nesterov momentum (or AdamW, for ViTs) and two parameter groups (maskers get
+The recipe is the official one: SGD with Nesterov momentum (or AdamW, for ViTs) and two parameter groups (maskers get
 ``masker_lr_mult`` × the backbone lr), a per-iteration cosine schedule with optional linear warm-up, the Gumbel
 temperature updated every iteration, label smoothing, gradient accumulation, bf16 autocast and channels_last on CUDA.
 
@@ -212,7 +212,7 @@ def _exempt_from_decay(name: str, param: Tensor) -> bool:
 def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """SGD (Nesterov as configured) or AdamW, with a backbone group and a masker group at ``masker_lr_mult`` × lr.
 
-    Weight decay applies to every parameter, as in the official recipe (spec §9), unless ``decay_all`` is off: then
+    Weight decay applies to every parameter, as in the official recipe, unless ``decay_all`` is off: then
     biases, norm scales, the position embedding and the class token get none (each in its own ``*_no_decay`` group).
     """
     groups = []
@@ -590,8 +590,8 @@ def train(
     """
     check_config_inputs(cfg)
     if cfg.threads is not None:
-        # On a shared 2-core CPU, 2 threads per process measured 0.31 s per batch when idle but 7-11 s when another
-        # process competed (OpenMP threads spin-waiting on each other); 1 thread stayed at 0.37 s.
+        # On a shared CPU, several threads per process slow down many times over when another process competes
+        # (OpenMP threads spin-waiting on each other); one thread does not.
         torch.set_num_threads(cfg.threads)
     info, device = dist_utils.init_distributed(cfg.device)
     main = info.is_main
