@@ -56,7 +56,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                     "bounds_upper": 0.9}),
     "layer/paper, bounds 0.1-0.9": ("layer", {**PAPER, "bounds_lower": 0.1, "bounds_upper": 0.9}),
 }
-SMOKE = {"image_size": 32, "train_subset": 64, "val_subset": 32, "batch_size": 16, "epochs": 1}
+SMOKE = {"image_size": 32, "train_subset": 64, "val_subset": 32, "batch_size": 16, "threads": 1}
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -95,7 +95,7 @@ def load_recipe(config: Path, smoke: bool, device: str, data_root: str | None) -
     if device != "cpu":
         shared.update(workers=2, threads=None)
     if smoke:
-        shared.update({k: v for k, v in SMOKE.items() if k != "epochs"})
+        shared.update(SMOKE)
         static, dynamic = {**static, "epochs": 1}, {**dynamic, "epochs": 1}
     return {**shared, **static}, {**shared, **dynamic}
 

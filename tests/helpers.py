@@ -1,13 +1,24 @@
 """Helpers shared by tests (imported as a plain module: tests/ is on sys.path through rootdir conftest)."""
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(name: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<name>.py`` with ``args`` in a subprocess from the repository root (one intra-op thread: on a
+    shared 2-core machine two threads per process measured many times slower)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 TORCHVISION_BUILDERS = {
     "laud_resnet50": torchvision.models.resnet50,
@@ -29,6 +40,31 @@ def load_benchmark(name: str):
             del sys.modules[name]
             raise
     return sys.modules[name]
+
+
+def make_fashion_items(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28×28 uint8 items whose class decides their shape (a bar at a class-dependent angle), so they are learnable."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    yy, xx = np.mgrid[0:28, 0:28] - 13.5
+    images = np.zeros((count, 28, 28), np.uint8)
+    for k, label in enumerate(labels):
+        angle = np.pi * label / 10 + rng.normal(0, 0.05)
+        dist = np.abs(np.cos(angle) * yy - np.sin(angle) * xx)
+        bar = (dist < 3) & (np.hypot(yy, xx) < 12)
+        images[k][bar] = rng.integers(150, 256, size=int(bar.sum()))
+    return images, labels
+
+
+def write_fashion_mnist(root: Path, train: int, test: int) -> Path:
+    """The four Fashion-MNIST files in `root`, with `train` and `test` generated items (`make_fashion_items`)."""
+    from laudnet.data.idx import write_idx
+
+    for prefix, count, seed in (("train", train, 1), ("t10k", test, 2)):
+        images, labels = make_fashion_items(count, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return root
 
 
 def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:

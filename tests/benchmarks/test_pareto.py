@@ -3,52 +3,21 @@ the GPU run relies on (the folded torchvision network, the MAC counter, the fron
 
 import json
 import math
-import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import ROOT, load_benchmark, randomize_batchnorm
+from helpers import ROOT, load_benchmark, randomize_batchnorm, run_benchmark
 
 import laudnet
-from laudnet.data.idx import write_idx
-
-SCRIPT = ROOT / "benchmarks" / "pareto.py"
-
-
-@pytest.fixture(scope="module")
-def fashion_root(tmp_path_factory):
-    """The four Fashion-MNIST files with 60 train and 30 test generated items (a bar whose angle is the class)."""
-    root = tmp_path_factory.mktemp("fashion")
-    yy, xx = np.mgrid[0:28, 0:28] - 13.5
-    for prefix, count, seed in (("train", 60, 1), ("t10k", 30, 2)):
-        rng = np.random.default_rng(seed)
-        labels = np.arange(count) % 10
-        images = np.zeros((count, 28, 28), np.uint8)
-        for k, label in enumerate(labels):
-            bar = (np.abs(np.cos(np.pi * label / 10) * yy - np.sin(np.pi * label / 10) * xx) < 3) & \
-                (np.hypot(yy, xx) < 12)
-            images[k][bar] = rng.integers(150, 256, size=int(bar.sum()))
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
-    return root
-
-
-def run_script(*args, timeout=300):
-    # One intra-op thread: on a shared 2-core machine two threads per process measured many times slower.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
 
 
 @pytest.mark.slow
 def test_smoke_run_writes_every_family(fashion_root, tmp_path):
     pytest.importorskip("torch_pruning")
     out = tmp_path / "pareto"
-    done = run_script("--smoke", "--data-root", fashion_root, "--out", out, "--commit", "test", "--no-progress")
+    smoke = ("--smoke", "--data-root", fashion_root, "--out", out, "--commit", "test", "--no-progress")
+    done = run_benchmark("pareto", *smoke)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((out / "pareto.json").read_text())
     assert data["complete"]
@@ -70,7 +39,7 @@ def test_smoke_run_writes_every_family(fashion_root, tmp_path):
     for name in ("pareto_latency.png", "pareto_flops.png", "pareto.md"):
         assert (out / name).stat().st_size > 0
     # a second call finds every unit done and only rewrites the report
-    again = run_script("--smoke", "--data-root", fashion_root, "--out", out, "--commit", "test", "--no-progress")
+    again = run_benchmark("pareto", *smoke)
     assert again.returncode == 0 and "== " not in again.stdout
 
 
@@ -82,7 +51,7 @@ def test_smoke_run_writes_every_family(fashion_root, tmp_path):
 ])
 def test_bad_input_is_one_line_with_status_2(fashion_root, tmp_path, args, message):
     cmd = ["--smoke", "--data-root", fashion_root, "--out", tmp_path / "o", *args]
-    done = run_script(*cmd, timeout=120)
+    done = run_benchmark("pareto", *cmd, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pareto.py: error:") and message in lines[0], done.stderr
@@ -91,7 +60,7 @@ def test_bad_input_is_one_line_with_status_2(fashion_root, tmp_path, args, messa
 
 def test_empty_data_root_is_an_input_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    done = run_script("--smoke", "--data-root", tmp_path / "empty", "--out", tmp_path / "o", timeout=120)
+    done = run_benchmark("pareto", "--smoke", "--data-root", tmp_path / "empty", "--out", tmp_path / "o", timeout=120)
     assert done.returncode == 2 and "train-images-idx3-ubyte" in done.stderr
 
 

@@ -1,0 +1,45 @@
+"""benchmarks/recipe_ablation.py: the sweep on the CPU (`--smoke`, in a subprocess), its resumption and its errors."""
+
+import json
+
+import pytest
+from helpers import load_benchmark, run_benchmark
+
+
+@pytest.mark.slow
+def test_smoke_sweep_records_each_variant_and_resumes(fashion_root, tmp_path):
+    out = tmp_path / "abl"
+    args = ("--smoke", "--data-root", fashion_root, "--out", out, "--jobs", "2", "--only", "spatial/paper",
+            "layer/norm+anneal")
+    done = run_benchmark("recipe_ablation", *args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((out / "recipe_ablation.json").read_text())
+    runs = {r["variant"]: r for r in data["runs"]}
+    assert set(runs) == {"spatial/paper", "layer/norm+anneal"}
+    assert runs["spatial/paper"]["overrides"]["masker_norm"] is False
+    assert runs["layer/norm+anneal"]["overrides"]["noise_schedule"] == "linear"
+    # the runs were built as asked: the paper's masker has no input normalisation, the other one has
+    args_yaml = (out / "spatial-paper-s0" / "args.yaml").read_text()
+    assert "masker_norm: false" in args_yaml and "paradigm: spatial" in args_yaml
+    assert "masker_norm: true" in (out / "layer-norm_anneal-s0" / "args.yaml").read_text()
+    for r in data["runs"]:
+        assert 0 <= r["top1"] <= 100 and 0 < r["flops_ratio"] < 1.2
+    assert set(runs["spatial/paper"]["lift"]) == {"s1", "s2", "s3", "s4"}  # one lift (or None) per stage
+    assert runs["layer/norm+anneal"]["lift"] == {} and runs["layer/norm+anneal"]["adaptive_fraction"] is not None
+    assert "| spatial/paper | 1 |" in done.stdout
+    # a finished sweep is not trained again
+    mtime = (out / "spatial-paper-s0" / "last.pt").stat().st_mtime
+    again = run_benchmark("recipe_ablation", *args)
+    assert again.returncode == 0 and (out / "spatial-paper-s0" / "last.pt").stat().st_mtime == mtime
+
+
+def test_unknown_variant_and_report(tmp_path, capsys):
+    done = run_benchmark("recipe_ablation", "--only", "spatial/magic", "--out", tmp_path)
+    assert done.returncode == 2 and "unknown variant" in done.stderr.splitlines()[-1]
+    module = load_benchmark("recipe_ablation")
+    payload = {"static_top1": 70.0, "runs": [
+        {"variant": "v", "top1": 60.0, "flops_ratio": 0.5, "adaptive_fraction": 0.5, "lift": {"2": 3.0}},
+        {"variant": "v", "top1": 62.0, "flops_ratio": 0.6, "adaptive_fraction": None, "lift": {"2": None}},
+    ]}
+    table = module.report(payload)
+    assert "| v | 2 | 61.00 | 0.55 | 0.50 | 3.00 |" in table  # means over seeds, missing values skipped
