@@ -1,6 +1,6 @@
 """Accuracy of trained LAUD-ViTs on fashion-canvas at several FLOPs targets (issue 6, item 5).
 
-The recipe is ``laudnet/configs/vit-canvas.yaml`` (read with `laudnet.train.demo.load_demo_config`, as ``laudnet demo``
+The recipe is ``laudnet/configs/vit-canvas.yaml`` (read with `laudnet.train.demo.load_recipe`, as ``laudnet demo``
 reads its own): a static network trained from scratch, then dynamic networks fine-tuned from its ``best.pt`` with it as
 the distillation teacher, one per ``PARADIGM@TARGET`` (default: token+head+layer at 0.3, 0.5 and 0.7, token at 0.5),
 and one dynamic network trained from scratch (no teacher) with the static run's schedule, on a GPU that would otherwise
@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the laudnet next
     sys.path.insert(0, str(ROOT))
 
 from laudnet.train.config import TrainConfig, config_argv  # noqa: E402
-from laudnet.train.demo import load_demo_config  # noqa: E402
+from laudnet.train.demo import load_recipe  # noqa: E402
 from laudnet.train.loop import check_config_inputs  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "laudnet" / "configs" / "vit-canvas.yaml"
@@ -667,7 +667,7 @@ def _main(args: argparse.Namespace) -> int:
         log_file.write(line + "\n")
         log_file.flush()
 
-    static_cfg, dynamic_cfg = load_demo_config(args.config, output=str(runs_root))
+    static_cfg, dynamic_cfg = load_recipe(args.config, output=str(runs_root))
     if static_cfg is None:
         raise ValueError(f"{args.config} has no static: section; this benchmark trains the static network first")
     cores = os.cpu_count() or 1

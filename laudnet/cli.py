@@ -14,8 +14,8 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("laudnet.train.demo", "train a small dynamic network on fashion-canvas on the CPU, evaluate and plot it"),
-    "flops": ("laudnet.demo", "build each model, run a batch, print per-block activation rates and FLOPs"),
-    "models": ("laudnet.demo", "list the registered models"),
+    "flops": ("laudnet.inspect_cli", "build each model, run a batch, print per-block activation rates and FLOPs"),
+    "models": ("laudnet.inspect_cli", "list the registered models"),
     "train": ("laudnet.train.cli", "train a static or dynamic network (-c config.yaml; torchrun for several GPUs)"),
     "eval": ("laudnet.train.cli", "evaluate a checkpoint: top-1/top-5, FLOPs, per-block activation rates"),
     "viz": ("laudnet.train.cli", "plot per-block activation rates and spatial masks of checkpoints"),

@@ -22,8 +22,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml
 PHASES = ("static", "dynamic")
 
 
-def load_demo_config(path: str | Path, output: str | None = None):
-    """The (static or None, dynamic) TrainConfigs of a demo YAML file.
+def load_recipe(path: str | Path, output: str | None = None):
+    """The (static or None, dynamic) TrainConfigs of a recipe YAML file: shared options at the top level, then a
+    ``dynamic:`` section and optionally a ``static:`` one (``configs/demo.yaml``, ``configs/vit-canvas.yaml``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -75,7 +76,7 @@ def _demo(args: argparse.Namespace) -> int:
     from laudnet.train.viz import RateSeries, plot_activation_rates
 
     t_start = time.time()
-    static_cfg, dynamic_cfg = load_demo_config(args.config, args.output)
+    static_cfg, dynamic_cfg = load_recipe(args.config, args.output)
     out = Path(args.output)
     static_top1 = None
     if static_cfg is not None:

@@ -8,11 +8,11 @@ import matplotlib.image
 import pytest
 
 from laudnet.cli import main
-from laudnet.train.demo import DEFAULT_CONFIG, load_demo_config
+from laudnet.train.demo import DEFAULT_CONFIG, load_recipe
 
 
 def test_shipped_demo_config():
-    static, dynamic = load_demo_config(DEFAULT_CONFIG, output="somewhere")
+    static, dynamic = load_recipe(DEFAULT_CONFIG, output="somewhere")
     assert static.mode == "static" and dynamic.mode == "dynamic" and dynamic.paradigm == "spatial"
     assert dynamic.dataset == "fashion-canvas" and dynamic.model == "laud_regnety_400mf"
     assert static.output == dynamic.output == "somewhere"
@@ -23,10 +23,10 @@ def test_demo_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: laud_regnety_400mf\ndynamic:\n  epoch: 3\n")
     with pytest.raises(ValueError, match=r"unknown config key 'epoch' in .*bad.yaml \(dynamic:\) \(did you mean"):
-        load_demo_config(bad)
+        load_recipe(bad)
     bad.write_text("model: laud_regnety_400mf\n")
     with pytest.raises(ValueError, match="must be a mapping with a 'dynamic:' section"):
-        load_demo_config(bad)
+        load_recipe(bad)
 
 
 def test_tiny_demo(tmp_path, fashion_root, capsys):

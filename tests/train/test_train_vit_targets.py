@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from laudnet.train.config import TrainConfig, add_train_arguments, config_argv, resolve_config
-from laudnet.train.demo import load_demo_config
+from laudnet.train.demo import load_recipe
 from laudnet.train.loop import build_model, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def _parse(argv):
 
 
 def test_config_argv_rebuilds_the_config():
-    static, dynamic = load_demo_config(VIT_CANVAS, output="/tmp/x")
+    static, dynamic = load_recipe(VIT_CANVAS, output="/tmp/x")
     cases = [TrainConfig(), static, dynamic,
              TrainConfig(granularity=[4, 4, 2, 1], amp=False, lr=0.3, min_lr=1e-7, init="w.pth", target=0.25)]
     for cfg in cases:
@@ -59,7 +59,7 @@ def test_config_argv_rebuilds_the_config():
 
 
 def test_vit_canvas_recipe():
-    static, dynamic = load_demo_config(VIT_CANVAS)
+    static, dynamic = load_recipe(VIT_CANVAS)
     assert (static.mode, dynamic.mode) == ("static", "dynamic")
     assert static.model == dynamic.model == "laud_deit_small" and static.image_size % 16 == 0
     assert static.optimizer == dynamic.optimizer == "adamw" and not static.decay_all
@@ -124,7 +124,7 @@ def test_run_specs(bench):
 
 
 def test_plan_and_schedule(bench):
-    static, dynamic = load_demo_config(VIT_CANVAS, output="/runs")
+    static, dynamic = load_recipe(VIT_CANVAS, output="/runs")
     jobs = bench.plan_jobs(static, dynamic, ["token+head+layer@0.3", "token@0.5"], "token+head+layer@0.5")
     assert [j.name for j in jobs] == ["static", "dynamic-token-head-layer-t0.3", "dynamic-token-t0.5",
                                       "scratch-token-head-layer-t0.5"]
@@ -179,7 +179,7 @@ def _fake_plan(bench, tmp_path, monkeypatch, seconds: dict[str, float], rcs: dic
         str(rcs.get(job.kind, 0))])
     monkeypatch.setattr(bench, "eval_argv", lambda job, extra: [
         sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write('{}')", str(job.run_dir / "eval.json")])
-    static, dynamic = load_demo_config(VIT_CANVAS, output=str(tmp_path / "runs"))
+    static, dynamic = load_recipe(VIT_CANVAS, output=str(tmp_path / "runs"))
     jobs = bench.plan_jobs(static, dynamic, ["token@0.3", "token@0.5", "token@0.7", "head@0.5"], "token@0.5")
     runner = bench.Runner(["cpu0", "cpu1"], tmp_path / "logs", lambda msg: None, None, [])
     return jobs, runner
