@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-
-from laudnet.data.idx import write_idx
-
-
-def make_fashion_items(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """28×28 uint8 items whose class decides their shape (a bar at a class-dependent angle), so they are learnable."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(count) % 10
-    yy, xx = np.mgrid[0:28, 0:28] - 13.5
-    images = np.zeros((count, 28, 28), np.uint8)
-    for k, label in enumerate(labels):
-        angle = np.pi * label / 10 + rng.normal(0, 0.05)
-        dist = np.abs(np.cos(angle) * yy - np.sin(angle) * xx)
-        bar = (dist < 3) & (np.hypot(yy, xx) < 12)
-        images[k][bar] = rng.integers(150, 256, size=int(bar.sum()))
-    return images, labels
+from helpers import write_fashion_mnist
 
 
 @pytest.fixture(scope="session")
 def fashion_root(tmp_path_factory):
     """A folder with the four Fashion-MNIST files: 200 train and 100 test generated items."""
-    root = tmp_path_factory.mktemp("fashion")
-    for prefix, count, seed in (("train", 200, 1), ("t10k", 100, 2)):
-        images, labels = make_fashion_items(count, seed)
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
-    return root
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion"), train=200, test=100)
 
 
 @pytest.fixture(scope="session")
