@@ -8,6 +8,7 @@ import importlib.util
 import torch
 
 import laudnet
+from laudnet.paradigms import CNN_PARADIGMS, VIT_PARTS, format_granularity
 
 
 def add_models_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,8 +86,9 @@ def randomise_maskers(model: torch.nn.Module, x: torch.Tensor, generator: torch.
             h.remove()
 
 
-CNN_PARADIGMS = ["spatial", "channel", "layer"]
-VIT_PARADIGMS = ["token", "head", "layer", "token+head+layer"]
+# What `laudnet flops` shows without --paradigms: every dynamic CNN paradigm; each ViT part alone and all together.
+SHOWN_CNN = [p for p in CNN_PARADIGMS if p != "static"]
+SHOWN_VIT = [*VIT_PARTS, "+".join(VIT_PARTS)]
 
 
 def _is_vit(name: str) -> bool:
@@ -118,7 +120,7 @@ def _flops(args: argparse.Namespace) -> int:
         if vit and args.models is None and importlib.util.find_spec("timm") is None:
             print(f"{name}: skipped (needs timm: pip install 'laudnet[vit]')")
             continue
-        for paradigm in args.paradigms or (VIT_PARADIGMS if vit else CNN_PARADIGMS):
+        for paradigm in args.paradigms or (SHOWN_VIT if vit else SHOWN_CNN):
             kwargs = {"img_size": args.image_size} if vit else {}
             model = laudnet.create_model(name, paradigm=paradigm, **kwargs).eval()
             # Fresh maskers execute everything; random maskers, calibrated on this batch, show skipping at work.
@@ -126,7 +128,7 @@ def _flops(args: argparse.Namespace) -> int:
             with torch.no_grad():
                 model(x)
             flops = laudnet.model_flops(model, (3, args.image_size, args.image_size))
-            gran = "-".join(str(g) for g in model.granularity) if paradigm in ("spatial", "channel") else "-"
+            gran = format_granularity(model.granularity)
             print(f"{name} {paradigm} (granularity {gran}): dense {flops.dense / 1e9:.2f} G, "
                   f"dynamic {flops.dynamic / 1e9:.2f} G, ratio {flops.ratio:.3f}")
             lines = describe(model)

@@ -31,14 +31,7 @@ from laudnet.masks import (
     expand_patches,
     mask_grid_size,
 )
-
-PARADIGMS = ("static", "spatial", "channel", "layer")
-
-
-def check_paradigm(paradigm: str) -> str:
-    if paradigm not in PARADIGMS:
-        raise ValueError(f"unknown paradigm {paradigm!r}; choose from: {', '.join(PARADIGMS)}")
-    return paradigm
+from laudnet.paradigms import check_block_granularity, check_cnn_paradigm
 
 
 class DynamicBlock(nn.Module):
@@ -49,7 +42,7 @@ class DynamicBlock(nn.Module):
         stride: stride of the 3×3 conv (and of the projection).
         groups: groups of the 3×3 conv.
         se_channels: SE squeeze width (0 without SE).
-        paradigm: one of PARADIGMS.
+        paradigm: one of `laudnet.paradigms.CNN_PARADIGMS`.
         granularity: patch size S (spatial), channel group size G (channel), None otherwise.
         info: the `DynamicInfo` of the last forward (None before the first).
     """
@@ -64,25 +57,14 @@ class DynamicBlock(nn.Module):
     def _init_dynamic(
         self, paradigm: str, granularity: int | None, masker_reduction: int = 16, masker_norm: bool = True
     ) -> None:
-        self.paradigm = check_paradigm(paradigm)
+        self.paradigm = check_cnn_paradigm(paradigm)
         self.info: DynamicInfo | None = None
-        if paradigm == "spatial":
-            if not isinstance(granularity, int) or isinstance(granularity, bool) or granularity < 1:
-                raise ValueError(f"spatial patch size must be a positive integer, got {granularity!r}")
-            self.granularity = granularity
-        elif paradigm == "channel":
-            if not isinstance(granularity, int) or isinstance(granularity, bool) or granularity < 1:
-                raise ValueError(f"channel group size must be a positive integer, got {granularity!r}")
-            if self.width % granularity:
-                raise ValueError(
-                    f"channel group size G={granularity} does not divide the block width {self.width} "
-                    f"(block {self.in_channels}->{self.out_channels} channels)"
-                )
-            self.granularity = granularity
-        else:
-            if granularity is not None:
-                raise ValueError(f"paradigm {paradigm!r} takes no granularity, got {granularity!r}")
-            self.granularity = None
+        self.granularity = check_block_granularity(paradigm, granularity)
+        if paradigm == "channel" and self.width % granularity:
+            raise ValueError(
+                f"channel group size G={granularity} does not divide the block width {self.width} "
+                f"(block {self.in_channels}->{self.out_channels} channels)"
+            )
         if paradigm in ("spatial", "layer"):
             self.masker = SpatialMasker(self.in_channels, norm=masker_norm)
         elif paradigm == "channel":

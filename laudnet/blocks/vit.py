@@ -30,27 +30,7 @@ from torch import Tensor, nn
 
 from laudnet.info import DynamicInfo
 from laudnet.masks import SPATIAL_EXECUTE_BIAS, _Masker, gumbel_gate
-
-VIT_PARTS = ("token", "head", "layer")
-
-
-def parse_vit_paradigm(paradigm: str) -> tuple[str, frozenset[str]]:
-    """Canonical name and parts of a ViT paradigm: ``static`` or a ``+``-combination of token, head and layer.
-
-    Returns:
-        (canonical name in the order token+head+layer, set of parts); ``static`` has no parts.
-    """
-    if not isinstance(paradigm, str):
-        raise ValueError(f"paradigm must be a string, got {paradigm!r}")
-    if paradigm == "static":
-        return "static", frozenset()
-    parts = paradigm.split("+")
-    if any(p not in VIT_PARTS for p in parts) or len(set(parts)) != len(parts):
-        raise ValueError(
-            f"unknown ViT paradigm {paradigm!r}; choose 'static' or a '+'-combination of token, head, layer "
-            "(e.g. 'token', 'head+layer', 'token+head+layer')"
-        )
-    return "+".join(p for p in VIT_PARTS if p in parts), frozenset(parts)
+from laudnet.paradigms import parse_vit_paradigm as parse_vit_paradigm
 
 
 def check_keep_ratio(keep_ratio: float | None) -> float | None:

@@ -8,7 +8,6 @@ Needs neither a GPU nor the model code: models are described by small geometry t
     predict_model("deit_small", "token+head+layer", density=0.5, hardware="h100")  # the ViTs
 """
 
-from laudnet.latency.blocks import PARADIGMS as PARADIGMS
 from laudnet.latency.blocks import block_cost as block_cost
 from laudnet.latency.blocks import transformer_block as transformer_block
 from laudnet.latency.geometry import BlockGeometry as BlockGeometry
@@ -29,5 +28,6 @@ from laudnet.latency.ops import OpModel as OpModel
 from laudnet.latency.ops import get_op_model as get_op_model
 from laudnet.latency.predictor import BlockPrediction as BlockPrediction
 from laudnet.latency.predictor import Prediction as Prediction
-from laudnet.latency.predictor import parse_granularity as parse_granularity
 from laudnet.latency.predictor import predict_model as predict_model
+from laudnet.paradigms import CNN_PARADIGMS as PARADIGMS  # noqa: F401 (the CNN paradigms the predictor takes)
+from laudnet.paradigms import parse_granularity as parse_granularity

@@ -18,8 +18,8 @@ import math
 
 from laudnet.latency.geometry import BlockGeometry
 from laudnet.latency.ops import ZERO, Cost, OpModel
+from laudnet.paradigms import CNN_PARADIGMS
 
-PARADIGMS = ("static", "spatial", "channel", "layer")
 SPATIAL_CONV1 = ("dense", "sparse")  # DeployedBlock.spatial_conv1
 
 
@@ -284,7 +284,7 @@ def block_cost(op: OpModel, b: BlockGeometry, paradigm: str, density: float, gra
         return channel_block(op, b, granularity, density, masker, index)
     if paradigm == "layer":
         return layer_block(op, b, density, masker, index)
-    raise ValueError(f"unknown paradigm {paradigm!r}; choose from {', '.join(PARADIGMS)}")
+    raise ValueError(f"unknown paradigm {paradigm!r}; choose from {', '.join(CNN_PARADIGMS)}")
 
 
 def transformer_block(op: OpModel, tokens: int, dim: int, heads: int, mlp_ratio: float = 4.0,

@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 
-from laudnet.latency.blocks import PARADIGMS, SPATIAL_CONV1, block_cost
+from laudnet.latency.blocks import SPATIAL_CONV1, block_cost
 from laudnet.latency.geometry import BlockGeometry, get_geometry
 from laudnet.latency.hardware import HardwareSpec, load_hardware
 from laudnet.latency.ops import get_op_model
+from laudnet.paradigms import CNN_PARADIGMS
 
 
 # ---- measuring -------------------------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def compare_blocks(measurements: Sequence[dict], hw: str | HardwareSpec, compat:
     rows = []
     for m in measurements:
         paradigm = m.get("paradigm", "static")
-        if paradigm not in PARADIGMS:
+        if paradigm not in CNN_PARADIGMS:
             raise ValueError(f"measurement {m!r}: unknown paradigm {paradigm!r}")
         measured = m.get("measured_ms")
         if not isinstance(measured, (int, float)) or measured <= 0:

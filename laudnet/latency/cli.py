@@ -14,6 +14,7 @@ from pathlib import Path
 
 from laudnet.latency.geometry import is_vit, list_models, list_vit_models
 from laudnet.latency.hardware import PRECISIONS, list_hardware
+from laudnet.paradigms import CNN_PARADIGMS, DEFAULT_GRANULARITY, VIT_PARTS, format_granularity
 
 
 def _clear_errors(fn):
@@ -82,15 +83,17 @@ def read_densities(value: str) -> list[float]:
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arg(parser)
     parser.add_argument("--paradigm", default="layer",
-                        help="CNNs: spatial, channel, layer or static; ViTs: static or a +-combination of token, head "
-                             "and layer, e.g. token+head+layer (default layer)")
+                        help=f"CNNs: {', '.join(CNN_PARADIGMS)}; ViTs: static or a +-combination of "
+                             f"{', '.join(VIT_PARTS)}, e.g. {'+'.join(VIT_PARTS)} (default layer)")
     parser.add_argument("--density", type=float, default=0.5,
                         help="activation rate of every block (default 0.5); ViTs: the rate of each skipped part")
     parser.add_argument("--densities", default=None,
                         help="per-block activation rates: comma list or JSON file (e.g. from laudnet eval)")
     parser.add_argument("--granularity", default=None,
-                        help="CNNs only, per stage: patch size S for spatial (4-4-2-1), group size G for channel "
-                             "(2-2-2-2)")
+                        help="CNNs only: patch size S (spatial) or group size G (channel), one per stage (4-4-2-1 or "
+                             "4,4,2,1) or one for every stage; default the models': spatial "
+                             f"{format_granularity(DEFAULT_GRANULARITY['spatial'])}, channel "
+                             f"{format_granularity(DEFAULT_GRANULARITY['channel'])}")
     _add_device_args(parser)
     parser.add_argument("--blocks", action="store_true", help="also print every block")
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")

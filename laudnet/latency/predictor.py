@@ -22,28 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from laudnet.latency.blocks import PARADIGMS, block_cost, transformer_block
+from laudnet.latency.blocks import block_cost, transformer_block
 from laudnet.latency.geometry import ModelGeometry, ViTGeometry, get_geometry, get_vit_geometry, is_vit
 from laudnet.latency.hardware import HardwareSpec, load_hardware
 from laudnet.latency.ops import ZERO, Cost, OpModel, get_op_model
+from laudnet.paradigms import check_cnn_paradigm, parse_vit_paradigm, stage_granularity
 
 COMPAT_MODES = (None, "paper")
-VIT_PARTS = ("token", "head", "layer")
 VIT_TOKEN_BUCKET = 8  # laudnet.deploy.vit.deploy_vit's default: the attention's kept-token count rounded up to 8
-
-
-def parse_vit_paradigm(paradigm: str) -> tuple[str, frozenset[str]]:
-    """`static` or a `+`-combination of token, head and layer -> (canonical name token+head+layer order, parts).
-
-    The same rule as `laudnet.blocks.vit.parse_vit_paradigm`, here so that the predictor never imports torch.
-    """
-    if paradigm == "static":
-        return "static", frozenset()
-    parts = paradigm.split("+") if isinstance(paradigm, str) else []
-    if not parts or any(p not in VIT_PARTS for p in parts) or len(set(parts)) != len(parts):
-        raise ValueError(f"unknown ViT paradigm {paradigm!r}; choose 'static' or a '+'-combination of token, head, "
-                         "layer (e.g. 'token', 'head+layer', 'token+head+layer')")
-    return "+".join(p for p in VIT_PARTS if p in parts), frozenset(parts)
 
 
 @dataclass
@@ -92,27 +78,6 @@ class Prediction:
         return out
 
 
-def parse_granularity(value: str | int | Sequence[int] | None, n_stages: int = 4) -> list[int] | None:
-    """`"4-4-2-1"`, `4` or `[4, 4, 2, 1]` -> one positive integer per stage (a single value applies to all)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        # Every part must be a number: "-1" is not 1 (its empty first part once read as 1-1-1-1).
-        try:
-            parts = [int(p) for p in value.strip().replace(",", "-").split("-")]
-        except ValueError as err:
-            raise ValueError(f"granularity must look like 4-4-2-1 (positive integers), got {value!r}") from err
-    elif isinstance(value, int):
-        parts = [value]
-    else:
-        parts = [int(p) for p in value]
-    if len(parts) == 1:
-        parts = parts * n_stages
-    if len(parts) != n_stages or any(p < 1 for p in parts):
-        raise ValueError(f"granularity needs {n_stages} positive integers (one per stage), got {value!r}")
-    return parts
-
-
 def _densities(geom: ModelGeometry | ViTGeometry, density: float | Sequence[float] | None,
                per_block_densities: Sequence[float] | None) -> list[float]:
     if per_block_densities is not None and density is not None and not isinstance(density, (int, float)):
@@ -133,23 +98,21 @@ def _densities(geom: ModelGeometry | ViTGeometry, density: float | Sequence[floa
     return values
 
 
-def _check_granularity(geom: ModelGeometry, paradigm: str, gran: list[int] | None) -> list[int] | None:
+def _stage_granularity(geom: ModelGeometry, paradigm: str, granularity) -> list[int] | None:
+    """The models' per-stage granularity (`laudnet.paradigms.stage_granularity`: default for None), checked against
+    the stage sizes (spatial S) or bottleneck widths (channel G); None for the paradigms without one."""
+    gran = stage_granularity(paradigm, granularity, len(geom.stages))
     if paradigm == "spatial":
-        if gran is None:
-            raise ValueError("spatial skipping needs a granularity S per stage, e.g. 4-4-2-1")
         for st, s in zip(geom.stages, gran, strict=True):
             if st.size % s:
                 raise ValueError(f"spatial granularity {s} does not divide the stage size {st.size} "
                                  f"(stage sizes {[x.size for x in geom.stages]})")
     elif paradigm == "channel":
-        gran = gran or [1] * len(geom.stages)
         for st, g in zip(geom.stages, gran, strict=True):
             if st.width % g:
                 raise ValueError(f"channel granularity {g} does not divide the bottleneck width {st.width} "
                                  f"(widths {[x.width for x in geom.stages]})")
-    elif gran is not None:
-        raise ValueError(f"a granularity applies to spatial (S) and channel (G) skipping, not to {paradigm!r}")
-    return gran
+    return None if gran[0] is None else list(gran)
 
 
 def _head_cost(op: OpModel, geom: ModelGeometry) -> Cost:
@@ -176,8 +139,9 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
             `+`-combination of `token`, `head` and `layer`.
         density: activation rate for every block, or a list with one rate per block (ViTs: the rate of each part
             the paradigm skips).
-        granularity: spatial patch size S per stage (`"4-4-2-1"`) or channel group size G per stage (`"2-2-2-2"`,
-            default 1); a single number applies to every stage.
+        granularity: spatial patch size S per stage (`"4-4-2-1"`) or channel group size G per stage (`"8-8-8-8"`);
+            a single number applies to every stage (the grammar of `laudnet.paradigms.parse_granularity`). None
+            takes the models' default (`laudnet.paradigms.DEFAULT_GRANULARITY`: spatial 4-4-2-1, channel 8-8-8-8).
         hardware: preset name, spec file path, or a `HardwareSpec`.
         batch: images per batch (default: the device's, 128 for data-centre GPUs, 1 for Jetsons).
         compat: None (fixed model) or `"paper"` (official simulator, FP32, residual stages only).
@@ -202,10 +166,8 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
                              f"got {granularity!r}")
         if compat == "paper":
             raise ValueError("compat='paper' reproduces the official CNN simulator; it does not apply to the ViTs")
-    elif paradigm not in PARADIGMS:
-        hint = "; token, head and layer combinations are for the ViTs" if "+" in str(paradigm) or paradigm in (
-            "token", "head") else ""
-        raise ValueError(f"unknown paradigm {paradigm!r} for a CNN; choose from {', '.join(PARADIGMS)}{hint}")
+    else:
+        check_cnn_paradigm(paradigm)
     hw = load_hardware(hardware)
     if graphed:
         if compat == "paper":
@@ -226,7 +188,7 @@ def predict_model(model_name: str, paradigm: str, density: float | Sequence[floa
         pred = _predict_vit(op, get_vit_geometry(model_name), paradigm, parts, density, per_block_densities)
         return replace(pred, graphed=graphed)
     geom = get_geometry(model_name)
-    gran = _check_granularity(geom, paradigm, parse_granularity(granularity, len(geom.stages)))
+    gran = _stage_granularity(geom, paradigm, granularity)
     dens = [1.0] * geom.num_blocks if paradigm == "static" else _densities(geom, density, per_block_densities)
 
     per_image_ms = 1e3 / batch

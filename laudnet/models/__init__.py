@@ -5,7 +5,6 @@ from laudnet.models import resnet as resnet
 from laudnet.models import vit as vit
 from laudnet.models._base import DynamicModel as DynamicModel
 from laudnet.models._base import ModelFlops as ModelFlops
-from laudnet.models._base import parse_granularity as parse_granularity
 from laudnet.models._registry import create_model as create_model
 from laudnet.models._registry import list_models as list_models
 from laudnet.models._registry import register_model as register_model

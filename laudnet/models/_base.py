@@ -7,43 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from laudnet.blocks.base import PARADIGMS, DynamicBlock
+from laudnet.blocks.base import DynamicBlock
 from laudnet.info import DynamicInfo, collect_info
-
-# Spatial: the paper's S^net = 4-4-2-1. Channel: G = 8, not the official scripts' G = 1: with G = 1 a channel-skipping
-# block is slower than the static block, with G = 8 faster (the 3×3 weight gather gets 16-byte loads; chosen by
-# measurement, see the README); G = 8 divides every stage width of the four models.
-DEFAULT_GRANULARITY = {"spatial": (4, 4, 2, 1), "channel": (8, 8, 8, 8)}
-
-
-def parse_granularity(
-    paradigm: str, granularity: int | str | tuple[int, ...] | list[int] | None, n_stages: int = 4
-) -> tuple[int | None, ...]:
-    """Per-stage granularity from an int, a ``"4-4-2-1"`` string or a sequence; None → the paradigm's default."""
-    if paradigm not in PARADIGMS:
-        raise ValueError(f"unknown paradigm {paradigm!r}; choose from: {', '.join(PARADIGMS)}")
-    if paradigm in ("static", "layer"):
-        if granularity is not None:
-            raise ValueError(f"paradigm {paradigm!r} takes no granularity, got {granularity!r}")
-        return (None,) * n_stages
-    if granularity is None:
-        return DEFAULT_GRANULARITY[paradigm]
-    if isinstance(granularity, str):
-        try:
-            values = tuple(int(v) for v in granularity.split("-"))
-        except ValueError:
-            raise ValueError(f"granularity {granularity!r} is not of the form 'a-b-c-d' with integers") from None
-    elif isinstance(granularity, int):
-        values = (granularity,) * n_stages
-    else:
-        values = tuple(granularity)
-    if len(values) != n_stages:
-        raise ValueError(f"granularity needs {n_stages} values (one per stage), got {granularity!r}")
-    what = "spatial patch size S" if paradigm == "spatial" else "channel group size G"
-    for v in values:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{what} must be a positive integer, got {v!r} in {granularity!r}")
-    return values
 
 
 def dynamic_stage(stage: nn.Module, block_cls: type[DynamicBlock], paradigm: str, granularity: int | None,

@@ -39,7 +39,8 @@ def create_model(
         name: a name from `list_models()`.
         paradigm: ``static``, ``spatial``, ``channel`` or ``layer``.
         granularity: per-stage patch size S (spatial) or channel group size G (channel): one int for all stages, a
-            sequence of four, or a string such as ``"4-4-2-1"``. None takes the paradigm's default.
+            sequence of four, or a string such as ``"4-4-2-1"`` or ``"4,4,2,1"`` (`laudnet.paradigms`). None takes
+            the paradigm's default (`laudnet.paradigms.DEFAULT_GRANULARITY`: spatial 4-4-2-1, channel 8-8-8-8).
         num_classes: classifier outputs.
         **kwargs: passed to the model builder (e.g. ``masker_reduction``).
 

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from laudnet.blocks.regnet import DynamicRegNetBlock
 from laudnet.flops import conv_flops, conv_out_size, linear_flops, pool_flops
-from laudnet.models._base import DynamicModel, dynamic_stage, parse_granularity
+from laudnet.models._base import DynamicModel, dynamic_stage
 from laudnet.models._registry import register_model
+from laudnet.paradigms import stage_granularity
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class LaudRegNet(DynamicModel):
         masker_norm: bool = True,
     ) -> None:
         super().__init__()
-        grans = parse_granularity(paradigm, granularity)
+        grans = stage_granularity(paradigm, granularity)
         self.paradigm = paradigm
         self.granularity = grans
         tv = cfg.builder(weights=None, num_classes=num_classes)

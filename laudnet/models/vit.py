@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from laudnet.blocks.vit import DynamicViTBlock, check_keep_ratio, parse_vit_paradigm
+from laudnet.blocks.vit import DynamicViTBlock, check_keep_ratio
 from laudnet.models._base import DynamicModel
 from laudnet.models._registry import register_model
 from laudnet.models.weights import load_backbone_weights
+from laudnet.paradigms import parse_vit_paradigm
 
 
 @dataclass(frozen=True)

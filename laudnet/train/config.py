@@ -24,11 +24,10 @@ from typing import Any
 
 import yaml
 
+from laudnet.paradigms import DEFAULT_GRANULARITY, format_granularity, parse_granularity
+from laudnet.paradigms import DYNAMIC_PARADIGMS as PARADIGMS
 from laudnet.train.schedules import FLOPS_REDUCTIONS, NOISE_KINDS, TEMPERATURE_KINDS
 
-# CNN paradigms, then the ViT ones (laud_deit_*, laud_vit_base: token, head and layer skipping, combined with "+").
-PARADIGMS = ("spatial", "channel", "layer", "token", "head", "token+head", "token+layer", "head+layer",
-             "token+head+layer")
 MODES = ("dynamic", "static")
 TEMP_SCHEDULES = TEMPERATURE_KINDS
 NOISE_SCHEDULES = NOISE_KINDS
@@ -48,7 +47,11 @@ class TrainConfig:
     mode: str = _f("dynamic", "static training, or dynamic fine-tuning with maskers", "model", MODES)
     paradigm: str = _f("spatial", "what the maskers skip", "model", PARADIGMS)
     granularity: list[int] | None = _f(
-        None, "per-stage granularity, e.g. 4-4-2-1 (spatial patch S or channel group G); default: the model's", "model"
+        None,
+        "per-stage granularity, e.g. 4-4-2-1 or 4,4,2,1 (spatial patch S or channel group G; one value for every "
+        f"stage); default spatial {format_granularity(DEFAULT_GRANULARITY['spatial'])}, channel "
+        f"{format_granularity(DEFAULT_GRANULARITY['channel'])}",
+        "model",
     )
     init: str | None = _f(
         None, "initial weights: a static laudnet checkpoint or a torchvision weights file (.pth)", "model"
@@ -175,27 +178,15 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _parse_granularity(value: Any) -> list[int] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        parts = value.replace(",", "-").split("-")
-    elif isinstance(value, int | list | tuple):
-        parts = [value] if isinstance(value, int) else list(value)
-    else:
-        raise ValueError(f"granularity must be like 4-4-2-1 or a list of ints, got {value!r}")
-    try:
-        out = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        raise ValueError(f"granularity must be like 4-4-2-1 or a list of ints, got {value!r}") from None
-    if not out or any(g < 1 for g in out):
-        raise ValueError(f"granularity values must be positive integers, got {value!r}")
-    return out
+def _granularity_list(value: Any) -> list[int] | None:
+    """The granularity grammar of `laudnet.paradigms`, as the list that args.yaml and checkpoints hold."""
+    out = parse_granularity(value)
+    return None if out is None else list(out)
 
 
 def validate_config(cfg: TrainConfig) -> None:
     """Check ranges and choices; raises ValueError naming the field."""
-    cfg.granularity = _parse_granularity(cfg.granularity)
+    cfg.granularity = _granularity_list(cfg.granularity)
     if not 0 < cfg.target <= 1:
         raise ValueError(f"target must be in (0, 1], got {cfg.target}")
     for f in dataclasses.fields(cfg):
@@ -282,7 +273,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ValueError(f"{source}: {name} cannot be null")
     if kind is list:
         try:
-            return _parse_granularity(value)
+            return _granularity_list(value)
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
     ok = (
@@ -348,7 +339,7 @@ def check_overrides(data: Any, source: str, where: str = "") -> dict[str, Any]:
 
 def _granularity_flag(text: str) -> list[int] | None:
     try:
-        return _parse_granularity(text)
+        return _granularity_list(text)
     except ValueError as err:  # argparse prints ArgumentTypeError messages as they are
         raise argparse.ArgumentTypeError(str(err)) from None
 

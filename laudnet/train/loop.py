@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from laudnet.paradigms import GRANULAR_PARADIGMS
 from laudnet.train import distributed as dist_utils
 from laudnet.train.adaptivity import AdaptivityMeter, AdaptivityResult, patch_sizes
 from laudnet.train.checkpoint import (
@@ -111,13 +112,12 @@ def model_paradigm(cfg: TrainConfig) -> str:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, paradigm: str | None = None) -> nn.Module:
-    """The registered model of ``cfg`` (granularity only where the paradigm takes one)."""
+    """The registered model of ``cfg`` (granularity only where the paradigm takes one: a static teacher of a spatial
+    run ignores it)."""
     from laudnet.models import create_model
 
     paradigm = paradigm or model_paradigm(cfg)
-    granularity = cfg.granularity if paradigm in ("spatial", "channel") else None
-    if granularity is not None and len(granularity) == 1:  # one value for every stage
-        granularity = granularity[0]
+    granularity = cfg.granularity if paradigm in GRANULAR_PARADIGMS else None
     kwargs = size_kwargs(cfg.model, cfg.image_size)
     if "img_size" not in kwargs:  # a CNN: its maskers' form (a ViT's maskers have no input normalisation)
         kwargs["masker_norm"] = cfg.masker_norm

@@ -116,9 +116,9 @@ def test_regnet_compat_and_default_run():
     ({"density": 1.5}, r"\[0, 1\]"),
     ({"density": [0.5] * 5}, "16 blocks"),
     ({"paradigm": "spatial", "granularity": "3-4-2-1"}, "does not divide the stage size 56"),
-    ({"paradigm": "spatial", "granularity": None}, "needs a granularity"),
+    ({"paradigm": "spatial", "granularity": "-1"}, "got '-1'"),
     ({"paradigm": "channel", "granularity": "3"}, "does not divide the bottleneck width 64"),
-    ({"paradigm": "channel", "granularity": "1-2"}, "4 positive integers"),
+    ({"paradigm": "channel", "granularity": "1-2"}, "one positive integer or 4 of them"),
     ({"paradigm": "token"}, "unknown paradigm"),
     ({"compat": "lasnet"}, "unknown compat"),
     ({"batch": 0}, "batch"),
@@ -130,7 +130,7 @@ def test_bad_input_is_a_clear_error(kwargs, message):
 
 
 def test_granularity_only_for_spatial_and_channel():
-    with pytest.raises(ValueError, match="not to 'layer'"):
+    with pytest.raises(ValueError, match="'layer' takes no granularity"):
         predict_model("resnet50", "layer", 0.5, "4-4-2-1")
 
 

@@ -94,7 +94,8 @@ def test_rejected_by_argparse(capsys):
     assert "invalid choice: 'pixel'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["--granularity", "4-0-2-1"])
-    assert "granularity values must be positive integers, got '4-0-2-1'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "granularity must be one positive integer or 4 of them" in err and "got '4-0-2-1'" in err
     with pytest.raises(SystemExit):
         parser.parse_args(["--epochs", "2.5"])
 
@@ -102,7 +103,7 @@ def test_rejected_by_argparse(capsys):
 def test_bad_granularity_in_yaml(tmp_path):
     path = tmp_path / "g.yaml"
     path.write_text("granularity: [4, x]\n")
-    with pytest.raises(ValueError, match=r"g\.yaml: granularity must be like 4-4-2-1"):
+    with pytest.raises(ValueError, match=r"g\.yaml: granularity must be one positive integer or 4 .*got \[4, 'x'\]"):
         load_yaml_overrides(path)
 
 
