@@ -127,7 +127,7 @@ class SpatialMasker(_Masker):
         """Coarse mask (B, g, gh, gw) for an output map of size out_hw."""
         pooled = pool_patches(x, stride, patch, out_hw)
         if self.norm is not None:
-            pooled = self.norm(pooled)
+            pooled = _normalise(self.norm, pooled)
         logits = self.conv(pooled)
         b, _, gh, gw = logits.shape
         return self._decide(logits.view(b, 2, self.groups, gh, gw))
@@ -179,7 +179,7 @@ class ChannelMasker(_Masker):
         """Group mask (B, n_groups)."""
         pooled = x.mean(dim=(2, 3))
         if self.norm is not None:
-            pooled = self.norm(pooled)
+            pooled = _normalise(self.norm, pooled)
         logits = self.fc2(self.relu(self.fc1(pooled)))
         return self._decide(logits.view(x.shape[0], 2, self.n_groups))
 
@@ -201,6 +201,14 @@ class ChannelMasker(_Masker):
     def flops(self, in_channels: int, in_hw: tuple[int, int]) -> float:
         """Per-image operations: the global pool's adds and both linears' MACs."""
         return in_channels * in_hw[0] * in_hw[1] + in_channels * self.hidden + self.hidden * 2 * self.n_groups
+
+
+def _normalise(norm: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """`norm(x)`, except that a training batch with one value per channel (one image of a layer or channel masker)
+    uses the running statistics: there is no batch variance to take."""
+    if norm.training and x.numel() <= x.shape[1]:
+        return F.batch_norm(x, norm.running_mean, norm.running_var, eps=norm.eps)
+    return norm(x)
 
 
 def _fold_norm(norm: nn.modules.batchnorm._BatchNorm, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

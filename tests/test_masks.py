@@ -148,3 +148,12 @@ def test_paper_masker_has_no_normalisation_and_checkpoints_keep_theirs():
     channel = ChannelMasker(16, n_groups=4, norm=False)
     channel.load_state_dict(ChannelMasker(16, n_groups=4).state_dict())
     assert isinstance(channel.norm, torch.nn.BatchNorm1d)
+
+
+def test_normalised_maskers_train_on_one_image():
+    # A layer masker (1×1 grid) and a channel masker see one value per channel for a batch of one image.
+    layer, channel = SpatialMasker(8).train(), ChannelMasker(16, n_groups=4).train()
+    x = torch.rand(1, 8, 5, 5)
+    assert layer(x, 1, None, (5, 5)).shape == (1, 1, 1, 1)
+    assert channel(torch.rand(1, 16, 3, 3)).shape == (1, 4)
+    assert torch.equal(layer.norm.running_mean, torch.zeros(8))  # running statistics left as they were
