@@ -26,7 +26,7 @@
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|pareto"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -86,5 +86,17 @@ full-r101|full-r50)
     timeout 570 python benchmarks/bench_models.py --models "$m" --batches 128 1 --tune --rates 0.25 0.5 0.75 \
         --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
-*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50)" >&2; exit 2 ;;
+recipe-seeds)
+    # the masker recipe over three seeds (carry .data: the Fashion-MNIST files); one call, ~8 minutes
+    timeout 560 python benchmarks/recipe_ablation.py --device cuda --jobs 8 --data-root .data/fashion-mnist \
+        --seeds 0 1 2 --only spatial/paper "spatial/norm+anneal" "spatial/norm+anneal, masker lr x1" layer/paper \
+        "layer/norm+anneal" --out runs/abl-seeds --commit "$c" > "$out/recipe_ablation_seeds_$c.log" 2>&1
+    cp runs/abl-seeds/recipe_ablation.json "$out/recipe_ablation_seeds_$c.json"; tail -12 "$out/recipe_ablation_seeds_$c.log" ;;
+pareto)
+    # the accuracy-latency figure; rerun until it prints rc=0 (carry .whl with torch-pruning and .data)
+    python -m pip install -q --no-deps .whl/torch_pruning-*.whl
+    python benchmarks/pareto.py --data-root .data/fashion-mnist --out runs/pareto --commit "$c" --budget-minutes 8.4 \
+        --no-progress > "$out/pareto_$c.log" 2>&1; echo "rc=$?"
+    cp runs/pareto/{pareto.json,pareto.md,pareto_latency.png,pareto_flops.png} "$out/"; tail -30 "$out/pareto_$c.log" ;;
+*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50, recipe-seeds, pareto)" >&2; exit 2 ;;
 esac
