@@ -82,6 +82,27 @@ def _assert_same_weights(got, want):
     ids=["sigterm-at-start", "sigterm-epoch-2", "sigint", "sigkill-at-save", "sigkill-epoch-2"],
 )
 def test_group_signal_saves_then_resume_matches(tmp_path, fashion_root, reference, sig, code, delay, after):
+    _check_fault(tmp_path, fashion_root, reference, sig, code, delay, after)
+
+
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGKILL: -9}
+FAULT_SEED = int(os.environ.get("LAUDNET_FAULT_SEED", time.time_ns() % 100_000))
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_signal_at_a_random_point_resumes_to_the_same_weights(tmp_path, fashion_root, reference, case):
+    """A signal drawn at random (kind, anchor line, delay) each run; LAUDNET_FAULT_SEED=<seed> replays a failure."""
+    import random
+
+    rng = random.Random(FAULT_SEED * 10 + case)
+    sig = rng.choice(list(EXIT_CODES))
+    after = rng.choice([" steps x ", "epoch 1/"])
+    delay = round(rng.uniform(0.0, 0.8 if after == " steps x " else 0.4), 2)  # the run must still be going
+    print(f"LAUDNET_FAULT_SEED={FAULT_SEED}: {signal.Signals(sig).name} {delay} s after {after.strip()!r}")
+    _check_fault(tmp_path, fashion_root, reference, sig, EXIT_CODES[sig], delay, after)
+
+
+def _check_fault(tmp_path, fashion_root, reference, sig, code, delay, after):
     argv = _argv(tmp_path, "run", fashion_root)
     rc, out = _start_and_signal(argv, sig, delay, after)
     name = signal.Signals(sig).name
