@@ -406,11 +406,11 @@ def probe(jobs: list[Job], runner: Runner, steps: int, val_images: int) -> Rates
     dyn_cfg = next((j for j in jobs if j.kind != "static"), static).cfg
     probes = [
         Job("probe-static", "static", dataclasses.replace(
-            static.cfg, run_name="probe-static", epochs=2, max_steps_per_epoch=steps, val_subset=val_images,
-            warmup_epochs=0.0)),
+            static.cfg, run_name="probe-static", overwrite=True, epochs=2, max_steps_per_epoch=steps,
+            val_subset=val_images, warmup_epochs=0.0)),
         Job("probe-dynamic", "scratch", dataclasses.replace(
-            dyn_cfg, run_name="probe-dynamic", epochs=2, max_steps_per_epoch=steps, val_subset=val_images, init=None,
-            warmup_epochs=0.0, mode="dynamic")),
+            dyn_cfg, run_name="probe-dynamic", overwrite=True, epochs=2, max_steps_per_epoch=steps,
+            val_subset=val_images, init=None, warmup_epochs=0.0, mode="dynamic")),
     ]
     for p in probes:
         if p.cfg.train_subset is not None and p.cfg.train_subset < steps * p.cfg.batch_size:
