@@ -26,6 +26,10 @@ then timed on several real batches (median). Top-1 is each network's training-fo
 (bf16 autocast, as in training); FLOPs are multiply-accumulates per image (laudnet's convention: convs, linears,
 pools; a LAUD network's mean dynamic FLOPs with its maskers, from laudnet's eval).
 
+    # here, once: the wheel and a copy of the data, in folders git ignores (.git/info/exclude: /.whl/ and /.data/)
+    python -m pip download --no-deps -d .whl torch-pruning==1.6.1
+    mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
+    # on the GPU machine (carry .whl and .data), up to three times:
     python -m pip install -q --no-deps .whl/torch_pruning-1.6.1-py3-none-any.whl   # the GPU machine lacks it
     PYTHONPATH=$PWD python benchmarks/pareto.py --data-root .data/fashion-mnist --out runs/pareto \
         --commit <hash> --budget-minutes 8.2 --no-progress
