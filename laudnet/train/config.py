@@ -29,8 +29,6 @@ from laudnet.paradigms import DYNAMIC_PARADIGMS as PARADIGMS
 from laudnet.train.schedules import FLOPS_REDUCTIONS, NOISE_KINDS, TEMPERATURE_KINDS
 
 MODES = ("dynamic", "static")
-TEMP_SCHEDULES = TEMPERATURE_KINDS
-NOISE_SCHEDULES = NOISE_KINDS
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -117,10 +115,10 @@ class TrainConfig:
     kd_temperature: float = _f(4.0, "distillation temperature T", "dynamic")
     t0: float = _f(5.0, "initial Gumbel temperature", "dynamic")
     t_last: float = _f(0.1, "final Gumbel temperature", "dynamic")
-    temp_schedule: str = _f("exp", "Gumbel temperature schedule over all iterations", "dynamic", TEMP_SCHEDULES)
+    temp_schedule: str = _f("exp", "Gumbel temperature schedule over all iterations", "dynamic", TEMPERATURE_KINDS)
     noise_schedule: str = _f(
         "linear", "scale of the Gumbel noise of training decisions: decaying from 1 to noise_end, or constant 1 "
-        "(the paper)", "dynamic", NOISE_SCHEDULES,
+        "(the paper)", "dynamic", NOISE_KINDS,
     )
     noise_end: float = _f(0.0, "final Gumbel-noise scale of a decaying noise_schedule", "dynamic")
     # run
