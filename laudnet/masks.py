@@ -58,9 +58,7 @@ def gumbel_gate(logits: Tensor, temperature: float, training: bool, noise: float
         raise ValueError(f"gate logits must have shape (B, 2, ...), got {tuple(logits.shape)}")
     if not training:
         return (logits[:, 0] >= logits[:, 1]).to(logits.dtype)
-    if noise == 1.0:
-        return F.gumbel_softmax(logits, tau=temperature, hard=True, dim=1)[:, 0]
-    if noise > 0:
+    if noise > 0:  # noise 1: the hard Gumbel-softmax sample
         gumbels = -torch.empty_like(logits).exponential_().log()
         logits = logits + noise * gumbels
     soft = torch.softmax(logits / temperature, dim=1)[:, 0]

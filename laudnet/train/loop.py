@@ -513,7 +513,7 @@ def _prepare_run_dir(
                 f"run folder {run_dir} already holds a run ({', '.join(held)}): continue it with --resume auto, "
                 "give a fresh --run-name, or start it over with --overwrite"
             )
-        if held and main:
+        if held:
             for name in held:
                 (run_dir / name).unlink(missing_ok=True)
             say(f"--overwrite: removed {', '.join(held)} of the previous run in {run_dir}")
