@@ -9,6 +9,10 @@ time (``--jobs``), and a finished run is not trained again, so an interrupted sw
 
     python benchmarks/recipe_ablation.py --out runs/ablation --jobs 6 --device cuda --commit $(git rev-parse HEAD)
     python benchmarks/recipe_ablation.py --smoke --out /tmp/abl      # the whole flow on a CPU in about a minute
+    python benchmarks/recipe_ablation.py --variants benchmarks/configs/demo-gap-variants.yaml --only demo ...
+
+``--variants FILE`` adds variants from a YAML mapping ``name: {paradigm: ..., option: value, ...}``; their options
+override the recipe's ``dynamic:`` section directly (the built-in variants start from the paper's masker recipe).
 
 Writes ``<out>/recipe_ablation.json`` (one record per run, the configuration beside its results) and prints a
 markdown table (``--report FILE`` prints the table of an existing JSON).
@@ -17,13 +21,14 @@ markdown table (``--report FILE`` prints the table of an existing JSON).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -108,6 +113,23 @@ def train_static(out: Path, static: dict) -> Path:
     return ckpt
 
 
+def load_variants(path: Path) -> dict[str, tuple[str, dict]]:
+    """Variants of a YAML file (name -> options, ``paradigm`` among them), in VARIANTS' form."""
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{path}: expected a mapping of variant name -> options")
+    return {str(name): (options.pop("paradigm", "spatial"), options) for name, options in data.items()}
+
+
+def val_history(run_dir: Path) -> list[float]:
+    """Validation top-1 after each validated epoch of a run (its metrics.csv)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [round(float(row["val_top1"]), 2) for row in csv.DictReader(f) if row.get("val_top1")]
+
+
 def run_variant(out: Path, variant: str, seed: int, dynamic: dict, init: Path) -> dict:
     """Train (unless done) and evaluate one variant; its record."""
     paradigm, overrides = VARIANTS[variant]
@@ -128,7 +150,7 @@ def run_variant(out: Path, variant: str, seed: int, dynamic: dict, init: Path) -
         _laudnet(["eval", str(out / name / "last.pt"), "--json", str(result), "--device", options["device"]], log)
     ev = json.loads(result.read_text())
     return {"variant": variant, "paradigm": paradigm, "seed": seed, "overrides": overrides,
-            "seconds": round(time.time() - t0, 1), **summarise(ev)}
+            "seconds": round(time.time() - t0, 1), "val_history": val_history(out / name), **summarise(ev)}
 
 
 def summarise(ev: dict) -> dict:
@@ -177,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (default: 1)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the dynamic runs (default: 0)")
+    parser.add_argument("--variants", default=None, help="YAML of more variants (name: {paradigm: ..., options})")
     parser.add_argument("--only", nargs="+", default=None, help="variants to run (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny images and subsets, one epoch: checks the flow")
     parser.add_argument("--commit", default="unknown", help="commit recorded in the JSON")
@@ -185,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(json.loads(Path(args.report).read_text())))
         return 0
+    if args.variants:
+        try:
+            VARIANTS.update(load_variants(Path(args.variants)))
+        except (OSError, yaml.YAMLError, ValueError) as e:
+            parser.error(f"cannot read --variants: {e}")
     variants = args.only or list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -203,24 +231,26 @@ def main(argv: list[str] | None = None) -> int:
     if not static_eval.is_file():
         _laudnet(["eval", str(init), "--json", str(static_eval), "--device", args.device], out / "static.log")
     cases = [(v, s) for v in variants for s in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_variant, out, v, s, dynamic, init) for v, s in cases]
-        runs = []
-        for (v, s), fut in zip(cases, futures, strict=True):
-            runs.append(fut.result())
-            shown = {k: runs[-1][k] for k in ("top1", "flops_ratio", "lift", "adaptive_fraction")}
-            print(f"{v} (seed {s}): {json.dumps(shown)}", flush=True)
     import torch
 
     payload = {
         "recipe": str(config), "static_options": static, "dynamic_options": dynamic,
-        "static_top1": json.loads(static_eval.read_text())["top1"], "runs": runs,
+        "static_top1": json.loads(static_eval.read_text())["top1"], "runs": [],
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-        "torch": torch.__version__, "commit": args.commit, "smoke": args.smoke,
-        "seconds": round(time.time() - t_start, 1), "cpus": os.cpu_count(),
+        "torch": torch.__version__, "commit": args.commit, "smoke": args.smoke, "cpus": os.cpu_count(),
     }
     path = out / "recipe_ablation.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    if path.is_file():  # runs of earlier invocations over the same folder stay in the JSON
+        payload["runs"] = [r for r in json.loads(path.read_text())["runs"] if (r["variant"], r["seed"]) not in cases]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_variant, out, v, s, dynamic, init): (v, s) for v, s in cases}
+        for fut in as_completed(futures):
+            (v, s), record = futures[fut], fut.result()
+            payload["runs"].append(record)
+            payload["seconds"] = round(time.time() - t_start, 1)
+            path.write_text(json.dumps(payload, indent=2) + "\n")  # what is done so far, if the sweep is cut short
+            shown = {k: payload["runs"][-1][k] for k in ("top1", "flops_ratio", "lift", "adaptive_fraction")}
+            print(f"{v} (seed {s}): {json.dumps(shown)}", flush=True)
     print(report(payload))
     print(f"wrote {path}")
     return 0

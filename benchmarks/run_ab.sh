@@ -22,11 +22,12 @@
 #                                         # attention kernel and the ViT paths, bench_vit head skipping (laudnet's
 #                                         # attention against flash heads), the batch-1 tile sweep and the
 #                                         # stem's tile heights
+#   OUT=dir benchmarks/run_ab.sh demo-gap (then demo-gap-2)   # the demo recipe's variants, to close its accuracy gap
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|pareto"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|demo-gap|demo-gap-2|pareto"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -92,6 +93,22 @@ recipe-seeds)
         --seeds 0 1 2 --only spatial/paper "spatial/norm+anneal" "spatial/norm+anneal, masker lr x1" layer/paper \
         "layer/norm+anneal" --out runs/abl-seeds --commit "$c" > "$out/recipe_ablation_seeds_$c.log" 2>&1
     cp runs/abl-seeds/recipe_ablation.json "$out/recipe_ablation_seeds_$c.json"; tail -12 "$out/recipe_ablation_seeds_$c.log" ;;
+demo-gap|demo-gap-2)
+    # variants of the demo's dynamic fine-tuning (benchmarks/configs/demo-gap-variants.yaml), seed 0, in two calls
+    # of ~7 minutes: the first also runs the demo's own recipe over seeds 1 and 2, the second the layer-skipping
+    # recipe over seeds 0-2 (its adaptivity over seeds); carry .data
+    abl="python benchmarks/recipe_ablation.py --device cuda --data-root .data/fashion-mnist --out runs/demo-gap
+         --variants benchmarks/configs/demo-gap-variants.yaml --commit $c"
+    if [ "$part" = demo-gap ]; then
+        timeout 330 $abl --jobs 8 --only demo "final temperature 0.5" "final temperature 1" "lambda 3" \
+            "KD temperature 1" "KD weight 0.9" "bounds over 2/3" "target 0.55" > "$out/demo_gap_$c.log" 2>&1
+        timeout 200 $abl --jobs 2 --only demo --seeds 1 2 >> "$out/demo_gap_$c.log" 2>&1
+    else
+        timeout 330 $abl --jobs 6 --only "masker lr x1" "lr 0.01" "warm-up 0.3 epoch" "noise to 0.3" \
+            "4 epochs, lr 0.01" "patch 4-2-1-1" > "$out/demo_gap_$c.log" 2>&1
+        timeout 200 $abl --jobs 3 --only layer/norm+anneal --seeds 0 1 2 >> "$out/demo_gap_$c.log" 2>&1
+    fi
+    cp runs/demo-gap/recipe_ablation.json "$out/demo_gap_$c.json"; tail -30 "$out/demo_gap_$c.log" ;;
 pareto)
     # the accuracy-latency figure; rerun until it prints rc=0 (carry .whl with torch-pruning and .data)
     python -m pip install -q --no-deps .whl/torch_pruning-*.whl

@@ -27,10 +27,17 @@ def test_smoke_sweep_records_each_variant_and_resumes(fashion_root, tmp_path):
     assert set(runs["spatial/paper"]["lift"]) == {"s1", "s2", "s3", "s4"}  # one lift (or None) per stage
     assert runs["layer/norm+anneal"]["lift"] == {} and runs["layer/norm+anneal"]["adaptive_fraction"] is not None
     assert "| spatial/paper | 1 |" in done.stdout
+    assert len(runs["spatial/paper"]["val_history"]) == 1  # one validated epoch
     # a finished sweep is not trained again
     mtime = (out / "spatial-paper-s0" / "last.pt").stat().st_mtime
     again = run_benchmark("recipe_ablation", *args)
     assert again.returncode == 0 and (out / "spatial-paper-s0" / "last.pt").stat().st_mtime == mtime
+    # another invocation over the same folder adds its runs to the JSON
+    more = run_benchmark("recipe_ablation", *args[:-2], "spatial/paper", "--seeds", "1")
+    assert more.returncode == 0, more.stderr[-2000:]
+    runs = json.loads((out / "recipe_ablation.json").read_text())["runs"]
+    assert sorted((r["variant"], r["seed"]) for r in runs) == [
+        ("layer/norm+anneal", 0), ("spatial/paper", 0), ("spatial/paper", 1)]
 
 
 def test_unknown_variant_and_report(tmp_path, capsys):
@@ -43,3 +50,16 @@ def test_unknown_variant_and_report(tmp_path, capsys):
     ]}
     table = module.report(payload)
     assert "| v | 2 | 61.00 | 0.55 | 0.50 | 3.00 |" in table  # means over seeds, missing values skipped
+
+
+def test_variants_file(tmp_path):
+    module = load_benchmark("recipe_ablation")
+    path = tmp_path / "v.yaml"
+    path.write_text("demo: {paradigm: spatial}\nslow: {paradigm: layer, lr: 0.01}\nplain: {t_last: 1.0}\n")
+    assert module.load_variants(path) == {"demo": ("spatial", {}), "slow": ("layer", {"lr": 0.01}),
+                                          "plain": ("spatial", {"t_last": 1.0})}
+    path.write_text("- a\n- b\n")
+    done = run_benchmark("recipe_ablation", "--variants", path, "--out", tmp_path / "o")
+    assert done.returncode == 2 and "cannot read --variants" in done.stderr.splitlines()[-1]
+    shipped = module.load_variants(module.REPO / "benchmarks" / "configs" / "demo-gap-variants.yaml")
+    assert shipped["demo"] == ("spatial", {}) and all(p == "spatial" for p, _ in shipped.values())
