@@ -31,8 +31,6 @@ weight gathers contiguous (``w2`` stored ``[3, 3, w_in, w_out]``, ``w3`` stored 
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from laudnet.kernels import channel_ref as ref
@@ -45,6 +43,7 @@ except ImportError:  # pragma: no cover - exercised only on machines without tri
     tl = None
 
 from laudnet.kernels._utils import LazyKernel, interpreter_enabled
+from laudnet.kernels.dispatch import resolve_impl
 
 __all__ = [
     "channel_index",
@@ -61,22 +60,9 @@ __all__ = [
 
 
 def use_triton(t: torch.Tensor, impl: str | None = None) -> bool:
-    """Whether an op on tensor ``t`` runs the Triton kernel.
-
-    ``impl`` (or, when None, the environment variable ``LAUDNET_KERNELS``) forces ``"triton"`` or ``"torch"``
-    (alias ``"reference"``); by default CUDA tensors take the kernel and others the reference. Forcing Triton on CPU
-    tensors needs ``TRITON_INTERPRET=1`` (how CI tests the kernels).
-    """
-    impl = impl or os.environ.get("LAUDNET_KERNELS") or None
-    if impl not in (None, "triton", "torch", "reference"):
-        raise ValueError(f"impl must be None, 'triton' or 'torch', got {impl!r}")
-    if impl in ("torch", "reference"):
-        return False
-    if impl == "triton":
-        if triton is None or not (t.is_cuda or interpreter_enabled()):
-            raise ValueError("impl='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
-        return True
-    return triton is not None and t.is_cuda
+    """Whether an op on tensor ``t`` runs the Triton kernel: `laudnet.kernels.dispatch.resolve_impl`'s choice
+    (``impl`` None is ``"auto"``; ``"torch"`` is an alias of ``"reference"``)."""
+    return resolve_impl(t, impl=impl or "auto") == "triton"
 
 
 def _next_pow2(x: int) -> int:

@@ -322,3 +322,33 @@ def test_gpu_bf16_bottleneck(group_size, stride):
     assert rel_err(h1, ref.compact_channels(h1_d, idx, counts)) < 1e-2
     assert rel_err(h2, ref.compact_channels(h2_d, idx, counts)) < 1e-2
     assert rel_err(out, out_d) < 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# implementation choice: LAUDNET_KERNELS, read at each call
+
+
+@pytest.mark.parametrize("env", ["auto", "", "reference", "torch"])
+def test_env_without_triton_override_runs_the_reference_on_cpu(monkeypatch, env):
+    """`LAUDNET_KERNELS=auto` (documented, and the unset default) used to raise in every channel op; with it, an empty
+    value or the reference spellings, CPU tensors take the reference, as every other op does."""
+    monkeypatch.setenv("LAUDNET_KERNELS", env)
+    mask = make_mask(3, 5, seed=70)
+    x = nhwc(3, 5, 7, 19, seed=71, device="cpu")
+    w1, b1, w2, b2, w3, b3 = make_block(19, 10, 21, seed=72, device="cpu")
+    residual = nhwc(3, 5, 7, 21, seed=73, device="cpu")
+    idx, counts = ch.channel_index(mask, 2)
+    idx_r, counts_r = ref.channel_index_ref(mask, 2)
+    assert torch.equal(idx, idx_r) and torch.equal(counts, counts_r)
+    h1 = ch.channel_conv1x1_out(x, w1, b1, idx, counts)
+    assert torch.equal(h1, ref.channel_conv1x1_out_ref(x, w1, b1, idx, counts))
+    h2 = ch.channel_conv3x3(h1, w2, b2, idx, counts, 1, group_size=2)
+    assert torch.equal(h2, ref.channel_conv3x3_ref(h1, w2, b2, idx, counts, 1))
+    out = ch.channel_conv1x1_in(h2, w3, b3, idx, counts, residual)
+    assert torch.equal(out, ref.channel_conv1x1_in_ref(h2, w3, b3, idx, counts, residual))
+
+
+def test_env_unknown_value_is_rejected(monkeypatch):
+    monkeypatch.setenv("LAUDNET_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="LAUDNET_KERNELS"):
+        ch.channel_index(make_mask(3, 5, seed=0), 2)
