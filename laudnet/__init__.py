@@ -19,6 +19,8 @@ _EXPORTS = {
     "ModelFlops": "laudnet.models",
     "create_model": "laudnet.models",
     "list_models": "laudnet.models",
+    "model_info": "laudnet.models",
+    "ModelInfo": "laudnet.model_table",
     "load_torchvision_weights": "laudnet.models",
     "load_timm_weights": "laudnet.models",
     "model_flops": "laudnet.models._base",
@@ -32,12 +34,14 @@ if TYPE_CHECKING:
     from laudnet.info import DynamicInfo as DynamicInfo
     from laudnet.info import collect_info as collect_info
     from laudnet.masks import mask_override as mask_override
+    from laudnet.model_table import ModelInfo as ModelInfo
     from laudnet.models import DynamicModel as DynamicModel
     from laudnet.models import ModelFlops as ModelFlops
     from laudnet.models import create_model as create_model
     from laudnet.models import list_models as list_models
     from laudnet.models import load_timm_weights as load_timm_weights
     from laudnet.models import load_torchvision_weights as load_torchvision_weights
+    from laudnet.models import model_info as model_info
     from laudnet.models._base import model_flops as model_flops
 
 

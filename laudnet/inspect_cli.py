@@ -91,8 +91,9 @@ SHOWN_CNN = [p for p in CNN_PARADIGMS if p != "static"]
 SHOWN_VIT = [*VIT_PARTS, "+".join(VIT_PARTS)]
 
 
-def _is_vit(name: str) -> bool:
-    return "vit" in name or "deit" in name
+def shown_paradigms(name: str) -> list[str]:
+    """The paradigms `laudnet flops` shows of a registered model without --paradigms (by its family in the table)."""
+    return SHOWN_VIT if laudnet.model_info(name).is_vit else SHOWN_CNN
 
 
 def run_flops(args: argparse.Namespace) -> int:
@@ -116,12 +117,12 @@ def _flops(args: argparse.Namespace) -> int:
     print(f"input {tuple(x.shape)}; FLOPs are multiply-accumulates per image; rate = dynamic (masker included) / "
           "static FLOPs per block, so a block that executes everything has a rate a little above 1")
     for name in names:
-        vit = _is_vit(name)
-        if vit and args.models is None and importlib.util.find_spec("timm") is None:
+        info = laudnet.model_info(name)
+        if info.is_vit and args.models is None and importlib.util.find_spec("timm") is None:
             print(f"{name}: skipped (needs timm: pip install 'laudnet[vit]')")
             continue
-        for paradigm in args.paradigms or (SHOWN_VIT if vit else SHOWN_CNN):
-            kwargs = {"img_size": args.image_size} if vit else {}
+        for paradigm in args.paradigms or shown_paradigms(name):
+            kwargs = {"img_size": args.image_size} if info.takes_img_size else {}
             model = laudnet.create_model(name, paradigm=paradigm, **kwargs).eval()
             # Fresh maskers execute everything; random maskers, calibrated on this batch, show skipping at work.
             randomise_maskers(model, x, torch.Generator().manual_seed(args.seed))

@@ -1,13 +1,17 @@
 """Geometry of the models the predictor knows: per-stage tables of the CNNs (ResNet-50/101, RegNetY-400MF/800MF) and
 one row per ViT (DeiT-Ti/S, ViT-B/16), all at 224x224 input.
 
-Small tables instead of `nn.Module`s, so that a prediction needs neither torch nor the model code. Tests check them
-against torchvision's `resnet50/101` and `regnet_y_400mf/800mf` and against the LAUD-ViTs built on timm.
+Small tables instead of `nn.Module`s, so that a prediction needs neither torch nor the model code. They are derived
+from the torch-free model table (`laudnet.model_table`: depths, widths, dim, heads), which also resolves the names;
+tests check them against torchvision's `resnet50/101` and `regnet_y_400mf/800mf` and against the LAUD-ViTs built on
+timm.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from laudnet.model_table import MODEL_TABLE, ModelInfo, find_model_info
 
 
 @dataclass(frozen=True)
@@ -93,34 +97,26 @@ class ModelGeometry:
         return out
 
 
-def _resnet(name: str, depths: tuple[int, int, int, int]) -> ModelGeometry:
-    widths = (64, 128, 256, 512)
-    stages, cin = [], 64
-    for i, (w, d) in enumerate(zip(widths, depths, strict=True)):
-        stages.append(StageGeometry(cin, 4 * w, w, d, 1 if i == 0 else 2, 56 >> i))
-        cin = 4 * w
-    return ModelGeometry(name, "resnet", 64, 7, tuple(stages))
+def _resnet(info: ModelInfo) -> ModelGeometry:
+    stages, cin = [], info.stem_width
+    for i, (out, w, d) in enumerate(zip(info.widths, info.bottleneck_widths, info.depths, strict=True)):
+        stages.append(StageGeometry(cin, out, w, d, 1 if i == 0 else 2, 56 >> i))
+        cin = out
+    return ModelGeometry(info.arch, "resnet", info.stem_width, 7, tuple(stages))
 
 
-def _regnety(name: str, widths: tuple[int, ...], depths: tuple[int, ...], group_width: int) -> ModelGeometry:
-    # Bottleneck multiplier 1.0: the 3x3 conv runs at the stage width.
-    stages, cin = [], 32
-    for i, (w, d) in enumerate(zip(widths, depths, strict=True)):
-        stages.append(StageGeometry(cin, w, w, d, 2, 56 >> i, group_width=group_width, se=True))
-        cin = w
-    return ModelGeometry(name, "regnet", 32, 3, tuple(stages))
+def _regnety(info: ModelInfo) -> ModelGeometry:
+    stages, cin = [], info.stem_width
+    for i, (out, w, d) in enumerate(zip(info.widths, info.bottleneck_widths, info.depths, strict=True)):
+        stages.append(StageGeometry(cin, out, w, d, 2, 56 >> i, group_width=info.group_width, se=True))
+        cin = out
+    return ModelGeometry(info.arch, "regnet", info.stem_width, 3, tuple(stages))
 
 
+_CNN_GEOMETRY = {"resnet": _resnet, "regnet": _regnety}
+# Keyed by the table's arch names; every name and alias of the model table resolves (`find_model_info`).
 MODELS: dict[str, ModelGeometry] = {
-    "resnet50": _resnet("resnet50", (3, 4, 6, 3)),
-    "resnet101": _resnet("resnet101", (3, 4, 23, 3)),
-    "regnety_400mf": _regnety("regnety_400mf", (48, 104, 208, 440), (1, 3, 6, 6), 8),
-    "regnety_800mf": _regnety("regnety_800mf", (64, 144, 320, 784), (1, 3, 8, 2), 16),
-}
-_ALIASES = {
-    "laud_resnet50": "resnet50", "laud_resnet101": "resnet101",
-    "regnety004": "regnety_400mf", "regnety008": "regnety_800mf", "regnet_y_400mf": "regnety_400mf",
-    "regnet_y_800mf": "regnety_800mf", "laud_regnety_400mf": "regnety_400mf", "laud_regnety_800mf": "regnety_800mf",
+    info.arch: _CNN_GEOMETRY[info.family](info) for info in MODEL_TABLE.values() if not info.is_vit
 }
 
 
@@ -172,22 +168,16 @@ class ViTGeometry:
         return (self.depth,)
 
 
-# timm's deit_tiny/small_patch16_224 and vit_base_patch16_224 (laudnet.models.vit.MODEL_CFGS).
 VIT_MODELS: dict[str, ViTGeometry] = {
-    "deit_tiny": ViTGeometry("deit_tiny", dim=192, heads=3, depth=12),
-    "deit_small": ViTGeometry("deit_small", dim=384, heads=6, depth=12),
-    "vit_base": ViTGeometry("vit_base", dim=768, heads=12, depth=12),
-}
-_VIT_ALIASES = {
-    "laud_deit_tiny": "deit_tiny", "laud_deit_small": "deit_small", "laud_vit_base": "vit_base",
-    "deit_tiny_patch16_224": "deit_tiny", "deit_small_patch16_224": "deit_small", "vit_base_patch16_224": "vit_base",
+    info.arch: ViTGeometry(info.arch, dim=info.dim, heads=info.heads, depth=info.depth, patch=info.patch_size,
+                           img_size=info.img_size)
+    for info in MODEL_TABLE.values() if info.is_vit
 }
 
 
 def _vit_key(name: str) -> str | None:
-    key = name.lower()
-    key = _VIT_ALIASES.get(key, key)
-    return key if key in VIT_MODELS else None
+    info = find_model_info(name)
+    return info.arch if info is not None and info.is_vit else None
 
 
 def list_models() -> list[str]:
@@ -201,7 +191,8 @@ def list_vit_models() -> list[str]:
 
 
 def is_vit(name: str) -> bool:
-    """Whether `name` is one of the ViTs (`deit_tiny`, `laud_deit_small`, `vit_base_patch16_224`, ...)."""
+    """Whether `name` is one of the ViTs (`deit_tiny`, `laud_deit_small`, `vit_base_patch16_224`, ...): its family in
+    `laudnet.model_table`, never a guess from the name."""
     return _vit_key(name) is not None
 
 
@@ -215,8 +206,8 @@ def get_vit_geometry(name: str) -> ViTGeometry:
 
 def get_geometry(name: str) -> ModelGeometry:
     """The geometry of a CNN by name (`resnet50`, `laud_resnet101`, `regnety_400mf`, `regnet_y_800mf`, ...)."""
-    key = name.lower()
-    key = _ALIASES.get(key, key)
+    info = find_model_info(name)
+    key = info.arch if info is not None else None
     if key not in MODELS:
         if is_vit(name):
             raise ValueError(f"{name!r} is a ViT; this needs a CNN ({', '.join(MODELS)})")

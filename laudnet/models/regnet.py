@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from laudnet.blocks.regnet import DynamicRegNetBlock
 from laudnet.flops import conv_flops, conv_out_size, linear_flops, pool_flops
+from laudnet.model_table import MODEL_TABLE
 from laudnet.models._base import DynamicModel, dynamic_stage
 from laudnet.models._registry import register_model
 from laudnet.paradigms import stage_granularity
@@ -26,10 +27,8 @@ class RegNetCfg:
     builder: Callable[..., nn.Module]
 
 
-MODEL_CFGS = {
-    "regnety_400mf": RegNetCfg(builder=torchvision.models.regnet_y_400mf),
-    "regnety_800mf": RegNetCfg(builder=torchvision.models.regnet_y_800mf),
-}
+MODEL_CFGS = {info.arch: RegNetCfg(builder=getattr(torchvision.models, info.origin))
+              for info in MODEL_TABLE.values() if info.family == "regnet"}
 
 
 class LaudRegNet(DynamicModel):

@@ -14,6 +14,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from laudnet.blocks.bottleneck import DynamicBottleneck
 from laudnet.flops import conv_flops, conv_out_size, linear_flops, pool_flops, window_pool_flops
+from laudnet.model_table import MODEL_TABLE
 from laudnet.models._base import DynamicModel, dynamic_stage
 from laudnet.models._registry import register_model
 from laudnet.paradigms import stage_granularity
@@ -26,10 +27,7 @@ class ResNetCfg:
     layers: tuple[int, int, int, int]
 
 
-MODEL_CFGS = {
-    "resnet50": ResNetCfg(layers=(3, 4, 6, 3)),
-    "resnet101": ResNetCfg(layers=(3, 4, 23, 3)),
-}
+MODEL_CFGS = {info.arch: ResNetCfg(layers=info.depths) for info in MODEL_TABLE.values() if info.family == "resnet"}
 
 
 class LaudResNet(DynamicModel):

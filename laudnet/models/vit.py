@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from laudnet.blocks.vit import DynamicViTBlock, check_keep_ratio
+from laudnet.model_table import MODEL_TABLE
 from laudnet.models._base import DynamicModel
 from laudnet.models._registry import register_model
 from laudnet.models.weights import load_backbone_weights
@@ -36,11 +37,8 @@ class ViTCfg:
     patch_size: int = 16
 
 
-MODEL_CFGS = {
-    "deit_tiny": ViTCfg("deit_tiny_patch16_224", embed_dim=192, num_heads=3),
-    "deit_small": ViTCfg("deit_small_patch16_224", embed_dim=384, num_heads=6),
-    "vit_base": ViTCfg("vit_base_patch16_224", embed_dim=768, num_heads=12),
-}
+MODEL_CFGS = {info.arch: ViTCfg(info.origin, embed_dim=info.dim, num_heads=info.heads, patch_size=info.patch_size)
+              for info in MODEL_TABLE.values() if info.family == "vit"}
 
 
 def _import_timm(name: str):

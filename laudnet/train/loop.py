@@ -111,22 +111,35 @@ def model_paradigm(cfg: TrainConfig) -> str:
     return "static" if cfg.mode == "static" else cfg.paradigm
 
 
-def build_model(cfg: TrainConfig, num_classes: int, paradigm: str | None = None) -> nn.Module:
-    """The registered model of ``cfg`` (granularity only where the paradigm takes one: a static teacher of a spatial
-    run ignores it)."""
-    from laudnet.models import create_model
+def model_args(cfg: TrainConfig, num_classes: int, paradigm: str | None = None) -> dict[str, Any]:
+    """The `create_model` arguments of ``cfg``'s model: granularity only where the paradigm takes one (a static
+    teacher of a spatial run ignores it), ``img_size`` and ``masker_norm`` where the model table says the constructor
+    takes them."""
+    from laudnet.models import model_info
 
     paradigm = paradigm or model_paradigm(cfg)
     granularity = cfg.granularity if paradigm in GRANULAR_PARADIGMS else None
-    kwargs = size_kwargs(cfg.model, cfg.image_size)
-    if "img_size" not in kwargs:  # a CNN: its maskers' form (a ViT's maskers have no input normalisation)
-        kwargs["masker_norm"] = cfg.masker_norm
-    return create_model(cfg.model, paradigm=paradigm, granularity=granularity, num_classes=num_classes, **kwargs)
+    args = {"name": cfg.model, "paradigm": paradigm, "granularity": granularity, "num_classes": num_classes,
+            **size_kwargs(cfg.model, cfg.image_size)}
+    if model_info(cfg.model).takes("masker_norm"):  # the CNNs' masker form (a ViT's maskers have no normalisation)
+        args["masker_norm"] = cfg.masker_norm
+    return args
+
+
+def build_model(cfg: TrainConfig, num_classes: int, paradigm: str | None = None) -> nn.Module:
+    """The registered model of ``cfg``: ``create_model(**model_args(cfg, num_classes, paradigm))``; the model keeps
+    its arguments in ``model.model_args`` (with the resolved granularity), which checkpoints store."""
+    from laudnet.models import create_model
+
+    return create_model(**model_args(cfg, num_classes, paradigm))
 
 
 def size_kwargs(model_name: str, image_size: int) -> dict[str, int]:
-    """Builder arguments that depend on the image size: a ViT's position embedding is built for one size."""
-    return {"img_size": image_size} if "vit" in model_name or "deit" in model_name else {}
+    """Builder arguments that depend on the image size: a ViT's position embedding is built for one size (the model
+    table says which constructors take ``img_size``)."""
+    from laudnet.models import model_info
+
+    return {"img_size": image_size} if model_info(model_name).takes_img_size else {}
 
 
 def read_init_state(path: str | Path, model_name: str) -> tuple[dict[str, Tensor], str]:
@@ -760,6 +773,7 @@ def _train(cfg, info, device, on_step, say, flag: _TerminationFlag) -> TrainResu
                 "paradigm": model_paradigm(cfg),
                 "granularity": list(raw_model.granularity) if raw_model.granularity[0] is not None else None,
                 "num_classes": num_classes,
+                "model_args": raw_model.model_args,
                 "config": cfg.to_dict(),
             },
             model_name=cfg.model,

@@ -8,8 +8,8 @@ import laudnet
 import laudnet.train.losses
 from laudnet.blocks import PARADIGMS
 
-# The CNNs; the ViTs (laud_deit_*, laud_vit_*) have their own paradigms and tests (test_vit.py).
-MODELS = [n for n in laudnet.list_models() if "vit" not in n and "deit" not in n]
+# The CNNs (by their family in the model table); the ViTs have their own paradigms and tests (test_vit.py).
+MODELS = [n for n in laudnet.list_models() if not laudnet.model_info(n).is_vit]
 
 
 def test_registry_lists_the_four_cnns():
