@@ -1,0 +1,1 @@
+"""LAUD backbones in torchvision's detection and instance-segmentation models."""
