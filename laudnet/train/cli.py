@@ -116,6 +116,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_overrides(parser)
 
 
+def checkpoint_model_args(state: dict[str, Any]) -> dict[str, Any]:
+    """The `create_model` arguments of a training checkpoint: its ``model_args``, or for a checkpoint written before
+    they were stored, the model name, paradigm, granularity, classes and image size (where the model takes one)."""
+    from laudnet.train.loop import size_kwargs
+
+    if "model_args" in state:
+        return dict(state["model_args"])
+    return {"name": state["model_name"], "paradigm": state["paradigm"], "granularity": state.get("granularity"),
+            "num_classes": state["num_classes"],
+            **size_kwargs(state["model_name"], state["config"].get("image_size", 224))}
+
+
 def load_trained(path: str | Path, model_name: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The model of a laudnet checkpoint (eval mode, on CPU) and the checkpoint dict.
 
@@ -124,7 +136,6 @@ def load_trained(path: str | Path, model_name: str | None = None) -> tuple[Any, 
     """
     from laudnet.models import create_model
     from laudnet.train.checkpoint import CheckpointError, load_checkpoint
-    from laudnet.train.loop import size_kwargs
 
     if Path(path).is_dir():
         held = sorted(p.name for p in Path(path).glob("*.pt"))
@@ -135,13 +146,7 @@ def load_trained(path: str | Path, model_name: str | None = None) -> tuple[Any, 
     state = load_checkpoint(path, expected_model=model_name)
     if "config" not in state or "paradigm" not in state or "num_classes" not in state:
         raise CheckpointError(f"checkpoint {path} has no training config: it was not written by laudnet train")
-    model = create_model(
-        state["model_name"],
-        paradigm=state["paradigm"],
-        granularity=state.get("granularity"),
-        num_classes=state["num_classes"],
-        **size_kwargs(state["model_name"], state["config"].get("image_size", 224)),
-    )
+    model = create_model(**checkpoint_model_args(state))
     model.load_state_dict(state["model"])
     return model.eval(), state
 
