@@ -5,8 +5,8 @@ import types as _types
 
 from laudnet.deploy.blocks import DeployedBlock as DeployedBlock
 from laudnet.deploy.fold import fold_conv_bn as fold_conv_bn
+from laudnet.deploy.graphs import GraphedModel as GraphedModel
 from laudnet.deploy.model import DeployedModel as DeployedModel
-from laudnet.deploy.model import GraphedModel as GraphedModel
 from laudnet.deploy.model import deploy as deploy
 from laudnet.deploy.model import deploy_dense_masked as deploy_dense_masked
 from laudnet.deploy.tune import Deployment as Deployment

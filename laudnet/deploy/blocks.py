@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from laudnet import kernels as K
 from laudnet.blocks.base import DynamicBlock
-from laudnet.deploy.conditional import if_node
 from laudnet.deploy.fold import fold_conv_bn
+from laudnet.deploy.graphs import if_node
 from laudnet.flops import conv_out_size
 from laudnet.kernels import channel as channel_ops
 from laudnet.kernels.masker_ref import MAP_WINDOW, MaskerDecisions

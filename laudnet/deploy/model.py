@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from laudnet.deploy.blocks import COMPILE_SHAPES, MASKERS, DeployedBlock, compiled_residual_branch
-from laudnet.deploy.conditional import conditional_capture, conditional_nodes_available
 from laudnet.deploy.fold import fold_conv_bn
+from laudnet.deploy.graphs import GraphedModel
 from laudnet.deploy.stem import TritonStemConv
+from laudnet.deploy.vit import DeployedViT, deploy_vit
 from laudnet.models._base import DynamicModel
 from laudnet.models.regnet import LaudRegNet
 from laudnet.models.resnet import LaudResNet
 from laudnet.models.vit import LaudViT
-
-if TYPE_CHECKING:
-    from laudnet.deploy.vit import DeployedViT
-
 
 STEMS = ("auto", "cudnn", "triton")
 
@@ -66,50 +62,12 @@ class DeployedModel(nn.Module):
     def graphed(self, example: Tensor, *, conditional: bool = False) -> GraphedModel:
         """This model captured as one CUDA graph for inputs shaped like `example` (see `GraphedModel`); with
         `conditional`, each spatially or layer skipping block's kernels in an IF node that skips them when no sample
-        executes the block (`laudnet.deploy.conditional`)."""
+        executes the block (`laudnet.deploy.graphs`)."""
         return GraphedModel(self, example, conditional=conditional)
 
     def activation_rates(self) -> list[float]:
         """Per-block activation rates of the last forward (synchronises with the device)."""
         return [float(b.last_rate) if b.last_rate is not None else 1.0 for b in self.blocks()]
-
-
-class GraphedModel:
-    """A deployed model replayed from a CUDA graph: no per-kernel launch cost, fixed input shape.
-
-    Works when no block synchronises with the host (the fused-kernel paths; a ViT deployed with ``capturable=True``);
-    a block that does (e.g. RegNetY layer skipping, or `dense_above` < 1) makes the capture fail with an error that
-    says so.
-    """
-
-    def __init__(self, model: DeployedModel | DeployedViT, example: Tensor, *, conditional: bool = False) -> None:
-        if not example.is_cuda:
-            raise ValueError("CUDA graphs need a CUDA input")
-        if conditional and not conditional_nodes_available():
-            raise RuntimeError("conditional CUDA-graph nodes need a PyTorch whose torch.cuda.CUDAGraph has "
-                               "begin_capture_to_if_node (and CUDA >= 12.4)")
-        self.model = model
-        self.static_input = example.detach().clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up: Triton compilation and cuDNN autotuning happen outside the capture
-                model(self.static_input)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        if_nodes = conditional_capture(self.graph if conditional else None)
-        try:
-            with torch.no_grad(), torch.cuda.graph(self.graph), if_nodes:
-                self.static_output = model(self.static_input)
-        except RuntimeError as e:
-            raise RuntimeError(f"this deployed model synchronises with the host and cannot be captured: {e}") from e
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if x.shape != self.static_input.shape:
-            raise ValueError(f"graph captured for input {tuple(self.static_input.shape)}, got {tuple(x.shape)}")
-        self.static_input.copy_(x)
-        self.graph.replay()
-        return self.static_output
 
 
 class _Head(nn.Sequential):
@@ -177,8 +135,6 @@ def deploy(
         if cnn_options or stem not in ("auto", "cudnn"):
             raise ValueError("dense_above, compile, spatial_conv1, maskers and stem are CNN options "
                              "(for a ViT: deploy_vit)")
-        from laudnet.deploy.vit import deploy_vit
-
         return deploy_vit(model, dtype, device=device)
     if compile is True:
         compile = "dynamic"
@@ -240,8 +196,6 @@ def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16
     paths are slower than the static network compiled whole (`laudnet.deploy.deploy_fastest` measures both).
     """
     if isinstance(model, LaudViT):
-        from laudnet.deploy.vit import deploy_vit
-
         if stem not in ("auto", "cudnn"):
             raise ValueError("stem is a CNN option (a ViT embeds patches with one GEMM)")
         deployed = deploy_vit(model, dtype, device=device)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from laudnet.deploy.conditional import conditional_capture
-from laudnet.deploy.model import DeployedModel, GraphedModel, deploy, deploy_dense_masked
+from laudnet.deploy.graphs import GraphedModel
+from laudnet.deploy.graphs import graph_replay as graph_replay  # the benchmarks import it from here too
+from laudnet.deploy.model import DeployedModel, deploy, deploy_dense_masked
 from laudnet.deploy.packed import varlen_available
 from laudnet.deploy.vit import deploy_vit
 from laudnet.models.vit import LaudViT
@@ -43,25 +44,6 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10,
             fn()
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def graph_replay(fn: Callable[[], object], conditional: bool = False) -> Callable[[], None]:
-    """fn() captured as a CUDA graph (after warm-up calls on a side stream), with conditional nodes when
-    `conditional` (`laudnet.deploy.conditional`); returns the graph's replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # Triton compilation, cuDNN autotuning and lazy initialisation happen outside the capture
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph), conditional_capture(graph if conditional else None):
-            fn()
-    except RuntimeError as e:
-        raise RuntimeError(f"tune_paths(graphed=True): a block synchronises with the host and cannot be captured: "
-                           f"{e}") from e
-    return graph.replay
 
 
 @torch.no_grad()
@@ -105,7 +87,9 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
             # (a sparse block accumulates them in its last kernel, a dense one pools its output in one more pass).
             # Blocks may write into their input and sums: each call gets copies (the same cost on both sides).
             call = lambda b=block, x=x, s=sums: b.forward_chained(x.clone(), None if s is None else s.clone())  # noqa: E731
-            costs[path] = timer(graph_replay(call, conditional) if graphed else call, device, repeats=repeats)
+            if graphed:
+                call = graph_replay(call, conditional, what="tune_paths(graphed=True): a block")
+            costs[path] = timer(call, device, repeats=repeats)
         block.path = min(costs, key=costs.get)
         chosen.append(block.path)
     return chosen

@@ -47,8 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from laudnet.blocks.vit import DynamicViTBlock
-from laudnet.deploy.conditional import capturing_conditionally, if_node
-from laudnet.deploy.model import GraphedModel
+from laudnet.deploy.graphs import GraphedModel, capturing_conditionally, if_node
 from laudnet.deploy.packed import (
     PackedRows,
     _triton_rows,
@@ -489,7 +488,7 @@ class DeployedViTBlock(nn.Module):
 
     def _sub_block(self, run: Tensor | None, x: Tensor, fn: Callable[[], Tensor]) -> Tensor:
         """fn(), a sub-block adding into x in place, inside an IF node on "some sample runs it" when captured with
-        conditional nodes (`laudnet.deploy.conditional`: a sub-block no sample runs launches nothing)."""
+        conditional nodes (`laudnet.deploy.graphs`: a sub-block no sample runs launches nothing)."""
         if run is None or not (self.capturable and self.owns_input):
             return fn()
         with if_node(lambda: run.reshape(()) if run.numel() == 1 else run.any()):  # batch 1: a view, no launch

@@ -1,4 +1,4 @@
-"""`laudnet.deploy.conditional`: conditional CUDA-graph nodes around a block's kernels."""
+"""`laudnet.deploy.graphs`: conditional CUDA-graph nodes around a block's kernels, in a captured deployed model."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from helpers import randomize_batchnorm
 
 import laudnet
 from laudnet.deploy import deploy
-from laudnet.deploy.conditional import conditional_capture, conditional_nodes_available, if_node
+from laudnet.deploy.graphs import conditional_capture, conditional_nodes_available, if_node
 
 
 def test_if_node_outside_a_capture_runs_its_body_without_evaluating_the_predicate():
