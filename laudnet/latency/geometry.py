@@ -177,7 +177,7 @@ VIT_MODELS: dict[str, ViTGeometry] = {
 
 def _vit_key(name: str) -> str | None:
     info = find_model_info(name)
-    return info.arch if info is not None and info.is_vit else None
+    return info.arch if info is not None and info.is_vit and info.arch in VIT_MODELS else None
 
 
 def list_models() -> list[str]:

@@ -51,3 +51,35 @@ def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'resnet18'"):
         get_geometry("resnet18")
     assert get_geometry("laud_resnet101").name == "resnet101"
+
+
+def test_geometry_follows_the_model_table():
+    from laudnet.latency.geometry import get_vit_geometry
+    from laudnet.model_table import MODEL_TABLE
+
+    for info in MODEL_TABLE.values():
+        if info.is_vit:
+            g = get_vit_geometry(info.name)
+            assert (g.dim, g.heads, g.depth, g.patch, g.img_size) == (info.dim, info.heads, info.depth,
+                                                                       info.patch_size, info.img_size)
+            continue
+        g = get_geometry(info.name)
+        assert g.family == info.family and g.depths == info.depths and g.stem_channels == info.stem_width
+        assert tuple(s.out_channels for s in g.stages) == info.widths
+        assert tuple(s.width for s in g.stages) == info.bottleneck_widths
+        assert all(s.group_width == info.group_width for s in g.stages)
+
+
+def test_is_vit_reads_the_table_not_the_name(monkeypatch):
+    """A CNN row whose name says "vit" is no ViT; a ViT row under any alias is one."""
+    from laudnet import model_table
+    from laudnet.latency.geometry import get_vit_geometry, is_vit
+
+    cnn = model_table.ModelInfo("laud_vitamin50", "resnet", "vitamin50", "resnet50", depths=(1, 1, 1, 1),
+                                widths=(256, 512, 1024, 2048), bottleneck_widths=(64, 128, 256, 512), stem_width=64)
+    monkeypatch.setitem(model_table._BY_ALIAS, "laud_vitamin50", cnn)
+    monkeypatch.setitem(model_table._BY_ALIAS, "tiny_transformer", model_table.MODEL_TABLE["laud_deit_tiny"])
+    assert not is_vit("laud_vitamin50") and not is_vit("my_vit")
+    assert is_vit("tiny_transformer") and get_vit_geometry("tiny_transformer").name == "deit_tiny"
+    with pytest.raises(ValueError, match="unknown model 'laud_vitamin50'"):
+        get_geometry("laud_vitamin50")
