@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import LazyKernel, interpreter_enabled, next_power_of_2
+from ._utils import LazyKernel, cdiv, interpreter_enabled, next_power_of_2
 from .attention_ref import check_varlen_args
 
 try:
@@ -98,7 +98,7 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     block_m = 16 if interp else 64
     block_n = 16 if interp else 64
     hm = heads.contiguous().view(torch.uint8) if heads is not None else cu
-    grid = (-(-max_len // block_m), s * h)
+    grid = (cdiv(max_len, block_m), s * h)
     _varlen_attention_kernel[grid](
         q, k, v, o, cu, hm, max_len, float(scale), H=h, D=d, HEAD_MASK=heads is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=block_d, num_warps=1 if interp else 4, num_stages=1 if interp else 2,

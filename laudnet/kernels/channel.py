@@ -36,13 +36,23 @@ import torch
 from laudnet.kernels import channel_ref as ref
 
 try:  # Triton is optional: without it every op runs the reference.
-    import triton
     import triton.language as tl
-except ImportError:  # pragma: no cover - exercised only on machines without triton
-    triton = None
-    tl = None
+except Exception:  # the kernels below are then never launched
 
-from laudnet.kernels._utils import LazyKernel, interpreter_enabled
+    class tl:  # noqa: N801 - stands in for triton.language so that the kernel definitions still evaluate
+        constexpr = object
+
+from laudnet.kernels._utils import (
+    GemmConfig,
+    LazyKernel,
+    cdiv,
+    check_bias,
+    check_nhwc,
+    interpreter_enabled,
+    next_power_of_2,
+    pick_config,
+    resolve_config,
+)
 from laudnet.kernels.dispatch import resolve_impl
 
 __all__ = [
@@ -63,10 +73,6 @@ def use_triton(t: torch.Tensor, impl: str | None = None) -> bool:
     """Whether an op on tensor ``t`` runs the Triton kernel: `laudnet.kernels.dispatch.resolve_impl`'s choice
     (``impl`` None is ``"auto"``; ``"torch"`` is an alias of ``"reference"``)."""
     return resolve_impl(t, impl=impl or "auto") == "triton"
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (int(x) - 1).bit_length())
 
 
 def _vec_width(group_size: int) -> int:
@@ -299,38 +305,6 @@ _conv1x1_in_kernel = LazyKernel(_conv1x1_in_kernel_src)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# launch configurations: named defaults, overridable per call (the benchmark sweeps them)
-
-
-def _fit(block: int, extent: int) -> int:
-    """Shrink a tile to the problem (power of two, >= 16 for tl.dot)."""
-    return max(16, min(block, _next_pow2(extent)))
-
-
-def conv1x1_out_config(p: int, cin: int, kmax: int) -> dict:
-    """Default tiles of the conv1 kernel."""
-    if interpreter_enabled():
-        return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
-    return dict(BM=_fit(128, p), BN=_fit(64, kmax), BK=_fit(64, cin), num_warps=4, num_stages=3)
-
-
-def conv3x3_config(pixels_out: int, kmax: int) -> dict:
-    """Default tiles of the conv2 kernel."""
-    if interpreter_enabled():
-        return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1)
-    # fastest of a tile sweep at stages 2 and 3
-    return dict(BM=_fit(128, pixels_out), BN=_fit(64, kmax), BK=_fit(32, kmax), num_warps=4, num_stages=3)
-
-
-def conv1x1_in_config(p: int, cout: int, kmax: int) -> dict:
-    """Default tiles of the conv3 kernel."""
-    if interpreter_enabled():
-        return dict(BM=16, BN=16, BK=16, num_warps=1, num_stages=1, PREFETCH=True)
-    # fastest of a tile sweep at stages 2 and 3; prefetching the residual hides its load behind the K loop
-    return dict(BM=_fit(64, p), BN=_fit(128, cout), BK=_fit(64, kmax), num_warps=4, num_stages=3, PREFETCH=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # checks shared by the ops
 
 
@@ -343,20 +317,6 @@ def _check_index(idx: torch.Tensor, counts: torch.Tensor, n: int, device: torch.
         raise ValueError(f"idx and counts must be on {device}, got {idx.device} and {counts.device}")
     if idx.stride(1) != 1:
         raise ValueError("idx must be contiguous along its last dimension")
-
-
-def _check_nhwc(t: torch.Tensor, name: str, channels: int | None = None) -> None:
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be NHWC [N, H, W, C], got shape {tuple(t.shape)}")
-    if channels is not None and t.shape[3] != channels:
-        raise ValueError(f"{name} must have {channels} channels (last dim), got {t.shape[3]}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be NHWC-contiguous (a channels_last NCHW tensor .permute(0, 2, 3, 1))")
-
-
-def _check_vector(b: torch.Tensor, name: str, length: int) -> None:
-    if b.shape != (length,):
-        raise ValueError(f"{name} must have shape [{length}], got {tuple(b.shape)}")
 
 
 def _weight_2d(weight: torch.Tensor, name: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -413,9 +373,9 @@ def channel_index(
             mask_groups.stride(0),
             idx.stride(0),
             G=group_size,
-            G_P2=_next_pow2(group_size),
-            BLOCK_G=_next_pow2(max(n_groups, 1)),
-            BLOCK_K=min(1024, _next_pow2(kmax)),
+            G_P2=next_power_of_2(group_size),
+            BLOCK_G=next_power_of_2(max(n_groups, 1)),
+            BLOCK_K=min(1024, next_power_of_2(kmax)),
             num_warps=1 if interpreter_enabled() else 4,
         )
     return idx, counts
@@ -428,7 +388,7 @@ def channel_conv1x1_out(
     idx: torch.Tensor,
     counts: torch.Tensor,
     impl: str | None = None,
-    config: dict | None = None,
+    config: GemmConfig | dict | None = None,
 ) -> torch.Tensor:
     """``relu(conv1x1(x) + b1)`` computed for the active output channels only, written compacted.
 
@@ -438,30 +398,31 @@ def channel_conv1x1_out(
         b1: ``[w]`` folded bias.
         idx, counts: from ``channel_index``.
         impl: force ``"triton"`` or ``"torch"``.
-        config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``.
+        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
+            num_stages``).
 
     Returns:
         ``[N, H, W, Kmax]``: slot ``k < counts[n]`` holds channel ``idx[n, k]``, other slots 0.
     """
-    _check_nhwc(x, "x")
+    check_nhwc(x, "x")
     n, height, width, cin = x.shape
     w2d = ref._as_2d(w1, "w1")
     w2d = _weight_2d(w1, "w1", (w2d.shape[0], cin))
-    _check_vector(b1, "b1", w2d.shape[0])
+    check_bias(b1, w2d.shape[0], "b1")
     _check_index(idx, counts, n, x.device)
     if not use_triton(x, impl):
         return ref.channel_conv1x1_out_ref(x, w2d, b1, idx, counts)
     kmax = idx.shape[1]
     p = height * width
     y = torch.empty(n, height, width, kmax, dtype=x.dtype, device=x.device)
-    cfg = dict(conv1x1_out_config(p, cin, kmax), **(config or {}))
-    grid = (triton.cdiv(kmax, cfg["BN"]), triton.cdiv(p, cfg["BM"]), n)
+    cfg = resolve_config(config, pick_config("channel_conv1x1_out", p, cin, kmax))
+    grid = (cdiv(kmax, cfg.block_n), cdiv(p, cfg.block_m), n)
     if n and p:
         _conv1x1_out_kernel[grid](
             x, w2d, b1, idx, counts, y,
             p, cin, kmax, w2d.stride(0), w2d.stride(1), idx.stride(0),
-            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], EVEN_K=cin % cfg["BK"] == 0,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, EVEN_K=cin % cfg.block_k == 0,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
     return y
 
@@ -476,7 +437,7 @@ def channel_conv3x3(
     group_size: int = 1,
     conv_groups: int = 1,
     impl: str | None = None,
-    config: dict | None = None,
+    config: GemmConfig | dict | None = None,
 ) -> torch.Tensor:
     """``relu(conv3x3(h) + b2)``, zero padding 1, from compacted active inputs to compacted active outputs.
 
@@ -496,18 +457,19 @@ def channel_conv3x3(
         conv_groups: groups of the 3x3 conv (RegNet). Grouped convs run a dense masked fallback in PyTorch
             (scatter to full width, cuDNN grouped conv, gather), correct but not faster than dense.
         impl: force ``"triton"`` or ``"torch"``.
-        config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``.
+        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
+            num_stages``).
 
     Returns:
         ``[N, Ho, Wo, Kmax]`` with ``Ho = (H - 1) // stride + 1``, padding slots 0.
     """
-    _check_nhwc(h, "h")
+    check_nhwc(h, "h")
     n, height, width, kmax = h.shape
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     if w2.dim() != 4 or w2.shape[2:] != (3, 3) or w2.shape[0] % conv_groups or w2.shape[0] != w2.shape[1] * conv_groups:
         raise ValueError(f"w2 must be [w, w / conv_groups, 3, 3] with conv_groups={conv_groups}, got {tuple(w2.shape)}")
-    _check_vector(b2, "b2", w2.shape[0])
+    check_bias(b2, w2.shape[0], "b2")
     _check_index(idx, counts, n, h.device)
     if idx.shape[1] != kmax:
         raise ValueError(f"h has {kmax} compacted slots but idx has {idx.shape[1]}")
@@ -519,18 +481,18 @@ def channel_conv3x3(
         return ref.channel_conv3x3_ref(h, w2, b2, idx, counts, stride)
     ho, wo = (height - 1) // stride + 1, (width - 1) // stride + 1
     y = torch.empty(n, ho, wo, kmax, dtype=h.dtype, device=h.device)
-    cfg = dict(conv3x3_config(ho * wo, kmax), **(config or {}))
+    cfg = resolve_config(config, pick_config("channel_conv3x3", ho * wo, kmax, kmax))
     # VEC-wide weight loads are only valid when w2 is contiguous along output channels
     vec = _vec_width(group_size) if w2.stride(0) == 1 else 1
-    vec = min(vec, cfg["BN"])
-    grid = (triton.cdiv(kmax, cfg["BN"]), triton.cdiv(ho * wo, cfg["BM"]), n)
+    vec = min(vec, cfg.block_n)
+    grid = (cdiv(kmax, cfg.block_n), cdiv(ho * wo, cfg.block_m), n)
     if n and ho * wo:
         _conv3x3_kernel[grid](
             h, w2, b2, idx, counts, y,
             height, width, ho, wo, kmax,
             w2.stride(0), w2.stride(1), w2.stride(2), w2.stride(3), idx.stride(0),
-            STRIDE=stride, VEC=vec, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            STRIDE=stride, VEC=vec, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
     return y
 
@@ -571,7 +533,7 @@ def channel_conv1x1_in(
     residual: torch.Tensor,
     out: torch.Tensor | None = None,
     impl: str | None = None,
-    config: dict | None = None,
+    config: GemmConfig | dict | None = None,
     pool_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``relu(residual + conv1x1(h) + b3)`` reading only the active input channels; residual add + ReLU fused.
@@ -584,27 +546,27 @@ def channel_conv1x1_in(
         residual: ``[N, H, W, Cout]`` NHWC-contiguous identity branch.
         out: output tensor like ``residual``; may be ``residual`` itself (in place). Default: a new tensor.
         impl: force ``"triton"`` or ``"torch"``.
-        config: tile override ``dict(BM, BN, BK, num_warps, num_stages)``, optionally ``PREFETCH`` (load the
-            residual tile before the GEMM loop).
+        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
+            num_stages``, and ``PREFETCH``: load the residual tile before the GEMM loop, default True).
         pool_out: fp32 ``[N, Cout]`` contiguous or None: each sample's sums of the output (as stored) are added to
             it in the epilogue (the next channel masker's pooling, `laudnet.kernels.channel_masker`).
 
     Returns:
         The output (``out`` when given). A sample with no active channel gets ``relu(residual + b3)``.
     """
-    _check_nhwc(h, "h")
+    check_nhwc(h, "h")
     n, height, width, kmax = h.shape
     w2d = ref._as_2d(w3, "w3")
     cout = w2d.shape[0]
-    _check_nhwc(residual, "residual", cout)
+    check_nhwc(residual, "residual", cout)
     if residual.shape[:3] != h.shape[:3]:
         raise ValueError(f"residual {tuple(residual.shape)} does not match h {tuple(h.shape)} in N, H, W")
-    _check_vector(b3, "b3", cout)
+    check_bias(b3, cout, "b3")
     _check_index(idx, counts, n, h.device)
     if idx.shape[1] != kmax:
         raise ValueError(f"h has {kmax} compacted slots but idx has {idx.shape[1]}")
     if out is not None:
-        _check_nhwc(out, "out", cout)
+        check_nhwc(out, "out", cout)
         if out.shape != residual.shape or out.dtype != residual.dtype:
             raise ValueError(f"out must match residual: {tuple(residual.shape)} {residual.dtype}")
         if out.data_ptr() != residual.data_ptr() and _overlaps(out, residual):
@@ -617,14 +579,19 @@ def channel_conv1x1_in(
         return ref.channel_conv1x1_in_ref(h, w2d, b3, idx, counts, residual, out, pool_out)
     p = height * width
     o = torch.empty_like(residual) if out is None else out
-    cfg = dict(conv1x1_in_config(p, cout, kmax), **(config or {}))
-    grid = (triton.cdiv(cout, cfg["BN"]), triton.cdiv(p, cfg["BM"]), n)
+    # prefetching the residual hides its load behind the (short) K loop: on by default, a mapping's PREFETCH overrides
+    prefetch = True
+    if config is not None and not isinstance(config, GemmConfig):
+        config = dict(config)
+        prefetch = bool(config.pop("PREFETCH", True))
+    cfg = resolve_config(config, pick_config("channel_conv1x1_in", p, kmax, cout))
+    grid = (cdiv(cout, cfg.block_n), cdiv(p, cfg.block_m), n)
     if n and p:
         _conv1x1_in_kernel[grid](
             h, w2d, b3, idx, counts, residual, o, pool_out if pool_out is not None else b3,
             p, cout, kmax, w2d.stride(0), w2d.stride(1), idx.stride(0),
-            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], PREFETCH=cfg.get("PREFETCH", False), POOL=pool_out is not None,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, PREFETCH=prefetch, POOL=pool_out is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
     return o
 

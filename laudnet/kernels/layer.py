@@ -6,7 +6,7 @@ three passes for the same (`index_select`, add + ReLU, `index_copy_`). The speci
 
 import torch
 
-from ._utils import LazyKernel
+from ._utils import LazyKernel, cdiv
 from .layer_ref import check_rows_args
 
 # No `from __future__ import annotations` here: Triton reads the `tl.constexpr` annotations of the kernels at runtime.
@@ -55,5 +55,5 @@ def rows_add_relu_triton(out: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, 
     if n > 65535:
         raise ValueError(f"at most 65535 active samples per launch, got {n}")
     r = out[0].numel()
-    _rows_add_relu_kernel[(-(-r // _ROWS_BLOCK), n)](out, y, idx.contiguous(), r, RELU=relu, BLOCK=_ROWS_BLOCK)
+    _rows_add_relu_kernel[(cdiv(r, _ROWS_BLOCK), n)](out, y, idx.contiguous(), r, RELU=relu, BLOCK=_ROWS_BLOCK)
     return out

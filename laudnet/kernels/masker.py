@@ -26,7 +26,7 @@ the rate, a stable argsort and the patch and pixel lists.
 
 import torch
 
-from ._utils import LazyKernel, check_nhwc, interpreter_enabled, next_power_of_2
+from ._utils import LazyKernel, cdiv, check_nhwc, interpreter_enabled, next_power_of_2
 from .masker_ref import (
     MAP_WINDOW,
     MaskerDecisions,
@@ -316,10 +316,10 @@ def window_sums_triton(x: torch.Tensor, window: int, relu: bool = False, *, spli
     window_pixels = min(k, h) * min(k, w)
     block_c = min(16 if interp else 64, next_power_of_2(c))
     block_p = min(16 if interp else 64, next_power_of_2(window_pixels))  # small windows: no idle lanes
-    c_tiles = -(-c // block_c)
-    max_chunks = -(-window_pixels // block_p)
+    c_tiles = cdiv(c, block_c)
+    max_chunks = cdiv(window_pixels, block_p)
     if split is None:
-        split = 1 if interp else max(1, min(-(-_TARGET_PROGRAMS // max(windows * c_tiles, 1)), max_chunks))
+        split = 1 if interp else max(1, min(cdiv(_TARGET_PROGRAMS, max(windows * c_tiles, 1)), max_chunks))
     if split < 1:
         raise ValueError(f"split must be >= 1, got {split}")
     atomic = split > 1
@@ -344,7 +344,7 @@ def _window_tile_sums(x: torch.Tensor, k: int, grid: tuple[int, int], relu: bool
     block_x = next_power_of_2(k)
     block_c = min(16 if interp else 128, next_power_of_2(c))
     block_j = max(1, min(8 if interp else _TILE_ELEMENTS // (block_x * block_c), next_power_of_2(windows)))
-    _window_tile_sums_kernel[(-(-windows // block_j), -(-c // block_c))](
+    _window_tile_sums_kernel[(cdiv(windows, block_j), cdiv(c, block_c))](
         x, out, windows, h, w, c, k, gh, gw,
         RELU=relu, BLOCK_J=block_j, BLOCK_X=block_x, BLOCK_C=block_c, num_warps=1 if interp else 4,
     )  # fmt: skip
@@ -383,7 +383,7 @@ def masker_decide_triton(
         block_r = min(next_power_of_2(t_cap), 16 if interp else max(1, 2048 // block_c))
         forced_u8 = forced.reshape(-1).contiguous().view(torch.uint8) if forced is not None else keep
         h, w = in_hw
-        programs = -(-t_cap // block_r)
+        programs = cdiv(t_cap, block_r)
         _masker_decide_kernel[(programs,)](
             sums, weight.contiguous(), bias.reshape(1), forced_u8, keep, patch_idx, order, count, rate, active,
             t_cap, c, gh * gw, gw, h, w, window_size(in_hw, window),
@@ -392,7 +392,7 @@ def masker_decide_triton(
         )  # fmt: skip
         if programs > 1:  # the lists need every program's decisions: a second launch
             block = 16 if interp else 1024
-            _compact_kernel[(-(-t_cap // block),)](
+            _compact_kernel[(cdiv(t_cap, block),)](
                 keep, patch_idx, order, count, rate, active, t_cap, gh * gw, gw, BLOCK=block,
                 num_warps=1 if interp else 4,
             )

@@ -7,7 +7,7 @@ from L2), as `masker._compact_kernel` does: no grid-wide synchronisation, no hos
 
 import torch
 
-from ._utils import LazyKernel, interpreter_enabled
+from ._utils import LazyKernel, cdiv, interpreter_enabled
 from .pack_ref import Packing, check_pack_args
 
 try:
@@ -93,7 +93,7 @@ def pack_rows_triton(tokens: torch.Tensor | None, run: torch.Tensor | None, shap
     if t:
         block = 16 if interpreter_enabled() else 1024
         dummy = keep
-        _pack_rows_kernel[(-(-t // block),)](
+        _pack_rows_kernel[(cdiv(t, block),)](
             tokens.contiguous().view(torch.uint8) if tokens is not None else dummy,
             run.view(torch.uint8) if run is not None else dummy, pos, pos32, keep, count, cu, t, n,
             run.stride(0) if run is not None else 1,

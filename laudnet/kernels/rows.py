@@ -8,11 +8,12 @@ over every token. norm2 is its own kernel (`token.rows_layer_norm_triton`), not 
 normalising inside the GEMM's K loop made the fc1 kernel several times slower than cuBLAS on the same rows.
 """
 
+import dataclasses
+
 import torch
 
-from ._utils import LazyKernel
+from ._utils import GemmConfig, LazyKernel, gemm_grid, pick_config
 from .rows_ref import check_rows_linear_args
-from .spatial import GemmConfig, _grid, _pick_config
 
 try:
     import triton.language as tl
@@ -187,7 +188,7 @@ def rows_linear_triton(
         return out
     # at DeiT-S shapes the scatter-add form is fastest with 128 x 64 tiles (chosen by measurement, as for the
     # CNN's residual scatter)
-    cfg = config or _pick_config("scatter" if scatter else "conv1x1", r, cin, cout)
+    cfg = config or pick_config("scatter" if scatter else "conv1x1", r, cin, cout)
     dummy = wt
     head_keep, tokens = heads if heads is not None else (None, 1)
     num_heads = head_keep.shape[1] if heads is not None else 1
@@ -196,8 +197,8 @@ def rows_linear_triton(
         if block_n < HEAD_TILE_MIN:
             raise ValueError(f"heads of {plane // num_heads} columns: the head width must be a multiple of "
                              f"{HEAD_TILE_MIN} (the narrowest column tile of the GEMM)")
-        cfg = GemmConfig(cfg.block_m, min(cfg.block_n, block_n), cfg.block_k, cfg.num_warps, cfg.num_stages)
-    _rows_linear_kernel[_grid(r, cout, cfg)](
+        cfg = dataclasses.replace(cfg, block_n=min(cfg.block_n, block_n))
+    _rows_linear_kernel[gemm_grid(r, cout, cfg)](
         src, wt, bias if bias is not None else dummy, in_idx if in_idx is not None else dummy,
         count if count is not None else dummy, out, out_idx if scatter else dummy,
         keep.view(torch.uint8) if keep is not None else dummy, scale if scale is not None else dummy,

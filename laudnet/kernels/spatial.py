@@ -7,16 +7,24 @@ specification; each launcher here (1) checks shapes, (2) allocates the output, (
 Every GEMM accumulates in fp32; operands are the map's dtype (bf16/fp16 on GPU, fp32 under the interpreter).
 Pixel offsets are computed in int32 before widening, so a map needs N*H*W < 2^31 (ResNet at batch 128: 1.6e6).
 
-The default tiles (`_pick_config`) were chosen by sweeps over the ResNet stage shapes.
+The default tiles (`_utils.pick_config`) were chosen by sweeps over the ResNet stage shapes.
 """
-
-from dataclasses import dataclass
 
 import torch
 
-from ._utils import LazyKernel, check_nhwc, check_patch_idx, interpreter_enabled, next_power_of_2
+from ._utils import CONV1X1_CONFIGS as CONV1X1_CONFIGS  # the benchmarks sweep them from here
+from ._utils import CONV3X3_CONFIGS as CONV3X3_CONFIGS
+from ._utils import (
+    GemmConfig,
+    LazyKernel,
+    check_bias,
+    check_count,
+    check_nhwc,
+    check_patch_idx,
+    gemm_grid,
+    pick_config,
+)
 from .spatial_ref import (
-    _check_bias,
     _conv1x1_matrix,
     check_pool_out,
     conv_out_size,
@@ -31,68 +39,6 @@ except Exception:  # the reference path works without triton; the kernels below 
 
     class tl:  # noqa: N801 - stands in for triton.language so that the kernel definitions still evaluate
         constexpr = object
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    """Tile shape and launch parameters of one GEMM kernel."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-# Named config lists (Triton tutorial 03 style); the benchmark sweeps them, `_pick_config` chooses among them by shape.
-CONV3X3_CONFIGS: dict[str, GemmConfig] = {
-    "m128_n64_k64_w4_s3": GemmConfig(128, 64, 64, 4, 3),
-    "m128_n128_k64_w8_s3": GemmConfig(128, 128, 64, 8, 3),
-    "m64_n64_k64_w4_s4": GemmConfig(64, 64, 64, 4, 4),
-    "m128_n64_k32_w4_s4": GemmConfig(128, 64, 32, 4, 4),
-    "m64_n128_k64_w4_s3": GemmConfig(64, 128, 64, 4, 3),
-    "m128_n256_k64_w8_s3": GemmConfig(128, 256, 64, 8, 3),
-    "m128_n128_k64_w8_s4": GemmConfig(128, 128, 64, 8, 4),
-    "m256_n128_k64_w8_s3": GemmConfig(256, 128, 64, 8, 3),
-}
-CONV1X1_CONFIGS: dict[str, GemmConfig] = {
-    "m128_n128_k64_w8_s3": GemmConfig(128, 128, 64, 8, 3),
-    "m128_n256_k64_w8_s3": GemmConfig(128, 256, 64, 8, 3),
-    "m128_n64_k64_w4_s3": GemmConfig(128, 64, 64, 4, 3),
-    "m64_n128_k64_w4_s4": GemmConfig(64, 128, 64, 4, 4),
-    "m64_n64_k64_w4_s3": GemmConfig(64, 64, 64, 4, 3),
-    "m128_n64_k64_w4_s2": GemmConfig(128, 64, 64, 4, 2),
-}
-# Small tiles under the interpreter: it runs numpy per program, so fewer, smaller blocks are faster to test.
-_INTERPRET_CONFIG = GemmConfig(32, 16, 16, 1, 1)
-
-
-def _pick_config(kind: str, m: int, k: int, n: int, whole_maps: bool = False) -> GemmConfig:
-    """Default tile config for a GEMM of M x K x N (`kind` is "conv3x3", "scatter" or "conv1x1").
-
-    `whole_maps`: the rows are whole feature maps per sample (layer skipping; a patch covering the map), which
-    favours other tiles at some stages (chosen by a tile sweep).
-    """
-    if interpreter_enabled():
-        return _INTERPRET_CONFIG
-    bk = 64 if k >= 64 else max(16, next_power_of_2(k))
-    if kind == "conv3x3":
-        # N = Cout is 64..256 in ResNet stages 1-3. A sweep at S=4, rate 0.5 found
-        # 128x64 tiles best for Cout = 64, 128x128 with 8 warps for Cout = 128 and 256.
-        cfg = CONV3X3_CONFIGS["m128_n128_k64_w8_s3"] if n >= 128 else CONV3X3_CONFIGS["m128_n64_k64_w4_s3"]
-        if whole_maps and n == 256:  # ResNet stage 3 (14 x 14 maps): faster than 128 x 128 tiles
-            cfg = CONV3X3_CONFIGS["m128_n64_k64_w4_s3"]
-    elif kind == "scatter":
-        # K = width is short (64-256), N = 4*width long: the epilogue (residual read + write) dominates, and
-        # 128x64 tiles with 4 warps beat 128x128/128x256 on all three stages.
-        cfg = CONV1X1_CONFIGS["m128_n64_k64_w4_s3"]
-    else:
-        cfg = CONV1X1_CONFIGS["m128_n128_k64_w8_s3"] if n >= 128 else CONV1X1_CONFIGS["m128_n64_k64_w4_s3"]
-    # Fewer rows than ~1 wave of 128-row tiles on 132 SMs: halve BLOCK_M to fill the machine. Whole maps at stage 4
-    # (batch 128, 6 272 rows of capacity) measured faster unhalved, so there only very short lists (batch 1) halve.
-    if m <= (32 if whole_maps else 64) * 132:
-        cfg = GemmConfig(64, cfg.block_n, cfg.block_k, 4, cfg.num_stages)
-    return GemmConfig(cfg.block_m, cfg.block_n, min(cfg.block_k, bk), cfg.num_warps, cfg.num_stages)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,18 +306,6 @@ _pixel_conv1x1_kernel = LazyKernel(_pixel_conv1x1_kernel_src)
 # launchers
 
 
-def _check_count(count: torch.Tensor | None, device: torch.device) -> None:
-    if count is not None and (count.dtype != torch.int32 or count.numel() != 1 or count.device != device):
-        raise ValueError(
-            f"count must be an int32 tensor of one element on {device}, "
-            f"got dtype {count.dtype} shape {tuple(count.shape)} on {count.device}"
-        )
-
-
-def _grid(m: int, n: int, cfg: GemmConfig) -> tuple[int]:
-    return (-(-m // cfg.block_m) * -(-n // cfg.block_n),)
-
-
 def _packed3x3(weight: torch.Tensor, cin: int, dtype: torch.dtype) -> torch.Tensor:
     if weight.dim() == 4:
         if weight.shape[1] != cin:
@@ -399,7 +333,7 @@ def gather_conv3x3_triton(
     """Triton implicit GEMM of `gather_conv3x3_ref` (groups = 1). Same arguments and result."""
     check_nhwc(h1, "h1")
     check_patch_idx(patch_idx, h1.device)
-    _check_count(count, h1.device)
+    check_count(count, h1.device)
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     if patch_size < 1:
@@ -407,15 +341,15 @@ def gather_conv3x3_triton(
     nb, h, w, cin = h1.shape
     wp = _packed3x3(weight, cin, h1.dtype)
     cout = wp.shape[1]
-    _check_bias(bias, cout)
+    check_bias(bias, cout)
     p = patch_idx.shape[0]
     m = p * patch_size * patch_size
     y = torch.empty((m, cout), dtype=h1.dtype, device=h1.device)
     if m == 0:  # no active patch: launching a zero-size grid is an error on GPU
         return y
     ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
-    cfg = config or _pick_config("conv3x3", m, cin, cout, whole_maps=patch_size >= max(ho, wo))
-    _gather_conv3x3_kernel[_grid(m, cout, cfg)](
+    cfg = config or pick_config("conv3x3", m, cin, cout, whole_maps=patch_size >= max(ho, wo))
+    _gather_conv3x3_kernel[gemm_grid(m, cout, cfg)](
         h1, wp, bias if bias is not None else y, patch_idx.contiguous(), y, count if count is not None else patch_idx,
         m, h, w, ho, wo, cin, cout, patch_size, stride,
         HAS_BIAS=bias is not None, RELU=relu, EVEN_K=cin % cfg.block_k == 0, HAS_COUNT=count is not None,
@@ -441,7 +375,7 @@ def conv1x1_scatter_add_triton(
     """Triton kernel of `conv1x1_scatter_add_ref`. Same arguments and result."""
     check_nhwc(residual, "residual")
     check_patch_idx(patch_idx, residual.device)
-    _check_count(count, residual.device)
+    check_count(count, residual.device)
     out = residual if out is None else out
     check_nhwc(out, "out")
     if out.shape != residual.shape:
@@ -455,17 +389,17 @@ def conv1x1_scatter_add_triton(
     nb, ho, wo, cout = residual.shape
     if wm.shape[1] != cout:
         raise ValueError(f"conv output channels {wm.shape[1]} != residual channels {cout}")
-    _check_bias(bias, cout)
+    check_bias(bias, cout)
     gh, gw = patch_grid((ho, wo), s)  # validates patch_size
     check_pool_out(pool_out, (nb, gh, gw, cout), out.device)
     if m == 0:
         return out
     a = y_gathered.contiguous()
-    cfg = config or _pick_config("scatter", m, k, cout, whole_maps=s >= max(ho, wo))
+    cfg = config or pick_config("scatter", m, k, cout, whole_maps=s >= max(ho, wo))
     ss = s * s
     # POOL 2 (one reshape-reduction per tile) needs whole power-of-two patches per tile; otherwise loop per patch.
     pool = 0 if pool_out is None else (2 if ss < cfg.block_m and cfg.block_m % ss == 0 and ss & (ss - 1) == 0 else 1)
-    _conv1x1_scatter_add_kernel[_grid(m, cout, cfg)](
+    _conv1x1_scatter_add_kernel[gemm_grid(m, cout, cfg)](
         a, wm, bias if bias is not None else a, residual, out, patch_idx.contiguous(),
         count if count is not None else patch_idx, pool_out if pool_out is not None else a,
         m, k, ho, wo, cout, s, gh, gw,
@@ -493,11 +427,11 @@ def pixel_conv1x1_triton(
     check_nhwc(x, "x")
     if pix_idx.dtype != torch.int32 or pix_idx.dim() != 1:
         raise ValueError(f"pix_idx must be int32 [Q], got dtype {pix_idx.dtype} shape {tuple(pix_idx.shape)}")
-    _check_count(count, x.device)
+    check_count(count, x.device)
     nb, h, w, cin = x.shape
     wm = _conv1x1_matrix(weight, cin).to(x.dtype).contiguous()
     cout = wm.shape[1]
-    _check_bias(bias, cout)
+    check_bias(bias, cout)
     q = pix_idx.shape[0] * (h * w if per_sample else 1)
     if compact:
         out = torch.empty((q, cout), dtype=x.dtype, device=x.device)
@@ -509,8 +443,8 @@ def pixel_conv1x1_triton(
             raise ValueError(f"out must be [{nb}, {h}, {w}, {cout}], got {tuple(out.shape)}")
     if q == 0:
         return out
-    cfg = config or _pick_config("conv1x1", q, cin, cout, whole_maps=per_sample)
-    _pixel_conv1x1_kernel[_grid(q, cout, cfg)](
+    cfg = config or pick_config("conv1x1", q, cin, cout, whole_maps=per_sample)
+    _pixel_conv1x1_kernel[gemm_grid(q, cout, cfg)](
         x, wm, bias if bias is not None else wm, pix_idx.contiguous(), out, count if count is not None else pix_idx,
         q, cin, cout, h * w,
         HAS_BIAS=bias is not None, RELU=relu, COMPACT=compact, EVEN_K=cin % cfg.block_k == 0,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._utils import check_nhwc, check_patch_idx
+from ._utils import check_bias, check_nhwc, check_patch_idx
 
 # ---------------------------------------------------------------------------------------------------------------
 # weight layouts
@@ -62,11 +62,6 @@ def _conv1x1_matrix(weight: torch.Tensor, cin: int) -> torch.Tensor:
     if weight.dim() == 2 and weight.shape[0] == cin:
         return weight
     raise ValueError(f"1x1 conv weight must be [Cout, {cin}, 1, 1] or packed [{cin}, Cout], got {tuple(weight.shape)}")
-
-
-def _check_bias(bias: torch.Tensor | None, cout: int) -> None:
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout):
-        raise ValueError(f"bias must be [Cout] = [{cout}], got shape {tuple(bias.shape)}")
 
 
 def check_pool_out(pool_out: torch.Tensor | None, shape: tuple[int, int, int, int], device: torch.device) -> None:
@@ -294,7 +289,7 @@ def gather_conv3x3_ref(
     if wt.shape[1] * groups != cin:
         raise ValueError(f"weight has {wt.shape[1]} input channels per group; with groups={groups} expected Cin={cin}")
     cout = wt.shape[0]
-    _check_bias(bias, cout)
+    check_bias(bias, cout)
     s, p = patch_size, patch_idx.shape[0]
     ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
     gh, gw = patch_grid((ho, wo), s)
@@ -368,7 +363,7 @@ def conv1x1_scatter_add_ref(
     cout = wm.shape[1]
     if cout != residual.shape[3]:
         raise ValueError(f"conv output channels {cout} != residual channels {residual.shape[3]}")
-    _check_bias(bias, cout)
+    check_bias(bias, cout)
     nb, ho, wo, _ = residual.shape
     gh, gw = patch_grid((ho, wo), s)
     check_pool_out(pool_out, (nb, gh, gw, cout), out.device)
@@ -436,7 +431,7 @@ def pixel_conv1x1_ref(
                                  torch.tensor([valid * hw], dtype=torch.int32, device=x.device))
     wm = _conv1x1_matrix(weight, cin)
     cout = wm.shape[1]
-    _check_bias(bias, cout)
+    check_bias(bias, cout)
     valid = _valid_count(count, pix_idx.shape[0])
     if valid < pix_idx.shape[0]:
         res = pixel_conv1x1_ref(x, weight, bias, pix_idx[:valid], relu, out, compact)

@@ -8,7 +8,7 @@ masked load of `k_row` elements (the columns past KW * C and outside the map rea
 
 import torch
 
-from ._utils import LazyKernel, check_nhwc, interpreter_enabled, next_power_of_2
+from ._utils import LazyKernel, cdiv, check_nhwc, fit_tile, interpreter_enabled
 from .stem_ref import check_stem_args, pack_stem_weight, stem_k_row
 
 # No `from __future__ import annotations` here: Triton reads the `tl.constexpr` annotations of the kernels at runtime.
@@ -93,8 +93,8 @@ def stem_conv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return y
     interp = interpreter_enabled()
     bm = block_m or (32 if interp else 128)
-    bn = min(max(16, next_power_of_2(cout)), 16 if interp else 128)
-    grid = (-(-m // bm), -(-cout // bn))
+    bn = fit_tile(16 if interp else 128, cout)
+    grid = (cdiv(m, bm), cdiv(cout, bn))
     _stem_conv_kernel[grid](
         x, wp, bias if bias is not None else wp, y, m, h, w, ho, wo, cout,
         C=cin, KH=kh, KW=kw, STRIDE=stride, PAD=padding, K_ROW=stem_k_row(kw, cin),

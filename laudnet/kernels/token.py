@@ -8,7 +8,7 @@ One read and one write per row: the fused norm1 + masker is faster than PyTorch'
 
 import torch
 
-from ._utils import LazyKernel, next_power_of_2
+from ._utils import LazyKernel, cdiv, next_power_of_2
 from .token_ref import check_ln_score_args, check_pooled_decisions_args, check_rows_layer_norm_args
 
 # No `from __future__ import annotations` here: Triton reads the `tl.constexpr` annotations of the kernels at runtime.
@@ -117,7 +117,7 @@ def _launch(x2, in_idx, count, ln_weight, ln_bias, eps, score_w=None, score_b=No
     block_c = next_power_of_2(c)
     block_r = max(1, min(16, 4096 // block_c))  # about 4096 elements per program
     dummy = ln_weight
-    _layer_norm_kernel[(-(-r // block_r),)](
+    _layer_norm_kernel[(cdiv(r, block_r),)](
         x2, in_idx if in_idx is not None else dummy, count if count is not None else dummy, ln_weight, ln_bias,
         score_w if scored else dummy, score_b if scored else dummy, y, score if scored else dummy,
         keep.view(torch.uint8) if scored else dummy, r, c, max(int(tokens), 1), float(eps),
