@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev,vit,bench]'
+	$(PY) -m pip install -q -e '.[dev,vit,bench,detection]'
 	touch $(STAMP)
 
 # Fashion-MNIST ships as a Debian package; install it when the files are missing and apt is usable.
