@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import small_kwargs
+from detection_sizes import small_kwargs
 from pycocotools import mask as mask_utils
 from torch import nn
 

@@ -4,7 +4,7 @@ at the size of the batch the backbone ran on."""
 from __future__ import annotations
 
 import pytest
-from conftest import small_kwargs
+from detection_sizes import small_kwargs
 
 from laudnet.detection import backbone_flops_loss, collate_detection, create_detector, detection_step
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torchvision
-from conftest import small_kwargs
+from detection_sizes import small_kwargs
 
 import laudnet
 from laudnet.detection import backbone_masks, collate_detection, create_detector, detection_step, list_detectors
