@@ -69,7 +69,7 @@ def stage_case(stage: int, batch: int, count: int, gen: torch.Generator) -> list
     order = torch.randperm(batch, generator=gen).to(dev, torch.int32)
     cnt = torch.tensor([count], device=dev, dtype=torch.int32)
     patches = K.samples_to_patch_idx(order)
-    w1p, w3p = spatial._conv1x1_matrix(w1, c).contiguous(), spatial._conv1x1_matrix(w3, width).contiguous()
+    w1p, w3p = spatial.conv1x1_matrix(w1, c).contiguous(), spatial.conv1x1_matrix(w3, width).contiguous()
     w2p = spatial.pack_conv3x3_weight(w2).contiguous()
     h1 = spatial.pixel_conv1x1_triton(xh, w1p, b1, order, count=cnt, per_sample=True)
     h2 = spatial.gather_conv3x3_triton(h1, w2p, b2, patches, size, 1, count=cnt)

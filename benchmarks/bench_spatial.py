@@ -37,7 +37,6 @@ import torch.nn.functional as F
 
 from laudnet import kernels as K
 from laudnet.kernels import spatial
-from laudnet.kernels import spatial_ref as R
 
 # stage -> (map size, block input/output channels, bottleneck width)
 STAGES = {1: (56, 256, 64), 2: (28, 512, 128), 3: (14, 1024, 256)}
@@ -131,8 +130,8 @@ class Block:
         # small conv3 so that repeated in-place residual updates stay bounded during timing
         self.w3 = (w(cin, width, 1, 1, fan=width) * 0.05).contiguous(memory_format=torch.channels_last)
         self.b3 = (0.01 * torch.randn(cin, device=dev)).to(dtype)
-        self.w1p, self.w2p, self.w3p = R.pack_conv1x1_weight(self.w1), R.pack_conv3x3_weight(self.w2), None
-        self.w3p = R.pack_conv1x1_weight(self.w3)
+        self.w1p, self.w2p, self.w3p = K.pack_conv1x1_weight(self.w1), K.pack_conv3x3_weight(self.w2), None
+        self.w3p = K.pack_conv1x1_weight(self.w3)
         x = torch.randn(batch, cin, size, size, device=dev).to(dtype)
         self.x = x.contiguous(memory_format=torch.channels_last)  # NCHW view of NHWC memory
 
@@ -320,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         result["static"].append(row)
         # spatial S=4 rate 0.5 and layer rate 0.5 against the dense block masked
         s = 4
-        grid = R.patch_grid((blk.size, blk.size), s)
+        grid = K.patch_grid((blk.size, blk.size), s)
         mask = _random_patch_mask(args.batch, grid, 0.5, gen)
         pidx = K.mask_to_patch_idx(mask)
         dense = blk.static(blk.x).permute(0, 2, 3, 1)
         x_nhwc = blk.x.permute(0, 2, 3, 1).clone()
-        pm = R.patch_mask_to_pixel_mask(mask, s, (blk.size, blk.size))
+        pm = K.patch_mask_to_pixel_mask(mask, s, (blk.size, blk.size))
         expect = torch.where(pm[..., None], dense, x_nhwc)
         for conv1 in ("dense", "sparse"):
             xw = x_nhwc.clone()
@@ -356,12 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         blk = blocks[st]
         hw = (blk.size, blk.size)
         x0 = blk.x.permute(0, 2, 3, 1).clone()
-        grid = R.patch_grid(hw, s)
+        grid = K.patch_grid(hw, s)
         for rate in RATES:
             if over_budget(f"spatial stage{st} S{s} r{rate}"):
                 continue
             mask = _random_patch_mask(args.batch, grid, rate, gen)
-            real_rate = R.patch_mask_to_pixel_mask(mask, s, hw).float().mean().item()
+            real_rate = K.patch_mask_to_pixel_mask(mask, s, hw).float().mean().item()
             _sync()
             t0 = time.perf_counter()
             pidx = K.mask_to_patch_idx(mask)
@@ -452,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- tile-config sweep at the target point (S=4, rate 0.5)
     if args.sweep:
         for st, blk in blocks.items():
-            mask = _random_patch_mask(args.batch, R.patch_grid((blk.size,) * 2, 4), 0.5, gen)
+            mask = _random_patch_mask(args.batch, K.patch_grid((blk.size,) * 2, 4), 0.5, gen)
             pidx = K.mask_to_patch_idx(mask)
             h1 = F.conv2d(blk.x, blk.w1, blk.b1).relu_().permute(0, 2, 3, 1)
             h2 = spatial.gather_conv3x3_triton(h1, blk.w2p, blk.b2, pidx, 4, 1)

@@ -32,8 +32,8 @@ from torch import Tensor
 
 from laudnet.kernels import dispatch
 from laudnet.kernels.attention_ref import varlen_attention_ref
-from laudnet.kernels.pack_ref import compact_positions as compact_positions
-from laudnet.kernels.pack_ref import selection
+from laudnet.kernels.indexing import compact_positions as compact_positions
+from laudnet.kernels.indexing import selection
 
 _HALF = (torch.float16, torch.bfloat16)
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from laudnet.kernels import dispatch
-from laudnet.kernels.stem_ref import pack_stem_weight
+from laudnet.kernels.weights import pack_stem_weight
 
 
 @torch.library.custom_op("laudnet::stem_conv", mutates_args=())

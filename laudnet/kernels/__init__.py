@@ -5,7 +5,8 @@ Spatial skipping (S x S patches on a block's output grid), layer skipping (compa
 `masker_ref.py`), the ViT token masker fused into LayerNorm (`token_ref.py`), and the ViT's linear layers on listed
 token rows with their GELU or residual scatter-add fused (`rows_ref.py`), the sync-free packing of those rows
 (`pack_ref.py`), and the network stem's convolution on a few input channels (`stem_ref.py`). The references
-themselves are not exported.
+themselves are not exported; the masks, index lists and result types the ops take are in `indexing.py`, the packed
+weight layouts in `weights.py`.
 """
 
 from .dispatch import channel_masker as channel_masker
@@ -22,21 +23,22 @@ from .dispatch import rows_layer_norm as rows_layer_norm
 from .dispatch import rows_linear as rows_linear
 from .dispatch import stem_conv as stem_conv
 from .dispatch import window_sums as window_sums
-from .masker_ref import MAP_WINDOW as MAP_WINDOW
-from .masker_ref import MaskerDecisions as MaskerDecisions
-from .masker_ref import window_counts as window_counts
-from .masker_ref import window_grid as window_grid
-from .spatial_ref import conv1_pixel_mask as conv1_pixel_mask
-from .spatial_ref import conv_out_size as conv_out_size
-from .spatial_ref import mask_to_patch_idx as mask_to_patch_idx
-from .spatial_ref import mask_to_patch_list as mask_to_patch_list
-from .spatial_ref import pack_conv1x1_weight as pack_conv1x1_weight
-from .spatial_ref import pack_conv3x3_weight as pack_conv3x3_weight
-from .spatial_ref import patch_grid as patch_grid
-from .spatial_ref import patch_idx_to_mask as patch_idx_to_mask
-from .spatial_ref import patch_mask_to_pixel_mask as patch_mask_to_pixel_mask
-from .spatial_ref import pixel_mask_to_idx as pixel_mask_to_idx
-from .spatial_ref import pixel_mask_to_idx_padded as pixel_mask_to_idx_padded
-from .spatial_ref import samples_to_patch_idx as samples_to_patch_idx
-from .spatial_ref import samples_to_pixel_idx as samples_to_pixel_idx
-from .stem_ref import pack_stem_weight as pack_stem_weight
+from .indexing import MAP_WINDOW as MAP_WINDOW
+from .indexing import MaskerDecisions as MaskerDecisions
+from .indexing import conv1_pixel_mask as conv1_pixel_mask
+from .indexing import conv_out_size as conv_out_size
+from .indexing import mask_to_patch_idx as mask_to_patch_idx
+from .indexing import mask_to_patch_list as mask_to_patch_list
+from .indexing import patch_grid as patch_grid
+from .indexing import patch_idx_to_mask as patch_idx_to_mask
+from .indexing import patch_mask_to_pixel_mask as patch_mask_to_pixel_mask
+from .indexing import pixel_mask_to_idx as pixel_mask_to_idx
+from .indexing import pixel_mask_to_idx_padded as pixel_mask_to_idx_padded
+from .indexing import samples_to_patch_idx as samples_to_patch_idx
+from .indexing import samples_to_pixel_idx as samples_to_pixel_idx
+from .indexing import window_counts as window_counts
+from .indexing import window_grid as window_grid
+from .weights import pack_bottleneck_weights as pack_bottleneck_weights
+from .weights import pack_conv1x1_weight as pack_conv1x1_weight
+from .weights import pack_conv3x3_weight as pack_conv3x3_weight
+from .weights import pack_stem_weight as pack_stem_weight

@@ -54,6 +54,9 @@ from laudnet.kernels._utils import (
     resolve_config,
 )
 from laudnet.kernels.dispatch import resolve_impl
+from laudnet.kernels.indexing import check_mask_groups, compact_channels, resolve_kmax, slot_valid
+from laudnet.kernels.weights import conv1x1_as_2d
+from laudnet.kernels.weights import pack_bottleneck_weights as pack_bottleneck_weights  # deploy packs from here
 
 __all__ = [
     "channel_index",
@@ -320,7 +323,7 @@ def _check_index(idx: torch.Tensor, counts: torch.Tensor, n: int, device: torch.
 
 
 def _weight_2d(weight: torch.Tensor, name: str, shape: tuple[int, int]) -> torch.Tensor:
-    w2d = ref._as_2d(weight, name)
+    w2d = conv1x1_as_2d(weight, name)
     if tuple(w2d.shape) != shape:
         raise ValueError(f"{name} must have shape {list(shape)} (or with trailing 1, 1), got {tuple(weight.shape)}")
     return w2d
@@ -352,7 +355,7 @@ def channel_index(
         ``idx`` int32 ``[N, kmax]`` (active channel ids in increasing order, padding slots 0) and ``counts`` int32
         ``[N]``.
     """
-    ref.check_mask_groups(mask_groups, group_size)
+    check_mask_groups(mask_groups, group_size)
     if not use_triton(mask_groups, impl):
         return ref.channel_index_ref(mask_groups, group_size, kmax, align)
     mask_groups = mask_groups.contiguous()
@@ -360,7 +363,7 @@ def channel_index(
     width = n_groups * group_size
     if kmax is None or kmax < width:
         counts = mask_groups.sum(1, dtype=torch.int32) * group_size
-        kmax = ref.resolve_kmax(counts, width, kmax, align)
+        kmax = resolve_kmax(counts, width, kmax, align)
     idx = torch.empty(n, kmax, dtype=torch.int32, device=mask_groups.device)
     counts = torch.empty(n, dtype=torch.int32, device=mask_groups.device)
     if n:
@@ -406,7 +409,7 @@ def channel_conv1x1_out(
     """
     check_nhwc(x, "x")
     n, height, width, cin = x.shape
-    w2d = ref._as_2d(w1, "w1")
+    w2d = conv1x1_as_2d(w1, "w1")
     w2d = _weight_2d(w1, "w1", (w2d.shape[0], cin))
     check_bias(b1, w2d.shape[0], "b1")
     _check_index(idx, counts, n, x.device)
@@ -513,7 +516,7 @@ def _grouped_conv3x3_fallback(
     """
     n, height, width, kmax = h.shape
     w = w2.shape[0]
-    valid = ref._slot_valid(idx, counts)
+    valid = slot_valid(idx, counts)
     dense = torch.zeros(n, height, width, w + 1, dtype=h.dtype, device=h.device)
     # padding slots scatter into a spare channel w, dropped below
     target = torch.where(valid, idx.long(), torch.full_like(idx, w, dtype=torch.long))
@@ -521,7 +524,7 @@ def _grouped_conv3x3_fallback(
     x = dense[..., :w].permute(0, 3, 1, 2)
     y = torch.nn.functional.conv2d(x.float(), w2.float(), b2.float(), stride=stride, padding=1, groups=conv_groups)
     y = torch.relu(y).to(h.dtype).permute(0, 2, 3, 1)
-    return ref.compact_channels(y, idx, counts).contiguous()
+    return compact_channels(y, idx, counts).contiguous()
 
 
 def channel_conv1x1_in(
@@ -556,7 +559,7 @@ def channel_conv1x1_in(
     """
     check_nhwc(h, "h")
     n, height, width, kmax = h.shape
-    w2d = ref._as_2d(w3, "w3")
+    w2d = conv1x1_as_2d(w3, "w3")
     cout = w2d.shape[0]
     check_nhwc(residual, "residual", cout)
     if residual.shape[:3] != h.shape[:3]:
@@ -600,20 +603,3 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     a0, b0 = a.data_ptr(), b.data_ptr()
     a1, b1 = a0 + a.numel() * a.element_size(), b0 + b.numel() * b.element_size()
     return a0 < b1 and b0 < a1
-
-
-def pack_bottleneck_weights(
-    w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Copies of the folded conv weights in the memory layouts the kernels gather fastest, same logical shapes.
-
-    ``w1`` -> ``[w, Cin]`` with ``Cin`` contiguous (rows gathered); ``w2`` -> ``[w, w, 3, 3]`` stored as
-    ``[3, 3, w_in, w_out]`` (both channel dims gathered, output channels contiguous); ``w3`` -> ``[Cout, w]``
-    stored as ``[w, Cout]`` (rows of the stored matrix gathered). Call once at deployment.
-    """
-    w1p = ref._as_2d(w1, "w1").contiguous()
-    if w2.dim() != 4 or w2.shape[2:] != (3, 3):
-        raise ValueError(f"w2 must be [w_out, w_in, 3, 3], got {tuple(w2.shape)}")
-    w2p = w2.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
-    w3p = ref._as_2d(w3, "w3").t().contiguous().t()
-    return w1p, w2p, w3p

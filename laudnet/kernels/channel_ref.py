@@ -24,48 +24,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .indexing import check_mask_groups, expand_channel_mask, resolve_kmax
+from .weights import conv1x1_as_2d
+
 __all__ = [
     "channel_index_ref",
     "channel_conv1x1_out_ref",
     "channel_conv3x3_ref",
     "channel_conv1x1_in_ref",
-    "expand_channel_mask",
-    "compact_channels",
     "dense_masked_bottleneck_ref",
 ]
-
-
-def _round_up(x: int, multiple: int) -> int:
-    return -(-x // multiple) * multiple
-
-
-def check_mask_groups(mask_groups: torch.Tensor, group_size: int) -> None:
-    """Raise ValueError unless ``mask_groups`` is a 2-D bool tensor and ``group_size`` a positive int."""
-    if not isinstance(mask_groups, torch.Tensor) or mask_groups.dtype != torch.bool or mask_groups.dim() != 2:
-        is_tensor = isinstance(mask_groups, torch.Tensor)
-        got = f"{mask_groups.dtype} {tuple(mask_groups.shape)}" if is_tensor else type(mask_groups).__name__
-        raise ValueError(f"mask_groups must be a bool tensor [N, n_groups], got {got}")
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group size G must be a positive int, got {group_size!r}")
-
-
-def resolve_kmax(counts: torch.Tensor, width: int, kmax: int | None, align: int) -> int:
-    """Width of the compacted tensors: ``kmax`` if given (checked against the counts), else max count rounded up.
-
-    Computing the maximum reads ``counts`` on the host (a device sync); pass ``kmax=width`` to avoid it.
-    """
-    if align < 1:
-        raise ValueError(f"align must be >= 1, got {align}")
-    if kmax is None:
-        top = int(counts.max()) if counts.numel() else 0
-        return min(_round_up(max(top, 1), align), _round_up(width, align))
-    if kmax < 1:
-        raise ValueError(f"kmax must be >= 1, got {kmax}")
-    if kmax < width:
-        top = int(counts.max()) if counts.numel() else 0
-        if top > kmax:
-            raise ValueError(f"kmax={kmax} is smaller than the largest active channel count {top}")
-    return kmax
 
 
 def channel_index_ref(
@@ -96,33 +64,6 @@ def channel_index_ref(
     return idx, counts
 
 
-def expand_channel_mask(mask_groups: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Repeat each group decision over its G consecutive channels: ``[N, n_groups] -> [N, n_groups * G]``."""
-    return mask_groups.repeat_interleave(group_size, dim=1)
-
-
-def compact_channels(h: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Gather channels ``idx`` of a dense NHWC tensor ``[N, H, W, w]`` into ``[N, H, W, Kmax]``, padding = 0."""
-    n, kmax = idx.shape
-    gathered = torch.gather(h, 3, idx.long()[:, None, None, :].expand(n, h.shape[1], h.shape[2], kmax))
-    valid = torch.arange(kmax, device=idx.device)[None, :] < counts[:, None]
-    return gathered * valid[:, None, None, :].to(h.dtype)
-
-
-def _as_2d(weight: torch.Tensor, name: str) -> torch.Tensor:
-    if weight.dim() == 4:
-        if weight.shape[2:] != (1, 1):
-            raise ValueError(f"{name} must be a 1x1 conv weight, got shape {tuple(weight.shape)}")
-        return weight[:, :, 0, 0]
-    if weight.dim() != 2:
-        raise ValueError(f"{name} must be [out, in] or [out, in, 1, 1], got shape {tuple(weight.shape)}")
-    return weight
-
-
-def _slot_valid(idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    return torch.arange(idx.shape[1], device=idx.device)[None, :] < counts[:, None]  # [N, Kmax]
-
-
 def channel_conv1x1_out_ref(
     x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor
 ) -> torch.Tensor:
@@ -133,7 +74,7 @@ def channel_conv1x1_out_ref(
         w1: ``[w, Cin]`` (or ``[w, Cin, 1, 1]``) folded conv1 weight; ``b1``: ``[w]`` folded bias.
         idx, counts: from ``channel_index``.
     """
-    w1 = _as_2d(w1, "w1").float()
+    w1 = conv1x1_as_2d(w1, "w1").float()
     out = torch.zeros(*x.shape[:3], idx.shape[1], dtype=torch.float32, device=x.device)
     for i in range(x.shape[0]):
         act = idx[i, : int(counts[i])].long()
@@ -200,7 +141,7 @@ def channel_conv1x1_in_ref(
         pool_out: optional fp32 ``[N, Cout]``: each sample's sums of the output over its map (as stored, in the
             output dtype) are added to it — the next channel masker's pooling, without re-reading the map.
     """
-    w3 = _as_2d(w3, "w3").float()
+    w3 = conv1x1_as_2d(w3, "w3").float()
     res = torch.empty(residual.shape, dtype=torch.float32, device=residual.device)
     for i in range(h.shape[0]):
         c = int(counts[i])
@@ -244,10 +185,10 @@ def dense_masked_bottleneck_ref(
     """
     mask = expand_channel_mask(mask_groups, group_size)[:, :, None, None].float()  # [N, w, 1, 1]
     xc = x.float().permute(0, 3, 1, 2)
-    h1 = (torch.relu(F.conv2d(xc, _as_2d(w1, "w1").float()[:, :, None, None], b1.float())) * mask).to(x.dtype)
+    h1 = (torch.relu(F.conv2d(xc, conv1x1_as_2d(w1, "w1").float()[:, :, None, None], b1.float())) * mask).to(x.dtype)
     h2 = F.conv2d(h1.float(), w2.float(), b2.float(), stride=stride, padding=1, groups=conv2_groups)
     h2 = (torch.relu(h2) * mask).to(x.dtype)
-    y = F.conv2d(h2.float(), _as_2d(w3, "w3").float()[:, :, None, None], b3.float())
+    y = F.conv2d(h2.float(), conv1x1_as_2d(w3, "w3").float()[:, :, None, None], b3.float())
     res = x if residual is None else residual
     out = torch.relu(y.permute(0, 2, 3, 1) + res.float()).to(x.dtype)
     return h1.permute(0, 2, 3, 1), h2.permute(0, 2, 3, 1), out

@@ -27,14 +27,8 @@ the rate, a stable argsort and the patch and pixel lists.
 import torch
 
 from ._utils import LazyKernel, cdiv, check_nhwc, interpreter_enabled, next_power_of_2
-from .masker_ref import (
-    MAP_WINDOW,
-    MaskerDecisions,
-    check_channel_masker_args,
-    check_decide_args,
-    window_grid,
-    window_size,
-)
+from .indexing import MAP_WINDOW, MaskerDecisions, window_grid, window_size
+from .masker_ref import check_channel_masker_args, check_decide_args
 
 # No `from __future__ import annotations` here: Triton reads the `tl.constexpr` annotations of the kernels at runtime.
 try:

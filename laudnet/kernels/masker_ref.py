@@ -16,60 +16,12 @@ executing windows as a compacted index list. The ops here split that into:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 
 from ._utils import check_nhwc
-
-MAP_WINDOW = 0  # `window` value meaning "the whole map" (the layer masker's global average pooling)
-
-
-class MaskerDecisions(NamedTuple):
-    """Result of `masker_decide`.
-
-    Attributes:
-        keep: bool `[N, gh, gw]` decisions.
-        patch_idx: int32 `[T, 3]` (sample, window row, window col): the `count` active windows first, in row-major
-            order, then the inactive ones.
-        order: int32 `[T]` the same list as flat window ids `(n*gh + row)*gw + col` (for layer skipping: samples).
-        count: int32 `[1]` number of active windows.
-        rate: fp32 0-d tensor, `count / T`.
-        active: bool 0-d tensor, `count > 0` (the predicate of a conditional CUDA-graph node).
-    """
-
-    keep: torch.Tensor
-    patch_idx: torch.Tensor
-    order: torch.Tensor
-    count: torch.Tensor
-    rate: torch.Tensor
-    active: torch.Tensor
-
-
-def window_grid(hw: tuple[int, int], window: int) -> tuple[int, int]:
-    """Number of `window x window` windows `(ceil(H/K), ceil(W/K))` of a map; `(1, 1)` for `MAP_WINDOW`."""
-    if window < 0:
-        raise ValueError(f"window must be >= 1, or {MAP_WINDOW} for the whole map, got {window}")
-    if window == MAP_WINDOW:
-        return 1, 1
-    h, w = hw
-    return -(-h // window), -(-w // window)
-
-
-def window_size(hw: tuple[int, int], window: int) -> int:
-    """Side of the windows as the kernels use it: `window`, or the map's larger side for `MAP_WINDOW`."""
-    return max(hw) if window == MAP_WINDOW else window
-
-
-def window_counts(hw: tuple[int, int], window: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """In-map pixels of each window, fp32 `[gh, gw]` (what `avg_pool2d(ceil_mode=True)` divides by)."""
-    h, w = hw
-    k = window_size(hw, window)
-    gh, gw = window_grid(hw, window)
-    rows = (h - torch.arange(gh, device=device) * k).clamp(max=k)
-    cols = (w - torch.arange(gw, device=device) * k).clamp(max=k)
-    return (rows[:, None] * cols[None, :]).float()
+from .indexing import MAP_WINDOW as MAP_WINDOW  # laudnet.deploy.blocks imports it from here (new code: indexing)
+from .indexing import MaskerDecisions, window_counts, window_grid, window_size
 
 
 def window_sums_ref(x: torch.Tensor, window: int, relu: bool = False) -> torch.Tensor:

@@ -8,7 +8,7 @@ from L2), as `masker._compact_kernel` does: no grid-wide synchronisation, no hos
 import torch
 
 from ._utils import LazyKernel, cdiv, interpreter_enabled
-from .pack_ref import Packing, check_pack_args
+from .indexing import Packing, check_pack_args
 
 try:
     import triton.language as tl

@@ -24,13 +24,9 @@ from ._utils import (
     gemm_grid,
     pick_config,
 )
-from .spatial_ref import (
-    _conv1x1_matrix,
-    check_pool_out,
-    conv_out_size,
-    pack_conv3x3_weight,
-    patch_grid,
-)
+from .indexing import conv_out_size, patch_grid
+from .spatial_ref import check_pool_out
+from .weights import conv1x1_matrix, pack_conv3x3_weight
 
 # No `from __future__ import annotations` here: Triton reads the `tl.constexpr` annotations of the kernels at runtime.
 try:
@@ -385,7 +381,7 @@ def conv1x1_scatter_add_triton(
     if y_gathered.dim() != 2 or y_gathered.shape[0] != m:
         raise ValueError(f"y_gathered must be [P*S*S, Cmid] = [{m}, Cmid], got {tuple(y_gathered.shape)}")
     k = y_gathered.shape[1]
-    wm = _conv1x1_matrix(weight, k).to(y_gathered.dtype).contiguous()
+    wm = conv1x1_matrix(weight, k).to(y_gathered.dtype).contiguous()
     nb, ho, wo, cout = residual.shape
     if wm.shape[1] != cout:
         raise ValueError(f"conv output channels {wm.shape[1]} != residual channels {cout}")
@@ -429,7 +425,7 @@ def pixel_conv1x1_triton(
         raise ValueError(f"pix_idx must be int32 [Q], got dtype {pix_idx.dtype} shape {tuple(pix_idx.shape)}")
     check_count(count, x.device)
     nb, h, w, cin = x.shape
-    wm = _conv1x1_matrix(weight, cin).to(x.dtype).contiguous()
+    wm = conv1x1_matrix(weight, cin).to(x.dtype).contiguous()
     cout = wm.shape[1]
     check_bias(bias, cout)
     q = pix_idx.shape[0] * (h * w if per_sample else 1)

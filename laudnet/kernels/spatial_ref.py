@@ -10,7 +10,8 @@ Conventions shared by every op (the deployed bottleneck block of LAUDNet, Han et
   `(patch_row*S + dy, patch_col*S + dx)` of sample `patch_idx[p, 0]`. Rows of pixels beyond the map are zero.
 * Weights come either in torch's conv layout (`[Cout, Cin/groups, kh, kw]`, 4-D) or packed K-major for the GEMM
   kernels (2-D: `[9*Cin, Cout]` for a 3x3, tap-major (ky, kx) then input channel; `[Cin, Cout]` for a 1x1), as made
-  by `pack_conv3x3_weight` / `pack_conv1x1_weight`.
+  by `weights.pack_conv3x3_weight` / `weights.pack_conv1x1_weight`.
+* Masks and index lists (`patch_idx`, pixel lists, their sync-free forms) are made by `indexing.py`.
 
 The reference is also the fallback on CPU and the grouped-conv path on GPU (gather halo tiles, then cuDNN).
 """
@@ -21,47 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from ._utils import check_bias, check_nhwc, check_patch_idx
+from .indexing import conv_out_size, patch_grid, samples_to_pixel_idx
+from .weights import conv1x1_matrix, unpack_conv3x3_weight
 
 # ---------------------------------------------------------------------------------------------------------------
-# weight layouts
-
-
-def pack_conv3x3_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Torch 3x3 conv weight `[Cout, Cin, 3, 3]` -> contiguous K-major `[9*Cin, Cout]` (row = (ky*3 + kx)*Cin + ci)."""
-    if weight.dim() != 4 or weight.shape[2:] != (3, 3):
-        raise ValueError(f"expected a 3x3 conv weight [Cout, Cin, 3, 3], got shape {tuple(weight.shape)}")
-    cout, cin = weight.shape[:2]
-    return weight.permute(2, 3, 1, 0).reshape(9 * cin, cout).contiguous()
-
-
-def pack_conv1x1_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Torch 1x1 conv weight `[Cout, Cin, 1, 1]` -> contiguous K-major `[Cin, Cout]`."""
-    if weight.dim() != 4 or weight.shape[2:] != (1, 1):
-        raise ValueError(f"expected a 1x1 conv weight [Cout, Cin, 1, 1], got shape {tuple(weight.shape)}")
-    return weight[:, :, 0, 0].t().contiguous()
-
-
-def _conv3x3_torch_weight(weight: torch.Tensor, cin: int) -> torch.Tensor:
-    """Accept torch layout (returned as is) or packed `[9*Cin, Cout]` (unpacked)."""
-    if weight.dim() == 4:
-        return weight
-    if weight.dim() == 2 and weight.shape[0] == 9 * cin:
-        return weight.reshape(3, 3, cin, weight.shape[1]).permute(3, 2, 0, 1)
-    raise ValueError(
-        f"conv3x3 weight must be [Cout, Cin/groups, 3, 3] or packed [9*Cin, Cout] with Cin={cin}, "
-        f"got shape {tuple(weight.shape)}"
-    )
-
-
-def _conv1x1_matrix(weight: torch.Tensor, cin: int) -> torch.Tensor:
-    """Return the 1x1 weight as a K-major `[Cin, Cout]` matrix (a view when possible)."""
-    if weight.dim() == 4:
-        if weight.shape[2:] != (1, 1) or weight.shape[1] != cin:
-            raise ValueError(f"1x1 conv weight must be [Cout, {cin}, 1, 1], got shape {tuple(weight.shape)}")
-        return weight[:, :, 0, 0].t()
-    if weight.dim() == 2 and weight.shape[0] == cin:
-        return weight
-    raise ValueError(f"1x1 conv weight must be [Cout, {cin}, 1, 1] or packed [{cin}, Cout], got {tuple(weight.shape)}")
+# checks and helpers of the ops
 
 
 def check_pool_out(pool_out: torch.Tensor | None, shape: tuple[int, int, int, int], device: torch.device) -> None:
@@ -76,92 +41,6 @@ def check_pool_out(pool_out: torch.Tensor | None, shape: tuple[int, int, int, in
         )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# masks and index lists
-
-
-def conv_out_size(size: int, stride: int) -> int:
-    """Output size of a 3x3 conv with padding 1 (and of a 1x1 conv with padding 0) at this stride."""
-    return (size - 1) // stride + 1
-
-
-def patch_grid(out_hw: tuple[int, int], patch_size: int) -> tuple[int, int]:
-    """Patch grid `(ceil(Ho/S), ceil(Wo/S))` of an output map."""
-    if patch_size < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-    ho, wo = out_hw
-    return -(-ho // patch_size), -(-wo // patch_size)
-
-
-def mask_to_patch_idx(mask: torch.Tensor) -> torch.Tensor:
-    """Active patches of a coarse mask as an int32 list.
-
-    Compaction needs the count P on the host to size every later tensor, so this is one `torch.nonzero` (one device
-    sync); a Triton prefix-sum would need the same sync and is not worth its own kernel.
-
-    Args:
-        mask: bool (or 0/1) tensor `[N, gh, gw]`.
-
-    Returns:
-        int32 tensor `[P, 3]` of (sample, patch_row, patch_col), in row-major order.
-    """
-    if mask.dim() != 3:
-        raise ValueError(f"mask must be [N, gh, gw], got shape {tuple(mask.shape)}")
-    return torch.nonzero(mask != 0).to(torch.int32)
-
-
-def _compact(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of the true entries of a flat bool tensor, first, without a host sync.
-
-    Returns `(idx, count)`: int32 `[T]` whose first `count` entries are the true positions in increasing order (the
-    rest is 0), and `count` as an int32 `[1]` tensor on the same device. cumsum + scatter instead of `nonzero`,
-    so nothing waits for the device and the whole thing can be captured in a CUDA graph.
-    """
-    flat = flat.reshape(-1).bool()
-    t = flat.numel()
-    out = torch.zeros(t + 1, dtype=torch.int32, device=flat.device)
-    if t == 0:
-        return out[:0], torch.zeros(1, dtype=torch.int32, device=flat.device)
-    pos = torch.cumsum(flat, 0, dtype=torch.int32) - 1
-    dest = torch.where(flat, pos.long(), t)  # inactive entries all go to the spare slot t
-    out.scatter_(0, dest, torch.arange(t, dtype=torch.int32, device=flat.device))
-    return out[:t], pos[-1:] + 1
-
-
-def mask_to_patch_list(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sync-free `mask_to_patch_idx`: a fixed-capacity list and a device-side count.
-
-    Args:
-        mask: bool `[N, gh, gw]`.
-
-    Returns:
-        `(patch_idx, count)`: int32 `[N*gh*gw, 3]` whose first `count` rows are the active patches in row-major order
-        (the rest is padding), and an int32 `[1]` count. Pass both to the ops (`count=`): kernels are launched for
-        the capacity and tiles past the count do no work.
-    """
-    if mask.dim() != 3:
-        raise ValueError(f"mask must be [N, gh, gw], got shape {tuple(mask.shape)}")
-    _, gh, gw = mask.shape
-    flat, count = _compact(mask != 0)
-    patch_idx = torch.stack((flat // (gh * gw), (flat // gw) % gh, flat % gw), dim=1).to(torch.int32)
-    return patch_idx, count
-
-
-def pixel_mask_to_idx_padded(pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sync-free `pixel_mask_to_idx`: int32 `[N*H*W]` (valid first) and an int32 `[1]` count."""
-    if pixel_mask.dim() != 3:
-        raise ValueError(f"pixel_mask must be [N, H, W], got shape {tuple(pixel_mask.shape)}")
-    return _compact(pixel_mask)
-
-
-def samples_to_patch_idx(idx: torch.Tensor) -> torch.Tensor:
-    """Active samples `[n]` -> int32 `[n, 3]` of (sample, 0, 0): layer skipping as one patch of S = map size."""
-    if idx.dim() != 1:
-        raise ValueError(f"idx must be 1-D, got shape {tuple(idx.shape)}")
-    z = torch.zeros_like(idx)
-    return torch.stack((idx, z, z), dim=1).to(torch.int32)
-
-
 def _valid_count(count: torch.Tensor | None, capacity: int) -> int:
     """Host value of a device-side count (the reference may sync), checked against the list's capacity."""
     if count is None:
@@ -172,63 +51,6 @@ def _valid_count(count: torch.Tensor | None, capacity: int) -> int:
     if not 0 <= c <= capacity:
         raise ValueError(f"count {c} outside [0, {capacity}]")
     return c
-
-
-def patch_idx_to_mask(patch_idx: torch.Tensor, n: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Inverse of `mask_to_patch_idx`: bool `[N, gh, gw]` mask."""
-    mask = torch.zeros((n, *grid), dtype=torch.bool, device=patch_idx.device)
-    if patch_idx.numel():
-        pi = patch_idx.long()
-        mask[pi[:, 0], pi[:, 1], pi[:, 2]] = True
-    return mask
-
-
-def patch_mask_to_pixel_mask(mask: torch.Tensor, patch_size: int, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Coarse mask `[N, gh, gw]` -> output-pixel mask `[N, Ho, Wo]` (nearest upsampling, cropped to the map)."""
-    ho, wo = out_hw
-    if tuple(mask.shape[1:]) != patch_grid(out_hw, patch_size):
-        raise ValueError(
-            f"mask grid {tuple(mask.shape[1:])} does not match ceil({ho}/{patch_size}) x ceil({wo}/{patch_size})"
-        )
-    pix = mask.bool().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
-    return pix[:, :ho, :wo]
-
-
-def conv1_pixel_mask(mask: torch.Tensor, patch_size: int, stride: int, in_hw: tuple[int, int]) -> torch.Tensor:
-    """Pixels of the conv2 (3x3) input that the active output patches need: where conv1 must be computed.
-
-    An active output patch (py, px) reads input rows `[py*S*s - 1, (py*S + S - 1)*s + 1]` (and the same for columns),
-    clipped to the map. This is LAUDNet's `ExpandMask(stride=s, padding=1)`: put each output pixel at the top-left of
-    an s x s cell, then dilate with a 3x3 box.
-
-    Args:
-        mask: coarse mask `[N, gh, gw]` on the block's output grid.
-        patch_size: S.
-        stride: stride s of the 3x3 conv (1 or 2).
-        in_hw: (H, W) of the 3x3 conv's input (= conv1's output).
-
-    Returns:
-        bool `[N, H, W]`.
-    """
-    h, w = in_hw
-    ho, wo = conv_out_size(h, stride), conv_out_size(w, stride)
-    out_pix = patch_mask_to_pixel_mask(mask, patch_size, (ho, wo))
-    placed = torch.zeros((mask.shape[0], 1, h, w), dtype=torch.float32, device=mask.device)
-    placed[:, 0, ::stride, ::stride] = out_pix.float()
-    return F.max_pool2d(placed, kernel_size=3, stride=1, padding=1)[:, 0] > 0.5
-
-
-def pixel_mask_to_idx(pixel_mask: torch.Tensor) -> torch.Tensor:
-    """Bool `[N, H, W]` -> int32 `[Q]` flat pixel rows `n*H*W + y*W + x` of an NHWC map viewed as `[N*H*W, C]`."""
-    if pixel_mask.dim() != 3:
-        raise ValueError(f"pixel_mask must be [N, H, W], got shape {tuple(pixel_mask.shape)}")
-    return torch.nonzero(pixel_mask.reshape(-1)).reshape(-1).to(torch.int32)
-
-
-def samples_to_pixel_idx(idx: torch.Tensor, hw: int) -> torch.Tensor:
-    """Sample indices `[n]` -> int32 flat pixel rows `[n*hw]` of those samples, in order (for layer skipping)."""
-    rows = idx.to(torch.int64)[:, None] * hw + torch.arange(hw, device=idx.device)[None, :]
-    return rows.reshape(-1).to(torch.int32)
 
 
 def _patch_pixels(patch_idx: torch.Tensor, patch_size: int, out_hw: tuple[int, int]):
@@ -285,7 +107,7 @@ def gather_conv3x3_ref(
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     nb, h, w, cin = h1.shape
-    wt = _conv3x3_torch_weight(weight, cin)
+    wt = unpack_conv3x3_weight(weight, cin)
     if wt.shape[1] * groups != cin:
         raise ValueError(f"weight has {wt.shape[1]} input channels per group; with groups={groups} expected Cin={cin}")
     cout = wt.shape[0]
@@ -359,7 +181,7 @@ def conv1x1_scatter_add_ref(
     s, p = patch_size, patch_idx.shape[0]
     if y_gathered.dim() != 2 or y_gathered.shape[0] != p * s * s:
         raise ValueError(f"y_gathered must be [P*S*S, Cmid] = [{p * s * s}, Cmid], got {tuple(y_gathered.shape)}")
-    wm = _conv1x1_matrix(weight, y_gathered.shape[1])
+    wm = conv1x1_matrix(weight, y_gathered.shape[1])
     cout = wm.shape[1]
     if cout != residual.shape[3]:
         raise ValueError(f"conv output channels {cout} != residual channels {residual.shape[3]}")
@@ -429,7 +251,7 @@ def pixel_conv1x1_ref(
         pixels = samples_to_pixel_idx(pix_idx, hw)
         return pixel_conv1x1_ref(x, weight, bias, pixels, relu, out, compact,
                                  torch.tensor([valid * hw], dtype=torch.int32, device=x.device))
-    wm = _conv1x1_matrix(weight, cin)
+    wm = conv1x1_matrix(weight, cin)
     cout = wm.shape[1]
     check_bias(bias, cout)
     valid = _valid_count(count, pix_idx.shape[0])

@@ -9,7 +9,8 @@ masked load of `k_row` elements (the columns past KW * C and outside the map rea
 import torch
 
 from ._utils import LazyKernel, cdiv, check_nhwc, fit_tile, interpreter_enabled
-from .stem_ref import check_stem_args, pack_stem_weight, stem_k_row
+from .stem_ref import check_stem_args
+from .weights import pack_stem_weight, stem_k_row
 
 # No `from __future__ import annotations` here: Triton reads the `tl.constexpr` annotations of the kernels at runtime.
 try:

@@ -4,9 +4,7 @@ A ResNet's stem is a 7×7 stride-2 conv on 3 channels (a RegNet's a 3×3 stride-
 which library conv kernels serve poorly: cuDNN pads the 3 channels to 8 and runs a generic kernel, with separate
 padding, bias and ReLU passes (measured in the README's "Inference engine" section).
 
-Packed weight layout (`pack_stem_weight`): for kernel row ky, the K index `kx * C + c` runs over one contiguous
-stretch of the NHWC input (KW consecutive pixels of C channels each), padded with zero rows to `k_row` (a power of
-two, at least 16): `[KH * k_row, Cout]`, row `ky * k_row + kx * C + c`.
+The weight comes in torch's layout or packed (`weights.pack_stem_weight`, whose docstring describes the layout).
 """
 
 from __future__ import annotations
@@ -14,20 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def stem_k_row(kw: int, cin: int) -> int:
-    """Padded K per kernel row: the next power of two of KW * C, at least 16 (tl.dot's narrowest K)."""
-    return max(16, 1 << (kw * cin - 1).bit_length())
-
-
-def pack_stem_weight(weight: torch.Tensor) -> torch.Tensor:
-    """`[Cout, C, KH, KW]` → `[KH * k_row, Cout]` (see the module docstring)."""
-    if weight.dim() != 4:
-        raise ValueError(f"stem weight must be [Cout, C, KH, KW], got shape {tuple(weight.shape)}")
-    cout, cin, kh, kw = weight.shape
-    k_row = stem_k_row(kw, cin)
-    rows = weight.permute(2, 3, 1, 0).reshape(kh, kw * cin, cout)  # [ky, kx * C + c, co]
-    return F.pad(rows, (0, 0, 0, k_row - kw * cin)).reshape(kh * k_row, cout).contiguous()
+from .weights import stem_k_row, unpack_stem_weight
 
 
 def check_stem_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: tuple[int, int],
@@ -51,14 +36,6 @@ def check_stem_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if ho < 1 or wo < 1:
         raise ValueError(f"a {h}x{w} input is smaller than the {kh}x{kw} kernel with padding {padding}")
     return ho, wo
-
-
-def unpack_stem_weight(packed: torch.Tensor, cin: int, kernel: tuple[int, int]) -> torch.Tensor:
-    """Inverse of `pack_stem_weight`."""
-    kh, kw = kernel
-    k_row = stem_k_row(kw, cin)
-    rows = packed.view(kh, k_row, -1)[:, : kw * cin]
-    return rows.reshape(kh, kw, cin, -1).permute(3, 2, 0, 1)
 
 
 def stem_conv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: tuple[int, int],

@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 
 from laudnet.kernels import channel as ch  # noqa: E402
 from laudnet.kernels import channel_ref as ref  # noqa: E402
+from laudnet.kernels import indexing  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # float32 under the interpreter is exact to rounding; on a GPU tl.dot runs float32 as tf32
@@ -82,11 +83,11 @@ def test_reference_chain_equals_dense_masked(group_size, n_groups, stride):
     h1 = ref.channel_conv1x1_out_ref(x, w1, b1, idx, counts)
     h2 = ref.channel_conv3x3_ref(h1, w2, b2, idx, counts, stride)
     out = ref.channel_conv1x1_in_ref(h2, w3, b3, idx, counts, residual)
-    assert rel_err(h1, ref.compact_channels(h1_d, idx, counts)) < 1e-6
-    assert rel_err(h2, ref.compact_channels(h2_d, idx, counts)) < 1e-6
+    assert rel_err(h1, indexing.compact_channels(h1_d, idx, counts)) < 1e-6
+    assert rel_err(h2, indexing.compact_channels(h2_d, idx, counts)) < 1e-6
     assert rel_err(out, out_d) < 1e-6
     # the compacted form holds every nonzero of the dense masked tensor: skipped channels are exactly zero there
-    assert (h1_d * ~ref.expand_channel_mask(mask, group_size)[:, None, None, :]).abs().max() == 0
+    assert (h1_d * ~indexing.expand_channel_mask(mask, group_size)[:, None, None, :]).abs().max() == 0
     assert h1_d[0].abs().sum() > 0 and h2_d[0].abs().sum() > 0  # the test data does exercise ReLU's positive side
     # a sample with no active channel: relu(residual + b3)
     torch.testing.assert_close(out[1], torch.relu(residual[1] + b3), rtol=0, atol=1e-6)
@@ -95,7 +96,7 @@ def test_reference_chain_equals_dense_masked(group_size, n_groups, stride):
 def test_reference_index_matches_mask():
     mask = make_mask(5, 6, seed=0)
     idx, counts = ref.channel_index_ref(mask, 3)
-    chan = ref.expand_channel_mask(mask, 3)
+    chan = indexing.expand_channel_mask(mask, 3)
     assert idx.shape[1] == 32  # sample 0 keeps all 18 channels; rounded up to a multiple of 16
     for i in range(5):
         active = torch.nonzero(chan[i]).flatten()
@@ -218,7 +219,7 @@ def test_conv1x1_in_pools_its_output(group_size, n_groups):
     pool_ref = start.clone()
     ref.channel_conv1x1_in_ref(h, w3, b3, idx, counts, residual.clone(), pool_out=pool_ref)
     assert rel_err(pool, pool_ref) < TOL
-    sums = masker_ref.window_sums_ref(out.cpu(), masker_ref.MAP_WINDOW).view(3, 21).to(DEVICE)
+    sums = masker_ref.window_sums_ref(out.cpu(), indexing.MAP_WINDOW).view(3, 21).to(DEVICE)
     assert rel_err(pool - start, sums) < TOL
     with pytest.raises(ValueError, match=r"pool_out must be contiguous fp32 \[3, 21\]"):
         ch.channel_conv1x1_in(h, w3, b3, idx, counts, residual, impl="triton", pool_out=pool[:, :20])
@@ -250,8 +251,8 @@ def test_block_chain_equals_dense_masked(group_size, n_groups, stride):
     h1_d, h2_d, out_d = ref.dense_masked_bottleneck_ref(
         x, w1, b1, w2, b2, w3, b3, mask, group_size, stride=stride, residual=residual
     )
-    assert rel_err(h1, ref.compact_channels(h1_d, idx, counts)) < TOL
-    assert rel_err(h2, ref.compact_channels(h2_d, idx, counts)) < TOL
+    assert rel_err(h1, indexing.compact_channels(h1_d, idx, counts)) < TOL
+    assert rel_err(h2, indexing.compact_channels(h2_d, idx, counts)) < TOL
     assert rel_err(out, out_d) < TOL
 
 
@@ -263,16 +264,17 @@ def test_grouped_conv3x3_fallback_equals_dense_masked():
     g = torch.Generator().manual_seed(51)
     w2 = (torch.randn(width, width // conv_groups, 3, 3, generator=g) * 0.3).to(DEVICE)
     b2 = (torch.randn(width, generator=g) * 0.3).to(DEVICE)
-    h_dense = torch.relu(nhwc(3, 5, 7, width, seed=52)) * ref.expand_channel_mask(mask, group_size)[:, None, None, :]
-    h = ref.compact_channels(h_dense, idx, counts)
+    chan = indexing.expand_channel_mask(mask, group_size)[:, None, None, :]
+    h_dense = torch.relu(nhwc(3, 5, 7, width, seed=52)) * chan
+    h = indexing.compact_channels(h_dense, idx, counts)
     y = ch.channel_conv3x3(h, w2, b2, idx, counts, 2, conv_groups=conv_groups)
     y_dense = (
         torch.relu(
             torch.nn.functional.conv2d(h_dense.permute(0, 3, 1, 2), w2, b2, stride=2, padding=1, groups=conv_groups)
         ).permute(0, 2, 3, 1)
-        * ref.expand_channel_mask(mask, group_size)[:, None, None, :]
+        * indexing.expand_channel_mask(mask, group_size)[:, None, None, :]
     )
-    assert rel_err(y, ref.compact_channels(y_dense, idx, counts)) < 1e-5
+    assert rel_err(y, indexing.compact_channels(y_dense, idx, counts)) < 1e-5
 
 
 def test_op_errors():
@@ -319,8 +321,8 @@ def test_gpu_bf16_bottleneck(group_size, stride):
     h1_d, h2_d, out_d = ref.dense_masked_bottleneck_ref(
         x, w1, b1, w2, b2, w3, b3, mask, group_size, stride=stride, residual=residual
     )
-    assert rel_err(h1, ref.compact_channels(h1_d, idx, counts)) < 1e-2
-    assert rel_err(h2, ref.compact_channels(h2_d, idx, counts)) < 1e-2
+    assert rel_err(h1, indexing.compact_channels(h1_d, idx, counts)) < 1e-2
+    assert rel_err(h2, indexing.compact_channels(h2_d, idx, counts)) < 1e-2
     assert rel_err(out, out_d) < 1e-2
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from spatial_testing import cuda_fixture, err_ratio, interpret_fixture  # noqa: F401 (fixtures)
 
 from laudnet import kernels as K
-from laudnet.kernels import masker
+from laudnet.kernels import indexing, masker
 from laudnet.kernels import masker_ref as MR
 from laudnet.kernels import spatial_ref as R
 from laudnet.masks import pool_patches
@@ -15,7 +15,7 @@ from laudnet.masks import pool_patches
 N, H, W, C = 3, 7, 5, 20  # odd map: windows of 2 and 3 leave partial border windows; C > one 16-wide tile
 
 
-def _decisions_equal(a: MR.MaskerDecisions, b: MR.MaskerDecisions) -> None:
+def _decisions_equal(a: indexing.MaskerDecisions, b: indexing.MaskerDecisions) -> None:
     for name, x, y in zip(a._fields, a, b, strict=True):
         assert torch.equal(x, y), name
 
@@ -24,16 +24,16 @@ def _decisions_equal(a: MR.MaskerDecisions, b: MR.MaskerDecisions) -> None:
 # references: the masker ops are the masker's function
 
 
-@pytest.mark.parametrize("window", [MR.MAP_WINDOW, 1, 2, 3, 8])
+@pytest.mark.parametrize("window", [indexing.MAP_WINDOW, 1, 2, 3, 8])
 def test_window_sums_ref_are_the_maskers_pooling(window):
     """sums / window pixel counts == `pool_patches` (avg_pool2d, ceil_mode) of the training-form masker."""
     x = torch.randn(N, C, H, W)
     sums = MR.window_sums_ref(x.permute(0, 2, 3, 1).contiguous(), window)
-    means = sums / MR.window_counts((H, W), window)[None, :, :, None]
-    if window == MR.MAP_WINDOW:
+    means = sums / indexing.window_counts((H, W), window)[None, :, :, None]
+    if window == indexing.MAP_WINDOW:
         expect = pool_patches(x, 1, None, (H, W))
     else:  # a spatial masker of patch S on a stride-s block pools windows of S*s input pixels
-        out_hw = (R.conv_out_size(H, 1), R.conv_out_size(W, 1))
+        out_hw = (indexing.conv_out_size(H, 1), indexing.conv_out_size(W, 1))
         expect = pool_patches(x, 1, window, out_hw)
     torch.testing.assert_close(means.permute(0, 3, 1, 2), expect, rtol=1e-5, atol=1e-6)
 
@@ -42,7 +42,8 @@ def test_window_grid_of_strided_maskers_matches_the_output_patch_grid():
     """A stride-2 block's masker windows (2S on the input) form the block's output patch grid."""
     for h in range(1, 30):
         for s in (1, 2, 3, 4, 7):
-            assert MR.window_grid((h, h), 2 * s)[0] == R.patch_grid((R.conv_out_size(h, 2),) * 2, s)[0]
+            out_side = indexing.conv_out_size(h, 2)
+            assert indexing.window_grid((h, h), 2 * s)[0] == indexing.patch_grid((out_side, out_side), s)[0]
 
 
 def test_masker_decide_ref_is_the_deployed_masker():
@@ -50,8 +51,8 @@ def test_masker_decide_ref_is_the_deployed_masker():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(6, C, H, W, generator=gen)
     w, b = torch.randn(C, generator=gen), torch.randn(1, generator=gen)
-    sums = MR.window_sums_ref(x.permute(0, 2, 3, 1).contiguous(), MR.MAP_WINDOW)
-    d = MR.masker_decide_ref(sums.clone(), w, b, (H, W), MR.MAP_WINDOW)
+    sums = MR.window_sums_ref(x.permute(0, 2, 3, 1).contiguous(), indexing.MAP_WINDOW)
+    d = MR.masker_decide_ref(sums.clone(), w, b, (H, W), indexing.MAP_WINDOW)
     keep = x.mean(dim=(2, 3)) @ w + b >= 0
     assert torch.equal(d.keep.view(-1), keep) and 0 < int(d.count) < 6
     active = keep.nonzero()[:, 0].tolist()
@@ -59,11 +60,11 @@ def test_masker_decide_ref_is_the_deployed_masker():
     assert d.patch_idx[:, 0].tolist() == d.order.tolist() and not d.patch_idx[:, 1:].any()
     assert float(d.rate) == pytest.approx(len(active) / 6)
     z = sums.clone()
-    MR.masker_decide_ref(z, w, b, (H, W), MR.MAP_WINDOW, zero_active=True)
+    MR.masker_decide_ref(z, w, b, (H, W), indexing.MAP_WINDOW, zero_active=True)
     assert not z[keep].any() and torch.equal(z[~keep], sums[~keep])
     forced = torch.zeros(6, dtype=torch.bool)
     forced[[5, 2]] = True
-    df = MR.masker_decide_ref(sums, w, b, (H, W), MR.MAP_WINDOW, forced=forced)
+    df = MR.masker_decide_ref(sums, w, b, (H, W), indexing.MAP_WINDOW, forced=forced)
     assert df.order[:2].tolist() == [2, 5] and int(df.count) == 2
 
 
@@ -72,12 +73,12 @@ def test_masker_decide_ref_is_the_deployed_masker():
 
 
 @pytest.mark.parametrize("split", [None, 1, 3])  # None: the tiled kernel for small windows
-@pytest.mark.parametrize("window", [MR.MAP_WINDOW, 1, 2, 3, 5])
+@pytest.mark.parametrize("window", [indexing.MAP_WINDOW, 1, 2, 3, 5])
 def test_window_sums_interpret(interpret, window, split):
     gen = torch.Generator().manual_seed(window + 10 * (split or 0))
     x = torch.randn((N, H, W, C), generator=gen)
     got = masker.window_sums_triton(x, window, split=split)  # split > 1: partial sums added atomically
-    assert got.shape == (N, *MR.window_grid((H, W), window), C)
+    assert got.shape == (N, *indexing.window_grid((H, W), window), C)
     assert err_ratio(got, MR.window_sums_ref(x, window)) < 1e-6
     xr = x.clone()
     got_r = masker.window_sums_triton(xr, window, relu=True, split=split)
@@ -87,9 +88,9 @@ def test_window_sums_interpret(interpret, window, split):
 
 @pytest.mark.parametrize(
     ("window", "n", "kind"),
-    [(MR.MAP_WINDOW, 5, "random"), (MR.MAP_WINDOW, 37, "random"), (2, N, "random"), (3, N, "random"),
-     (2, N, "all"), (2, N, "none"), (MR.MAP_WINDOW, 5, "forced"), (MR.MAP_WINDOW, 1, "all"),
-     (MR.MAP_WINDOW, 1, "none")],
+    [(indexing.MAP_WINDOW, 5, "random"), (indexing.MAP_WINDOW, 37, "random"), (2, N, "random"), (3, N, "random"),
+     (2, N, "all"), (2, N, "none"), (indexing.MAP_WINDOW, 5, "forced"), (indexing.MAP_WINDOW, 1, "all"),
+     (indexing.MAP_WINDOW, 1, "none")],
 )
 def test_masker_decide_interpret(interpret, window, n, kind):
     """Same decisions, lists, count and rate as the reference; T = N*gh*gw spans several compaction programs, or
@@ -119,7 +120,7 @@ def test_conv1x1_scatter_add_pool_out_interpret(interpret, s, kind):
     """Per-patch sums of the written values, added into pool_out: S = 1, 2, 4 (one reduction over whole patches
     per tile), 3 and 7 = the map (a loop over the patches a tile touches; 7 is layer skipping's one patch)."""
     gen = torch.Generator().manual_seed(s + 7 * len(kind))
-    gh, gw = R.patch_grid((H, W), s)
+    gh, gw = indexing.patch_grid((H, W), s)
     mask = {"none": torch.zeros(N, gh, gw, dtype=torch.bool), "all": torch.ones(N, gh, gw, dtype=torch.bool)}.get(
         kind, torch.rand((N, gh, gw), generator=gen) < 0.5
     )
@@ -150,7 +151,7 @@ def test_layer_pool_spans_tiles_and_samples_interpret(interpret):
     res = torch.randn((n, h, w, C), generator=gen)
     pool = torch.zeros((n, 1, 1, C))
     out = K.conv1x1_scatter_add(yg, wt, None, res.clone(), pidx, s, pool_out=pool, impl="triton")
-    expect = MR.window_sums_ref(out, MR.MAP_WINDOW)
+    expect = MR.window_sums_ref(out, indexing.MAP_WINDOW)
     expect[1] = 0
     assert err_ratio(pool, expect) < 1e-6
 
@@ -166,7 +167,7 @@ def test_pixel_conv1x1_per_sample_interpret(interpret, kind):
     count = torch.tensor([c], dtype=torch.int32)
     out = torch.full((N, H, W, 18), float("nan"))
     K.pixel_conv1x1(x, wt, b, order, out=out, count=count, per_sample=True, impl="triton")
-    ref = R.pixel_conv1x1_ref(x, wt, b, R.samples_to_pixel_idx(order[:c], H * W))
+    ref = R.pixel_conv1x1_ref(x, wt, b, indexing.samples_to_pixel_idx(order[:c], H * W))
     listed = order[:c].long()
     assert err_ratio(out[listed], ref[listed]) < 1e-6 if c else True
     rest = [i for i in range(N) if i not in listed.tolist()]
@@ -203,7 +204,7 @@ def test_masker_ops_reject_bad_input(interpret):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("s", [MR.MAP_WINDOW, 2, 3, 4])
+@pytest.mark.parametrize("s", [indexing.MAP_WINDOW, 2, 3, 4])
 def test_masker_kernels_cuda_bf16(cuda, s):
     torch.manual_seed(s)
     n, h, w, c, cm = 16, 29, 27, 256, 64
@@ -219,14 +220,14 @@ def test_masker_kernels_cuda_bf16(cuda, s):
     s_tri, s_ref = sums.clone(), sums.clone()
     got = K.masker_decide(s_tri, wt, b, (h, w), window, zero_active=True)
     ref = MR.masker_decide_ref(s_ref, wt, b, (h, w), window, zero_active=True)
-    logits = (sums / MR.window_counts((h, w), window, cuda)[None, :, :, None]) @ wt + b
+    logits = (sums / indexing.window_counts((h, w), window, cuda)[None, :, :, None]) @ wt + b
     clear = (logits.abs() > 1e-3 * logits.abs().max()).all()  # no decision within rounding of the threshold
     if clear:
         _decisions_equal(got, ref)
         assert torch.equal(s_tri, s_ref)
     # the scatter epilogue accumulates the written map's window sums (layer: S = map size, one patch per sample)
-    patch = max(h, w) if s == MR.MAP_WINDOW else s
-    gh, gw = R.patch_grid((h, w), patch)
+    patch = max(h, w) if s == indexing.MAP_WINDOW else s
+    gh, gw = indexing.patch_grid((h, w), patch)
     mask = torch.rand((n, gh, gw), device=cuda) < 0.5
     plist, count = K.mask_to_patch_list(mask)
     yg = torch.randn((plist.shape[0] * patch * patch, cm), device=cuda, dtype=dt)
@@ -235,12 +236,12 @@ def test_masker_kernels_cuda_bf16(cuda, s):
     out = K.conv1x1_scatter_add(yg, w3, None, x.clone(), plist, patch, count=count, pool_out=pool)
     expect = torch.where(mask[..., None], MR.window_sums_ref(out, patch), 0.0)
     assert err_ratio(pool, expect) < 1e-5
-    if s == MR.MAP_WINDOW:
+    if s == indexing.MAP_WINDOW:
         order = torch.randperm(n, device=cuda).to(torch.int32)
         cnt = torch.tensor([n // 2], dtype=torch.int32, device=cuda)
         w1 = (torch.randn((cm, c, 1, 1), device=cuda) / 16).to(dt)
         h1 = K.pixel_conv1x1(x, w1, None, order, count=cnt, per_sample=True)
-        ref1 = R.pixel_conv1x1_ref(x.float(), w1.float(), None, R.samples_to_pixel_idx(order[: n // 2], h * w))
+        ref1 = R.pixel_conv1x1_ref(x.float(), w1.float(), None, indexing.samples_to_pixel_idx(order[: n // 2], h * w))
         sel = order[: n // 2].long()
         assert err_ratio(h1[sel], ref1[sel]) < 1e-2
 
@@ -268,7 +269,7 @@ def test_channel_masker_ref_is_the_deployed_masker_mlp():
         expect = masker(x).bool()
         n = masker.n_groups
         w2, b2 = masker.fc2.weight[:n] - masker.fc2.weight[n:], masker.fc2.bias[:n] - masker.fc2.bias[n:]
-        sums = MR.window_sums_ref(x.permute(0, 2, 3, 1).contiguous(), MR.MAP_WINDOW).view(4, 24)
+        sums = MR.window_sums_ref(x.permute(0, 2, 3, 1).contiguous(), indexing.MAP_WINDOW).view(4, 24)
         fc1 = masker.folded_fc1()
         got = MR.channel_masker_ref(sums, 30, fc1.weight, fc1.bias, w2, b2)
     assert torch.equal(got, expect.view(4, n))

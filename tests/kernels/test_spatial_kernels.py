@@ -5,7 +5,7 @@ import torch
 from spatial_testing import cuda_fixture, err_ratio, interpret_fixture  # noqa: F401 (fixtures)
 
 from laudnet import kernels as K
-from laudnet.kernels import spatial
+from laudnet.kernels import indexing, spatial, weights
 from laudnet.kernels import spatial_ref as R
 
 N, H, W = 2, 7, 5  # odd map: with S = 2 or 3 the last patch row and column are partial
@@ -32,8 +32,8 @@ def _mask(kind: str, grid: tuple[int, int], gen: torch.Generator, n: int = N) ->
 
 def _case(stride: int, s: int, kind: str, cin: int, cout: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
-    ho, wo = R.conv_out_size(H, stride), R.conv_out_size(W, stride)
-    pidx = R.mask_to_patch_idx(_mask(kind, R.patch_grid((ho, wo), s), gen))
+    ho, wo = indexing.conv_out_size(H, stride), indexing.conv_out_size(W, stride)
+    pidx = indexing.mask_to_patch_idx(_mask(kind, indexing.patch_grid((ho, wo), s), gen))
     h1 = torch.randn((N, H, W, cin), generator=gen)
     wt = torch.randn((cout, cin, 3, 3), generator=gen) / 3
     b = torch.randn((cout,), generator=gen)
@@ -56,7 +56,7 @@ def test_gather_conv3x3_interpret(interpret, stride, s, kind):
 def test_gather_conv3x3_interpret_variants(interpret):
     """No bias, no ReLU, packed weight, S = 1, channels below one tile."""
     _, _, _, pidx, h1, wt, _ = _case(1, 1, "random", 5, 3, seed=1)
-    got = K.gather_conv3x3(h1, R.pack_conv3x3_weight(wt), None, pidx, 1, 1, relu=False, impl="triton")
+    got = K.gather_conv3x3(h1, weights.pack_conv3x3_weight(wt), None, pidx, 1, 1, relu=False, impl="triton")
     ref = R.gather_conv3x3_ref(h1, wt, None, pidx, 1, 1, relu=False)
     assert (ref < 0).any() and err_ratio(got, ref) < 1e-5
 
@@ -74,7 +74,7 @@ def test_grouped_conv_takes_reference_path(interpret, monkeypatch):
 def test_conv1x1_scatter_add_interpret(interpret, s, kind):
     gen = torch.Generator().manual_seed(10 * s + MASK_KINDS.index(kind))
     cmid, cout = 18, 20
-    pidx = R.mask_to_patch_idx(_mask(kind, R.patch_grid((H, W), s), gen))
+    pidx = indexing.mask_to_patch_idx(_mask(kind, indexing.patch_grid((H, W), s), gen))
     yg = torch.randn((pidx.shape[0] * s * s, cmid), generator=gen)
     wt = torch.randn((cout, cmid, 1, 1), generator=gen) / 3
     b = torch.randn((cout,), generator=gen)
@@ -85,11 +85,12 @@ def test_conv1x1_scatter_add_interpret(interpret, s, kind):
     ret = K.conv1x1_scatter_add(yg, wt, b, got, pidx, s, impl="triton")
     assert ret is got
     assert err_ratio(got, ref) < 1e-5
-    inactive = ~R.patch_mask_to_pixel_mask(R.patch_idx_to_mask(pidx, N, R.patch_grid((H, W), s)), s, (H, W))
+    mask = indexing.patch_idx_to_mask(pidx, N, indexing.patch_grid((H, W), s))
+    inactive = ~indexing.patch_mask_to_pixel_mask(mask, s, (H, W))
     assert torch.equal(got[inactive], res[inactive])  # inactive positions keep the residual bit for bit
     # into a poisoned separate `out`: exactly the active in-map pixels are written
     out = torch.full_like(res, float("nan"))
-    K.conv1x1_scatter_add(yg, R.pack_conv1x1_weight(wt), b, res, pidx, s, out=out, impl="triton")
+    K.conv1x1_scatter_add(yg, weights.pack_conv1x1_weight(wt), b, res, pidx, s, out=out, impl="triton")
     assert out[inactive].isnan().all()
     assert not out[~inactive].isnan().any()
     assert err_ratio(out[~inactive], ref[~inactive]) < 1e-5 if (~inactive).any() else True
@@ -97,7 +98,7 @@ def test_conv1x1_scatter_add_interpret(interpret, s, kind):
 
 def test_conv1x1_scatter_add_interpret_no_bias_no_relu(interpret):
     gen = torch.Generator().manual_seed(4)
-    pidx = R.mask_to_patch_idx(_mask("random", R.patch_grid((H, W), 2), gen))
+    pidx = indexing.mask_to_patch_idx(_mask("random", indexing.patch_grid((H, W), 2), gen))
     yg = torch.randn((pidx.shape[0] * 4, 5), generator=gen)
     wt = torch.randn((3, 5, 1, 1), generator=gen)
     res = torch.randn((N, H, W, 3), generator=gen)
@@ -135,8 +136,8 @@ def test_pixel_conv1x1_interpret(interpret, compact):
     x = torch.randn((N, H, W, cin), generator=gen)
     wt = torch.randn((18, cin, 1, 1), generator=gen) / 3
     b = torch.randn((18,), generator=gen)
-    region = R.conv1_pixel_mask(_mask("random", R.patch_grid((H, W), 2), gen), 2, 1, (H, W))
-    pix = R.pixel_mask_to_idx(region)
+    region = indexing.conv1_pixel_mask(_mask("random", indexing.patch_grid((H, W), 2), gen), 2, 1, (H, W))
+    pix = indexing.pixel_mask_to_idx(region)
     ref = R.pixel_conv1x1_ref(x, wt, b, pix, compact=compact)
     if compact:
         got = K.pixel_conv1x1(x, wt, b, pix, compact=True, impl="triton")
@@ -156,7 +157,7 @@ def test_sparse_block_pipeline_matches_dense_block(interpret):
     w1, b1 = torch.randn((cm, c, 1, 1), generator=gen) / 4, torch.randn(cm, generator=gen)
     w2, b2 = torch.randn((cm, cm, 3, 3), generator=gen) / 12, torch.randn(cm, generator=gen)
     w3, b3 = torch.randn((c, cm, 1, 1), generator=gen) / 4, torch.randn(c, generator=gen)
-    mask = _mask("random", R.patch_grid((h, w), s), gen, n)
+    mask = _mask("random", indexing.patch_grid((h, w), s), gen, n)
     pidx = K.mask_to_patch_idx(mask)
     pix = K.pixel_mask_to_idx(K.conv1_pixel_mask(mask, s, stride, (h, w)))
     h1 = K.pixel_conv1x1(x, w1, b1, pix, impl="triton")  # pixels outside the region stay uninitialised
@@ -217,8 +218,8 @@ def test_spatial_kernels_cuda_bf16(cuda, stride, s):
     h1 = torch.randn((n, h, w, cm), device=cuda, dtype=dt)
     w2 = (torch.randn((cm, cm, 3, 3), device=cuda) / 24).to(dt)
     b2 = torch.randn(cm, device=cuda, dtype=dt)
-    ho, wo = R.conv_out_size(h, stride), R.conv_out_size(w, stride)
-    mask = torch.rand((n, *R.patch_grid((ho, wo), s)), device=cuda) < 0.5
+    ho, wo = indexing.conv_out_size(h, stride), indexing.conv_out_size(w, stride)
+    mask = torch.rand((n, *indexing.patch_grid((ho, wo), s)), device=cuda) < 0.5
     pidx = K.mask_to_patch_idx(mask)
     got = K.gather_conv3x3(h1, w2, b2, pidx, s, stride)
     ref = R.gather_conv3x3_ref(h1.float(), w2.float(), b2.float(), pidx, s, stride)
@@ -230,7 +231,7 @@ def test_spatial_kernels_cuda_bf16(cuda, stride, s):
     out = res.clone()
     K.conv1x1_scatter_add(got, w3, b3, out, pidx, s)
     assert err_ratio(out, expect) < 1e-2
-    pm = R.patch_mask_to_pixel_mask(mask, s, (ho, wo))
+    pm = indexing.patch_mask_to_pixel_mask(mask, s, (ho, wo))
     assert torch.equal(out[~pm], res[~pm])
     x = torch.randn((n, h, w, c), device=cuda, dtype=dt)
     w1 = (torch.randn((cm, c, 1, 1), device=cuda) / 16).to(dt)
@@ -251,7 +252,7 @@ def test_sync_free_count_path_interpret(interpret, kind):
     """Capacity-sized launches with a device-side count give the same results as exact lists."""
     gen = torch.Generator().manual_seed(MASK_KINDS.index(kind))
     s, cin, cm, cout = 2, 20, 18, 20
-    mask = _mask(kind, R.patch_grid((H, W), s), gen)
+    mask = _mask(kind, indexing.patch_grid((H, W), s), gen)
     pidx_list, count = K.mask_to_patch_list(mask)
     pidx = K.mask_to_patch_idx(mask)
     c = int(count)
@@ -313,8 +314,8 @@ def test_downsampling_block_recipe_interpret(interpret):
     w2 = torch.randn((cm, cm, 3, 3), generator=gen) / 12
     w3 = torch.randn((cout, cm, 1, 1), generator=gen) / 4
     wp, bp = torch.randn((cout, c, 1, 1), generator=gen) / 4, torch.randn(cout, generator=gen)
-    ho, wo = R.conv_out_size(h, stride), R.conv_out_size(w, stride)
-    mask = _mask("random", R.patch_grid((ho, wo), s), gen)
+    ho, wo = indexing.conv_out_size(h, stride), indexing.conv_out_size(w, stride)
+    mask = _mask("random", indexing.patch_grid((ho, wo), s), gen)
     pidx = K.mask_to_patch_idx(mask)
     xn = x.permute(0, 3, 1, 2)
     proj = F.conv2d(xn, wp, bp, stride=stride).permute(0, 2, 3, 1).contiguous()  # un-activated, NHWC

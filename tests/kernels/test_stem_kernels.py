@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from spatial_testing import cuda_fixture, interpret_fixture  # noqa: F401 (fixtures)
 
 from laudnet.kernels import dispatch
-from laudnet.kernels.stem_ref import pack_stem_weight, stem_conv_ref, unpack_stem_weight
+from laudnet.kernels.stem_ref import stem_conv_ref
+from laudnet.kernels.weights import pack_stem_weight, unpack_stem_weight
 
 
 def _err(a, b):
