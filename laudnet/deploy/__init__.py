@@ -4,6 +4,7 @@ import sys as _sys
 import types as _types
 
 from laudnet.deploy.blocks import DeployedBlock as DeployedBlock
+from laudnet.deploy.blocks import deploy_block as deploy_block
 from laudnet.deploy.fold import fold_conv_bn as fold_conv_bn
 from laudnet.deploy.graphs import GraphedModel as GraphedModel
 from laudnet.deploy.model import DeployedModel as DeployedModel

@@ -3,6 +3,10 @@
 Tensors are NCHW in channels_last memory (NHWC underneath), so a sample, a pixel or a run of channels is contiguous:
 `nhwc(x)` is a free view on which samples are gathered and scattered without layout conversion.
 
+One class per paradigm, chosen once by `deploy_block` (`BLOCK_CLASSES`): `StaticBlock`, `SpatialBlock` and
+`LayerBlock` (both `PatchBlock`s: the fused patch kernels, layer skipping being one whole-map patch per sample) and
+`ChannelBlock`; their base `DeployedBlock` holds what they share (folded convs, shortcut, dense-masked path).
+
 Each paradigm has a sparse path and a dense-masked path computing the same function; a block takes the dense path
 when the batch's activation rate exceeds its `dense_above` threshold (where measurement says dense is faster).
 The fused-kernel paths (ResNet bottlenecks: spatial, layer, channel) never synchronise with the host, so a deployed
@@ -111,7 +115,13 @@ def compiled_residual_branch(shapes: str = "dynamic"):
 
 
 class DeployedBlock(nn.Module):
-    """A `DynamicBlock` prepared for inference.
+    """A `DynamicBlock` prepared for inference: the base of the per-paradigm classes, one of which `deploy_block`
+    picks (`BLOCK_CLASSES`).
+
+    It holds what every paradigm shares: the folded convs, the shortcut, the dense branch, the dense-masked path and
+    the settings `deploy` makes (`path`, `maskers`, `branch_fn`, ...). A paradigm's class gives its decisions
+    (`_masker`), the masks of its dense-masked path (`_dense_masks`) and its sparse path (`_forward_sparse`), and
+    where it has them its chained kernel paths (`_run`).
 
     Args:
         block: the trained block (its weights are copied, the block is left unchanged).
@@ -119,7 +129,15 @@ class DeployedBlock(nn.Module):
             reads the rate on the host, which rules out CUDA graphs).
     """
 
+    paradigm: str  # the `DynamicBlock.paradigm` a class deploys
+    patch_kernels = False  # whether the sparse path runs the fused patch kernels (set by `PatchBlock`)
+    channel_kernels = False  # whether the sparse path runs the channel kernels (set by `ChannelBlock`)
+
     def __init__(self, block: DynamicBlock, dense_above: float = 1.0) -> None:
+        if type(self) is DeployedBlock:
+            raise TypeError("DeployedBlock is the base of the per-paradigm classes: deploy_block(block) picks one")
+        if block.paradigm != self.paradigm:
+            raise ValueError(f"{type(self).__name__} deploys {self.paradigm} blocks, got a {block.paradigm} block")
         super().__init__()
         pairs = block.conv_bn_pairs()
         self.conv1 = fold_conv_bn(*pairs["conv1"])
@@ -127,39 +145,23 @@ class DeployedBlock(nn.Module):
         self.conv3 = fold_conv_bn(*pairs["conv3"])
         self.shortcut = fold_conv_bn(*pairs["shortcut"]) if pairs["shortcut"] is not None else None
         self.se = copy.deepcopy(block.f.se) if block.se_channels else None
-        self.paradigm = block.paradigm
         self.granularity = block.granularity
         self.stride = block.stride
         self.dense_above = dense_above
-        self.last_rate: float | None = None
+        self.last_rate: Tensor | None = None
         # Decisions imposed from outside (benchmarks at a chosen activation rate): the masker still runs, so its cost
         # is measured, but `forced_keep` (shaped like `decide`'s result) replaces its answer.
         self.forced_keep: Tensor | None = None
-        if self.paradigm in ("spatial", "layer"):
-            if block.masker.groups != 1:
-                raise ValueError("deploy supports spatial maskers with one mask group")
-            # execute iff w·x + b ≥ 0 (the difference of the execute and skip logits, input normalisation folded in)
-            masker_w, masker_b = block.masker.decision_weights()
-            self.register_buffer("masker_w", masker_w)
-            self.register_buffer("masker_b", masker_b)
-        elif self.paradigm == "channel":
-            cm = block.channel_masker
-            n = cm.n_groups
-            self.masker_fc1 = cm.folded_fc1().to(cm.fc1.weight.device)
-            self.register_buffer("masker_w2", (cm.fc2.weight[:n] - cm.fc2.weight[n:]).detach().float().clone())
-            self.register_buffer("masker_b2", (cm.fc2.bias[:n] - cm.fc2.bias[n:]).detach().float().clone())
         # The fused kernels cover the plain bottleneck; a grouped 3×3 with SE (RegNetY) runs the torch paths.
-        plain = block.groups == 1 and self.se is None
-        self.channel_kernels = self.paradigm == "channel" and plain
-        self.patch_kernels = self.paradigm in ("spatial", "layer") and plain
+        self.plain = block.groups == 1 and self.se is None
         self.width = block.width
         self.groups = block.groups
         self.branch_fn = residual_branch  # replaced by the compiled form with deploy(compile=True)
-        self.spatial_conv1 = "dense"  # or "sparse": conv1 only on the dilated active region (see _forward_patches)
+        self.spatial_conv1 = "dense"  # or "sparse" (spatial blocks): conv1 only on the dilated active region
         self.path = "sparse"  # or "dense": the dense-masked path, where measurement says it is faster (`tune_paths`)
-        self.maskers = "fused"  # masker bookkeeping of the patch paths, one of MASKERS (see the module docstring)
-        # Window the next block's masker pools (set by `deploy` when both blocks are `fusable` and maskers are
-        # fused): this block then returns that block's window sums from `forward_chained`.
+        self.maskers = "fused"  # masker bookkeeping of the kernel paths, one of MASKERS (see the module docstring)
+        # Window the next block's masker pools (set by `deploy` when both blocks chain their masker sums): this block
+        # then returns that block's window sums from `forward_chained`.
         self.emit_window: int | None = None
 
     @property
@@ -169,21 +171,11 @@ class DeployedBlock(nn.Module):
 
     @property
     def in_window(self) -> int:
-        """Window of the block input that the masker averages: S x stride (spatial), `MAP_WINDOW` (layer, channel)."""
-        if self.paradigm in ("layer", "channel"):
-            return MAP_WINDOW
-        if self.paradigm == "spatial":
-            return self.granularity * self.stride
+        """Window of the block input that the masker averages."""
         raise RuntimeError(f"a {self.paradigm} block has no pooling window")
 
     def prepare(self) -> None:
         """Derive kernel-side weight layouts once the block has its final device and dtype (called by `deploy`)."""
-        if self.channel_kernels:
-            w1, w2, w3 = channel_ops.pack_bottleneck_weights(self.conv1.weight, self.conv2.weight, self.conv3.weight)
-            self._packed = (w1, w2, w3)
-        if self.patch_kernels:
-            self._packed = (K.pack_conv1x1_weight(self.conv1.weight), K.pack_conv3x3_weight(self.conv2.weight),
-                            K.pack_conv1x1_weight(self.conv3.weight))
         if self.shortcut is not None and (self.patch_kernels or self.channel_kernels):
             self._w_shortcut = K.pack_conv1x1_weight(self.shortcut.weight)
 
@@ -193,37 +185,24 @@ class DeployedBlock(nn.Module):
 
     def decide(self, x: Tensor) -> Tensor:
         """Hard decisions: (B, gh, gw) for spatial, (B,) for layer, (B, n_groups) for channel; bool."""
-        # Pool first (fp32 accumulation, no fp32 copy of x), then the masker's tiny GEMM in fp32.
-        if self.paradigm == "layer":
-            keep = x.mean(dim=(2, 3), dtype=torch.float32) @ self.masker_w + self.masker_b >= 0
-        elif self.paradigm == "spatial":
-            pooled = pool_patches(x, self.stride, self.granularity, self._out_hw(x)).float()
-            keep = torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b >= 0
-        elif self.paradigm == "channel":
-            if self.maskers != "torch":
-                return self._channel_keep(x, None)
-            hidden = F.relu(self.masker_fc1(x.mean(dim=(2, 3), dtype=torch.float32)))
-            keep = hidden @ self.masker_w2.t() + self.masker_b2 >= 0
-        else:
-            raise RuntimeError("a static block has no decisions")
+        keep = self._masker(x)
         forced = self._imposed(keep.shape)
         return keep if forced is None else forced
 
-    def _channel_keep(self, x: Tensor, sums: Tensor | None) -> Tensor:
-        """Channel decisions (B, n_groups) from the input's per-sample sums (pooled here when None): one window-sum
-        pass, then the masker's MLP and threshold in one launch."""
-        n, c, h, w = x.shape
-        if sums is None:
-            sums = K.window_sums(nhwc(x).contiguous(), MAP_WINDOW)
-        fc1 = self.masker_fc1
-        return K.channel_masker(sums.view(n, c), h * w, fc1.weight, fc1.bias, self.masker_w2, self.masker_b2,
-                                self._imposed((n, self.masker_w2.shape[0])))
+    def _masker(self, x: Tensor) -> Tensor:
+        """The masker's own decisions (PyTorch ops)."""
+        raise RuntimeError(f"a {self.paradigm} block has no decisions")
 
     def _imposed(self, shape: tuple[int, ...]) -> Tensor | None:
         """`forced_keep`, checked against the shape of the decisions."""
         if self.forced_keep is not None and tuple(self.forced_keep.shape) != tuple(shape):
             raise ValueError(f"forced_keep has shape {tuple(self.forced_keep.shape)}, decisions are {tuple(shape)}")
         return self.forced_keep
+
+    def _dense_now(self, rate: Tensor) -> bool:
+        """Whether the dense-masked path runs at this batch's activation rate (a 0-d device tensor): always with
+        ``path="dense"``, else above `dense_above` (reading the rate synchronises with the host)."""
+        return self.path == "dense" or (self.dense_above < 1 and float(rate) > self.dense_above)
 
     # --- dense building blocks ------------------------------------------------------------------------------------
     def _branch(self, x: Tensor, pixel: Tensor | None = None, channels: Tensor | None = None) -> Tensor:
@@ -291,28 +270,88 @@ class DeployedBlock(nn.Module):
         return self._run(x, sums, self.emit_window)
 
     def _run(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
-        if self.paradigm == "static":
-            return self._dense_block(x, self._shortcut(x)), None
-        if self.channel_kernels and self.maskers != "torch":
-            return self._forward_channel_chained(x, sums, emit)
-        if not self.fusable:
-            return self._forward_torch(x), None
-        return self._forward_kernels(x, sums, emit)
+        """The block's computation; here the path without masker sums (`_forward_torch`)."""
+        return self._forward_torch(x), None
 
     def _forward_torch(self, x: Tensor) -> Tensor:
+        """Decisions by `decide`, then the dense-masked or the sparse path."""
         keep = self.decide(x)
         rate = keep.float().mean()
         self.last_rate = rate  # a 0-d device tensor: reading it is the caller's choice (it synchronises)
-        dense = self.path == "dense" or (self.dense_above < 1 and float(rate) > self.dense_above)  # (syncs)
-        if dense:
+        if self._dense_now(rate):  # (syncs where dense_above < 1)
             return self._forward_dense(x, keep)
+        return self._forward_sparse(x, keep)
+
+    def _forward_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
+        """The sparse path for decisions `keep` (as `decide` returns them)."""
+        raise NotImplementedError
+
+    def _forward_dense(self, x: Tensor, keep: Tensor, act: bool = True) -> Tensor:
+        """The dense-masked path: every conv dense, decisions applied as masks (no host synchronisation).
+
+        `act=False` returns the sum before the final ReLU (the caller applies it, fused with pooling).
+        """
+        s = self._shortcut(x)
+        return self._dense_block(x, s, act=act, **self._dense_masks(x, keep))
+
+    def _dense_masks(self, x: Tensor, keep: Tensor) -> dict[str, Tensor]:
+        """The decisions as the masks of `_dense_block` (``out_mask`` or ``channels``)."""
+        raise NotImplementedError
+
+
+class StaticBlock(DeployedBlock):
+    """A static block: the dense bottleneck, no masker."""
+
+    paradigm = "static"
+
+    def _run(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
+        return self._dense_block(x, self._shortcut(x)), None
+
+
+class PatchBlock(DeployedBlock):
+    """Spatial and layer skipping: a linear masker on pooled windows (execute iff w·x + b ≥ 0) and, for a plain
+    bottleneck, the fused patch kernels (`_forward_patches`), where layer skipping is the case of one whole-map patch
+    per sample. With ``maskers`` other than ``torch`` the masker runs on window sums through the Triton decision
+    kernels (`_forward_kernels`)."""
+
+    def __init__(self, block: DynamicBlock, dense_above: float = 1.0) -> None:
+        super().__init__(block, dense_above)
+        if block.masker.groups != 1:
+            raise ValueError("deploy supports spatial maskers with one mask group")
+        # execute iff w·x + b ≥ 0 (the difference of the execute and skip logits, input normalisation folded in)
+        masker_w, masker_b = block.masker.decision_weights()
+        self.register_buffer("masker_w", masker_w)
+        self.register_buffer("masker_b", masker_b)
+        self.patch_kernels = self.plain
+
+    def prepare(self) -> None:
         if self.patch_kernels:
-            return self._forward_patches(x, keep.view(-1, 1, 1) if self.paradigm == "layer" else keep)[0]
-        if self.channel_kernels:
-            return self._forward_channel(x, keep)
-        if self.paradigm == "layer":
-            return self._forward_layer(x, keep)
-        return self._forward_dense(x, keep)
+            self._packed = (K.pack_conv1x1_weight(self.conv1.weight), K.pack_conv3x3_weight(self.conv2.weight),
+                            K.pack_conv1x1_weight(self.conv3.weight))
+        super().prepare()
+
+    def _decision_shape(self, x: Tensor, out_hw: tuple[int, int]) -> tuple[int, ...]:
+        """The shape of `decide`'s result."""
+        raise NotImplementedError
+
+    def _grid(self, keep: Tensor) -> Tensor:
+        """Decisions as a patch grid `[B, gh, gw]`."""
+        raise NotImplementedError
+
+    def _patch_list(self, grid: Tensor, d: MaskerDecisions | None,
+                    out_hw: tuple[int, int]) -> tuple[int, Tensor, Tensor, Tensor | None]:
+        """`(patch size, active patch list, its device-side count, executing-sample order or None)` for the patch
+        kernels, from the decision kernels' lists `d` or (None) built here with torch ops."""
+        raise NotImplementedError
+
+    def _conv1(self, x: Tensor, grid: Tensor, order: Tensor | None, count: Tensor) -> Tensor:
+        """conv1 of the patch paths (NHWC out)."""
+        raise NotImplementedError
+
+    def _run(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
+        if not self.fusable:
+            return super()._run(x, sums, emit)
+        return self._forward_kernels(x, sums, emit)
 
     def _forward_kernels(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
         """Spatial/layer skipping with the masker on window sums and Triton decision + list kernels (no host sync).
@@ -324,33 +363,18 @@ class DeployedBlock(nn.Module):
         window = self.in_window
         if sums is None:
             sums = K.window_sums(nhwc(x), window)
-        shape = (x.shape[0],) if self.paradigm == "layer" else (x.shape[0], *K.patch_grid(out_hw, self.granularity))
+        shape = self._decision_shape(x, out_hw)
         # An identity shortcut means the same map size and channels: the next masker's windows are this one's.
         reuse = emit is not None and emit == window and self.shortcut is None
         d = K.masker_decide(sums, self.masker_w, self.masker_b, in_hw, window, self._imposed(shape), zero_active=reuse)
         self.last_rate = d.rate  # a 0-d device tensor
         keep = d.keep.view(shape)
-        if self.path == "dense" or (self.dense_above < 1 and float(d.rate) > self.dense_above):  # (syncs)
+        if self._dense_now(d.rate):  # (syncs where dense_above < 1)
             if emit is None:
                 return self._forward_dense(x, keep), None
             out = self._forward_dense(x, keep, act=False).contiguous(memory_format=torch.channels_last)  # (no-op)
             return out, K.window_sums(nhwc(out), emit, relu=True)  # the final ReLU and the next masker's pooling
-        grid = keep.view(-1, 1, 1) if self.paradigm == "layer" else keep
-        return self._forward_patches(x, grid, d, pool_out=sums if reuse else None, emit=emit)
-
-    def _forward_dense(self, x: Tensor, keep: Tensor, act: bool = True) -> Tensor:
-        """The dense-masked path: every conv dense, decisions applied as masks (no host synchronisation).
-
-        `act=False` returns the sum before the final ReLU (the caller applies it, fused with pooling).
-        """
-        s = self._shortcut(x)
-        if self.paradigm == "layer":
-            return self._dense_block(x, s, out_mask=keep.to(x.dtype).view(-1, 1, 1, 1), act=act)
-        if self.paradigm == "spatial":
-            pixel = expand_patches(keep[:, None].to(x.dtype), self.granularity, self._out_hw(x))
-            return self._dense_block(x, s, out_mask=pixel, act=act)
-        channels = expand_channel_groups(keep.to(x.dtype), self.granularity)
-        return self._dense_block(x, s, channels=channels, act=act)
+        return self._forward_patches(x, self._grid(keep), d, pool_out=sums if reuse else None, emit=emit)
 
     def _forward_patches(self, x: Tensor, grid: Tensor, d: MaskerDecisions | None = None,
                          pool_out: Tensor | None = None, emit: int | None = None) -> tuple[Tensor, Tensor | None]:
@@ -366,20 +390,7 @@ class DeployedBlock(nn.Module):
             pool_out: fp32 window sums to accumulate the active patches' output sums into (see `forward_chained`).
             emit: window of the next block's masker: its sums are returned (from `pool_out`, or one pass).
         """
-        out_hw = self._out_hw(x)
-        if self.paradigm == "layer":  # one whole-map patch per executing sample
-            patch = max(out_hw)
-            if d is not None:  # the sample list itself drives conv1: no pixel list
-                patches, count, order = d.patch_idx, d.count, d.order
-            else:
-                # Executing samples first (a stable sort of 0/1 flags): 2-3 small kernels, where a cumsum-scatter
-                # compaction takes ~8 (and measured more than twice as slow per block).
-                order = torch.argsort((~grid.view(-1)).to(torch.int8), stable=True).to(torch.int32)
-                count = grid.view(-1).sum(dtype=torch.int32).view(1)
-                patches = K.samples_to_patch_idx(order)
-        else:
-            patch, order = self.granularity, None
-            patches, count = (d.patch_idx, d.count) if d is not None else K.mask_to_patch_list(grid)
+        patch, patches, count, order = self._patch_list(grid, d, self._out_hw(x))
         s = self._shortcut_nhwc(x)  # the block input itself, or a fresh projection: written in place
         active = (lambda: d.active) if d is not None else (lambda: count[0] > 0)
         with if_node(active):  # in a conditional CUDA graph: nothing is launched when nothing executes
@@ -398,18 +409,160 @@ class DeployedBlock(nn.Module):
             sums = K.window_sums(s, emit)
         return out, sums
 
+
+class SpatialBlock(PatchBlock):
+    """Spatial skipping: one decision per S×S patch of the block output (S = `granularity`)."""
+
+    paradigm = "spatial"
+
+    @property
+    def in_window(self) -> int:
+        """Window of the block input that the masker averages: S x stride."""
+        return self.granularity * self.stride
+
+    def _masker(self, x: Tensor) -> Tensor:
+        # Pool first (fp32 accumulation, no fp32 copy of x), then the masker's tiny GEMM in fp32.
+        pooled = pool_patches(x, self.stride, self.granularity, self._out_hw(x)).float()
+        return torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b >= 0
+
+    def _decision_shape(self, x: Tensor, out_hw: tuple[int, int]) -> tuple[int, ...]:
+        return (x.shape[0], *K.patch_grid(out_hw, self.granularity))
+
+    def _grid(self, keep: Tensor) -> Tensor:
+        return keep
+
+    def _patch_list(self, grid: Tensor, d: MaskerDecisions | None,
+                    out_hw: tuple[int, int]) -> tuple[int, Tensor, Tensor, Tensor | None]:
+        patches, count = (d.patch_idx, d.count) if d is not None else K.mask_to_patch_list(grid)
+        return self.granularity, patches, count, None
+
     def _conv1(self, x: Tensor, grid: Tensor, order: Tensor | None, count: Tensor) -> Tensor:
-        """conv1 of the patch paths: on every pixel of the executing samples (layer skipping: `order` lists them,
-        `count` counts them), on the pixels the active patches' 3×3 windows read (``spatial_conv1="sparse"``), or
-        dense (its cost on the device outweighs the saved conv1 work)."""
+        """conv1 on the pixels the active patches' 3×3 windows read (``spatial_conv1="sparse"``), or dense (its
+        cost on the device outweighs the saved conv1 work)."""
         w1, in_hw = self._packed[0], (x.shape[2], x.shape[3])
-        if self.paradigm == "layer":
-            return K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, order, count=count, per_sample=True)
         if self.spatial_conv1 == "sparse":
             pixels, pixel_count = K.pixel_mask_to_idx_padded(
                 K.conv1_pixel_mask(grid, self.granularity, self.stride, in_hw))
             return K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, pixels, count=pixel_count)
         return K.pixel_conv1x1(nhwc(x), w1, self.conv1.bias, None)
+
+    def _dense_masks(self, x: Tensor, keep: Tensor) -> dict[str, Tensor]:
+        return {"out_mask": expand_patches(keep[:, None].to(x.dtype), self.granularity, self._out_hw(x))}
+
+    def _forward_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
+        if self.patch_kernels:
+            return self._forward_patches(x, keep)[0]
+        return self._forward_dense(x, keep)  # SE blocks: no sparse torch path
+
+
+class LayerBlock(PatchBlock):
+    """Layer skipping: one decision per sample (a block no sample executes outputs act(shortcut))."""
+
+    paradigm = "layer"
+
+    @property
+    def in_window(self) -> int:
+        """Window of the block input that the masker averages: the whole map (`MAP_WINDOW`)."""
+        return MAP_WINDOW
+
+    def _masker(self, x: Tensor) -> Tensor:
+        # Pool first (fp32 accumulation, no fp32 copy of x), then the masker's tiny GEMM in fp32.
+        return x.mean(dim=(2, 3), dtype=torch.float32) @ self.masker_w + self.masker_b >= 0
+
+    def _decision_shape(self, x: Tensor, out_hw: tuple[int, int]) -> tuple[int, ...]:
+        return (x.shape[0],)
+
+    def _grid(self, keep: Tensor) -> Tensor:
+        return keep.view(-1, 1, 1)
+
+    def _patch_list(self, grid: Tensor, d: MaskerDecisions | None,
+                    out_hw: tuple[int, int]) -> tuple[int, Tensor, Tensor, Tensor | None]:
+        """One whole-map patch per executing sample."""
+        if d is not None:  # the sample list itself drives conv1: no pixel list
+            return max(out_hw), d.patch_idx, d.count, d.order
+        # Executing samples first (a stable sort of 0/1 flags): 2-3 small kernels, where a cumsum-scatter compaction
+        # takes ~8 (and measured more than twice as slow per block).
+        order = torch.argsort((~grid.view(-1)).to(torch.int8), stable=True).to(torch.int32)
+        count = grid.view(-1).sum(dtype=torch.int32).view(1)
+        return max(out_hw), K.samples_to_patch_idx(order), count, order
+
+    def _conv1(self, x: Tensor, grid: Tensor, order: Tensor | None, count: Tensor) -> Tensor:
+        """conv1 on every pixel of the executing samples (`order` lists them, `count` counts them)."""
+        return K.pixel_conv1x1(nhwc(x), self._packed[0], self.conv1.bias, order, count=count, per_sample=True)
+
+    def _dense_masks(self, x: Tensor, keep: Tensor) -> dict[str, Tensor]:
+        return {"out_mask": keep.to(x.dtype).view(-1, 1, 1, 1)}
+
+    def _forward_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
+        if self.patch_kernels:
+            return self._forward_patches(x, self._grid(keep))[0]
+        return self._forward_layer(x, keep)
+
+    def _forward_layer(self, x: Tensor, keep: Tensor) -> Tensor:
+        """Run the residual branch on the compacted sub-batch of executing samples and write it back in place."""
+        idx = keep.nonzero().squeeze(1)
+        n = idx.numel()  # synchronises: the sub-batch size decides the launch shapes
+        s = self._shortcut(x)
+        if n == 0:
+            return F.relu_(s) if self.shortcut is not None else x
+        x_sub = nchw(nhwc(x).index_select(0, idx))
+        s_sub = x_sub if self.shortcut is None else nchw(nhwc(s).index_select(0, idx))
+        z = self._dense_block(x_sub, s_sub)
+        out = s if self.shortcut is None else F.relu_(s)
+        nhwc(out).index_copy_(0, idx, nhwc(z))
+        return out
+
+
+class ChannelBlock(DeployedBlock):
+    """Channel skipping: one decision per group of G consecutive bottleneck channels (G = `granularity`), from an
+    MLP masker on the per-sample mean of the input; for a plain bottleneck, the per-sample compacted channel kernels
+    (`_forward_channel`)."""
+
+    paradigm = "channel"
+
+    def __init__(self, block: DynamicBlock, dense_above: float = 1.0) -> None:
+        super().__init__(block, dense_above)
+        cm = block.channel_masker
+        n = cm.n_groups
+        self.masker_fc1 = cm.folded_fc1().to(cm.fc1.weight.device)
+        self.register_buffer("masker_w2", (cm.fc2.weight[:n] - cm.fc2.weight[n:]).detach().float().clone())
+        self.register_buffer("masker_b2", (cm.fc2.bias[:n] - cm.fc2.bias[n:]).detach().float().clone())
+        self.channel_kernels = self.plain
+
+    @property
+    def in_window(self) -> int:
+        """Window of the block input that the masker averages: the whole map (`MAP_WINDOW`)."""
+        return MAP_WINDOW
+
+    def prepare(self) -> None:
+        if self.channel_kernels:
+            w1, w2, w3 = channel_ops.pack_bottleneck_weights(self.conv1.weight, self.conv2.weight, self.conv3.weight)
+            self._packed = (w1, w2, w3)
+        super().prepare()
+
+    def decide(self, x: Tensor) -> Tensor:
+        if self.maskers != "torch":
+            return self._channel_keep(x, None)
+        return super().decide(x)
+
+    def _masker(self, x: Tensor) -> Tensor:
+        hidden = F.relu(self.masker_fc1(x.mean(dim=(2, 3), dtype=torch.float32)))
+        return hidden @ self.masker_w2.t() + self.masker_b2 >= 0
+
+    def _channel_keep(self, x: Tensor, sums: Tensor | None) -> Tensor:
+        """Channel decisions (B, n_groups) from the input's per-sample sums (pooled here when None): one window-sum
+        pass, then the masker's MLP and threshold in one launch."""
+        n, c, h, w = x.shape
+        if sums is None:
+            sums = K.window_sums(nhwc(x).contiguous(), MAP_WINDOW)
+        fc1 = self.masker_fc1
+        return K.channel_masker(sums.view(n, c), h * w, fc1.weight, fc1.bias, self.masker_w2, self.masker_b2,
+                                self._imposed((n, self.masker_w2.shape[0])))
+
+    def _run(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
+        if self.channel_kernels and self.maskers != "torch":
+            return self._forward_channel_chained(x, sums, emit)
+        return super()._run(x, sums, emit)
 
     def _forward_channel_chained(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor,
                                                                                                Tensor | None]:
@@ -421,7 +574,7 @@ class DeployedBlock(nn.Module):
         """
         keep = self._channel_keep(x, sums)
         self.last_rate = keep.float().mean()  # a 0-d device tensor
-        if self.path == "dense" or (self.dense_above < 1 and float(self.last_rate) > self.dense_above):  # (syncs)
+        if self._dense_now(self.last_rate):  # (syncs where dense_above < 1)
             out = self._forward_dense(x, keep).contiguous(memory_format=torch.channels_last)  # (no-op)
             return out, (K.window_sums(nhwc(out), MAP_WINDOW) if emit is not None else None)
         pool = None
@@ -443,16 +596,24 @@ class DeployedBlock(nn.Module):
         channel_ops.channel_conv1x1_in(h2, w3, self.conv3.bias, idx, counts, residual=s, out=s, pool_out=pool_out)
         return nchw(s)
 
-    def _forward_layer(self, x: Tensor, keep: Tensor) -> Tensor:
-        """Run the residual branch on the compacted sub-batch of executing samples and write it back in place."""
-        idx = keep.nonzero().squeeze(1)
-        n = idx.numel()  # synchronises: the sub-batch size decides the launch shapes
-        s = self._shortcut(x)
-        if n == 0:
-            return F.relu_(s) if self.shortcut is not None else x
-        x_sub = nchw(nhwc(x).index_select(0, idx))
-        s_sub = x_sub if self.shortcut is None else nchw(nhwc(s).index_select(0, idx))
-        z = self._dense_block(x_sub, s_sub)
-        out = s if self.shortcut is None else F.relu_(s)
-        nhwc(out).index_copy_(0, idx, nhwc(z))
-        return out
+    def _dense_masks(self, x: Tensor, keep: Tensor) -> dict[str, Tensor]:
+        return {"channels": expand_channel_groups(keep.to(x.dtype), self.granularity)}
+
+    def _forward_sparse(self, x: Tensor, keep: Tensor) -> Tensor:
+        if self.channel_kernels:
+            return self._forward_channel(x, keep)
+        return self._forward_dense(x, keep)  # SE blocks: no sparse torch path
+
+
+BLOCK_CLASSES: dict[str, type[DeployedBlock]] = {
+    cls.paradigm: cls for cls in (StaticBlock, SpatialBlock, ChannelBlock, LayerBlock)
+}
+
+
+def deploy_block(block: DynamicBlock, dense_above: float = 1.0) -> DeployedBlock:
+    """`block` in inference form: an instance of its paradigm's class in `BLOCK_CLASSES` (see `DeployedBlock`)."""
+    cls = BLOCK_CLASSES.get(block.paradigm)
+    if cls is None:
+        raise ValueError(f"deploy has no block class for paradigm {block.paradigm!r}; it deploys "
+                         f"{', '.join(BLOCK_CLASSES)}")
+    return cls(block, dense_above)

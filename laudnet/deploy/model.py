@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from laudnet.deploy.blocks import COMPILE_SHAPES, MASKERS, DeployedBlock, compiled_residual_branch
+from laudnet.deploy.blocks import COMPILE_SHAPES, MASKERS, DeployedBlock, compiled_residual_branch, deploy_block
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.deploy.graphs import GraphedModel
 from laudnet.deploy.stem import TritonStemConv
@@ -151,7 +151,7 @@ def deploy(
         stem = "triton" if torch.device(device).type == "cuda" else "cudnn"
     stem_module, head = _stem_and_head(model, stem)
     it = iter(thresholds)
-    stages = [[DeployedBlock(b, next(it)) for b in stage] for stage in model.stages()]
+    stages = [[deploy_block(b, next(it)) for b in stage] for stage in model.stages()]
     deployed = DeployedModel(stem_module, stages, head, dtype, model.in_chans)
     # Masker weights stay fp32 (buffers and the channel masker's fc1): decisions must not flip with rounding.
     deployed = deployed.to(device=device).eval()
