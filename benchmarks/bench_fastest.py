@@ -49,7 +49,7 @@ def static_forms(args, x: torch.Tensor, save) -> list[float]:
         times.append(ms)
         save(dict(batch=x.shape[0], kind="static", variant=variant, ms=ms, build_s=round(time.time() - t0, 1)))
 
-    if "deit" in args.model or "vit" in args.model:
+    if laudnet.model_info(args.model).is_vit:
         import timm
 
         from laudnet.models.vit import MODEL_CFGS
@@ -133,7 +133,7 @@ def main() -> int:
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
 
-    vit = "deit" in args.model or "vit" in args.model
+    vit = laudnet.model_info(args.model).is_vit
     size = args.image_size
     arch = dict(img_size=size) if vit else {}
     with torch.no_grad():

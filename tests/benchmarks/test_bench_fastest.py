@@ -6,11 +6,13 @@ import sys
 import pytest
 from helpers import ROOT, load_benchmark
 
+import laudnet
+
 
 @pytest.mark.parametrize(("model", "paradigms", "image"), [("laud_resnet50", ["layer", "channel", "spatial"], 64),
                                                          ("laud_deit_tiny", ["token", "head", "layer"], 64)])
 def test_smoke_run(tmp_path, monkeypatch, model, paradigms, image):
-    if "deit" in model:
+    if laudnet.model_info(model).is_vit:
         pytest.importorskip("timm")
     out = tmp_path / "fastest.json"
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))

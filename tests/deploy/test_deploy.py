@@ -31,7 +31,7 @@ def test_fold_conv_bn():
     torch.testing.assert_close(fold_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [n for n in laudnet.list_models() if "vit" not in n and "deit" not in n])
+@pytest.mark.parametrize("name", [n for n in laudnet.list_models() if not laudnet.model_info(n).is_vit])
 @pytest.mark.parametrize("paradigm", ["static", "spatial", "channel", "layer"])
 def test_deployed_equals_eval_model_fp32(name, paradigm):
     model = _trained_like(name, paradigm)
