@@ -1,14 +1,19 @@
 """Fused kernels for input-adaptive inference: functional ops that dispatch to Triton or to the PyTorch reference.
 
 Spatial skipping (S x S patches on a block's output grid), layer skipping (compacted sub-batch) — see
-`spatial_ref.py` for the shared conventions — and their maskers (window sums, decisions and index lists in Triton,
-`masker_ref.py`), the ViT token masker fused into LayerNorm (`token_ref.py`), and the ViT's linear layers on listed
-token rows with their GELU or residual scatter-add fused (`rows_ref.py`), the sync-free packing of those rows
-(`pack_ref.py`), and the network stem's convolution on a few input channels (`stem_ref.py`). The references
-themselves are not exported; the masks, index lists and result types the ops take are in `indexing.py`, the packed
-weight layouts in `weights.py`.
+`spatial_ref.py` for the shared conventions —, channel skipping (per-sample compacted channels, `channel_ref.py`)
+and their maskers (window sums, decisions and index lists in Triton, `masker_ref.py`), the ViT token masker fused
+into LayerNorm (`token_ref.py`), and the ViT's linear layers on listed token rows with their GELU or residual
+scatter-add fused (`rows_ref.py`), the sync-free packing of those rows (`pack_ref.py`), and the network stem's
+convolution on a few input channels (`stem_ref.py`). Every op chooses its implementation in `dispatch.py`. The
+references themselves are not exported; the masks, index lists and result types the ops take are in `indexing.py`,
+the packed weight layouts in `weights.py`, the launch helpers in `_utils.py`.
 """
 
+from .dispatch import channel_conv1x1_in as channel_conv1x1_in
+from .dispatch import channel_conv1x1_out as channel_conv1x1_out
+from .dispatch import channel_conv3x3 as channel_conv3x3
+from .dispatch import channel_index as channel_index
 from .dispatch import channel_masker as channel_masker
 from .dispatch import conv1x1_scatter_add as conv1x1_scatter_add
 from .dispatch import gather_conv3x3 as gather_conv3x3

@@ -20,9 +20,10 @@ Use G >= 8 (the 3x3 weight gather gets 16-byte loads; G = 1 is several times slo
 sync) and CUDA graphs: the default ``kmax`` reads the counts on the host, a synchronisation per block in eager mode.
 Measured speeds against static blocks are in the README.
 
-The spec is ``channel_ref.py``; every public op here dispatches to the Triton kernel for CUDA tensors and to the
-reference otherwise. ``impl="triton"|"torch"`` forces a path (the kernel on CPU tensors under
-``TRITON_INTERPRET=1``, as CI tests it).
+The spec is ``channel_ref.py``; the public ops (``laudnet.kernels.channel_index`` ..., also importable from here)
+choose between the launchers here (``*_triton``) and the reference in ``dispatch.py``, like every other op:
+``impl="triton"|"reference"`` (alias ``"torch"``) or ``LAUDNET_KERNELS`` forces a path (the kernel on CPU tensors
+under ``TRITON_INTERPRET=1``, as CI tests it).
 
 Weights are taken in PyTorch's logical layouts (``w1 [w, Cin]``, ``w2 [w, w, 3, 3]``, ``w3 [Cout, w]``) with any
 strides; ``pack_bottleneck_weights`` returns views of the same logical shapes whose memory layout makes the kernels'
@@ -31,9 +32,33 @@ weight gathers contiguous (``w2`` stored ``[3, 3, w_in, w_out]``, ``w3`` stored 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from laudnet.kernels import channel_ref as ref
+from laudnet.kernels._utils import (
+    GemmConfig,
+    LazyKernel,
+    cdiv,
+    interpreter_enabled,
+    next_power_of_2,
+    pick_config,
+    resolve_config,
+)
+from laudnet.kernels.channel_ref import (
+    check_conv1x1_in_args,
+    check_conv1x1_out_args,
+    check_conv3x3_args,
+)
+
+# The public ops choose between these launchers and `channel_ref` in `dispatch.py`; deploy and the benchmarks call
+# them, and pack the weights, from here.
+from laudnet.kernels.dispatch import channel_conv1x1_in as channel_conv1x1_in
+from laudnet.kernels.dispatch import channel_conv1x1_out as channel_conv1x1_out
+from laudnet.kernels.dispatch import channel_conv3x3 as channel_conv3x3
+from laudnet.kernels.dispatch import channel_index as channel_index
+from laudnet.kernels.indexing import check_mask_groups, resolve_kmax
+from laudnet.kernels.weights import pack_bottleneck_weights as pack_bottleneck_weights
 
 try:  # Triton is optional: without it every op runs the reference.
     import triton.language as tl
@@ -42,40 +67,22 @@ except Exception:  # the kernels below are then never launched
     class tl:  # noqa: N801 - stands in for triton.language so that the kernel definitions still evaluate
         constexpr = object
 
-from laudnet.kernels._utils import (
-    GemmConfig,
-    LazyKernel,
-    cdiv,
-    check_bias,
-    check_nhwc,
-    interpreter_enabled,
-    next_power_of_2,
-    pick_config,
-    resolve_config,
-)
-from laudnet.kernels.dispatch import resolve_impl
-from laudnet.kernels.indexing import check_mask_groups, compact_channels, resolve_kmax, slot_valid
-from laudnet.kernels.weights import conv1x1_as_2d
-from laudnet.kernels.weights import pack_bottleneck_weights as pack_bottleneck_weights  # deploy packs from here
 
 __all__ = [
     "channel_index",
     "channel_conv1x1_out",
     "channel_conv3x3",
     "channel_conv1x1_in",
+    "channel_index_triton",
+    "channel_conv1x1_out_triton",
+    "channel_conv3x3_triton",
+    "channel_conv1x1_in_triton",
     "pack_bottleneck_weights",
-    "use_triton",
 ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# dispatch
-
-
-def use_triton(t: torch.Tensor, impl: str | None = None) -> bool:
-    """Whether an op on tensor ``t`` runs the Triton kernel: `laudnet.kernels.dispatch.resolve_impl`'s choice
-    (``impl`` None is ``"auto"``; ``"torch"`` is an alias of ``"reference"``)."""
-    return resolve_impl(t, impl=impl or "auto") == "triton"
+# helpers
 
 
 def _vec_width(group_size: int) -> int:
@@ -308,56 +315,14 @@ _conv1x1_in_kernel = LazyKernel(_conv1x1_in_kernel_src)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# checks shared by the ops
+# launchers: Triton implementations of the `channel_ref` ops, same arguments (+ `config`) and results
 
 
-def _check_index(idx: torch.Tensor, counts: torch.Tensor, n: int, device: torch.device) -> None:
-    if idx.dtype != torch.int32 or idx.dim() != 2 or idx.shape[0] != n:
-        raise ValueError(f"idx must be int32 [N={n}, Kmax], got {idx.dtype} {tuple(idx.shape)}")
-    if counts.dtype != torch.int32 or counts.shape != (n,):
-        raise ValueError(f"counts must be int32 [N={n}], got {counts.dtype} {tuple(counts.shape)}")
-    if idx.device != device or counts.device != device:
-        raise ValueError(f"idx and counts must be on {device}, got {idx.device} and {counts.device}")
-    if idx.stride(1) != 1:
-        raise ValueError("idx must be contiguous along its last dimension")
-
-
-def _weight_2d(weight: torch.Tensor, name: str, shape: tuple[int, int]) -> torch.Tensor:
-    w2d = conv1x1_as_2d(weight, name)
-    if tuple(w2d.shape) != shape:
-        raise ValueError(f"{name} must have shape {list(shape)} (or with trailing 1, 1), got {tuple(weight.shape)}")
-    return w2d
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# public ops
-
-
-def channel_index(
-    mask_groups: torch.Tensor,
-    group_size: int,
-    kmax: int | None = None,
-    align: int = 16,
-    impl: str | None = None,
+def channel_index_triton(
+    mask_groups: torch.Tensor, group_size: int, kmax: int | None = None, align: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample compacted active channel indices and counts from a group mask.
-
-    Args:
-        mask_groups: bool ``[N, n_groups]``; True keeps group ``g`` = channels ``g*G .. g*G+G-1``.
-        group_size: channels per group ``G``.
-        kmax: width of the compacted tensors. Default: the largest count rounded up to ``align``, which reads the
-            counts on the host (a device sync). ``kmax >= n_groups * G`` needs no sync (and no check); a smaller
-            ``kmax`` is checked against the counts (a sync) and rejected if too small.
-        align: rounding multiple for the default ``kmax`` (16 keeps compacted rows 32-byte aligned in bf16).
-        impl: force ``"triton"`` or ``"torch"``; default by device.
-
-    Returns:
-        ``idx`` int32 ``[N, kmax]`` (active channel ids in increasing order, padding slots 0) and ``counts`` int32
-        ``[N]``.
-    """
+    """Triton kernel of `channel_index_ref` (one launch; the default `kmax` reads the counts on the host)."""
     check_mask_groups(mask_groups, group_size)
-    if not use_triton(mask_groups, impl):
-        return ref.channel_index_ref(mask_groups, group_size, kmax, align)
     mask_groups = mask_groups.contiguous()
     n, n_groups = mask_groups.shape
     width = n_groups * group_size
@@ -384,37 +349,18 @@ def channel_index(
     return idx, counts
 
 
-def channel_conv1x1_out(
+def channel_conv1x1_out_triton(
     x: torch.Tensor,
     w1: torch.Tensor,
     b1: torch.Tensor,
     idx: torch.Tensor,
     counts: torch.Tensor,
-    impl: str | None = None,
-    config: GemmConfig | dict | None = None,
+    config: GemmConfig | Mapping[str, int] | None = None,
 ) -> torch.Tensor:
-    """``relu(conv1x1(x) + b1)`` computed for the active output channels only, written compacted.
-
-    Args:
-        x: ``[N, H, W, Cin]`` NHWC-contiguous block input.
-        w1: ``[w, Cin]`` or ``[w, Cin, 1, 1]`` folded conv1 weight (any strides; ``Cin`` contiguous is fastest).
-        b1: ``[w]`` folded bias.
-        idx, counts: from ``channel_index``.
-        impl: force ``"triton"`` or ``"torch"``.
-        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
-            num_stages``).
-
-    Returns:
-        ``[N, H, W, Kmax]``: slot ``k < counts[n]`` holds channel ``idx[n, k]``, other slots 0.
-    """
-    check_nhwc(x, "x")
+    """Triton kernel of `channel_conv1x1_out_ref`. `config`: the tiles, a `GemmConfig` or a mapping overriding the
+    default's (`BM, BN, BK, num_warps, num_stages`)."""
+    w2d = check_conv1x1_out_args(x, w1, b1, idx, counts)
     n, height, width, cin = x.shape
-    w2d = conv1x1_as_2d(w1, "w1")
-    w2d = _weight_2d(w1, "w1", (w2d.shape[0], cin))
-    check_bias(b1, w2d.shape[0], "b1")
-    _check_index(idx, counts, n, x.device)
-    if not use_triton(x, impl):
-        return ref.channel_conv1x1_out_ref(x, w2d, b1, idx, counts)
     kmax = idx.shape[1]
     p = height * width
     y = torch.empty(n, height, width, kmax, dtype=x.dtype, device=x.device)
@@ -430,7 +376,7 @@ def channel_conv1x1_out(
     return y
 
 
-def channel_conv3x3(
+def channel_conv3x3_triton(
     h: torch.Tensor,
     w2: torch.Tensor,
     b2: torch.Tensor,
@@ -438,50 +384,12 @@ def channel_conv3x3(
     counts: torch.Tensor,
     stride: int = 1,
     group_size: int = 1,
-    conv_groups: int = 1,
-    impl: str | None = None,
-    config: GemmConfig | dict | None = None,
+    config: GemmConfig | Mapping[str, int] | None = None,
 ) -> torch.Tensor:
-    """``relu(conv3x3(h) + b2)``, zero padding 1, from compacted active inputs to compacted active outputs.
-
-    Implicit GEMM over the 3x3 window: for each output pixel tile and output slot tile of a sample, the loop runs
-    over the 9 taps times the sample's active input channels; rows and columns of ``w2`` are gathered by ``idx``.
-
-    Args:
-        h: ``[N, H, W, Kmax]`` compacted conv1 output (NHWC-contiguous); its padding slots are ignored but must be
-            finite (``channel_conv1x1_out`` writes zeros there).
-        w2: ``[w, w / conv_groups, 3, 3]`` folded conv2 weight (any strides; ``pack_bottleneck_weights`` layout is
-            fastest).
-        b2: ``[w]`` folded bias.
-        idx, counts: from ``channel_index``.
-        stride: 1 or 2.
-        group_size: the ``G`` that built ``idx``. It only enables wider weight loads (slots come in aligned runs of
-            G consecutive channels); it must divide the real G (1 is always correct).
-        conv_groups: groups of the 3x3 conv (RegNet). Grouped convs run a dense masked fallback in PyTorch
-            (scatter to full width, cuDNN grouped conv, gather), correct but not faster than dense.
-        impl: force ``"triton"`` or ``"torch"``.
-        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
-            num_stages``).
-
-    Returns:
-        ``[N, Ho, Wo, Kmax]`` with ``Ho = (H - 1) // stride + 1``, padding slots 0.
-    """
-    check_nhwc(h, "h")
+    """Triton implicit GEMM of `channel_conv3x3_ref` (ungrouped convs). `group_size`: the G that built `idx` (it
+    only enables wider weight loads; any divisor of G is correct); `config` as for `channel_conv1x1_out_triton`."""
+    check_conv3x3_args(h, w2, b2, idx, counts, stride, group_size)
     n, height, width, kmax = h.shape
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride}")
-    if w2.dim() != 4 or w2.shape[2:] != (3, 3) or w2.shape[0] % conv_groups or w2.shape[0] != w2.shape[1] * conv_groups:
-        raise ValueError(f"w2 must be [w, w / conv_groups, 3, 3] with conv_groups={conv_groups}, got {tuple(w2.shape)}")
-    check_bias(b2, w2.shape[0], "b2")
-    _check_index(idx, counts, n, h.device)
-    if idx.shape[1] != kmax:
-        raise ValueError(f"h has {kmax} compacted slots but idx has {idx.shape[1]}")
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-    if conv_groups != 1:
-        return _grouped_conv3x3_fallback(h, w2, b2, idx, counts, stride, conv_groups)
-    if not use_triton(h, impl):
-        return ref.channel_conv3x3_ref(h, w2, b2, idx, counts, stride)
     ho, wo = (height - 1) // stride + 1, (width - 1) // stride + 1
     y = torch.empty(n, ho, wo, kmax, dtype=h.dtype, device=h.device)
     cfg = resolve_config(config, pick_config("channel_conv3x3", ho * wo, kmax, kmax))
@@ -500,34 +408,7 @@ def channel_conv3x3(
     return y
 
 
-def _grouped_conv3x3_fallback(
-    h: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    idx: torch.Tensor,
-    counts: torch.Tensor,
-    stride: int,
-    conv_groups: int,
-) -> torch.Tensor:
-    """Grouped 3x3 conv on compacted channels, done densely: scatter to full width, cuDNN, gather the active slots.
-
-    The inactive input channels are zero after the scatter, and the gather keeps only active outputs, so the result
-    equals the channel-skipping computation; it does the dense amount of work.
-    """
-    n, height, width, kmax = h.shape
-    w = w2.shape[0]
-    valid = slot_valid(idx, counts)
-    dense = torch.zeros(n, height, width, w + 1, dtype=h.dtype, device=h.device)
-    # padding slots scatter into a spare channel w, dropped below
-    target = torch.where(valid, idx.long(), torch.full_like(idx, w, dtype=torch.long))
-    dense.scatter_(3, target[:, None, None, :].expand(n, height, width, kmax), h)
-    x = dense[..., :w].permute(0, 3, 1, 2)
-    y = torch.nn.functional.conv2d(x.float(), w2.float(), b2.float(), stride=stride, padding=1, groups=conv_groups)
-    y = torch.relu(y).to(h.dtype).permute(0, 2, 3, 1)
-    return compact_channels(y, idx, counts).contiguous()
-
-
-def channel_conv1x1_in(
+def channel_conv1x1_in_triton(
     h: torch.Tensor,
     w3: torch.Tensor,
     b3: torch.Tensor,
@@ -535,51 +416,14 @@ def channel_conv1x1_in(
     counts: torch.Tensor,
     residual: torch.Tensor,
     out: torch.Tensor | None = None,
-    impl: str | None = None,
-    config: GemmConfig | dict | None = None,
+    config: GemmConfig | Mapping[str, int] | None = None,
     pool_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``relu(residual + conv1x1(h) + b3)`` reading only the active input channels; residual add + ReLU fused.
-
-    Args:
-        h: ``[N, H, W, Kmax]`` compacted conv2 output (NHWC-contiguous); padding slots ignored but must be finite.
-        w3: ``[Cout, w]`` or ``[Cout, w, 1, 1]`` folded conv3 weight (any strides; ``Cout`` contiguous is fastest).
-        b3: ``[Cout]`` folded bias.
-        idx, counts: from ``channel_index``.
-        residual: ``[N, H, W, Cout]`` NHWC-contiguous identity branch.
-        out: output tensor like ``residual``; may be ``residual`` itself (in place). Default: a new tensor.
-        impl: force ``"triton"`` or ``"torch"``.
-        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
-            num_stages``, and ``PREFETCH``: load the residual tile before the GEMM loop, default True).
-        pool_out: fp32 ``[N, Cout]`` contiguous or None: each sample's sums of the output (as stored) are added to
-            it in the epilogue (the next channel masker's pooling, `laudnet.kernels.channel_masker`).
-
-    Returns:
-        The output (``out`` when given). A sample with no active channel gets ``relu(residual + b3)``.
-    """
-    check_nhwc(h, "h")
+    """Triton kernel of `channel_conv1x1_in_ref`. `config` as for `channel_conv1x1_out_triton`; a mapping may also
+    give `PREFETCH` (load the residual tile before the GEMM loop; default True)."""
+    w2d = check_conv1x1_in_args(h, w3, b3, idx, counts, residual, out, pool_out)
     n, height, width, kmax = h.shape
-    w2d = conv1x1_as_2d(w3, "w3")
     cout = w2d.shape[0]
-    check_nhwc(residual, "residual", cout)
-    if residual.shape[:3] != h.shape[:3]:
-        raise ValueError(f"residual {tuple(residual.shape)} does not match h {tuple(h.shape)} in N, H, W")
-    check_bias(b3, cout, "b3")
-    _check_index(idx, counts, n, h.device)
-    if idx.shape[1] != kmax:
-        raise ValueError(f"h has {kmax} compacted slots but idx has {idx.shape[1]}")
-    if out is not None:
-        check_nhwc(out, "out", cout)
-        if out.shape != residual.shape or out.dtype != residual.dtype:
-            raise ValueError(f"out must match residual: {tuple(residual.shape)} {residual.dtype}")
-        if out.data_ptr() != residual.data_ptr() and _overlaps(out, residual):
-            raise ValueError("out must be residual itself or not overlap it")
-    if pool_out is not None and (pool_out.shape != (n, cout) or pool_out.dtype != torch.float32
-                                 or not pool_out.is_contiguous() or pool_out.device != h.device):
-        raise ValueError(f"pool_out must be contiguous fp32 [{n}, {cout}] on {h.device}, got {pool_out.dtype} "
-                         f"{tuple(pool_out.shape)}")
-    if not use_triton(h, impl):
-        return ref.channel_conv1x1_in_ref(h, w2d, b3, idx, counts, residual, out, pool_out)
     p = height * width
     o = torch.empty_like(residual) if out is None else out
     # prefetching the residual hides its load behind the (short) K loop: on by default, a mapping's PREFETCH overrides
@@ -597,9 +441,3 @@ def channel_conv1x1_in(
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
     return o
-
-
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    a0, b0 = a.data_ptr(), b.data_ptr()
-    a1, b1 = a0 + a.numel() * a.element_size(), b0 + b.numel() * b.element_size()
-    return a0 < b1 and b0 < a1

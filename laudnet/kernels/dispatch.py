@@ -2,20 +2,28 @@
 
 Order of precedence:
 1. env `LAUDNET_KERNELS=reference|triton` (unset or `auto`: no override; `torch` is an alias of `reference`);
-2. the op's `impl` argument (`"auto"`, `"reference"`, `"triton"`);
+2. the op's `impl` argument (`"auto"`, `"reference"`, `"triton"`; None is `"auto"`);
 3. `auto`: Triton when every tensor is on CUDA and triton imports, else the reference.
 
 Triton on CPU tensors is only possible under the interpreter (`TRITON_INTERPRET=1`), which is how CI tests the
 kernels; asking for it otherwise raises instead of silently running the reference.
+
+Every public op is declared here with `@_op(triton=..., reference=...)`: its signature and docstring are the op's,
+its body only prepares the arguments (see `_op`), and `OPS` maps each op's name to its two implementations.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ._utils import interpreter_enabled, triton_available
+from ._utils import GemmConfig, interpreter_enabled, triton_available
 
 IMPLS = ("auto", "reference", "triton")
 _ALIASES = {"torch": "reference"}  # the channel kernels' spelling of the reference path
@@ -52,9 +60,87 @@ def resolve_impl(*tensors: torch.Tensor, impl: str = "auto") -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# public ops: each resolves its implementation here and calls the Triton launcher or the reference
+# the registration helper
 
 
+class _Impl:
+    """One implementation of an op, `"module.function"` in this package, imported at its first call (the Triton
+    modules need triton only when they run), with the parameter names it takes."""
+
+    def __init__(self, path: str, op_params: tuple[str, ...]):
+        self.path = path
+        self.op_params = op_params  # the op's parameters but `impl`
+        self._fn: Callable[..., Any] | None = None
+        self.params: frozenset[str] = frozenset()
+        self.takes_all = False
+
+    def get(self) -> Callable[..., Any]:
+        if self._fn is None:
+            module, name = self.path.rsplit(".", 1)
+            fn = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+            self.params = frozenset(inspect.signature(fn).parameters)
+            self.takes_all = self.params.issuperset(self.op_params)
+            self._fn = fn
+        return self._fn
+
+
+OPS: dict[str, tuple[_Impl, _Impl]] = {}  # op name -> (Triton launcher, reference)
+
+
+def _op(triton: str, reference: str, *, reference_when: Callable[[dict[str, Any]], bool] | None = None):
+    """Make the decorated function a public op implemented by `triton` and `reference` ("module.function").
+
+    The function's body runs first with the call's arguments (Python checks the call against the signature): it
+    checks or completes them, returning None or a dict of replaced arguments (`impl` included). Unless
+    `reference_when(arguments)` says that the Triton launcher does not cover the call (grouped convs),
+    `resolve_impl` then chooses over the tensors given (those in tuple keyword arguments too), and the chosen function
+    is called with the arguments it takes, by name (`impl` never; the Triton launchers' `config` is not the reference's,
+    the reference's `groups` is not the launcher's).
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        params = inspect.signature(fn).parameters
+        if "impl" not in params:
+            raise TypeError(f"op {fn.__name__} must take impl")
+        names = tuple(params)
+        defaults = {k: p.default for k, p in params.items() if p.default is not p.empty}
+        op_params = tuple(k for k in names if k != "impl")
+        impls = (_Impl(triton, op_params), _Impl(reference, op_params))
+        OPS[fn.__name__] = impls
+
+        @functools.wraps(fn)
+        def op(*args: Any, **kwargs: Any) -> Any:
+            changed = fn(*args, **kwargs)
+            arguments = defaults.copy()
+            arguments.update(zip(names, args, strict=False))
+            arguments.update(kwargs)
+            if changed:
+                arguments.update(changed)
+            impl = arguments.pop("impl") or "auto"
+            if reference_when is not None and reference_when(arguments):
+                chosen = impls[1]
+            else:
+                tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]  # defaults hold none
+                for v in kwargs.values():
+                    if isinstance(v, tuple):  # rows_linear's heads
+                        tensors += [t for t in v if isinstance(t, torch.Tensor)]
+                chosen = impls[resolve_impl(*tensors, impl=impl) == "reference"]
+            call = chosen.get()
+            if chosen.takes_all:
+                return call(**arguments)
+            return call(**{k: v for k, v in arguments.items() if k in chosen.params})
+
+        return op
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public ops: the signature and docstring of each, its body preparing the arguments where needed (see `_op`)
+
+
+@_op(triton="spatial.gather_conv3x3_triton", reference="spatial_ref.gather_conv3x3_ref",
+     reference_when=lambda a: a["groups"] != 1)
 def gather_conv3x3(
     h1: torch.Tensor,
     weight: torch.Tensor,
@@ -89,14 +175,9 @@ def gather_conv3x3(
     Returns:
         `[P*S*S, Cout]`, row `p*S*S + dy*S + dx`; rows of pixels beyond the map are 0.
     """
-    from .spatial import gather_conv3x3_triton
-    from .spatial_ref import gather_conv3x3_ref
-
-    if groups != 1 or resolve_impl(h1, weight, bias, patch_idx, count, impl=impl) == "reference":
-        return gather_conv3x3_ref(h1, weight, bias, patch_idx, patch_size, stride, relu, groups=groups, count=count)
-    return gather_conv3x3_triton(h1, weight, bias, patch_idx, patch_size, stride, relu, count=count)
 
 
+@_op(triton="spatial.conv1x1_scatter_add_triton", reference="spatial_ref.conv1x1_scatter_add_ref")
 def conv1x1_scatter_add(
     y_gathered: torch.Tensor,
     weight: torch.Tensor,
@@ -134,16 +215,9 @@ def conv1x1_scatter_add(
     Returns:
         `out`.
     """
-    from .spatial import conv1x1_scatter_add_triton
-    from .spatial_ref import conv1x1_scatter_add_ref
-
-    if resolve_impl(y_gathered, weight, bias, residual, patch_idx, out, count, pool_out, impl=impl) == "reference":
-        return conv1x1_scatter_add_ref(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count,
-                                       pool_out)
-    return conv1x1_scatter_add_triton(y_gathered, weight, bias, residual, patch_idx, patch_size, relu, out, count=count,
-                                      pool_out=pool_out)
 
 
+@_op(triton="spatial.pixel_conv1x1_triton", reference="spatial_ref.pixel_conv1x1_ref")
 def pixel_conv1x1(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -176,20 +250,15 @@ def pixel_conv1x1(
             all H*W pixels of each listed sample in order, and `count` counts samples. No pixel list is built.
         impl: "auto", "reference" or "triton".
     """
-    from .spatial import pixel_conv1x1_triton
-    from .spatial_ref import pixel_conv1x1_ref
-
     if pix_idx is None:
         if x.dim() != 4:
             raise ValueError(f"x must be a 4-D NHWC tensor [N, H, W, C], got shape {tuple(x.shape)}")
         if per_sample:
             raise ValueError("per_sample needs a list of samples (pix_idx)")
-        pix_idx = torch.arange(x.shape[0] * x.shape[1] * x.shape[2], dtype=torch.int32, device=x.device)
-    if resolve_impl(x, weight, bias, pix_idx, out, count, impl=impl) == "reference":
-        return pixel_conv1x1_ref(x, weight, bias, pix_idx, relu, out, compact, count, per_sample)
-    return pixel_conv1x1_triton(x, weight, bias, pix_idx, relu, out, compact, count=count, per_sample=per_sample)
+        return {"pix_idx": torch.arange(x.shape[0] * x.shape[1] * x.shape[2], dtype=torch.int32, device=x.device)}
 
 
+@_op(triton="masker.window_sums_triton", reference="masker_ref.window_sums_ref")
 def window_sums(x: torch.Tensor, window: int, relu: bool = False, *, impl: str = "auto") -> torch.Tensor:
     """fp32 sums of an NHWC map over `window x window` windows: a spatial/layer masker's pooling, as sums.
 
@@ -203,14 +272,9 @@ def window_sums(x: torch.Tensor, window: int, relu: bool = False, *, impl: str =
     Returns:
         fp32 `[N, ceil(H/K), ceil(W/K), C]` (`[N, 1, 1, C]` for the whole map).
     """
-    from .masker import window_sums_triton
-    from .masker_ref import window_sums_ref
-
-    if resolve_impl(x, impl=impl) == "reference":
-        return window_sums_ref(x, window, relu)
-    return window_sums_triton(x, window, relu)
 
 
+@_op(triton="masker.masker_decide_triton", reference="masker_ref.masker_decide_ref")
 def masker_decide(
     sums: torch.Tensor,
     weight: torch.Tensor,
@@ -243,14 +307,9 @@ def masker_decide(
         active)`:
         active windows first (row-major), then the inactive ones; `T = N*gh*gw`.
     """
-    from .masker import masker_decide_triton
-    from .masker_ref import masker_decide_ref
-
-    if resolve_impl(sums, weight, bias, forced, impl=impl) == "reference":
-        return masker_decide_ref(sums, weight, bias, in_hw, window, forced, zero_active)
-    return masker_decide_triton(sums, weight, bias, in_hw, window, forced, zero_active)
 
 
+@_op(triton="masker.channel_masker_triton", reference="masker_ref.channel_masker_ref")
 def channel_masker(
     sums: torch.Tensor,
     pixels: int,
@@ -275,14 +334,9 @@ def channel_masker(
     Returns:
         bool `[N, groups]`.
     """
-    from .masker import channel_masker_triton
-    from .masker_ref import channel_masker_ref
-
-    if resolve_impl(sums, w1, b1, w2, b2, forced, impl=impl) == "reference":
-        return channel_masker_ref(sums, pixels, w1, b1, w2, b2, forced)
-    return channel_masker_triton(sums, pixels, w1, b1, w2, b2, forced)
 
 
+@_op(triton="layer.rows_add_relu_triton", reference="layer_ref.rows_add_relu_ref")
 def rows_add_relu_(
     out: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, relu: bool = True, *, impl: str = "auto"
 ) -> torch.Tensor:
@@ -298,14 +352,9 @@ def rows_add_relu_(
     Returns:
         `out`.
     """
-    from .layer import rows_add_relu_triton
-    from .layer_ref import rows_add_relu_ref
-
-    if resolve_impl(out, y, idx, impl=impl) == "reference":
-        return rows_add_relu_ref(out, y, idx, relu)
-    return rows_add_relu_triton(out, y, idx, relu)
 
 
+@_op(triton="rows.rows_linear_triton", reference="rows_ref.rows_linear_ref")
 def rows_linear(
     src: torch.Tensor,
     weight_t: torch.Tensor,
@@ -340,30 +389,17 @@ def rows_linear(
     Returns:
         (R, Cout) or (planes, R, Cout / planes) (gather form; rows past `count` unspecified) or `out`.
     """
-    from .rows import rows_linear_triton
-    from .rows_ref import rows_linear_ref
-
-    head_keep = (heads[0],) if heads is not None else ()
-    fn = rows_linear_ref
-    if resolve_impl(src, weight_t, bias, in_idx, count, out, out_idx, keep, scale, *head_keep, impl=impl) == "triton":
-        fn = rows_linear_triton
-    return fn(src, weight_t, bias, in_idx, count, act, out=out, out_idx=out_idx, keep=keep, scale=scale,
-              planes=planes, heads=heads)
 
 
+@_op(triton="token.rows_layer_norm_triton", reference="token_ref.rows_layer_norm_ref")
 def rows_layer_norm(src: torch.Tensor, in_idx: torch.Tensor | None, count: torch.Tensor | None,
                     weight: torch.Tensor, bias: torch.Tensor, eps: float, *, impl: str = "auto") -> torch.Tensor:
     """LayerNorm of the listed rows `src[in_idx[r]]` (every row when in_idx is None; r < count, counted on the
     device) into a packed (R, C) matrix (`token_ref.rows_layer_norm_ref`; rows past count unspecified). One Triton
     launch on CUDA."""
-    from .token import rows_layer_norm_triton
-    from .token_ref import rows_layer_norm_ref
-
-    if resolve_impl(src, in_idx, count, weight, bias, impl=impl) == "triton":
-        return rows_layer_norm_triton(src, in_idx, count, weight, bias, eps)
-    return rows_layer_norm_ref(src, in_idx, count, weight, bias, eps)
 
 
+@_op(triton="pack.pack_rows_triton", reference="pack_ref.pack_rows_ref")
 def pack_rows(tokens: torch.Tensor | None, run: torch.Tensor | None, shape: tuple[int, int], with_cls: bool = False,
               *, impl: str = "auto"):
     """Fixed-capacity packing of a ViT's token rows without host reads (`pack_ref.py`): `Packing(pos int64 (B·N,),
@@ -378,16 +414,11 @@ def pack_rows(tokens: torch.Tensor | None, run: torch.Tensor | None, shape: tupl
         with_cls: compute every sample's class token (no empty sequence).
         impl: "auto", "reference" or "triton".
     """
-    from .pack import pack_rows_triton
-    from .pack_ref import pack_rows_ref
-
     if tokens is None and run is None:
         raise ValueError("pack_rows needs tokens or run: with neither, every row is selected (no packing needed)")
-    if resolve_impl(tokens, run, impl=impl) == "reference":
-        return pack_rows_ref(tokens, run, shape, with_cls)
-    return pack_rows_triton(tokens, run, shape, with_cls)
 
 
+@_op(triton="token.layer_norm_score_triton", reference="token_ref.layer_norm_score_ref")
 def layer_norm_score(
     x: torch.Tensor,
     ln_weight: torch.Tensor,
@@ -410,15 +441,9 @@ def layer_norm_score(
         `(y, score, keep)`: y `[..., N, C]` in x's dtype, score fp32 `[..., N]`, keep bool `[..., N]` (score ≥ 0, and
         the first token of each sequence, the class token, always).
     """
-    from .token import layer_norm_score_triton
-    from .token_ref import layer_norm_score_ref
-
-    if resolve_impl(x, ln_weight, ln_bias, score_w, score_b, impl=impl) == "reference":
-        return layer_norm_score_ref(x, ln_weight, ln_bias, eps, score_w, score_b)
-    return layer_norm_score_triton(x, ln_weight, ln_bias, eps, score_w, score_b)
 
 
-
+@_op(triton="stem.stem_conv_triton", reference="stem_ref.stem_conv_ref")
 def stem_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -447,14 +472,9 @@ def stem_conv(
     Returns:
         NHWC `[N, HO, WO, Cout]`.
     """
-    from .stem import stem_conv_triton
-    from .stem_ref import stem_conv_ref
-
-    if resolve_impl(x, weight, bias, impl=impl) == "reference":
-        return stem_conv_ref(x, weight, bias, kernel, stride, padding, relu)
-    return stem_conv_triton(x, weight, bias, kernel, stride, padding, relu)
 
 
+@_op(triton="token.pooled_decisions_triton", reference="token_ref.pooled_decisions_ref")
 def pooled_decisions(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     """A ViT block's per-sample decisions (kept heads, executed sub-blocks) from the mean of its normalised tokens, in
     one pass: bool `[B, K]`, `weight · mean_n(y) + bias ≥ 0` in fp32.
@@ -464,14 +484,9 @@ def pooled_decisions(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
         weight, bias: fp32 `[K, C]`, `[K]`: the execute-minus-skip rows of the maskers' linears, stacked.
         impl: "auto", "reference" or "triton".
     """
-    from .token import pooled_decisions_triton
-    from .token_ref import pooled_decisions_ref
-
-    if resolve_impl(y, weight, bias, impl=impl) == "reference":
-        return pooled_decisions_ref(y, weight, bias)
-    return pooled_decisions_triton(y, weight, bias)
 
 
+@_op(triton="attention.varlen_attention_triton", reference="attention_ref.varlen_attention_ref")
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -496,11 +511,133 @@ def varlen_attention(
         heads: bool `[S, H]`, the computed pairs, or None for every pair.
         impl: "auto", "reference" or "triton".
     """
-    from .attention import varlen_attention_triton
-    from .attention_ref import varlen_attention_ref
-
     if impl == "auto" and q.is_cuda and q.dtype == torch.float32:
-        impl = "reference"  # the kernel's tl.dot would round fp32 to tf32 on the GPU
-    if resolve_impl(q, k, v, cu, heads, impl=impl) == "reference":
-        return varlen_attention_ref(q, k, v, cu, max_len, scale, heads)
-    return varlen_attention_triton(q, k, v, cu, max_len, scale, heads)
+        return {"impl": "reference"}  # the kernel's tl.dot would round fp32 to tf32 on the GPU
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# channel skipping (`channel.py`, `channel_ref.py`)
+
+
+@_op(triton="channel.channel_index_triton", reference="channel_ref.channel_index_ref")
+def channel_index(
+    mask_groups: torch.Tensor,
+    group_size: int,
+    kmax: int | None = None,
+    align: int = 16,
+    impl: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample compacted active channel indices and counts from a group mask.
+
+    Args:
+        mask_groups: bool ``[N, n_groups]``; True keeps group ``g`` = channels ``g*G .. g*G+G-1``.
+        group_size: channels per group ``G``.
+        kmax: width of the compacted tensors. Default: the largest count rounded up to ``align``, which reads the
+            counts on the host (a device sync). ``kmax >= n_groups * G`` needs no sync (and no check); a smaller
+            ``kmax`` is checked against the counts (a sync) and rejected if too small.
+        align: rounding multiple for the default ``kmax`` (16 keeps compacted rows 32-byte aligned in bf16).
+        impl: ``"triton"``, ``"reference"`` (alias ``"torch"``), or None / ``"auto"`` (see `resolve_impl`).
+
+    Returns:
+        ``idx`` int32 ``[N, kmax]`` (active channel ids in increasing order, padding slots 0) and ``counts`` int32
+        ``[N]``.
+    """
+
+
+@_op(triton="channel.channel_conv1x1_out_triton", reference="channel_ref.channel_conv1x1_out_ref")
+def channel_conv1x1_out(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    idx: torch.Tensor,
+    counts: torch.Tensor,
+    impl: str | None = None,
+    config: GemmConfig | dict | None = None,
+) -> torch.Tensor:
+    """``relu(conv1x1(x) + b1)`` computed for the active output channels only, written compacted.
+
+    Args:
+        x: ``[N, H, W, Cin]`` NHWC-contiguous block input.
+        w1: ``[w, Cin]`` or ``[w, Cin, 1, 1]`` folded conv1 weight (any strides; ``Cin`` contiguous is fastest).
+        b1: ``[w]`` folded bias.
+        idx, counts: from ``channel_index``.
+        impl: ``"triton"``, ``"reference"`` (alias ``"torch"``), or None / ``"auto"``.
+        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
+            num_stages``).
+
+    Returns:
+        ``[N, H, W, Kmax]``: slot ``k < counts[n]`` holds channel ``idx[n, k]``, other slots 0.
+    """
+
+
+@_op(triton="channel.channel_conv3x3_triton", reference="channel_ref.channel_conv3x3_ref",
+     reference_when=lambda a: a["conv_groups"] != 1)
+def channel_conv3x3(
+    h: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    idx: torch.Tensor,
+    counts: torch.Tensor,
+    stride: int = 1,
+    group_size: int = 1,
+    conv_groups: int = 1,
+    impl: str | None = None,
+    config: GemmConfig | dict | None = None,
+) -> torch.Tensor:
+    """``relu(conv3x3(h) + b2)``, zero padding 1, from compacted active inputs to compacted active outputs.
+
+    Implicit GEMM over the 3x3 window: for each output pixel tile and output slot tile of a sample, the loop runs
+    over the 9 taps times the sample's active input channels; rows and columns of ``w2`` are gathered by ``idx``.
+
+    Args:
+        h: ``[N, H, W, Kmax]`` compacted conv1 output (NHWC-contiguous); its padding slots are ignored but must be
+            finite (``channel_conv1x1_out`` writes zeros there).
+        w2: ``[w, w / conv_groups, 3, 3]`` folded conv2 weight (any strides; ``pack_bottleneck_weights`` layout is
+            fastest).
+        b2: ``[w]`` folded bias.
+        idx, counts: from ``channel_index``.
+        stride: 1 or 2.
+        group_size: the ``G`` that built ``idx``. It only enables wider weight loads (slots come in aligned runs of
+            G consecutive channels); it must divide the real G (1 is always correct).
+        conv_groups: groups of the 3x3 conv (RegNet). Grouped convs run a dense masked fallback in PyTorch
+            (scatter to full width, cuDNN grouped conv, gather), correct but not faster than dense.
+        impl: ``"triton"``, ``"reference"`` (alias ``"torch"``), or None / ``"auto"``.
+        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
+            num_stages``).
+
+    Returns:
+        ``[N, Ho, Wo, Kmax]`` with ``Ho = (H - 1) // stride + 1``, padding slots 0.
+    """
+
+
+@_op(triton="channel.channel_conv1x1_in_triton", reference="channel_ref.channel_conv1x1_in_ref")
+def channel_conv1x1_in(
+    h: torch.Tensor,
+    w3: torch.Tensor,
+    b3: torch.Tensor,
+    idx: torch.Tensor,
+    counts: torch.Tensor,
+    residual: torch.Tensor,
+    out: torch.Tensor | None = None,
+    impl: str | None = None,
+    config: GemmConfig | dict | None = None,
+    pool_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``relu(residual + conv1x1(h) + b3)`` reading only the active input channels; residual add + ReLU fused.
+
+    Args:
+        h: ``[N, H, W, Kmax]`` compacted conv2 output (NHWC-contiguous); padding slots ignored but must be finite.
+        w3: ``[Cout, w]`` or ``[Cout, w, 1, 1]`` folded conv3 weight (any strides; ``Cout`` contiguous is fastest).
+        b3: ``[Cout]`` folded bias.
+        idx, counts: from ``channel_index``.
+        residual: ``[N, H, W, Cout]`` NHWC-contiguous identity branch.
+        out: output tensor like ``residual``; may be ``residual`` itself (in place). Default: a new tensor.
+        impl: ``"triton"``, ``"reference"`` (alias ``"torch"``), or None / ``"auto"``.
+        config: the tiles, a ``GemmConfig`` or a mapping overriding the default's (``BM, BN, BK, num_warps,
+            num_stages``, and ``PREFETCH``: load the residual tile before the GEMM loop, default True).
+        pool_out: fp32 ``[N, Cout]`` contiguous or None: each sample's sums of the output (as stored) are added to
+            it in the epilogue (the next channel masker's pooling, `laudnet.kernels.channel_masker`).
+
+    Returns:
+        The output (``out`` when given). A sample with no active channel gets ``relu(residual + b3)``.
+    """

@@ -163,21 +163,20 @@ def test_layer_rows_kernel_compiles(launches, tmp_path):
 
 @pytest.mark.parametrize("group_size", [8, 4])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_channel_kernels_compile(launches, tmp_path, monkeypatch, group_size, stride):
+def test_channel_kernels_compile(launches, tmp_path, group_size, stride):
     """Channel skipping: the index lists, conv1 onto the active channels, the gathered 3x3 and conv3 reading them
     (with the next masker's pooling), in the weight layouts deployment packs; the GEMMs' K loops pipelined."""
-    monkeypatch.setattr(channel, "use_triton", lambda t, impl=None: True)  # CPU tensors, interpreter off
     cin, width = 128, 64
     w1, w2, w3 = channel.pack_bottleneck_weights(_bf16(width, cin), _bf16(width, width, 3, 3), _bf16(cin, width))
     mask = torch.zeros(2, width // group_size, dtype=torch.bool)
     mask[:, ::2] = True
-    idx, counts = channel.channel_index(mask, group_size, kmax=width)
+    idx, counts = channel.channel_index_triton(mask, group_size, kmax=width)
     x = _bf16(2, 8, 8, cin)
-    h1 = channel.channel_conv1x1_out(x, w1, _bf16(width), idx, counts)
-    h2 = channel.channel_conv3x3(h1, w2, _bf16(width), idx, counts, stride, group_size=group_size)
+    h1 = channel.channel_conv1x1_out_triton(x, w1, _bf16(width), idx, counts)
+    h2 = channel.channel_conv3x3_triton(h1, w2, _bf16(width), idx, counts, stride, group_size=group_size)
     res = _bf16(2, h2.shape[1], h2.shape[2], cin)
-    channel.channel_conv1x1_in(h2, w3, _bf16(cin), idx, counts, res, out=res,
-                               pool_out=torch.zeros(2, cin, dtype=torch.float32))
+    channel.channel_conv1x1_in_triton(h2, w3, _bf16(cin), idx, counts, res, out=res,
+                                      pool_out=torch.zeros(2, cin, dtype=torch.float32))
     stats = _compile_all(launches, tmp_path)
     assert all(s["async_copies"] > 0 for s in stats[1:]), stats  # the three GEMMs' loads are pipelined
 
@@ -215,7 +214,7 @@ def test_masker_kernels_compile(launches, tmp_path):
 
 
 def test_tile_configs_fit_sm90(launches, tmp_path):
-    """Every named tile configuration (the ones `_pick_config` chooses from and the benchmarks sweep) compiles on
+    """Every named tile configuration (the ones `_utils.pick_config` chooses from and the benchmarks sweep) compiles on
     DeiT-S / ResNet shapes within an SM's shared memory, its K loop pipelined."""
     src, wt = _bf16(512, 384), _bf16(384, 1536)
     for cfg in spatial.CONV1X1_CONFIGS.values():
