@@ -45,7 +45,7 @@ from laudnet.deploy.fold import fold_conv_bn
 from laudnet.deploy.graphs import if_node
 from laudnet.flops import conv_out_size
 from laudnet.kernels import channel as channel_ops
-from laudnet.kernels.masker_ref import MAP_WINDOW, MaskerDecisions
+from laudnet.kernels.indexing import MAP_WINDOW, MaskerDecisions
 from laudnet.masks import expand_channel_groups, expand_patches, pool_patches
 
 MASKERS = ("fused", "kernel", "torch")

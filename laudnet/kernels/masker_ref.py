@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from ._utils import check_nhwc
-from .indexing import MAP_WINDOW as MAP_WINDOW  # laudnet.deploy.blocks imports it from here (new code: indexing)
 from .indexing import MaskerDecisions, window_counts, window_grid, window_size
 
 
