@@ -33,7 +33,7 @@ def conv1_region_fraction(in_size: int, out_size: int, patch: int, stride: int, 
     """Expected fraction of conv1's output pixels that the active patches' 3x3 windows read, patches active
     independently with probability `density`.
 
-    engine: `laudnet.kernels.spatial_ref.conv1_pixel_mask`: output patch p (per axis) reads input rows
+    engine: `laudnet.kernels.indexing.conv1_pixel_mask`: output patch p (per axis) reads input rows
     [p*S*s - 1, (p*S + S - 1)*s + 1], clipped to the map; a pixel is computed iff any patch whose window covers it
     is active, i.e. with probability 1 - (1 - density)^(patches covering it).
     """

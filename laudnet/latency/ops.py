@@ -542,7 +542,7 @@ class OpModel:
     def compact_list(self, n: int) -> Cost:
         """Sync-free compaction of `n` flags into an index list and a device-side count.
 
-        Mirrors `laudnet.kernels.spatial_ref._compact`: zeros(n+1) int32, cumsum to int32, - 1, .long(),
+        Mirrors `laudnet.kernels.indexing._compact`: zeros(n+1) int32, cumsum to int32, - 1, .long(),
         where(flag, pos, n), arange, scatter_ (+ the count, a one-element op): 8 kernels whose traffic sums to
         30 bytes read and 36 bytes written per flag.
         """
