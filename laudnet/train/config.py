@@ -288,6 +288,21 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return float(value) if kind is float else value
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """The parsed YAML of ``path``; ``what`` names the file in the errors (``config file``, ``demo config``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid YAML (with the parser's first line).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+
+
 def load_yaml_overrides(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML config: a mapping of TrainConfig fields (dashes or underscores), checked key by key.
 
@@ -296,12 +311,7 @@ def load_yaml_overrides(path: str | os.PathLike) -> dict[str, Any]:
         ValueError: not a mapping, an unknown key (naming it and the file), or a value of the wrong type.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    data = read_yaml(path, "config file")
     if data is None:
         return {}
     return check_overrides(data, f"config file {path}", where=f" in {path}")

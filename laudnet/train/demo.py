@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 PHASES = ("static", "dynamic")
 
@@ -30,15 +28,10 @@ def load_recipe(path: str | Path, output: str | None = None):
         FileNotFoundError: no such file.
         ValueError: not a mapping, or an unknown key or bad value in any section (naming it and the file).
     """
-    from laudnet.train.config import TrainConfig, check_overrides
+    from laudnet.train.config import TrainConfig, check_overrides, read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"demo config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"demo config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    data = read_yaml(path, "demo config")
     if not isinstance(data, dict) or "dynamic" not in data:
         raise ValueError(f"demo config {path} must be a mapping with a 'dynamic:' section (and optionally 'static:')")
     sections = {name: data.pop(name) for name in PHASES if name in data}
