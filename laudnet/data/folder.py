@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,42 @@ BAD_IMAGE_POLICIES = ("skip", "error")
 
 class BadImageError(ValueError):
     """An image file that cannot be decoded, under ``on_bad_image="error"``."""
+
+
+class BadImages:
+    """What a dataset does with image files that cannot be decoded, and how many it skipped.
+
+    Args:
+        policy: ``skip`` (a warning naming the file, counted in :attr:`count`, the read gives ``None``) or ``error``
+            (:class:`BadImageError` naming it).
+    """
+
+    def __init__(self, policy: str = "skip") -> None:
+        if policy not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {policy!r}")
+        self.policy = policy
+        # Shared with the DataLoader workers (inherited at their start), so the main process sees their count.
+        self._count = multiprocessing.Value("l", 0)
+
+    @property
+    def count(self) -> int:
+        """Images skipped so far, by this process and its DataLoader workers (each read counts)."""
+        return int(self._count.value)
+
+    def read(self, path: str | os.PathLike, loader: Callable[[Any], Any], stacklevel: int = 3) -> Any | None:
+        """``loader(path)``, or ``None`` for an undecodable file under ``skip``."""
+        try:
+            return loader(path)  # PIL decodes in convert("RGB"), so truncation surfaces here
+        except (OSError, SyntaxError) as err:  # PIL's errors of corrupt files (UnidentifiedImageError is an OSError)
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if self.policy == "error":
+                raise BadImageError(
+                    f"unreadable image {path} ({detail}); remove or replace it, or pass --on-bad-image skip"
+                ) from None
+            with self._count.get_lock():
+                self._count.value += 1
+            warnings.warn(f"skipping unreadable image {path} ({detail})", stacklevel=stacklevel)
+            return None
 
 
 def build_transforms(image_size: int = 224, train: bool = True) -> transforms.Compose:
@@ -106,11 +143,8 @@ class ImageFolderDataset(ImageFolder):
         num_samples: int | None = None,
         on_bad_image: str = "skip",
     ) -> None:
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+        self._bad = BadImages(on_bad_image)
         self.on_bad_image = on_bad_image
-        # Shared with the DataLoader workers (inherited at their start), so the main process sees their count.
-        self._bad_count = multiprocessing.Value("l", 0)
         folder = split_folder(root, split)
         self._train_classes = class_names(root)
         train = split == "train" if train_transforms is None else train_transforms
@@ -133,21 +167,12 @@ class ImageFolderDataset(ImageFolder):
     @property
     def bad_images(self) -> int:
         """Unreadable images skipped so far, by this process and its DataLoader workers (each read counts)."""
-        return int(self._bad_count.value)
+        return self._bad.count
 
     def __getitem__(self, index: int) -> tuple[Any, int] | None:
         path, target = self.samples[index]
-        try:
-            sample = self.loader(path)  # PIL decodes in convert("RGB"), so truncation surfaces here
-        except (OSError, SyntaxError) as err:  # PIL's errors of corrupt files (UnidentifiedImageError is an OSError)
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if self.on_bad_image == "error":
-                raise BadImageError(
-                    f"unreadable image {path} ({detail}); remove or replace it, or pass --on-bad-image skip"
-                ) from None
-            with self._bad_count.get_lock():
-                self._bad_count.value += 1
-            warnings.warn(f"skipping unreadable image {path} ({detail})", stacklevel=2)
+        sample = self._bad.read(path, self.loader)
+        if sample is None:
             return None
         if self.transform is not None:
             sample = self.transform(sample)

@@ -24,9 +24,7 @@ import contextlib
 import io
 import json
 import math
-import multiprocessing
 import os
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from torch.utils.data import Dataset
 
 from laudnet.data.canvas import _BOX_THRESHOLD, _SPLIT_CODES, _resize
 from laudnet.data.fashion import CLASSES, load_fashion_arrays
-from laudnet.data.folder import BAD_IMAGE_POLICIES, IMAGE_EXTENSIONS, BadImageError
+from laudnet.data.folder import IMAGE_EXTENSIONS, BadImages
 
 Target = dict[str, Any]
 
@@ -126,6 +124,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _open_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 class CocoDetection(Dataset):
     """Images of a folder with their COCO instance annotations, as torchvision detection targets.
 
@@ -156,12 +161,10 @@ class CocoDetection(Dataset):
         on_bad_image: str = "skip",
         transforms: Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]] | None = None,
     ) -> None:
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+        self._bad = BadImages(on_bad_image)
         self.image_folder = Path(image_folder)
         self.annotation_file = Path(annotation_file)
         self.masks, self.keep_crowd, self.on_bad_image, self.transforms = masks, keep_crowd, on_bad_image, transforms
-        self._bad_count = multiprocessing.Value("l", 0)
         dataset = self._read_json()
         self._check_folder()
         self._check_annotations(dataset)
@@ -235,28 +238,17 @@ class CocoDetection(Dataset):
     @property
     def bad_images(self) -> int:
         """Undecodable images skipped so far, by this process and its DataLoader workers."""
-        return int(self._bad_count.value)
+        return self._bad.count
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _load_image(self, info: dict[str, Any]) -> torch.Tensor | None:
-        from PIL import Image
         from torchvision.transforms.functional import pil_to_tensor
 
         path = self.image_folder / info["file_name"]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, SyntaxError) as err:  # PIL's errors of corrupt files (UnidentifiedImageError is an OSError)
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if self.on_bad_image == "error":
-                raise BadImageError(
-                    f"unreadable image {path} ({detail}); remove or replace it, or pass --on-bad-image skip"
-                ) from None
-            with self._bad_count.get_lock():
-                self._bad_count.value += 1
-            warnings.warn(f"skipping unreadable image {path} ({detail})", stacklevel=3)
+        image = self._bad.read(path, _open_rgb, stacklevel=4)
+        if image is None:
             return None
         if image.size != (info["width"], info["height"]):
             raise ValueError(f"image {path} is {image.size[0]}x{image.size[1]} pixels but {self.annotation_file} "
