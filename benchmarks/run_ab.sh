@@ -25,65 +25,69 @@
 #   OUT=dir benchmarks/run_ab.sh demo-gap (then demo-gap-2)   # the demo recipe's variants, to close its accuracy gap
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
-# COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved).
+# COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
+# card's model (h100, h200) is read from nvidia-smi.
 set -u
 part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|demo-gap|demo-gap-2|pareto"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
+# the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
+dev=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -io 'h[0-9]\+' | tr A-Z a-z)
+dev=${dev:-gpu}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 case $part in
 vit)
-    timeout 200 python -m pytest -q tests/kernels tests/deploy -k "cuda or gpu" > "$out/pytest_gpu_h200_$c.txt" 2>&1
-    tail -3 "$out/pytest_gpu_h200_$c.txt"
-    timeout 90 python benchmarks/bench_stem.py --out "$out/bench_stem_r101_h200_$c.json" --commit "$c" 2>&1 | tail -4
+    timeout 200 python -m pytest -q tests/kernels tests/deploy -k "cuda or gpu" > "$out/pytest_gpu_${dev}_$c.txt" 2>&1
+    tail -3 "$out/pytest_gpu_${dev}_$c.txt"
+    timeout 90 python benchmarks/bench_stem.py --out "$out/bench_stem_r101_${dev}_$c.json" --commit "$c" 2>&1 | tail -4
     timeout 270 python benchmarks/bench_vit.py --batches 128 1 --budget-s 140 \
-        --out "$out/bench_vit_h200_$c.json" --commit "$c" > "$out/bench_vit_h200_$c.log" 2>&1
-    python benchmarks/bench_vit.py --report "$out/bench_vit_h200_$c.json" | head -40 ;;
+        --out "$out/bench_vit_${dev}_$c.json" --commit "$c" > "$out/bench_vit_${dev}_$c.log" 2>&1
+    python benchmarks/bench_vit.py --report "$out/bench_vit_${dev}_$c.json" | head -40 ;;
 cnn)
-    name=bench_models_tuned_r101_h200_$c
+    name=bench_models_tuned_r101_${dev}_$c
     timeout 540 python benchmarks/bench_models.py --models laud_resnet101 --batches 128 1 --tune --rates 0.5 \
         --dense-whole --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
 fastest)
-    timeout 150 python -m pytest -q tests/deploy/test_tune.py -k "gpu" > "$out/pytest_fastest_gpu_h200_$c.txt" 2>&1
-    tail -2 "$out/pytest_fastest_gpu_h200_$c.txt"
-    timeout 420 python benchmarks/bench_fastest.py --batches 128 1 --out "$out/bench_fastest_r101_h200_$c.json" \
+    timeout 150 python -m pytest -q tests/deploy/test_tune.py -k "gpu" > "$out/pytest_fastest_gpu_${dev}_$c.txt" 2>&1
+    tail -2 "$out/pytest_fastest_gpu_${dev}_$c.txt"
+    timeout 420 python benchmarks/bench_fastest.py --batches 128 1 --out "$out/bench_fastest_r101_${dev}_$c.json" \
         --commit "$c" 2>&1 | grep "^{" | cut -c1-240 ;;
 fastest-vit)
     timeout 540 python benchmarks/bench_fastest.py --model laud_deit_small --paradigms token head layer \
-        --batches 128 1 --out "$out/bench_fastest_deit_s_h200_$c.json" --commit "$c" 2>&1 | grep "^{" | cut -c1-240 ;;
+        --batches 128 1 --out "$out/bench_fastest_deit_s_${dev}_$c.json" --commit "$c" 2>&1 | grep "^{" | cut -c1-240 ;;
 stem)
     timeout 200 python -m pytest -q tests/kernels/test_stem_kernels.py tests/deploy/test_deploy.py \
-        tests/deploy/test_conditional.py -k "gpu or cuda" > "$out/pytest_stem_gpu_h200_$c.txt" 2>&1
-    tail -2 "$out/pytest_stem_gpu_h200_$c.txt"
-    name=bench_models_stem_triton_r101_h200_$c
+        tests/deploy/test_conditional.py -k "gpu or cuda" > "$out/pytest_stem_gpu_${dev}_$c.txt" 2>&1
+    tail -2 "$out/pytest_stem_gpu_${dev}_$c.txt"
+    name=bench_models_stem_triton_r101_${dev}_$c
     timeout 420 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer --batches 1 128 \
         --rates 0.5 --stem triton --tune --conditional --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -30 ;;
 conditional)
-    python -m pytest -q tests/deploy/test_conditional.py > "$out/pytest_conditional_gpu_h200_$c.txt" 2>&1
-    tail -2 "$out/pytest_conditional_gpu_h200_$c.txt"
-    name=bench_models_conditional_r101_h200_$c
+    python -m pytest -q tests/deploy/test_conditional.py > "$out/pytest_conditional_gpu_${dev}_$c.txt" 2>&1
+    tail -2 "$out/pytest_conditional_gpu_${dev}_$c.txt"
+    name=bench_models_conditional_r101_${dev}_$c
     timeout 540 python benchmarks/bench_models.py --models laud_resnet101 --paradigms layer spatial --batches 1 128 \
         --rates 0.5 --tune --conditional --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
 next)
     timeout 150 python -m pytest -q tests/kernels/test_attention_kernels.py \
-        tests/deploy/test_deploy_vit_modes.py -k "cuda or gpu" > "$out/pytest_next_gpu_h200_$c.txt" 2>&1
-    tail -2 "$out/pytest_next_gpu_h200_$c.txt"
+        tests/deploy/test_deploy_vit_modes.py -k "cuda or gpu" > "$out/pytest_next_gpu_${dev}_$c.txt" 2>&1
+    tail -2 "$out/pytest_next_gpu_${dev}_$c.txt"
     timeout 150 python benchmarks/bench_vit.py --batches 128 1 --token-rates --head-rates 0.5 0.33 --layer-rates \
-        --spread 0 --no-combo --budget-s 100 --out "$out/bench_vit_heads_h200_$c.json" --commit "$c" \
-        > "$out/bench_vit_heads_h200_$c.log" 2>&1
-    python benchmarks/bench_vit.py --report "$out/bench_vit_heads_h200_$c.json" | grep -i "head\|flash" | cut -c1-200
+        --spread 0 --no-combo --budget-s 100 --out "$out/bench_vit_heads_${dev}_$c.json" --commit "$c" \
+        > "$out/bench_vit_heads_${dev}_$c.log" 2>&1
+    python benchmarks/bench_vit.py --report "$out/bench_vit_heads_${dev}_$c.json" | grep -i "head\|flash" | cut -c1-200
     timeout 100 python benchmarks/bench_layer_kernels.py --batch 1 --count 1 \
-        --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -16
-    timeout 90 python benchmarks/bench_stem.py --out "$out/bench_stem_r101_h200_$c.json" --commit "$c" 2>&1 | tail -14 ;;
+        --out "$out/bench_layer_kernels_b1_${dev}_$c.json" --commit "$c" 2>&1 | tail -16
+    timeout 90 python benchmarks/bench_stem.py --out "$out/bench_stem_r101_${dev}_$c.json" --commit "$c" 2>&1 | tail -14 ;;
 kernels-b1)
     timeout 300 python benchmarks/bench_layer_kernels.py --batch 1 --count 1 \
-        --out "$out/bench_layer_kernels_b1_h200_$c.json" --commit "$c" 2>&1 | tail -20 ;;
+        --out "$out/bench_layer_kernels_b1_${dev}_$c.json" --commit "$c" 2>&1 | tail -20 ;;
 full-r101|full-r50)
     m=laud_resnet${part#full-r}
-    name=bench_models_full_${part#full-}_h200_$c
+    name=bench_models_full_${part#full-}_${dev}_$c
     timeout 570 python benchmarks/bench_models.py --models "$m" --batches 128 1 --tune --rates 0.25 0.5 0.75 \
         --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1
     python benchmarks/report_models.py "$out/$name.json" | grep -v "^$" | head -40 ;;
