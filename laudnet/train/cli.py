@@ -1,4 +1,4 @@
-"""``laudnet train``, ``laudnet eval`` and ``laudnet viz``: the command line over :mod:`laudnet.train.loop`.
+"""``laudnet train``, ``laudnet eval`` and ``laudnet viz``: the command line over :func:`laudnet.train.loop.train`.
 
 - ``laudnet train -c config.yaml [--flag value ...]``: flags override the YAML file, which overrides the defaults;
   under ``torchrun`` every process runs the same command (one per GPU).
@@ -119,7 +119,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def checkpoint_model_args(state: dict[str, Any]) -> dict[str, Any]:
     """The `create_model` arguments of a training checkpoint: its ``model_args``, or for a checkpoint written before
     they were stored, the model name, paradigm, granularity, classes and image size (where the model takes one)."""
-    from laudnet.train.loop import size_kwargs
+    from laudnet.train.build import size_kwargs
 
     if "model_args" in state:
         return dict(state["model_args"])
@@ -167,8 +167,9 @@ def evaluate_checkpoint(path: str | Path, args: argparse.Namespace) -> tuple[Any
     import torch
 
     from laudnet.data import build_loader
+    from laudnet.train.build import build_datasets, check_config_inputs
     from laudnet.train.distributed import resolve_device
-    from laudnet.train.loop import build_datasets, check_config_inputs, evaluate
+    from laudnet.train.evaluation import evaluate
 
     model, state = load_trained(path, getattr(args, "model", None))
     cfg = _eval_config(state, args)
@@ -188,7 +189,7 @@ def evaluate_checkpoint(path: str | Path, args: argparse.Namespace) -> tuple[Any
 
 
 def format_eval(result, title: str) -> str:
-    """A text table of an :class:`~laudnet.train.loop.EvalResult`."""
+    """A text table of an :class:`~laudnet.train.evaluation.EvalResult`."""
     from laudnet.train.viz import short_block_name
 
     lines = [

@@ -1,13 +1,64 @@
-"""Schedules of LAUDNet training: the Gumbel temperature and noise, and the per-block FLOPs bounds."""
+"""Schedules of LAUDNet training: the learning rate, the Gumbel temperature and noise, the per-block FLOPs bounds."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+import torch
 
 TEMPERATURE_KINDS = ("exp", "linear", "cosine")
 NOISE_KINDS = ("constant", "linear", "cosine")
 # How the FLOPs-target term reduces over the batch (see `laudnet.train.losses.LaudLoss`).
 FLOPS_REDUCTIONS = ("batch", "sample")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Multiplier of the base lr at optimiser step ``step``: linear warm-up, then cosine down to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    p = min(max((step - warmup_steps) / span, 0.0), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def group_lr(group: str, lr: float, masker_lr_mult: float) -> float:
+    """Initial lr of a parameter group: ``lr`` for the backbone, ``masker_lr_mult`` × ``lr`` for the maskers (the
+    groups ``masker`` and ``masker_no_decay`` of `laudnet.train.build.build_optimizer`)."""
+    return lr * (masker_lr_mult if group.startswith("masker") else 1.0)
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The per-iteration learning rate of a run (the official recipe): linear warm-up over ``warmup_steps``, then
+    cosine from ``base_lr`` down to ``min_lr`` at ``total_steps``; the maskers at ``masker_lr_mult`` × that.
+
+    Attributes:
+        base_lr: the backbone lr after warm-up.
+        total_steps: optimiser steps of the whole run.
+        warmup_steps: steps of the linear warm-up (0: none).
+        min_lr: the backbone lr at the end.
+        masker_lr_mult: the maskers' lr over the backbone's.
+    """
+
+    base_lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    masker_lr_mult: float = 1.0
+
+    def factor(self, step: int) -> float:
+        """Multiplier of every group's initial lr at optimiser step ``step``."""
+        return lr_factor(step, self.total_steps, self.warmup_steps, self.min_lr / self.base_lr)
+
+    def lr(self, step: int, group: str = "backbone") -> float:
+        """The lr of parameter group ``group`` at optimiser step ``step``."""
+        return group_lr(group, self.base_lr, self.masker_lr_mult) * self.factor(step)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """A scheduler that sets every group of ``optimizer`` (built at the groups' initial lrs) to this schedule;
+        call its ``step()`` after every optimiser step. Its state dict holds only the step count."""
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.factor(step))
 
 
 def gumbel_temperature(

@@ -26,7 +26,7 @@ from laudnet.train.adaptivity import (
     lift_ratio,
     patch_sizes,
 )
-from laudnet.train.loop import evaluate
+from laudnet.train.evaluation import evaluate
 
 
 def _layer(name: str, decisions: list[int]) -> DynamicInfo:

@@ -1,54 +1,11 @@
 """The FLOPs-target, bounds and distillation terms, and their composition."""
 
-import math
 
 import pytest
 import torch
 
 import laudnet
 from laudnet.train.losses import LaudLoss, bounds_loss, distillation_loss, flops_target_loss
-from laudnet.train.schedules import flops_bounds, gate_noise, gumbel_temperature
-
-
-def test_temperature_schedules():
-    assert gumbel_temperature(0, 100) == pytest.approx(5.0)
-    assert gumbel_temperature(100, 100) == pytest.approx(0.1)
-    assert gumbel_temperature(50, 100) == pytest.approx(5.0 * (0.1 / 5.0) ** 0.5)
-    assert gumbel_temperature(50, 100, kind="linear") == pytest.approx(2.55)
-    assert gumbel_temperature(50, 100, kind="cosine") == pytest.approx(2.55)
-    assert gumbel_temperature(25, 100, kind="cosine") > gumbel_temperature(25, 100, kind="linear")
-    with pytest.raises(ValueError, match="unknown temperature schedule 'step'"):
-        gumbel_temperature(0, 10, kind="step")
-
-
-def test_bounds_schedule():
-    assert flops_bounds(0, 100, 0.5) == pytest.approx((0.5, 0.5))
-    lower, upper = flops_bounds(33, 100, 0.5)
-    assert lower == pytest.approx(0.0, abs=1e-12) and upper == pytest.approx(1.0)
-    lower, upper = flops_bounds(10, 100, 0.4)
-    progress = math.cos(math.pi / 2 * 10 / 33) ** 2
-    assert (lower, upper) == pytest.approx((progress * 0.4, 1 - progress * 0.6))
-
-
-def test_bounds_schedule_with_final_bounds():
-    assert flops_bounds(0, 10, 0.5, final=(0.2, 0.9)) == pytest.approx((0.5, 0.5))
-    assert flops_bounds(5, 10, 0.5, fraction=0.5, final=(0.2, 0.9)) == pytest.approx((0.2, 0.9))
-    progress = math.cos(math.pi / 2 * 0.5) ** 2
-    assert flops_bounds(2.5, 10, 0.5, fraction=0.5, final=(0.2, 0.9)) == pytest.approx(
-        (0.2 + progress * 0.3, 0.9 - progress * 0.4)
-    )
-    with pytest.raises(ValueError, match="final block bounds"):
-        flops_bounds(0, 10, 0.5, final=(0.6, 0.9))
-
-
-def test_gate_noise_schedules():
-    assert gate_noise(70, 100) == 1.0
-    assert gate_noise(0, 100, "linear") == pytest.approx(1.0)
-    assert gate_noise(50, 100, "linear") == pytest.approx(0.5)
-    assert gate_noise(100, 100, "linear", end=0.2) == pytest.approx(0.2)
-    assert gate_noise(25, 100, "cosine") > gate_noise(25, 100, "linear")
-    with pytest.raises(ValueError, match="unknown gate-noise schedule 'exp'"):
-        gate_noise(0, 10, "exp")
 
 
 def test_per_sample_flops_loss():

@@ -79,7 +79,7 @@ def test_two_processes_match_one(tmp_path, fashion_root, no_torchrun):
         # Gradients are summed in another order (all-reduce vs accumulation): equal up to float rounding.
         torch.testing.assert_close(got["model"][key], want["model"][key], rtol=1e-4, atol=1e-5, msg=key)
     # The runs did train: the comparison is not between two untouched models.
-    from laudnet.train.loop import build_model
+    from laudnet.train.build import build_model
 
     init = build_model(_config(tmp_path, fashion_root, "x"), 10).state_dict()
     assert max(float((want["model"][k] - init[k]).abs().max()) for k in names) > 1e-3

@@ -1,16 +1,14 @@
-"""Initialisation of a run from torchvision weights or a laudnet checkpoint, and the loop's schedules."""
+"""Initialisation of a run from torchvision weights or a laudnet checkpoint, and the optimiser's groups."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 import torchvision
 
+from laudnet.train.build import build_model, build_optimizer, load_init, read_init_state
 from laudnet.train.checkpoint import CheckpointError, save_checkpoint
 from laudnet.train.config import TrainConfig
-from laudnet.train.loop import build_model, build_optimizer, load_init, lr_factor, read_init_state
 
 
 def _cfg(**kw):
@@ -50,13 +48,3 @@ def test_masker_lr_group():
     assert groups["backbone"]["lr"] == 0.02 and groups["masker"]["lr"] == pytest.approx(0.1)
     assert len(groups["masker"]["params"]) == len(model.masker_parameters()) > 0
     assert opt.defaults["nesterov"] and groups["masker"]["weight_decay"] == 5e-5
-
-
-def test_lr_factor_warmup_then_cosine():
-    total, warm = 100, 10
-    assert lr_factor(0, total, warm, 0.0) == pytest.approx(0.1)
-    assert lr_factor(9, total, warm, 0.0) == pytest.approx(1.0)
-    assert lr_factor(10, total, warm, 0.0) == pytest.approx(1.0)
-    assert lr_factor(55, total, warm, 0.0) == pytest.approx(0.5)
-    assert lr_factor(100, total, warm, 0.1) == pytest.approx(0.1)
-    assert lr_factor(32, total, 0, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.32)))

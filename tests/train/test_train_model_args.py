@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import laudnet
+from laudnet.train.build import build_model
 from laudnet.train.checkpoint import load_checkpoint, save_checkpoint
 from laudnet.train.cli import checkpoint_model_args, load_trained
 from laudnet.train.config import TrainConfig
-from laudnet.train.loop import build_model, train
+from laudnet.train.loop import train
 
 
 def _same_output(a, b, size):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from laudnet.train.build import build_model, build_optimizer
 from laudnet.train.config import TrainConfig, add_train_arguments, config_argv, resolve_config
 from laudnet.train.demo import load_recipe
-from laudnet.train.loop import build_model, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 VIT_CANVAS = ROOT / "laudnet" / "configs" / "vit-canvas.yaml"
@@ -72,8 +72,8 @@ def test_adamw_groups_exempt_biases_norms_and_embeddings():
 def test_vit_init_loads_the_head_and_keeps_the_teacher(tmp_path):
     """A dynamic ViT from a static ViT checkpoint takes its classifier (``head``), so it gets the static teacher;
     a 1000-class timm-style state dict loads the backbone and skips the head."""
+    from laudnet.train.build import classifier_prefix, load_init, read_init_state
     from laudnet.train.checkpoint import save_checkpoint
-    from laudnet.train.loop import classifier_prefix, load_init, read_init_state
 
     cfg = TrainConfig(model="laud_deit_tiny", paradigm="token+head+layer", image_size=32)
     static = build_model(dataclasses.replace(cfg, mode="static"), num_classes=10)
