@@ -17,12 +17,13 @@ has one). No dynamic variant runs the masker network (masks are imposed; cases m
   as an alternative.
 * spatial: the sync-free path as a CUDA graph (`syncfree_graph_ms`): index building from the coarse mask (patch list
   and conv1 pixel list, on the device) + sparse conv1 on the halo region + gathered 3x3 + 1x1 with scatter-add, i.e.
-  the engine's `_forward_patches` with `spatial_conv1="sparse"` (cases marked so). The kernels alone with the lists
-  prebuilt (`sparse_conv1_graph_ms`, cases marked `index_lists: false`) are reported as an alternative.
+  the engine's `PatchBlock._forward_patches` (`laudnet/deploy/blocks.py`) with `spatial_conv1="sparse"` (cases marked
+  so). The kernels alone with the lists prebuilt (`sparse_conv1_graph_ms`, cases marked `index_lists: false`) are
+  reported as an alternative.
 * layer: the engine's path, the spatial kernels with one whole-map patch per executing sample (`as_spatial_graph_ms`,
-  lists prebuilt: `index_lists: false`), which is what `DeployedBlock._forward_patches` runs and the default-mode
-  predictor composes. `index_select` + the cuDNN block on the sub-batch + `rows_add_relu_` (`index_select_graph_ms`,
-  the primary variant of the earlier report) is reported as an alternative.
+  lists prebuilt: `index_lists: false`), which is what `PatchBlock._forward_patches` runs for a `LayerBlock` and the
+  default-mode predictor composes. `index_select` + the cuDNN block on the sub-batch + `rows_add_relu_`
+  (`index_select_graph_ms`, the primary variant of the earlier report) is reported as an alternative.
 * channel: `channel_index` + the three channel kernels as a CUDA graph with `kmax = w` (`dynamic_graph_ms`), i.e.
   index building included and no host sync. Cases measured in both channel runs are taken from run 2 (the final
   tile configurations); run 1 supplies the rest.

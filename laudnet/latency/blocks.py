@@ -88,13 +88,13 @@ def spatial_parts(op: OpModel, b: BlockGeometry, patch: int, density: float, con
                   masker: bool = True, index: bool = True) -> dict[str, Cost]:
     """The default-mode spatial block of a plain bottleneck as the engine runs it, part by part (seconds, batch).
 
-    engine: `DeployedBlock._forward_patches` (sync-free, CUDA-graph capturable): masker (`decide`), patch list
-    (`mask_to_patch_list`), conv1 once (dense `pixel_conv1x1` over the whole map, or with `conv1="sparse"` over the
-    union of the active patches' halos, after building that pixel list), the 3x3 as an implicit GEMM gathering each
-    patch's halo from conv1's output (`gather_conv3x3`), and the last 1x1 with the residual add and ReLU fused into
-    its epilogue, written in place into the block input (`conv1x1_scatter_add`): no separate scatter pass, inactive
-    pixels never touched. Lists have the full capacity and a device-side count; programs past the count exit at
-    once (their cost is not modelled).
+    engine: `PatchBlock._forward_patches` of a `SpatialBlock` (`laudnet/deploy/blocks.py`; sync-free, CUDA-graph
+    capturable): masker (`decide`), patch list (`mask_to_patch_list`), conv1 once (dense `pixel_conv1x1` over the whole
+    map, or with `conv1="sparse"` over the union of the active patches' halos, after building that pixel list), the 3x3
+    as an implicit GEMM gathering each patch's halo from conv1's output (`gather_conv3x3`), and the last 1x1 with the
+    residual add and ReLU fused into its epilogue, written in place into the block input (`conv1x1_scatter_add`): no
+    separate scatter pass, inactive pixels never touched. Lists have the full capacity and a device-side count; programs
+    past the count exit at once (their cost is not modelled).
 
     `masker=False` leaves out the masker network (a block timed with its masks given), `index=False` the building
     of the index lists (a block timed with its lists prebuilt).
@@ -179,11 +179,11 @@ def channel_block(op: OpModel, b: BlockGeometry, group: int, density: float, mas
             cost += op.dynamic_se(w, o, o, b.se_squeeze, 1, o * o)
         return cost + _projection(op, b)
     if _engine(op, b):
-        # engine: `DeployedBlock._forward_channel`: masker, `channel_index` (one kernel: per-sample compacted channel
-        # ids, kmax = width), then per-sample compacted GEMMs with gathered weights (`channel_conv1x1_out`,
-        # `channel_conv3x3`, `channel_conv1x1_in`): kept channels are packed, so a tile is never partly empty (no
-        # load imbalance; G reaches the masker and conv2's weight gather), and the residual add is fused into conv3's
-        # epilogue, in place.
+        # engine: `ChannelBlock._forward_channel` (laudnet/deploy/blocks.py): masker, `channel_index` (one kernel:
+        # per-sample compacted channel ids, kmax = width), then per-sample compacted GEMMs with gathered weights
+        # (`channel_conv1x1_out`, `channel_conv3x3`, `channel_conv1x1_in`): kept channels are packed, so a tile is never
+        # partly empty (no load imbalance; G reaches the masker and conv2's weight gather), and the residual add is
+        # fused into conv3's epilogue, in place.
         B, n_groups = op.batch, w // group
         cost = op.channel_masker(b.in_channels, h, h, n_groups) if masker else ZERO
         if index:
@@ -236,14 +236,14 @@ def layer_block(op: OpModel, b: BlockGeometry, density: float, masker: bool = Tr
 def _layer_engine(op: OpModel, b: BlockGeometry, density: float, masker: bool = True, index: bool = True) -> Cost:
     """Layer skipping of a plain bottleneck as the engine runs it.
 
-    engine: `DeployedBlock._forward_kernels` with fused maskers and one whole-map patch per executing sample: the
-    previous block's output kernel has accumulated this block's window sums, so the masker is one decision kernel
-    (`masker_decide`: logits, threshold, flags, count and the executing samples first; a second launch compacts
-    the lists where the B decisions span several programs), then the spatial kernels on the compacted sub-batch of
-    ceil(density * B) samples, driven by the sample list: `pixel_conv1x1` over all their pixels, `gather_conv3x3`
-    with S = map size, `conv1x1_scatter_add` in place. The lists have full capacity, so the three kernels launch
-    (and return at once) even when no sample executes. A projection block computes its shortcut as one fused 1x1
-    conv + bias and the ReLU of the skipped samples in one pass.
+    engine: `PatchBlock._forward_kernels` of a `LayerBlock` (`laudnet/deploy/blocks.py`) with fused maskers and one
+    whole-map patch per executing sample: the previous block's output kernel has accumulated this block's window sums,
+    so the masker is one decision kernel (`masker_decide`: logits, threshold, flags, count and the executing samples
+    first; a second launch compacts the lists where the B decisions span several programs), then the spatial kernels on
+    the compacted sub-batch of ceil(density * B) samples, driven by the sample list: `pixel_conv1x1` over all their
+    pixels, `gather_conv3x3` with S = map size, `conv1x1_scatter_add` in place. The lists have full capacity, so the
+    three kernels launch (and return at once) even when no sample executes. A projection block computes its shortcut as
+    one fused 1x1 conv + bias and the ReLU of the skipped samples in one pass.
     """
     B, o = op.batch, b.out_size
     cost = ZERO
