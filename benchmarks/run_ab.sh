@@ -22,13 +22,14 @@
 #                                         # attention kernel and the ViT paths, bench_vit head skipping (laudnet's
 #                                         # attention against flash heads), the batch-1 tile sweep and the
 #                                         # stem's tile heights
+#   OUT=dir benchmarks/run_ab.sh dense-maskers   # the dense-masked fallback's masker forms at batch 1 and 8
 #   OUT=dir benchmarks/run_ab.sh demo-gap (then demo-gap-2)   # the demo recipe's variants, to close its accuracy gap
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|demo-gap|demo-gap-2|pareto"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|dense-maskers|demo-gap|demo-gap-2|pareto"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -97,6 +98,10 @@ recipe-seeds)
         --seeds 0 1 2 --only spatial/paper "spatial/norm+anneal" "spatial/norm+anneal, masker lr x1" layer/paper \
         "layer/norm+anneal" --out runs/abl-seeds --commit "$c" > "$out/recipe_ablation_seeds_$c.log" 2>&1
     cp runs/abl-seeds/recipe_ablation.json "$out/recipe_ablation_seeds_$c.json"; tail -12 "$out/recipe_ablation_seeds_$c.log" ;;
+dense-maskers)
+    # the dense-masked fallback's maskers at batch 1 and 8 (ResNet-101, every paradigm), ~4 minutes
+    timeout 500 python benchmarks/probe_dense_maskers.py --batches 1 8 --out "$out/probe_dense_maskers_${dev}_$c.json" \
+        --commit "$c" 2>&1 | grep "^{" | cut -c1-200 ;;
 demo-gap|demo-gap-2)
     # variants of the demo's dynamic fine-tuning (benchmarks/configs/demo-gap-variants.yaml), seed 0, in two calls
     # of ~7 minutes: the first also runs the demo's own recipe over seeds 1 and 2, the second the layer-skipping
