@@ -1,9 +1,9 @@
 """CUDA-graph capture of deployed models and of single calls, with optional conditional nodes.
 
 `GraphedModel` replays a deployed network from one CUDA graph (`DeployedModel.graphed`, `DeployedViT.graphed`);
-`graph_replay` captures any call (each block and path that `tune_paths` times, the benchmarks' pieces). Both warm
-up on a side stream first, so that Triton compilation, cuDNN autotuning and lazy initialisation happen outside the
-capture (`capture`).
+`graph_replay` captures any call (each block and path that `tune_paths` times). Both warm up on a side stream first,
+so that Triton compilation, cuDNN autotuning and lazy initialisation happen outside the capture (`capture`, through
+`laudnet.timing.capture_graph`).
 
 Conditional nodes: work captured inside `if_node(pred)` runs at replay only where `pred` is true. A deployed network
 replayed from one CUDA graph launches every kernel of every block, even of a block that no sample executes (its
@@ -23,6 +23,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from laudnet.timing import capture_graph
+
 T = TypeVar("T")
 
 # The graph being captured with conditional nodes (None: `if_node` bodies just run).
@@ -33,7 +35,7 @@ _API = ("begin_capture_to_if_node", "end_capture_to_conditional_node")
 # --- capture ------------------------------------------------------------------------------------------------------
 def capture(fn: Callable[[], T], *, conditional: bool = False,
             what: str = "this call") -> tuple[torch.cuda.CUDAGraph, T]:
-    """fn() captured as a CUDA graph after three warm-up calls on a side stream.
+    """fn() captured as a CUDA graph after three warm-up calls on a side stream (`laudnet.timing.capture_graph`).
 
     Args:
         fn: the work to capture (CUDA tensors only, no host synchronisation).
@@ -46,19 +48,11 @@ def capture(fn: Callable[[], T], *, conditional: bool = False,
     if conditional and not conditional_nodes_available():
         raise RuntimeError("conditional CUDA-graph nodes need a PyTorch whose torch.cuda.CUDAGraph has "
                            "begin_capture_to_if_node (and CUDA >= 12.4)")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # Triton compilation, cuDNN autotuning and lazy initialisation happen outside the capture
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph), conditional_capture(graph if conditional else None):
-            out = fn()
-    except RuntimeError as e:
-        raise RuntimeError(f"{what} synchronises with the host and cannot be captured: {e}") from e
-    return graph, out
+    # The warm-up calls run inside `conditional_capture` too, but on a stream that is not capturing: their `if_node`
+    # bodies just run (`capturing_conditionally`).
+    with conditional_capture(graph if conditional else None):
+        return capture_graph(fn, warmup=3, graph=graph, what=what)
 
 
 def graph_replay(fn: Callable[[], object], conditional: bool = False, *, what: str = "this call") -> Callable[[], None]:

@@ -10,8 +10,6 @@ faster of the two.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,26 +22,7 @@ from laudnet.deploy.model import DeployedModel, deploy, deploy_dense_masked
 from laudnet.deploy.packed import varlen_available
 from laudnet.deploy.vit import deploy_vit
 from laudnet.models.vit import LaudViT
-
-
-def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 3) -> float:
-    """Median seconds of fn() on a device (CUDA events on a GPU, the wall clock elsewhere)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from laudnet.timing import time_call as time_call  # the default timer; scripts import it from here too
 
 
 @torch.no_grad()
@@ -56,7 +35,8 @@ def tune_paths(deployed: DeployedModel, example: Tensor, *, repeats: int = 10,
         deployed: a deployed model (its blocks' decisions are made by its maskers, or imposed with `forced_keep`).
         example: a representative input batch (same batch size as in production).
         repeats: timed calls per block and path.
-        timer: ``timer(fn, device, repeats=...) -> seconds``; the default uses CUDA events on a GPU.
+        timer: ``timer(fn, device, repeats=...) -> seconds``; the default, `laudnet.timing.time_call`, takes the
+            median of CUDA-event timings on a GPU after three warm-up calls.
         graphed: time each block and path replayed from its own CUDA graph — what a model run through
             `DeployedModel.graphed` pays, without the per-kernel launch cost of eager calls, which dominates at
             small batches (CUDA only).

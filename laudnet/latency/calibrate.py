@@ -8,13 +8,13 @@ SM clock (`max_sm_clock`), not the current one. `fit_spec` turns them into a `Ha
 achieved ones, and `save_hardware` writes it for `--hardware FILE`. `compare_blocks` checks block predictions against
 measured block latencies (from the inference engine's benchmarks) and reports the median and worst relative error.
 
-Only this module imports torch, and only inside the functions that measure.
+Only this module imports torch (and `laudnet.timing`, which times every measurement), and only inside the
+functions that measure.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 
@@ -26,32 +26,6 @@ from laudnet.paradigms import CNN_PARADIGMS
 
 
 # ---- measuring -------------------------------------------------------------------------------------------------------
-def _timer(device: str) -> Callable[[Callable[[], object], int, int], float]:
-    """A function timing `fn` (median seconds per call over `repeats` runs of `inner` calls)."""
-    import torch
-
-    def run(fn: Callable[[], object], repeats: int, inner: int) -> float:
-        fn()  # warm-up (allocations, kernel selection)
-        samples = []
-        for _ in range(repeats):
-            if device == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(inner):
-                    fn()
-                end.record()
-                torch.cuda.synchronize()
-                samples.append(start.elapsed_time(end) / 1e3 / inner)
-            else:
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    fn()
-                samples.append((time.perf_counter() - t0) / inner)
-        return statistics.median(samples)
-
-    return run
-
-
 def max_sm_clock(nvml=None, props=None) -> tuple[float, str]:
     """The GPU's maximum SM clock in Hz, and where it came from.
 
@@ -101,33 +75,6 @@ def cache_probe_bytes(l2_bytes: int | None, gpu: bool) -> int:
     return max(1 << 16, min(int(l2_bytes) // 4, 1 << 24)) // 4096 * 4096
 
 
-def _graph_timer(fn: Callable[[], object], copies: int, repeats: int) -> float:
-    """Median seconds per call of `fn`, with `copies` calls captured in one CUDA graph and the graph replayed: no host
-    launch cost, only the device's per-kernel cost and the work."""
-    import torch
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up outside the capture (allocator, kernel selection)
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(copies):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3 / copies)
-    return statistics.median(samples)
-
-
 def _cpu_frequency() -> float:
     """Nominal clock of the first CPU from /proc/cpuinfo, or 2.5 GHz (only the lanes x clock product matters)."""
     try:
@@ -149,6 +96,19 @@ def measure_device(device: str = "auto", quick: bool = True) -> dict:
     """
     import torch
 
+    from laudnet.timing import time_call, time_graph
+
+    def timer(fn: Callable[[], object], repeats: int, inner: int) -> float:
+        """Median seconds per call of fn, `inner` calls per sample, after one warm-up call (allocations, kernel
+        selection)."""
+        return time_call(fn, device, repeats, warmup=1, inner=inner)
+
+    def graph_timer(fn: Callable[[], object], copies: int, repeats: int) -> float:
+        """Median seconds per call of fn, `copies` calls captured in one CUDA graph and the graph replayed: no host
+        launch cost, only the device's per-kernel cost and the work (one warm-up call before the capture, one replay
+        before the timing)."""
+        return time_graph(fn, repeats=repeats, warmup=1, capture_warmup=1, copies=copies)
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
@@ -156,7 +116,6 @@ def measure_device(device: str = "auto", quick: bool = True) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
     gpu = device == "cuda"
-    timer = _timer(device)
     repeats = 3 if quick else 10
     out: dict = {"device": device}
     if gpu:
@@ -176,7 +135,7 @@ def measure_device(device: str = "auto", quick: bool = True) -> dict:
     out["copy_bandwidth"] = 2 * big * 4 / timer(lambda: dst.copy_(src), repeats, 3 if gpu else 2)
     s_src, s_dst = torch.empty(small, device=device), torch.empty(small, device=device)
     if gpu:  # 50 copies per graph replay: the per-kernel launch cost is out, and the copy is several us long
-        out["cache_bandwidth"] = 2 * small * 4 / _graph_timer(lambda: s_dst.copy_(s_src), 50, repeats)
+        out["cache_bandwidth"] = 2 * small * 4 / graph_timer(lambda: s_dst.copy_(s_src), 50, repeats)
     else:
         out["cache_bandwidth"] = 2 * small * 4 / timer(lambda: s_dst.copy_(s_src), repeats, 50)
     out["cache_probe_bytes"] = small * 4
@@ -229,7 +188,7 @@ def measure_device(device: str = "auto", quick: bool = True) -> dict:
     tiny = torch.zeros(1, device=device)
     out["launch_time"] = timer(lambda: tiny.add_(1.0), repeats, 200)
     if gpu:  # per kernel of a graph replay: what a graph-captured engine pays (`HardwareSpec.graph_launch_time`)
-        out["graph_launch_time"] = _graph_timer(lambda: tiny.add_(1.0), 200, repeats)
+        out["graph_launch_time"] = graph_timer(lambda: tiny.add_(1.0), 200, repeats)
     return out
 
 
