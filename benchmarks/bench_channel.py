@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from laudnet.kernels import channel as ch
 from laudnet.kernels import channel_ref as ref
+from laudnet.timing import capture_graph
 
 # (name, input size, Cin, width w, Cout, stride, first block)
 BLOCKS = [  # the target stages first, so that a run cut short still has them
@@ -131,17 +132,9 @@ def dynamic_block(x_nhwc, x_nchw, p, packed, mask, group_size, stride, kmax, out
 
 
 def graph_of(fn):
-    """Capture ``fn`` (already warmed up, so Triton has compiled) into a CUDA graph; returns its replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    """Capture ``fn`` (already warmed up, so Triton has compiled; two more warm-up calls on a side stream) into a CUDA
+    graph; returns its replay."""
+    return capture_graph(fn, warmup=2)[0].replay
 
 
 def random_mask(n, n_groups, rate, seed):

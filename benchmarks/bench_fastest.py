@@ -25,7 +25,7 @@ import torch
 
 import laudnet
 from laudnet.deploy import GraphedModel, deploy, deploy_fastest
-from laudnet.deploy.tune import time_call
+from laudnet.timing import time_call
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_models import _triton_version, block_decision_shapes, random_decisions  # noqa: E402

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from laudnet import kernels as K
-from laudnet.deploy.tune import graph_replay, time_call
 from laudnet.kernels import spatial
+from laudnet.timing import time_graph
 
 # stage -> (map size, block channels, bottleneck width)
 DEV = "cuda"
@@ -43,7 +43,7 @@ SMALL = {"m32_n64_k64_w2_s3": spatial.GemmConfig(32, 64, 64, 2, 3),
 
 
 def ms(fn, repeats: int = 30) -> float:
-    return 1e3 * time_call(graph_replay(fn), torch.device("cuda"), repeats=repeats)
+    return 1e3 * time_graph(fn, repeats=repeats)
 
 
 def stage_case(stage: int, batch: int, count: int, gen: torch.Generator) -> list[dict]:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from laudnet import kernels as K
-from laudnet.deploy.tune import graph_replay, time_call
 from laudnet.kernels import masker
+from laudnet.timing import time_graph
 
 # (H, W, C, window) of block inputs: the masker windows of spatial 4-4-2-1 (stride-2 first blocks: 2S) and S = 1
 SHAPES = [(56, 56, 256, 4), (56, 56, 256, 8), (28, 28, 512, 4), (28, 28, 512, 8), (14, 14, 1024, 2),
@@ -26,7 +26,7 @@ CHANNEL = [(56, 56, 256, 64, 4), (28, 28, 512, 128, 4), (14, 14, 1024, 256, 4), 
 
 
 def ms(fn, repeats: int) -> float:
-    return time_call(graph_replay(fn), torch.device("cuda"), repeats=repeats) * 1e3
+    return time_graph(fn, repeats=repeats) * 1e3
 
 
 def main() -> int:

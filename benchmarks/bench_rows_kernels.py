@@ -16,11 +16,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from laudnet.deploy.tune import graph_replay, time_call
 from laudnet.kernels import rows_ref, token_ref
 from laudnet.kernels.rows import rows_linear_triton
 from laudnet.kernels.spatial import GemmConfig
 from laudnet.kernels.token import rows_layer_norm_triton
+from laudnet.timing import time_graph
 
 CONFIGS = {f"m{m}_n{n}_k{k}_w{w}_s{s}": GemmConfig(m, n, k, w, s) for m, n, k, w, s in [
     (128, 128, 64, 8, 3), (128, 128, 64, 4, 3), (128, 128, 64, 4, 4), (128, 64, 64, 4, 3), (128, 256, 64, 8, 3),
@@ -51,7 +51,7 @@ def row_gemm(form, src, wt, bias, perm, cnt, keep, res, batch):
 
 
 def ms(fn, repeats: int) -> float:
-    return time_call(graph_replay(fn), torch.device("cuda"), repeats=repeats) * 1e3
+    return time_graph(fn, repeats=repeats) * 1e3
 
 
 def main() -> int:

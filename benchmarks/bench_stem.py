@@ -21,8 +21,8 @@ import torch
 
 import laudnet
 from laudnet.deploy import deploy
-from laudnet.deploy.tune import graph_replay, time_call
 from laudnet.kernels.stem import stem_conv_triton
+from laudnet.timing import time_graph
 
 
 def stem_times(model: torch.nn.Module, batch: int, image: int, repeats: int) -> dict:
@@ -37,8 +37,7 @@ def stem_times(model: torch.nn.Module, batch: int, image: int, repeats: int) -> 
                 out = fn(x)
                 reference = out if reference is None else reference
                 row[f"{kernel}_{form}_max_abs_diff"] = float((out.float() - reference.float()).abs().max())
-                row[f"{kernel}_{form}_ms"] = 1e3 * time_call(graph_replay(lambda fn=fn: fn(x)),
-                                                            torch.device("cuda"), repeats=repeats)
+                row[f"{kernel}_{form}_ms"] = 1e3 * time_graph(lambda fn=fn: fn(x), repeats=repeats)
             print(f"batch {batch} {kernel} {form}: {row[f'{kernel}_{form}_ms']:.4f} ms", flush=True)
     # the conv kernel alone (no max-pool) at each tile height: which `block_m` the default should take
     conv = deploy(model, torch.bfloat16, stem="triton").stem[0]
@@ -46,7 +45,7 @@ def stem_times(model: torch.nn.Module, batch: int, image: int, repeats: int) -> 
     for bm in (64, 128, 256):
         fn = partial(stem_conv_triton, xh, conv.weight, conv.bias, conv.kernel, conv.stride, conv.padding,
                      block_m=bm)
-        row[f"triton_conv_block_m{bm}_ms"] = 1e3 * time_call(graph_replay(fn), torch.device("cuda"), repeats=repeats)
+        row[f"triton_conv_block_m{bm}_ms"] = 1e3 * time_graph(fn, repeats=repeats)
         print(f"batch {batch} triton conv block_m={bm}: {row[f'triton_conv_block_m{bm}_ms']:.4f} ms", flush=True)
     return row
 

@@ -782,7 +782,7 @@ def timing_inputs(ctx: Context) -> dict[int, list[torch.Tensor]]:
 def time_run(run, xs: list[torch.Tensor], device: torch.device, repeats: int) -> list[float]:
     """Median ms of `run` on each input: a GraphedModel is replayed (the input copied in outside the timing)."""
     from laudnet.deploy import GraphedModel
-    from laudnet.deploy.tune import time_call
+    from laudnet.timing import time_call
 
     per = []
     for x in xs:
@@ -869,7 +869,7 @@ def time_static(ctx: Context, unit: dict, inputs: dict[int, list[torch.Tensor]])
 
 def time_laud(ctx: Context, unit: dict, inputs: dict[int, list[torch.Tensor]]) -> dict:
     from laudnet.deploy import deploy_fastest
-    from laudnet.deploy.tune import time_call
+    from laudnet.timing import time_call
     from laudnet.train.cli import load_trained
 
     model, _ = load_trained(unit["checkpoint"])

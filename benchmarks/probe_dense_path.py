@@ -21,7 +21,7 @@ import laudnet
 from laudnet import kernels as K
 from laudnet.deploy import deploy
 from laudnet.deploy.blocks import nhwc
-from laudnet.deploy.tune import graph_replay, time_call
+from laudnet.timing import time_graph
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_models import block_decision_shapes, force, random_decisions  # noqa: E402
@@ -82,12 +82,12 @@ def main() -> int:
             row = dict(block=i, shape=list(xi.shape))
             for path in ("sparse", "dense"):
                 block.path = path
-                row[path + "_ms"] = 1e3 * time_call(graph_replay(lambda b=block, xi=xi: b(xi.clone())), dev, repeats=20)
+                row[path + "_ms"] = 1e3 * time_graph(lambda b=block, xi=xi: b(xi.clone()), repeats=20)
             block.path = "sparse"
-            row["static_ms"] = 1e3 * time_call(graph_replay(lambda b=sblock, xi=xi: b(xi.clone())), dev, repeats=20)
-            row["copy_ms"] = 1e3 * time_call(graph_replay(lambda xi=xi: xi.clone()), dev, repeats=20)
+            row["static_ms"] = 1e3 * time_graph(lambda b=sblock, xi=xi: b(xi.clone()), repeats=20)
+            row["copy_ms"] = 1e3 * time_graph(lambda xi=xi: xi.clone(), repeats=20)
             if args.decompose:
-                row.update({name + "_ms": 1e3 * time_call(graph_replay(fn), dev, repeats=20)
+                row.update({name + "_ms": 1e3 * time_graph(fn, repeats=20)
                             for name, fn in parts(block, xi).items()})
             rows.append(row)
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
