@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -46,6 +45,7 @@ import laudnet
 from laudnet.deploy import GraphedModel, deploy, deploy_dense_masked, tune_paths
 from laudnet.flops import conv_out_size
 from laudnet.masks import mask_grid_size
+from laudnet.timing import capture_graph, time_call
 
 _SAVE = None  # set by main: writes the results file
 DEV = torch.device("cuda")  # --smoke: the CPU (tiny run of the whole flow; CUDA-graph variants record their error)
@@ -55,41 +55,13 @@ TORCHVISION = {"laud_resnet50": torchvision.models.resnet50, "laud_resnet101": t
 
 def time_ms(fn, warmup: int, iters: int) -> float:
     """Median milliseconds of fn() measured with CUDA events (the wall clock on the CPU, `--smoke`)."""
-    for _ in range(warmup):
-        fn()
-    if DEV.type != "cuda":
-        return statistics.median(_wall_ms(fn) for _ in range(iters))
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def _wall_ms(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+    return 1e3 * time_call(fn, DEV, repeats=iters, warmup=warmup)
 
 
 def as_graph(fn, x: torch.Tensor):
-    """Capture fn(x) as a CUDA graph on a static input; returns a replay function."""
+    """Capture fn(x) as a CUDA graph on a static input (three warm-up calls first); returns a replay function."""
     static_x = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn(static_x)
-    return graph.replay
+    return capture_graph(lambda: fn(static_x))[0].replay
 
 
 def block_decision_shapes(model, batch: int, image: int) -> list[tuple[int, ...]]:

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from laudnet import kernels as K
 from laudnet.kernels import spatial
+from laudnet.timing import time_call, time_graph
 
 # stage -> (map size, block input/output channels, bottleneck width)
 STAGES = {1: (56, 256, 64), 2: (28, 512, 128), 3: (14, 1024, 256)}
@@ -56,54 +56,23 @@ def _sync():
 
 
 def _smoke_ms(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+    """Milliseconds of one wall-clock call of fn, without warm-up (`--smoke`: checks the script, not the numbers)."""
+    return 1e3 * time_call(fn, "cpu", repeats=1, warmup=0)
 
 
 def _median_graph_ms(fn, reps: int = 30) -> float:
-    """Capture `fn` in a CUDA graph and return the median replay time in ms (events around each replay)."""
+    """Capture `fn` in a CUDA graph and return the median replay time in ms (events around each replay; two warm-up
+    calls before the capture — Triton compile, cuDNN heuristics, allocator — and three replays before the timing)."""
     if SMOKE:
         return _smoke_ms(fn)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):  # warm-up: Triton compile, cuDNN heuristics, allocator
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(3):
-        g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    del g
-    return statistics.median(times)
+    return 1e3 * time_graph(fn, repeats=reps, warmup=3, capture_warmup=2)
 
 
 def _median_eager_ms(fn, reps: int = 20) -> float:
     """Median eager time in ms of `fn` (host launch overhead included), after warm-up."""
     if SMOKE:
         return _smoke_ms(fn)
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return 1e3 * time_call(fn, "cuda", repeats=reps, warmup=3)
 
 
 def _err_ratio(out: torch.Tensor, ref: torch.Tensor) -> float:

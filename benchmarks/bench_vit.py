@@ -53,6 +53,7 @@ import laudnet
 from laudnet.deploy import deploy_vit
 from laudnet.deploy.packed import varlen_available
 from laudnet.models.vit import MODEL_CFGS, LaudViT
+from laudnet.timing import capture_graph, time_call
 
 VARIANTS = ("bucket eager", "varlen eager", "bucket cuda-graph", "varlen cuda-graph")
 
@@ -249,24 +250,7 @@ class Bench:
     def time_ms(self, fn) -> float:
         """Median milliseconds of fn() (CUDA events on the GPU, wall clock on CPU)."""
         with torch.no_grad():
-            for _ in range(self.args.warmup):
-                fn()
-            times = []
-            if self.cuda:
-                torch.cuda.synchronize()
-                for _ in range(self.args.iters):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    fn()
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end))
-            else:
-                for _ in range(self.args.iters):
-                    t = time.perf_counter()
-                    fn()
-                    times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
+            return 1e3 * time_call(fn, "cuda" if self.cuda else "cpu", repeats=self.args.iters, warmup=self.args.warmup)
 
     def record(self, row: dict, variant: str, make_fn, **extra) -> float | None:
         """Build the callable (capture, compile: errors recorded), time it and append a result row."""
@@ -289,16 +273,7 @@ class Bench:
         if not self.cuda:
             return lambda: fn(x)
         static_x = x.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                fn(static_x)
-        torch.cuda.current_stream().wait_stream(stream)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn(static_x)
-        return g.replay
+        return capture_graph(lambda: fn(static_x))[0].replay
 
     def graphed_deployed(self, deployed, x: Tensor, conditional: bool = False):
         if not self.cuda:
