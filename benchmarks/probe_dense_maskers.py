@@ -36,8 +36,8 @@ from torch import Tensor
 import laudnet
 from laudnet.deploy import GraphedModel, deploy, deploy_dense_masked
 from laudnet.deploy.blocks import ChannelBlock, LayerBlock, SpatialBlock
-from laudnet.deploy.tune import time_call
 from laudnet.masks import pool_patches
+from laudnet.timing import time_call
 
 
 def _spatial_reduce(self: SpatialBlock, x: Tensor) -> Tensor:
