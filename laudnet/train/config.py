@@ -121,6 +121,18 @@ class TrainConfig:
         "(the paper)", "dynamic", NOISE_KINDS,
     )
     noise_end: float = _f(0.0, "final Gumbel-noise scale of a decaying noise_schedule", "dynamic")
+    # evaluated weights (all off by default)
+    ema_decay: float | None = _f(
+        None, "keep an exponential moving average of the weights and buffers (BN statistics included), updated "
+        "after every optimiser step with this decay, e.g. 0.999 (~1000 steps); validation and the model of best.pt "
+        "and last.pt are then the average (the trained weights are kept for resume)", "evaluated weights",
+    )
+    ema_warmup: bool = _f(False, "warm the EMA decay up: min(ema_decay, (1 + k) / (10 + k)) at step k",
+                          "evaluated weights")
+    recalibrate_bn: int = _f(
+        0, "after the last epoch, re-estimate the BN running statistics of the validated model over this many "
+        "training batches, the maskers deciding as in eval (0: off)", "evaluated weights",
+    )
     # run
     output: str = _f("runs", "folder of the runs", "run", short="-o")
     run_name: str | None = _f(None, "run folder name under output (default: from model, mode, dataset)", "run")
@@ -247,6 +259,10 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError("--overwrite starts the run afresh and --resume continues it: give one of them")
     if cfg.warmup_epochs >= cfg.epochs:
         raise ValueError(f"warmup_epochs ({cfg.warmup_epochs}) must be shorter than epochs ({cfg.epochs})")
+    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+        raise ValueError(f"ema_decay must be in (0, 1) when set, got {cfg.ema_decay}")
+    if cfg.recalibrate_bn < 0:
+        raise ValueError(f"recalibrate_bn must be >= 0, got {cfg.recalibrate_bn}")
 
 
 # ----------------------------------------------------------------------------------------------------------- typing

@@ -9,6 +9,17 @@ micro-batches (gradients synchronised on the last), clips, steps the optimiser a
 epoch, every rank's RNG states and the epoch's running sums; ``restore`` continues from it with the same data order
 (the sampler skips the batches already seen), so an interrupted and resumed run takes exactly the steps of an
 uninterrupted one.
+
+Two options change the model that is validated and saved (the *evaluated* model), both off by default:
+
+- ``ema_decay``: an exponential moving average of the weights (:class:`~laudnet.train.ema.ModelEma`), updated after
+  every optimiser step, is validated and saved as the checkpoint's ``model`` (what ``laudnet eval``, ``--init`` and
+  deployment read); the trained weights go to ``train_model``, which a resume continues from. Under DDP every rank
+  keeps its own average: the parameters are identical on all ranks (the same update of identical weights), and rank
+  0's BN statistics are copied to all ranks before each validation, as for the trained model.
+- ``recalibrate_bn``: after the last epoch the evaluated model's BN statistics are re-estimated over that many
+  training batches with the decisions of eval (:func:`~laudnet.train.recalibration.recalibrate_bn`), then it is
+  validated and saved.
 """
 
 from __future__ import annotations
@@ -38,8 +49,10 @@ from laudnet.train.checkpoint import (
     save_checkpoint,
 )
 from laudnet.train.config import TrainConfig
+from laudnet.train.ema import ModelEma
 from laudnet.train.evaluation import progress_bar
 from laudnet.train.metrics import MetricsLogger
+from laudnet.train.recalibration import recalibrate_bn
 from laudnet.train.schedules import LRSchedule, gate_noise, gumbel_temperature
 from laudnet.train.stop import StopFlag, stop_requested
 from laudnet.train.task import Task
@@ -128,6 +141,7 @@ class TrainingRun:
         state: the position (epoch, step, temperature, lr, the last step's logs).
         sums: the epoch's running sums of the task's logs weighted by images, then the image count.
         best: best value of the task's ``best_metric`` so far; ``last_eval`` the last validation result.
+        ema: the moving average of the weights (``ema_decay``), or None.
     """
 
     cfg: TrainConfig
@@ -146,6 +160,7 @@ class TrainingRun:
     say: Callable[[str], None] = _silent
     stop: StopFlag = field(default_factory=StopFlag)
     on_step: Callable[[TrainState], None] | None = None
+    ema: ModelEma | None = None
     best: float | None = None
     last_eval: Any = None
     steps_run: int = 0
@@ -163,6 +178,11 @@ class TrainingRun:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model validated and saved as the checkpoint's ``model``: the EMA of the weights, or the model."""
+        return self.raw_model if self.ema is None else self.ema.module
+
     # ------------------------------------------------------------------------------------------------- training
 
     def fit(self) -> TrainResult:
@@ -171,6 +191,9 @@ class TrainingRun:
         ``checkpoint_every`` epochs and at the end, ``best.pt`` when the best metric improves."""
         cfg, last = self.cfg, self.run_dir / "last.pt"
         logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, enabled=self.main)
+        if self.ema is not None:
+            warm = ", warmed up" if self.ema.warmup else ""
+            self.say(f"validating and saving the EMA of the weights (decay {self.ema.decay:g}{warm})")
         interrupted = False
         try:
             while self.state.epoch < cfg.epochs:
@@ -258,6 +281,8 @@ class TrainingRun:
         if cfg.clip_grad is not None:
             nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.clip_grad)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.raw_model, state.global_step)
         state.lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         state.global_step += 1
@@ -279,11 +304,16 @@ class TrainingRun:
         # Training throughput of this process (validation excluded); the first epoch includes warm-up.
         train_seconds = time.time() - self._epoch_start
         dist_utils.broadcast_buffers(self.raw_model)
+        if self.ema is not None:
+            dist_utils.broadcast_buffers(self.ema.module)
         totals = dist_utils.all_reduce_sum(self.sums.to(self.device)).cpu()
         seen = max(float(totals[-1]), 1.0)
         row = self.task.train_row({k: float(totals[i]) / seen for i, k in enumerate(self.task.log_keys)})
         row.update(temperature=state.temperature, lr=state.lr)
-        if (state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs:
+        last = state.epoch + 1 == cfg.epochs
+        if last and cfg.recalibrate_bn:
+            self.recalibrate_bn(cfg.recalibrate_bn)
+        if (state.epoch + 1) % cfg.eval_every == 0 or last:
             row.update(self.validate())
         row["epoch_time_s"] = time.time() - self._epoch_start
         row["train_images_per_s"] = self._epoch_images / max(train_seconds, 1e-9)
@@ -296,10 +326,32 @@ class TrainingRun:
         return row
 
     def validate(self) -> dict[str, float]:
-        """Validate the model now (collective): the row's validation columns; the task's full result goes to
-        ``last_eval``."""
-        row, self.last_eval = self.task.validate(self.raw_model, self.val_loader)
+        """Validate the evaluated model now (collective): the row's validation columns; the task's full result goes
+        to ``last_eval``."""
+        row, self.last_eval = self.task.validate(self.eval_model, self.val_loader)
         return row
+
+    def recalibrate_bn(self, batches: int) -> None:
+        """Re-estimate the evaluated model's BN statistics over ``batches`` training batches per process (collective),
+        with the decisions of eval; the batches are those of the epochs after the last, in their seeded order."""
+        def take() -> Iterator[Any]:
+            epoch, left = self.cfg.epochs, batches
+            while True:
+                self.train_loader.sampler.set_epoch(epoch)
+                for batch in self.train_loader:
+                    yield batch
+                    left -= 1
+                    if left == 0:
+                        return
+                epoch += 1
+
+        def forward(model: nn.Module, batch: Any) -> None:
+            self.task.step(model, model, batch, epoch=float(self.cfg.epochs))
+
+        done = recalibrate_bn(self.eval_model, take(), forward)
+        what = "the EMA's" if self.ema is not None else "the model's"
+        self.say(f"recalibrated {what} BN statistics over {done} training batches per process" if done else
+                 "recalibrate_bn: the model has no BN layer to recalibrate")
 
     def _track_best(self, row: dict[str, Any]) -> bool:
         value = row.get(self.task.best_metric)
@@ -328,7 +380,8 @@ class TrainingRun:
         save_checkpoint(
             path,
             {
-                "model": self.raw_model.state_dict(),
+                "model": self.eval_model.state_dict(),
+                **({} if self.ema is None else {"train_model": self.raw_model.state_dict()}),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "epoch": state.epoch,
@@ -348,8 +401,8 @@ class TrainingRun:
         )
 
     def restore(self, path: str | Path, saved: dict[str, Any] | None = None) -> None:
-        """Continue from the checkpoint ``path`` (``saved``: its contents, when already loaded): weights, optimiser,
-        lr scheduler, position, best metric, the epoch's running sums and this rank's RNG states.
+        """Continue from the checkpoint ``path`` (``saved``: its contents, when already loaded): weights (and their
+        EMA), optimiser, lr scheduler, position, best metric, the epoch's running sums and this rank's RNG states.
 
         Raises:
             CheckpointError: a checkpoint of another model set-up, or of a run of other steps per epoch or processes.
@@ -365,7 +418,14 @@ class TrainingRun:
                 f"run has {self.world} and {self.steps_per_epoch}: resume with the same batch size, processes, "
                 "grad_accum and data"
             )
-        self.raw_model.load_state_dict(saved["model"])
+        # With an EMA the checkpoint's `model` is the average and `train_model` the trained weights.
+        self.raw_model.load_state_dict(saved.get("train_model", saved["model"]))
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["model"])
+            if "train_model" not in saved:
+                self.say(f"note: {path} holds no EMA of the weights; the average starts from its weights")
+        elif "train_model" in saved:
+            self.say(f"note: {path} holds an EMA of the weights, which this run (no ema_decay) leaves")
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         state = self.state
@@ -424,9 +484,11 @@ def build_run(
     lr = cfg.effective_lr(world)
     schedule = LRSchedule(lr, steps_per_epoch * cfg.epochs, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr,
                           cfg.masker_lr_mult)
+    ema = None if cfg.ema_decay is None else ModelEma(raw_model, cfg.ema_decay, warmup=cfg.ema_warmup)
     return TrainingRun(
         cfg, task, model, raw_model, build_optimizer(cfg, raw_model, lr), schedule, train_loader, val_loader,
         device, run_dir, steps_per_epoch, world=world, rank=rank, say=say, stop=stop or StopFlag(), on_step=on_step,
+        ema=ema,
     )
 
 
