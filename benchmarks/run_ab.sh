@@ -24,12 +24,14 @@
 #                                         # stem's tile heights
 #   OUT=dir benchmarks/run_ab.sh dense-maskers   # the dense-masked fallback's masker forms at batch 1 and 8
 #   OUT=dir benchmarks/run_ab.sh demo-gap (then demo-gap-2)   # the demo recipe's variants, to close its accuracy gap
+#   OUT=dir benchmarks/run_ab.sh demo-gap-variance (then demo-gap-variance-2)   # the EMA of the weights and BN
+#                                          # recalibration against the demo's recipe, seeds 0-4 (its seed spread)
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|dense-maskers|demo-gap|demo-gap-2|pareto"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|pareto"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -118,6 +120,20 @@ demo-gap|demo-gap-2)
         timeout 200 $abl --jobs 3 --only layer/norm+anneal --seeds 0 1 2 >> "$out/demo_gap_$c.log" 2>&1
     fi
     cp runs/demo-gap/recipe_ablation.json "$out/demo_gap_$c.json"; tail -30 "$out/demo_gap_$c.log" ;;
+demo-gap-variance|demo-gap-variance-2)
+    # the variance reducers of demo-gap-variants.yaml (EMA 0.988, BN recalibration 50, both) and the demo's own recipe
+    # over seeds 0-4, paired by seed, in two calls on one warm machine (the second reuses the static network; on a
+    # fresh one it trains it again); a call cut short keeps its finished runs: run it again; carry .data
+    abl="python benchmarks/recipe_ablation.py --device cuda --data-root .data/fashion-mnist
+         --out runs/demo-gap-variance --variants benchmarks/configs/demo-gap-variants.yaml --commit $c --jobs 10
+         --seeds 0 1 2 3 4"
+    log="$out/demo_gap_variance_$c.log"
+    if [ "$part" = demo-gap-variance ]; then
+        timeout 540 $abl --only demo "EMA 0.988" >> "$log" 2>&1
+    else
+        timeout 540 $abl --only "BN recalibration 50" "EMA 0.988 + BN recalibration 50" >> "$log" 2>&1
+    fi
+    cp runs/demo-gap-variance/recipe_ablation.json "$out/demo_gap_variance_$c.json"; tail -30 "$log" ;;
 pareto)
     # the accuracy-latency figure; rerun until it prints rc=0 (carry .whl with torch-pruning and .data)
     python -m pip install -q --no-deps .whl/torch_pruning-*.whl
