@@ -3,6 +3,8 @@
 - `laud_fpn_backbone`: a LAUD CNN (any paradigm) with an FPN, frozen BN and frozen stem + stage 1.
 - `create_detector`: torchvision's detector classes on that backbone.
 - `detection_step`: the detector's losses plus λ·(F_dyn / F_dense − t)² of the backbone.
+- `deploy_detector`, `deploy_backbone`: the backbone body in the inference engine's form (`laudnet.deploy`) inside
+  the detector, FPN and heads as they are.
 - `CocoDetection`, `fashion_canvas_det`: COCO-format data and the synthetic ``fashion-canvas-det``.
 - `evaluate_detector`, `coco_eval`: COCO box and mask AP (pycocotools; ``pip install 'laudnet[detection]'``).
 """
@@ -18,6 +20,13 @@ from laudnet.detection.data import FashionCanvasDetection as FashionCanvasDetect
 from laudnet.detection.data import collate_detection as collate_detection
 from laudnet.detection.data import fashion_canvas_det as fashion_canvas_det
 from laudnet.detection.data import targets_to_coco as targets_to_coco
+from laudnet.detection.deploy import AutocastModule as AutocastModule
+from laudnet.detection.deploy import DeployedBody as DeployedBody
+from laudnet.detection.deploy import autocast_heads as autocast_heads
+from laudnet.detection.deploy import body_classifier as body_classifier
+from laudnet.detection.deploy import deploy_backbone as deploy_backbone
+from laudnet.detection.deploy import deploy_detector as deploy_detector
+from laudnet.detection.deploy import head_modules as head_modules
 from laudnet.detection.evaluate import coco_eval as coco_eval
 from laudnet.detection.evaluate import evaluate_detector as evaluate_detector
 from laudnet.detection.losses import backbone_flops_loss as backbone_flops_loss

@@ -83,6 +83,9 @@ class LaudBackboneBody(DynamicModel):
         if not 0 <= trainable_layers <= 5:
             raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
         self.paradigm, self.granularity, self.in_chans = model.paradigm, model.granularity, model.in_chans
+        # `create_model`'s arguments of the classification model (None if it was built otherwise): what
+        # `laudnet.detection.deploy_backbone` rebuilds to deploy the body through `laudnet.deploy`.
+        self.model_args = dict(model.model_args) if getattr(model, "model_args", None) else None
         # The model class's stem FLOPs apply to the body, which keeps the stem's attribute names.
         self._stem_flops_of = type(model)._stem_flops
         stage_ids = {id(s) for s in stages}
