@@ -1,7 +1,8 @@
 """Datasets and loaders for training: ImageNet-style folders, Fashion-MNIST and ``fashion-canvas``.
 
 ``build_dataset(name, ...)`` builds any of them by name; ``build_loader(...)`` wraps one in a DataLoader whose sampler
-is sharded under DDP and resumable mid-epoch (see :mod:`laudnet.data.sampler` for how to restore data order).
+is sharded under DDP and resumable mid-epoch (see :mod:`laudnet.data.sampler` for how to restore data order). The
+detection sets (``fashion-canvas-det``, ``coco``) are named here and built by `laudnet.detection.task`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import atexit
 import os
 import signal
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,14 +42,31 @@ def __getattr__(name: str):
 # Canonical names; aliases map onto them.
 DATASETS = ("imagefolder", "fashion-mnist", "fashion-canvas")
 _ALIASES = {"imagenet": "imagefolder"}
+# The sets of `laudnet train --task detection|instance` (built by `laudnet.detection.task`).
+DETECTION_DATASETS = ("fashion-canvas-det", "coco")
 
 
-def canonical_name(name: str) -> str:
-    """The canonical dataset name for ``name`` (resolving aliases), or a ValueError listing the choices."""
+def canonical_name(name: str, task: str = "classification") -> str:
+    """The canonical dataset name for ``name`` (resolving aliases), or a ValueError listing the choices.
+
+    Args:
+        name: the dataset name.
+        task: ``classification`` (image folders, Fashion-MNIST, fashion-canvas) or ``detection`` / ``instance``
+            (`DETECTION_DATASETS`); a set of the other kind is refused naming the ``--task`` it needs.
+    """
     key = _ALIASES.get(name, name)
+    if task != "classification":
+        if key not in DETECTION_DATASETS:
+            kind = " is a classification set" if key in DATASETS else ""
+            raise ValueError(f"{'dataset ' + repr(name) + kind if kind else 'unknown detection dataset ' + repr(name)}"
+                             f"; --task {task} takes one of: {', '.join(DETECTION_DATASETS)}")
+        return key
+    if key in DETECTION_DATASETS:
+        raise ValueError(f"dataset {name!r} is a detection set: train it with --task detection or --task instance")
     if key not in DATASETS:
         choices = ", ".join([*DATASETS, *(f"{a} (= {t})" for a, t in _ALIASES.items())])
-        raise ValueError(f"unknown dataset {name!r}; choose from: {choices}")
+        raise ValueError(f"unknown dataset {name!r}; choose from: {choices} (detection, with --task detection: "
+                         f"{', '.join(DETECTION_DATASETS)})")
     return key
 
 
@@ -138,6 +158,7 @@ def build_loader(
     num_workers: int = 0,
     drop_last: bool | None = None,
     pin_memory: bool = False,
+    collate_fn: Callable[[list], Any] | None = None,
 ) -> DataLoader:
     """A DataLoader with a :class:`ResumableSampler`, sharded when a process group is initialised.
 
@@ -152,6 +173,9 @@ def build_loader(
         num_workers: loader worker processes; they ignore SIGTERM and SIGINT (:func:`ignore_stop_signals`).
         drop_last: drop incomplete batches; default: ``train``.
         pin_memory: pin host memory (for CUDA).
+        collate_fn: how a batch's samples are put together; default `collate_skipping_bad` (stacked tensors). The
+            detection sets pass `laudnet.detection.collate_detection` (lists: images differ in size). Either must
+            drop the ``None`` samples of skipped images.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -174,7 +198,7 @@ def build_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
-        collate_fn=collate_skipping_bad,
+        collate_fn=collate_fn or collate_skipping_bad,
         generator=torch.Generator().manual_seed(seed),
     )
     if num_workers > 0:

@@ -96,7 +96,7 @@ def _merge(parts: list[dict[str, Any]], categories: list[dict[str, Any]]) -> dic
 @torch.no_grad()
 def evaluate_detector(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset | DataLoader,
     *,
     iou_types: Sequence[str] | None = None,
     batch_size: int = 2,
@@ -104,23 +104,40 @@ def evaluate_detector(
     max_images: int | None = None,
     num_workers: int = 0,
     mask_threshold: float = 0.5,
+    amp: bool = False,
+    progress: bool = False,
+    adaptivity: bool = True,
 ) -> dict[str, Any]:
     """Run ``model`` (eval mode) over ``dataset`` and score it with COCOeval.
 
     Args:
-        model: a torchvision detector (from `create_detector` for the backbone FLOPs).
-        dataset: gives ``(image, target)`` (`CocoDetection`, `FashionCanvasDetection`, ...).
+        model: a torchvision detector (from `create_detector` for the backbone FLOPs, rates and adaptivity).
+        dataset: gives ``(image, target)`` (`CocoDetection`, `FashionCanvasDetection`, ...); or a DataLoader of
+            `collate_detection` batches (``laudnet.data.build_loader(..., collate_fn=collate_detection)``, sharded
+            under DDP): then every process runs its batches, the results are gathered (an image that two shards
+            hold is scored once) and every process returns the numbers of the whole set (a collective).
         iou_types: ``bbox`` and/or ``segm`` (default: both for a model with a mask head, else ``bbox``).
-        batch_size: images per forward.
+        batch_size: images per forward (a dataset only).
         device: where the model runs.
-        max_images: evaluate only the first images.
-        num_workers: DataLoader workers.
+        max_images: evaluate only the first images (a dataset only).
+        num_workers: DataLoader workers (a dataset only).
         mask_threshold: binarisation of predicted mask probabilities.
+        amp: bf16 autocast on CUDA.
+        progress: a tqdm bar (on rank 0).
+        adaptivity: measure how the backbone's decisions depend on the image (`laudnet.train.adaptivity`), with the
+            localisation lift of spatial masks on the ground-truth boxes.
 
     Returns:
         ``{iou_type: {AP, AP50, AP75, AP_S, AP_M, AP_L}, "images": n, "backbone": {"gmacs_dense", "gmacs_dynamic",
-        "flops_ratio"}}`` (``backbone`` is None for a backbone that is not a LAUD body).
+        "flops_ratio"}, "block_names": [...], "block_rates": [...], "adaptivity": AdaptivityResult | None}``
+        (``backbone`` None and the block lists empty for a backbone that is not a LAUD body; ``adaptivity`` None for
+        a static one). FLOPs are means over the images (each at its resized size, in its padded batch); rates and
+        adaptivity over the images run (an image on two shards counts twice, as in `laudnet.train.evaluate`).
     """
+    from laudnet.train import distributed as dist_utils
+    from laudnet.train.adaptivity import AdaptivityMeter, patch_sizes
+    from laudnet.train.evaluation import autocast, progress_bar
+
     has_masks = getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)()
     iou_types = tuple(iou_types) if iou_types is not None else (("bbox", "segm") if has_masks else ("bbox",))
     for t in iou_types:
@@ -128,36 +145,96 @@ def evaluate_detector(
             raise ValueError(f"unknown IoU type {t!r}; choose from: {', '.join(IOU_TYPES)}")
     if "segm" in iou_types and not has_masks:
         raise ValueError("segm evaluation needs a model with a mask head (maskrcnn)")
-    own_gt = getattr(dataset, "coco", None)
-    categories = list(getattr(dataset, "categories", None) or [])
-    if max_images is not None:
-        dataset = Subset(dataset, range(min(max_images, len(dataset))))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_detection)
+    if isinstance(dataset, DataLoader):
+        loader, base = dataset, dataset.dataset
+    else:
+        base = dataset
+        if max_images is not None:
+            dataset = Subset(dataset, range(min(max_images, len(dataset))))
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=collate_detection)
+    own_gt = getattr(base, "coco", None)
+    categories = list(getattr(base, "categories", None) or [])
+    device = torch.device(device)
     model.eval().to(device)
     body = getattr(getattr(model, "backbone", None), "body", None)
-    detections, image_ids, gt_parts = [], [], []
-    flops = torch.zeros(2, dtype=torch.float64)  # sums over images of dynamic and dense backbone MACs
-    for images, targets in loader:
-        outputs = model([im.to(device) for im in images])
+    laud = body is not None and hasattr(body, "dynamic_flops")
+    # per image: its detections, ground truth (None with a COCO index) and backbone MACs (dynamic, dense) or None
+    records: dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None, tuple[float, float] | None]] = {}
+    runs = 0  # images run (for the rates)
+    rate_sums: Tensor | None = None
+    names: list[str] = []
+    meter = AdaptivityMeter(1, patch_sizes(body)) if laud and adaptivity else None
+    show = progress and dist_utils.is_main_process()
+    for images, targets in progress_bar(loader, len(loader), "validate", show):
+        with autocast(device, amp):
+            outputs = model([im.to(device, non_blocking=True) for im in images])
         ids = [int(t["image_id"]) for t in targets]
-        detections += predictions_to_coco(outputs, ids, mask_threshold)
-        image_ids += ids
-        if own_gt is None:
-            gt_parts.append(targets_to_coco(((t, tuple(im.shape[-2:])) for im, t in zip(images, targets, strict=True)),
-                                            categories))
-        if body is not None and hasattr(body, "dynamic_flops"):
+        detections = predictions_to_coco(outputs, ids, mask_threshold)
+        macs = [None] * len(images)
+        if laud:
             per_image, dense = body.dynamic_flops()
-            flops += torch.tensor([float(per_image.sum()), dense * len(images)], dtype=torch.float64)
-    if not image_ids:
+            macs = [(float(v), float(dense)) for v in per_image.tolist()]
+        for image, target, image_id, mac in zip(images, targets, ids, macs, strict=True):
+            gt = None if own_gt is not None else targets_to_coco([(target, tuple(image.shape[-2:]))], categories)
+            records.setdefault(image_id, ([d for d in detections if d["image_id"] == image_id], gt, mac))
+        if not laud:
+            continue
+        runs += len(images)
+        infos = body.collect_info()
+        names = [i.name for i in infos]
+        rates = torch.stack([i.flops.float().sum() / i.dense_flops for i in infos]).double().cpu()
+        rate_sums = rates if rate_sums is None else rate_sums + rates
+        if meter is not None:
+            sizes = getattr(model.transform, "last_image_sizes", None) or [tuple(im.shape[-2:]) for im in images]
+            boxes = [_scaled_boxes(t["boxes"], im.shape[-2:], hw) for im, t, hw in zip(images, targets, sizes,
+                                                                                      strict=True)]
+            meter.update(infos, torch.zeros(len(images), dtype=torch.long), boxes, image_hw=body._last_hw,
+                         image_sizes=sizes)
+    records, runs, rate_sums = _gathered(records, runs, rate_sums, meter, device)
+    if not records:
         raise ValueError("no image to evaluate (every image was skipped or the dataset is empty)")
-    coco_gt = own_gt if own_gt is not None else coco_from_dict(_merge(gt_parts, categories))
+    image_ids = sorted(records)
+    detections = [d for i in image_ids for d in records[i][0]]
+    coco_gt = own_gt if own_gt is not None else coco_from_dict(_merge([records[i][1] for i in image_ids], categories))
     result: dict[str, Any] = {t: coco_eval(coco_gt, [d for d in detections if t == "bbox" or "segmentation" in d],
                                            t, image_ids) for t in iou_types}
     result["images"] = len(image_ids)
-    result["backbone"] = None if not flops[1] else {
-        "gmacs_dense": float(flops[1]) / len(image_ids) / 1e9,
-        "gmacs_dynamic": float(flops[0]) / len(image_ids) / 1e9,
-        "flops_ratio": float(flops[0] / flops[1]),
+    macs = [records[i][2] for i in image_ids if records[i][2] is not None]
+    dynamic, dense = sum(m[0] for m in macs), sum(m[1] for m in macs)
+    result["backbone"] = None if not dense else {
+        "gmacs_dense": dense / len(macs) / 1e9,
+        "gmacs_dynamic": dynamic / len(macs) / 1e9,
+        "flops_ratio": dynamic / dense,
     }
+    result["block_names"] = names
+    result["block_rates"] = [] if rate_sums is None else [float(r) / runs for r in rate_sums]
+    result["adaptivity"] = None if meter is None else meter.result()
     return result
+
+
+def _scaled_boxes(boxes: Tensor, image_hw: Sequence[int], resized_hw: Sequence[int]) -> Tensor:
+    """``boxes`` (xyxy, pixels of the image as read) in pixels of the image as the detector's transform resized it."""
+    sy, sx = resized_hw[0] / image_hw[0], resized_hw[1] / image_hw[1]
+    return boxes.detach().cpu().to(torch.float64) * torch.tensor([sx, sy, sx, sy], dtype=torch.float64)
+
+
+def _gathered(records: dict, runs: int, rate_sums: Tensor | None, meter, device: torch.device):
+    """The records of every process (the first kept where shards overlap), the images run and the rate sums over
+    the processes, and the adaptivity counts reduced in place (collective under DDP; as it is without)."""
+    from laudnet.train import distributed as dist_utils
+
+    if not dist_utils.is_dist():
+        return records, runs, rate_sums
+    parts: list[Any] = [None] * dist_utils.get_world_size()
+    torch.distributed.all_gather_object(parts, list(records.items()))
+    merged: dict = {}
+    for part in parts:
+        for image_id, record in part:
+            merged.setdefault(image_id, record)
+    runs = int(dist_utils.all_reduce_sum(torch.tensor([float(runs)], device=device)).item())
+    if rate_sums is not None:  # the same model on every rank: all or none hold rates
+        rate_sums = dist_utils.all_reduce_sum(rate_sums.to(device)).cpu()
+    if meter is not None and meter.measured:
+        meter.all_reduce(dist_utils.all_reduce_sum)
+    return merged, runs, rate_sums

@@ -52,6 +52,8 @@ def detection_step(
     target: float | None = None,
     lambda_flops: float = 1.0,
     flops_reduction: str = "batch",
+    *,
+    module: nn.Module | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """One training forward of a detector: its losses plus λ·(F_dyn / F_dense − t)² of the backbone.
 
@@ -64,20 +66,23 @@ def detection_step(
         target: the backbone's target FLOPs ratio; None takes ``model.flops_target``.
         lambda_flops: λ (1 in the official detection configs).
         flops_reduction: ``batch`` or ``sample`` (see `backbone_flops_loss`).
+        module: the detector itself when ``model`` wraps it (DistributedDataParallel): its backbone holds the masks
+            of the forward (default: ``model``).
 
     Returns:
         ``(loss, logs)``: the scalar to back-propagate, and floats: every detector loss term, ``loss_detection``
         (their sum), ``loss_flops``, ``flops_ratio``, ``backbone_gmacs_dense``, ``backbone_gmacs_dynamic``, ``loss``.
     """
-    if not model.training:
+    module = model if module is None else module
+    if not module.training:
         raise ValueError("detection_step needs the model in training mode (model.train()): in eval it predicts")
-    target = getattr(model, "flops_target", None) if target is None else target
-    dynamic = model.backbone.body.paradigm != "static"
+    target = getattr(module, "flops_target", None) if target is None else target
+    dynamic = module.backbone.body.paradigm != "static"
     if dynamic and (target is None or not 0 < target <= 1):
         raise ValueError(f"a dynamic backbone needs a target FLOPs ratio in (0, 1], got {target!r}")
     losses = model(images, targets)
     detection = torch.stack(list(losses.values())).sum()
-    flops, logs = backbone_flops_loss(model, target if dynamic else 1.0, flops_reduction)
+    flops, logs = backbone_flops_loss(module, target if dynamic else 1.0, flops_reduction)
     loss = detection + lambda_flops * flops
     out: dict[str, Any] = {k: float(v.detach()) for k, v in losses.items()}
     out.update(loss_detection=float(detection.detach()), loss_flops=float(flops.detach()), **logs,

@@ -64,6 +64,9 @@ def create_detector(
         **detector_kwargs: passed to the torchvision class (``min_size``, ``max_size``, ``box_detections_per_img``,
             ``rpn_batch_size_per_image``, ...).
 
+    The model records these arguments in ``model.model_args`` (``weights_backbone`` left out, the granularity
+    resolved), which `laudnet train` checkpoints store and ``create_detector(**model_args)`` rebuilds from.
+
     Raises:
         ValueError: an unknown detector kind or backbone (one line listing the choices), a bad paradigm or
             granularity, a target outside (0, 1], or backbone weights that do not fit.
@@ -90,6 +93,13 @@ def create_detector(
         **layout,
     )
     model = DETECTORS[kind](fpn, num_classes=num_classes, **detector_kwargs)
+    body = fpn.body
+    model.model_args = dict(
+        kind=kind, backbone=backbone, paradigm=paradigm,
+        granularity=None if body.granularity[0] is None else list(body.granularity), target=target,
+        num_classes=num_classes, trainable_layers=trainable_layers, temperature=temperature, frozen_bn=frozen_bn,
+        freeze_masker_norm=freeze_masker_norm, masker_norm=masker_norm, **detector_kwargs,
+    )
     model.flops_target = target
     model.backbone_name = backbone
     model.transform.register_forward_hook(_record_image_sizes)

@@ -3,7 +3,8 @@
 A dynamic network can meet its FLOPs target blindly, computing the same patches, blocks or channel groups for every
 image. Two measures tell how far it does not:
 
-- **Localisation lift** (spatial paradigm, on data with item boxes such as ``fashion-canvas``): per stage,
+- **Localisation lift** (spatial paradigm, on data with item boxes such as ``fashion-canvas``, or object boxes of
+  detection sets, several per image, where a cell counts as on an object when it overlaps any of them): per stage,
   ``P(patch computed | patch overlaps the item box) / P(patch computed | patch entirely outside it)``, pooled over the
   stage's blocks and the images. The patches are the cells of each block's coarse mask ``masks["patch"]``; a cell
   ``(i, j)`` of patch size S on an Ho×Wo output map covers output rows ``[i·S, min((i+1)·S, Ho))`` (columns alike),
@@ -247,16 +248,20 @@ class AdaptivityMeter:
         self,
         infos: Sequence[DynamicInfo],
         labels: Tensor,
-        boxes: Tensor | None = None,
+        boxes: Tensor | Sequence[Tensor] | None = None,
         image_hw: Sequence[int] | None = None,
+        image_sizes: Sequence[Sequence[int]] | None = None,
     ) -> None:
         """Add one batch.
 
         Args:
             infos: ``collect_info(model)`` after the batch's forward.
             labels: ``(B,)`` true classes.
-            boxes: ``(B, 4)`` item boxes ``(x0, y0, x1, y1)`` (end exclusive, input pixels), or None.
+            boxes: ``(B, 4)`` item boxes ``(x0, y0, x1, y1)`` (end exclusive, input pixels), or per image an
+                ``(N_i, 4)`` tensor of object boxes (a cell is on an object when it overlaps any), or None.
             image_hw: the input's ``(H, W)``; needed with boxes.
+            image_sizes: per image, its ``(h, w)`` inside the input when images were padded to one batch (detection:
+                bottom and right); cells entirely in the padding are not counted in the lift. None: no padding.
         """
         decisions = [_decisions(i) for i in infos]
         if self._state is None:
@@ -269,6 +274,11 @@ class AdaptivityMeter:
             raise ValueError("boxes need image_hw, the input's (height, width)")
         state = self._state
         device = state["images"].device
+        if boxes is not None:
+            boxes = boxes.to(device) if isinstance(boxes, Tensor) else [
+                torch.as_tensor(b, dtype=torch.float64, device=device).reshape(-1, 4) for b in boxes]
+            if len(boxes) != len(labels):
+                raise ValueError(f"{len(boxes)} box sets for a batch of {len(labels)} images")
         labels = labels.to(device).long()
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.min()}..{labels.max()}")
@@ -284,12 +294,13 @@ class AdaptivityMeter:
             state["class_sums"][b] += frac.to(torch.float64) @ onehot
             info = infos[k]
             if boxes is not None and info.paradigm == "spatial" and "patch" in info.masks:
-                cells.append((b, self._cell_counts(info, k, boxes.to(device), tuple(image_hw))))
+                cells.append((b, self._cell_counts(info, k, boxes, tuple(image_hw), image_sizes)))
         state["executed"] += torch.cat(executed) if executed else 0
         for b, counts in cells:
             state["cells"][b] += counts
 
-    def _cell_counts(self, info: DynamicInfo, k: int, boxes: Tensor, image_hw: tuple[int, int]) -> Tensor:
+    def _cell_counts(self, info: DynamicInfo, k: int, boxes: Tensor | list[Tensor], image_hw: tuple[int, int],
+                     image_sizes: Sequence[Sequence[int]] | None) -> Tensor:
         patch = info.masks["patch"]
         grid = tuple(patch.shape[-2:])
         out_hw = tuple(info.masks["pixel"].shape[-2:]) if "pixel" in info.masks else grid
@@ -298,10 +309,18 @@ class AdaptivityMeter:
             s = math.ceil(out_hw[0] / grid[0])
         if (math.ceil(out_hw[0] / s), math.ceil(out_hw[1] / s)) != grid:
             raise ValueError(f"block {info.name!r}: patch size {s} on a {out_hw} map gives no {grid} mask grid")
-        inside = cells_overlapping_boxes(boxes, grid, out_hw, s, image_hw)
+        if isinstance(boxes, Tensor):
+            inside = cells_overlapping_boxes(boxes, grid, out_hw, s, image_hw)
+        else:  # several boxes per image: on an object = overlapping any
+            inside = torch.stack([cells_overlapping_boxes(b, grid, out_hw, s, image_hw).any(0) for b in boxes])
         computed = patch.float().amax(1).gt(_ON)
+        outside = ~inside
+        if image_sizes is not None:  # only the cells that overlap the image itself, not its padding
+            extents = torch.tensor([[0, 0, w, h] for h, w in image_sizes], dtype=torch.float64, device=inside.device)
+            valid = cells_overlapping_boxes(extents, grid, out_hw, s, image_hw)
+            inside, outside = inside & valid, outside & valid
         return torch.stack(
-            [inside.sum(), (computed & inside).sum(), (~inside).sum(), (computed & ~inside).sum()]
+            [inside.sum(), (computed & inside).sum(), outside.sum(), (computed & outside).sum()]
         ).to(torch.float64)
 
     def all_reduce(self, reduce_sum: Callable[[Tensor], Tensor]) -> None:

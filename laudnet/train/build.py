@@ -25,12 +25,16 @@ def check_config_inputs(cfg: TrainConfig) -> None:
     """Cheap checks of what a run needs, before any data is read: the model name and the data root.
 
     Raises:
-        ValueError: an unknown model (naming the choices) or an empty data root.
+        ValueError: an unknown model (naming the choices; for detection, an unknown backbone) or an empty data root.
         FileNotFoundError: a data root or an ``init`` file that does not exist.
     """
     from laudnet.models import list_models
 
-    if cfg.model not in list_models():
+    if cfg.task != "classification":
+        from laudnet.detection.backbone import check_backbone_name
+
+        check_backbone_name(cfg.model)
+    elif cfg.model not in list_models():
         raise ValueError(f"unknown model {cfg.model!r}; choose from: {', '.join(list_models())}")
     if cfg.data_root is not None:
         root = Path(cfg.data_root)

@@ -3,10 +3,13 @@
 - ``laudnet train -c config.yaml [--flag value ...]``: flags override the YAML file, which overrides the defaults;
   under ``torchrun`` every process runs the same command (one per GPU).
 - ``laudnet eval CHECKPOINT``: top-1/top-5, mean dense and dynamic FLOPs, per-block activation rates and the
-  adaptivity of the decisions (:mod:`laudnet.train.adaptivity`), as a table and a JSON file.
+  adaptivity of the decisions (:mod:`laudnet.train.adaptivity`), as a table and a JSON file; for a detection
+  checkpoint (``--task detection|instance``) the COCO table and the backbone's FLOPs, rates and adaptivity
+  (:mod:`laudnet.detection.report`).
 - ``laudnet viz CHECKPOINT [CHECKPOINT ...]``: the per-block activation-rate chart (runs side by side), the
   execution-share histogram, and, for spatial models, the localisation lift per stage and mask overlays on validation
-  images, as PNGs.
+  images, as PNGs; for a detection checkpoint, validation images with the predicted boxes (and masks) and each
+  backbone stage's executed pixels.
 
 Bad input (a missing data root, an unknown model or config key, a target outside (0, 1], a checkpoint of another
 model, ...) ends the command with one line ``laudnet <command>: error: <message>`` and exit status 2.
@@ -85,8 +88,11 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(cfg)
         if result.interrupted:  # 128 + the signal, as a shell reports a process killed by it: 143 or 130
             return 128 + int(result.stop_signal or 15)
-        if result.last_eval is not None:
+        if result.best_top1 is not None:
             print(f"done: {result.run_dir} (best val top-1 {result.best_top1:.2f}%)")
+        elif result.best is not None:  # detection: box AP (mask AP for instance segmentation), in percent
+            what = result.best_metric.replace("_", " ").replace(" ap", " AP")
+            print(f"done: {result.run_dir} (best {what} {result.best:.2f})")
         return 0
 
     return _guard("train", body)
@@ -101,12 +107,14 @@ def _add_data_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-root", default=None, help="data folder")
     group.add_argument("--image-size", type=int, default=None, help="input side")
     group.add_argument("--val-subset", type=int, default=None, help="evaluate only this many images")
-    group.add_argument("-b", "--batch-size", type=int, default=128, help="evaluation batch (default: 128)")
+    group.add_argument("-b", "--batch-size", type=int, default=None,
+                       help="evaluation batch (default: 128; 4 for detection checkpoints)")
     group.add_argument("-j", "--workers", type=int, default=0, help="data loader processes (default: 0)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     group.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     group.add_argument("--on-bad-image", choices=("skip", "error"), default=None,
-                       help="imagefolder: skip an unreadable image with a warning, or stop naming it (default: skip)")
+                       help="imagefolder and coco: skip an unreadable image with a warning, or stop naming it "
+                       "(default: skip)")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,9 +154,18 @@ def load_trained(path: str | Path, model_name: str | None = None) -> tuple[Any, 
     state = load_checkpoint(path, expected_model=model_name)
     if "config" not in state or "paradigm" not in state or "num_classes" not in state:
         raise CheckpointError(f"checkpoint {path} has no training config: it was not written by laudnet train")
+    if is_detection(state):
+        from laudnet.detection.task import trained_detector
+
+        return trained_detector(state, path), state
     model = create_model(**checkpoint_model_args(state))
     model.load_state_dict(state["model"])
     return model.eval(), state
+
+
+def is_detection(state: dict[str, Any]) -> bool:
+    """Whether a training checkpoint is of a detection or instance-segmentation run."""
+    return state.get("task", "classification") != "classification"
 
 
 def _eval_config(state: dict[str, Any], args: argparse.Namespace):
@@ -177,15 +194,38 @@ def evaluate_checkpoint(path: str | Path, args: argparse.Namespace) -> tuple[Any
     check_config_inputs(cfg)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    batch_size = args.batch_size or (4 if is_detection(state) else 128)
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    device = resolve_device(cfg.device)
+    if is_detection(state):
+        return _evaluate_detector_checkpoint(model, state, cfg, path, batch_size, device), state, cfg
     (val_set,), classes = build_datasets(cfg, ("val",), boxes=True)  # fashion-canvas: boxes for the lift
     if classes != state["num_classes"]:
         raise ValueError(f"{cfg.dataset} has {classes} classes but the checkpoint {path} has {state['num_classes']}")
-    if args.batch_size < 1:
-        raise ValueError(f"batch size must be positive, got {args.batch_size}")
-    device = resolve_device(cfg.device)
-    loader = build_loader(val_set, args.batch_size, train=False, num_workers=cfg.workers)
+    loader = build_loader(val_set, batch_size, train=False, num_workers=cfg.workers)
     result = evaluate(model.to(device), loader, device, amp=cfg.amp, channels_last=cfg.channels_last)
     return result, state, cfg
+
+
+def detection_val_set(state: dict[str, Any], cfg, path: str | Path):
+    """The validation set of a detection checkpoint's config; refused when it has classes the detector lacks."""
+    from laudnet.detection.task import build_detection_datasets
+
+    (val_set,), classes = build_detection_datasets(cfg, ("val",))
+    if classes > state["num_classes"]:
+        raise ValueError(f"{cfg.dataset} has category ids up to {classes - 1} but the detector of {path} has "
+                         f"{state['num_classes']} classes (background included)")
+    return val_set
+
+
+def _evaluate_detector_checkpoint(model, state: dict[str, Any], cfg, path: str | Path, batch_size: int, device):
+    from laudnet.data import build_loader
+    from laudnet.detection import collate_detection, evaluate_detector
+
+    loader = build_loader(detection_val_set(state, cfg, path), batch_size, train=False, num_workers=cfg.workers,
+                          collate_fn=collate_detection)
+    return evaluate_detector(model.to(device), loader, device=device, amp=cfg.amp)
 
 
 def format_eval(result, title: str) -> str:
@@ -251,10 +291,16 @@ def _p(p: float | None) -> str:
 def run_eval(args: argparse.Namespace) -> int:
     def body() -> int:
         result, state, cfg = evaluate_checkpoint(args.checkpoint, args)
+        out = Path(args.json) if args.json else Path(f"{args.checkpoint}.eval.json")
+        if is_detection(state):
+            from laudnet.detection.report import detection_payload, format_detection_eval
+
+            print(format_detection_eval(result, f"{args.checkpoint}: {_detection_label(state)}, {cfg.dataset} val"))
+            _write_json(out, detection_payload(result, state, cfg, args.checkpoint))
+            return 0
         gran = state.get("granularity")
         what = f"{state['model_name']} {state['paradigm']}" + (f" ({'-'.join(map(str, gran))})" if gran else "")
         print(format_eval(result, f"{args.checkpoint}: {what}, {cfg.dataset} val at {cfg.image_size} px"))
-        out = Path(args.json) if args.json else Path(f"{args.checkpoint}.eval.json")
         payload = {
             "checkpoint": str(args.checkpoint),
             "model": state["model_name"],
@@ -265,12 +311,24 @@ def run_eval(args: argparse.Namespace) -> int:
             "image_size": cfg.image_size,
             **result.to_dict(),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {out}")
+        _write_json(out, payload)
         return 0
 
     return _guard("eval", body)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def _detection_label(state: dict[str, Any]) -> str:
+    """``fasterrcnn on laud_resnet50 spatial 4-4-2-1 t=0.5``."""
+    args = state["model_args"]
+    gran = f" {'-'.join(map(str, args['granularity']))}" if args["granularity"] else ""
+    target = f" t={args['target']}" if args["target"] is not None else ""
+    return f"{args['kind']} on {state['model_name']} {args['paradigm']}{gran}{target}"
 
 
 # ------------------------------------------------------------------------------------------------------------- viz
@@ -281,10 +339,14 @@ def add_viz_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", nargs="+", default=None, help="legend labels (default: paradigm and target)")
     parser.add_argument("-o", "--out", default="viz", help="output folder (default: viz)")
     parser.add_argument("--num-images", type=int, default=6, help="images in the mask overlays (default: 6)")
+    parser.add_argument("--score-threshold", type=float, default=0.5,
+                        help="detection checkpoints: draw the predictions scoring at least this (default: 0.5)")
     _add_data_overrides(parser)
 
 
 def _run_label(state: dict[str, Any]) -> str:
+    if is_detection(state):
+        return _detection_label(state)
     if state["paradigm"] == "static":
         return "static"
     gran = state.get("granularity")
@@ -343,15 +405,26 @@ def run_viz(args: argparse.Namespace) -> int:
         if args.labels is not None and len(args.labels) != len(args.checkpoints):
             raise ValueError(f"--labels has {len(args.labels)} entries for {len(args.checkpoints)} checkpoints")
         out = Path(args.out)
-        series, spatial, targets, adaptive = [], [], set(), []
+        series, spatial, targets, adaptive, detectors = [], [], set(), [], []
         for k, ckpt in enumerate(args.checkpoints):
             result, state, cfg = evaluate_checkpoint(ckpt, args)
             label = args.labels[k] if args.labels else _run_label(state)
+            if state["paradigm"] != "static":
+                targets.add(cfg.target)
+            if is_detection(state):
+                detectors.append((ckpt, label, state, cfg))
+                backbone = result["backbone"]
+                series.append(RateSeries(label, result["block_names"], result["block_rates"], backbone["flops_ratio"]))
+                if result["adaptivity"] is not None:
+                    adaptive.append((label, result["adaptivity"]))
+                aps = ", ".join(f"{name} AP {100 * result[t]['AP']:.2f}"
+                                for t, name in (("bbox", "box"), ("segm", "mask")) if t in result)
+                print(f"{ckpt}: {label}: {aps}, backbone FLOPs ratio {backbone['flops_ratio']:.3f} "
+                      f"({result['images']} images)")
+                continue
             series.append(RateSeries(label, result.block_names, result.block_rates, result.flops_ratio))
             if result.adaptivity is not None:
                 adaptive.append((label, result.adaptivity))
-            if state["paradigm"] != "static":
-                targets.add(cfg.target)
             if state["paradigm"] == "spatial":
                 spatial.append((ckpt, label, cfg))
             print(f"{ckpt}: {label}: top-1 {result.top1:.2f}%, FLOPs ratio {result.flops_ratio:.3f} "
@@ -373,7 +446,17 @@ def run_viz(args: argparse.Namespace) -> int:
             title = f"{label}: red = computed, grey = skipped{box}"
             path = mask_figure(model, cfg, out / fname, args.num_images, title)
             print(f"wrote {path}")
-        if not spatial:
+        for ckpt, label, state, cfg in detectors:
+            from laudnet.detection.report import detection_figure
+
+            model, _ = load_trained(ckpt)
+            fname = ("detections.png" if len(detectors) == 1
+                     else f"detections-{Path(ckpt).parent.name}-{Path(ckpt).stem}.png")
+            title = f"{label}: predicted boxes (red), ground truth (green); per stage red = computed"
+            path = detection_figure(model, detection_val_set(state, cfg, ckpt), out / fname, args.num_images, title,
+                                    args.score_threshold)
+            print(f"wrote {path}")
+        if not spatial and not detectors:
             print("no spatial model among the checkpoints: no mask overlays")
         return 0
 

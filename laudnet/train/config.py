@@ -29,6 +29,10 @@ from laudnet.paradigms import DYNAMIC_PARADIGMS as PARADIGMS
 from laudnet.train.schedules import FLOPS_REDUCTIONS, NOISE_KINDS, TEMPERATURE_KINDS
 
 MODES = ("dynamic", "static")
+# `laudnet train --task`: image classification, or detection (boxes) and instance segmentation (boxes and masks) with
+# torchvision's detectors on the LAUD backbone (`laudnet.detection.task`).
+TASK_NAMES = ("classification", "detection", "instance")
+DETECTOR_NAMES = ("fasterrcnn", "retinanet", "maskrcnn")
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -40,8 +44,28 @@ def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = No
 class TrainConfig:
     """Everything a training run needs; see each field's help (``laudnet train --help``)."""
 
+    # task
+    task: str = _f(
+        "classification", "classification; detection (boxes) or instance (boxes and masks): a torchvision detector "
+        "with --model as its backbone (and an FPN)", "task", TASK_NAMES,
+    )
+    detector: str | None = _f(
+        None, f"detection: {', '.join(DETECTOR_NAMES)} (default: fasterrcnn; --task instance needs maskrcnn, its "
+        "default)", "task",
+    )
+    min_size: int = _f(800, "detection: the detector resizes each image so that its shorter side is this", "task")
+    max_size: int = _f(1333, "detection: ... and its longer side at most this", "task")
+    trainable_layers: int = _f(
+        3, "detection: backbone stages trained, counted from the last (3: stem and stage 1 frozen; 5: all)", "task"
+    )
+    roi_batch_size: int = _f(
+        512, "detection: proposals sampled per image for the box head's losses (Faster/Mask R-CNN)", "task"
+    )
+    detections_per_image: int = _f(100, "detection: most detections kept per image", "task")
     # model
-    model: str = _f("laud_resnet50", "registered model name", "model", short="-m")
+    model: str = _f(
+        "laud_resnet50", "registered model name (the backbone with --task detection|instance)", "model", short="-m"
+    )
     mode: str = _f("dynamic", "static training, or dynamic fine-tuning with maskers", "model", MODES)
     paradigm: str = _f("spatial", "what the maskers skip", "model", PARADIGMS)
     granularity: list[int] | None = _f(
@@ -52,27 +76,35 @@ class TrainConfig:
         "model",
     )
     init: str | None = _f(
-        None, "initial weights: a static laudnet checkpoint or a torchvision weights file (.pth)", "model"
+        None, "initial weights: a static laudnet checkpoint or a torchvision weights file (.pth); detection: a "
+        "classification checkpoint or torchvision weights of the backbone, or a detection checkpoint", "model"
     )
     zero_init_residual: bool = _f(
         True, "without init: start every residual branch at zero (last BN scale 0), which steadies training", "model"
     )
     # data
-    dataset: str = _f("fashion-canvas", "imagefolder (alias imagenet), fashion-mnist or fashion-canvas", "data")
+    dataset: str = _f(
+        "fashion-canvas", "imagefolder (alias imagenet), fashion-mnist or fashion-canvas; detection: "
+        "fashion-canvas-det or coco (data root: train/, val/, annotations/instances_{train,val}.json)", "data",
+    )
     data_root: str | None = _f(None, "data folder (default for fashion-*: /usr/share/datasets/fashion-mnist)", "data")
-    image_size: int = _f(224, "input side (canvas side for fashion-canvas)", "data")
+    image_size: int = _f(224, "input side (canvas side for fashion-canvas, default canvas height for -det)", "data")
     train_subset: int | None = _f(None, "use only this many training samples", "data")
     val_subset: int | None = _f(None, "use only this many validation samples", "data")
     canvas_clutter: int = _f(6, "fashion-canvas: clutter fragments per image", "data")
     canvas_scale_min: float = _f(0.25, "fashion-canvas: smallest item side, as a fraction of the canvas", "data")
     canvas_scale_max: float = _f(0.5, "fashion-canvas: largest item side, as a fraction of the canvas", "data")
+    canvas_height: int | None = _f(None, "fashion-canvas-det: canvas height (default: image_size)", "data")
+    canvas_width: int | None = _f(None, "fashion-canvas-det: canvas width (default: the canvas height)", "data")
+    canvas_items_min: int = _f(2, "fashion-canvas-det: fewest items per canvas", "data")
+    canvas_items_max: int = _f(4, "fashion-canvas-det: most items per canvas (fewer where they do not fit)", "data")
     workers: int = _f(
         min(4, os.cpu_count() or 1), "data loader processes per training process (4, or the machine's CPU cores if "
         "fewer)", "data", short="-j"
     )
     on_bad_image: str = _f(
-        "skip", "imagefolder: an unreadable image (truncated, corrupt) is skipped with a warning naming it and counted "
-        "in the epoch line, or stops the run with an error naming it", "data", ("skip", "error"),
+        "skip", "imagefolder and coco: an unreadable image (truncated, corrupt) is skipped with a warning naming it "
+        "and counted in the epoch line, or stops the run with an error naming it", "data", ("skip", "error"),
     )
     # optimisation
     epochs: int = _f(100, "training epochs", "optimisation")
@@ -205,7 +237,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(cfg, f.name)!r}")
     from laudnet.data import canonical_name  # local: keeps `import config` light
 
-    canonical_name(cfg.dataset)
+    canonical_name(cfg.dataset, cfg.task)
+    _validate_task(cfg)
     positive = (
         "image_size",
         "epochs",
@@ -263,6 +296,32 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"ema_decay must be in (0, 1) when set, got {cfg.ema_decay}")
     if cfg.recalibrate_bn < 0:
         raise ValueError(f"recalibrate_bn must be >= 0, got {cfg.recalibrate_bn}")
+
+
+def _validate_task(cfg: TrainConfig) -> None:
+    """The detection options: a known detector, maskrcnn for instance segmentation, positive sizes."""
+    if cfg.detector is not None and cfg.detector not in DETECTOR_NAMES:
+        raise ValueError(f"unknown detector {cfg.detector!r}; choose from: {', '.join(DETECTOR_NAMES)}")
+    if cfg.task == "instance" and cfg.detector not in (None, "maskrcnn"):
+        raise ValueError(f"--task instance needs masks, which only maskrcnn predicts, not {cfg.detector}")
+    for name in ("min_size", "max_size", "roi_batch_size", "detections_per_image", "canvas_items_min"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.min_size > cfg.max_size:
+        raise ValueError(f"min_size ({cfg.min_size}) must not exceed max_size ({cfg.max_size})")
+    if cfg.canvas_items_max < cfg.canvas_items_min:
+        raise ValueError(f"canvas_items_max ({cfg.canvas_items_max}) must be >= canvas_items_min "
+                         f"({cfg.canvas_items_min})")
+    for name in ("canvas_height", "canvas_width"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 16:
+            raise ValueError(f"{name} must be >= 16 when set, got {getattr(cfg, name)}")
+    if not 0 <= cfg.trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {cfg.trainable_layers}")
+
+
+def detector_kind(cfg: TrainConfig) -> str:
+    """The detector of a detection run: ``detector``, else maskrcnn for ``instance``, fasterrcnn for ``detection``."""
+    return cfg.detector or ("maskrcnn" if cfg.task == "instance" else "fasterrcnn")
 
 
 # ----------------------------------------------------------------------------------------------------------- typing

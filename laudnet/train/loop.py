@@ -93,7 +93,7 @@ def _train(cfg: TrainConfig, info: dist_utils.WorldInfo, device: torch.device,
         say(f"{run_dir} is already complete ({cfg.epochs} epochs, checkpoint {resume_path}); nothing to do")
         return TrainResult(run_dir=run_dir, epochs_done=cfg.epochs, global_step=int(saved["global_step"]),
                            steps_run=0, interrupted=False, best=saved_best(saved), last_eval=None)
-    task = TASKS["classification"](cfg, device, say)  # `--task` will choose
+    task = TASKS[cfg.task](cfg, device, say)
     world = info.world_size
     run = build_run(cfg, task, device=device, run_dir=run_dir, world=world, rank=info.rank, say=say, stop=stop,
                     on_step=on_step)
@@ -109,11 +109,15 @@ def _train(cfg: TrainConfig, info: dist_utils.WorldInfo, device: torch.device,
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
-    """``output/run_name``; the default name joins model, mode (paradigm when dynamic) and dataset."""
+    """``output/run_name``; the default name joins model, mode (paradigm when dynamic) and dataset (after the
+    detector, for detection: ``fasterrcnn-laud_resnet50-spatial-coco``)."""
     from laudnet.data import canonical_name
+    from laudnet.train.config import detector_kind
 
-    name = cfg.run_name or "-".join([cfg.model, model_paradigm(cfg), canonical_name(cfg.dataset)])
-    return Path(cfg.output) / name
+    parts = [cfg.model, model_paradigm(cfg), canonical_name(cfg.dataset, cfg.task)]
+    if cfg.task != "classification":
+        parts.insert(0, detector_kind(cfg))
+    return Path(cfg.output) / (cfg.run_name or "-".join(parts))
 
 
 # What makes a folder hold a run: rerunning its name without --resume would replace these.

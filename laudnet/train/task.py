@@ -3,8 +3,9 @@
 A task builds the datasets, their loaders and the model (with its initialisation and any teacher), computes one
 batch's loss and logs, and validates. The run owns the rest: device and processes, optimiser and schedules, the epoch
 loop, checkpoints, metrics files and stop signals. :class:`ClassificationTask` is image classification, the paper's
-recipe; another task (detection, from ``laudnet.detection``'s ``create_detector``, ``detection_step`` and
-``evaluate_detector``) is a class with the same attributes and methods (:class:`Task`), added to :data:`TASKS`.
+recipe; :class:`laudnet.detection.task.DetectionTask` (``detection`` and ``instance``) is detection and instance
+segmentation with torchvision's detectors on a LAUD backbone. Both have the attributes and methods of :class:`Task`
+and are named in :data:`TASKS`.
 """
 
 from __future__ import annotations
@@ -234,5 +235,14 @@ class ClassificationTask:
         return text
 
 
-# The tasks `laudnet train` can run, by name.
-TASKS: dict[str, Callable[..., Task]] = {"classification": ClassificationTask}
+def _detection_task(cfg: TrainConfig, device: torch.device, say: Callable[[str], None] = print) -> Task:
+    # Imported when chosen: torchvision's detectors and pycocotools stay out of classification runs.
+    from laudnet.detection.task import DetectionTask
+
+    return DetectionTask(cfg, device, say)
+
+
+# The tasks `laudnet train --task` can run, by name (`laudnet.train.config.TASK_NAMES`).
+TASKS: dict[str, Callable[..., Task]] = {
+    "classification": ClassificationTask, "detection": _detection_task, "instance": _detection_task,
+}

@@ -100,11 +100,18 @@ def test_evaluator_on_both_datasets_with_an_oracle(fashion_root, tmp_path):
 def test_evaluator_runs_a_mask_rcnn(canvases):
     model = create_detector("maskrcnn", "laud_resnet50", "spatial", num_classes=11, **small_kwargs("maskrcnn"))
     result = evaluate_detector(model, canvases, batch_size=2)
-    assert set(result) == {"bbox", "segm", "images", "backbone"} and result["images"] == 2
+    assert set(result) == {"bbox", "segm", "images", "backbone", "block_names", "block_rates", "adaptivity"}
+    assert result["images"] == 2
     assert all(v is None or 0 <= v <= 1 for t in ("bbox", "segm") for v in result[t].values())
     backbone = result["backbone"]
     assert backbone["gmacs_dense"] == pytest.approx(model.backbone.body.dense_flops((64, 96)) / 1e9)
     assert 0 < backbone["flops_ratio"] < 1.05
+    # The backbone's blocks and decisions: 16 bottlenecks; the lift of its spatial masks on the objects' boxes.
+    assert len(result["block_names"]) == len(result["block_rates"]) == 16
+    adaptivity = result["adaptivity"]
+    assert adaptivity.num_images == 2 and adaptivity.paradigm == "spatial" and len(adaptivity.blocks) == 16
+    assert [s.stage for s in adaptivity.stages] == ["s1", "s2", "s3", "s4"]
+    assert all(s.cells_in > 0 for s in adaptivity.stages)
     with pytest.raises(ValueError, match=r"segm evaluation needs a model with a mask head"):
         evaluate_detector(create_detector("retinanet", num_classes=11, **small_kwargs("retinanet")), canvases,
                           iou_types=["segm"])
