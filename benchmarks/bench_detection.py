@@ -23,7 +23,7 @@ only in the backbone's form and decisions:
 Backbone latency: the deployed body alone on the padded batch. Whole-detector latency: the detector's call on the
 list of images (transform, body, FPN, RPN, RoI heads, post-processing; eager, the body replayed from its CUDA graph),
 the FPN and heads as they are (fp32) and, with ``--heads-bf16``, their convolutions and linears in bf16 autocast
-(`laudnet.detection.autocast_heads`). Timing: `laudnet.deploy.tune.time_call` (CUDA events after warm-up, median of
+(`laudnet.detection.autocast_heads`). Timing: `laudnet.timing.time_call` (CUDA events after warm-up, median of
 ``--repeats``, ``--detector-repeats`` for whole detectors). Compilation dominates the run's time: the dense-masked
 forms and the static body compile whole once per size and batch; the sparse form's dense-masked block paths compile
 per block shape (``--sparse-compile static``, as `deploy_fastest`) or once per kind of block (``dynamic``: far less
@@ -51,8 +51,8 @@ import torch
 import torchvision
 
 import laudnet
-from laudnet.deploy.tune import time_call
 from laudnet.detection import autocast_heads, create_detector, deploy_backbone, deploy_detector, head_modules
+from laudnet.timing import time_call
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_models import _triton_version, random_decisions  # noqa: E402

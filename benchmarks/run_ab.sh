@@ -28,10 +28,17 @@
 #                                          # recalibration against the demo's recipe, seeds 0-4 (its seed spread)
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
+#   OUT=dir benchmarks/run_ab.sh detection   # GPU tests of deploy_detector; bench_detection.py: LAUD-ResNet-50
+#                                          # Faster R-CNN, backbone and whole detector against the static detector's
+#                                          # strongest form, 800x1216 and 256x256, batch 1 and 8, every paradigm at
+#                                          # rates 0.25 / 0.5 / 0.75 (heads fp32 and bf16); cases past its budget are
+#                                          # listed as skipped: rerun them with DET_ARGS (e.g. "--sizes 256x256");
+#                                          # CKPT=<laudnet checkpoint> adds its trained maskers on fashion-canvas-det
+#                                          # (carry the file and .data)
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|pareto"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|pareto|detection"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -134,11 +141,22 @@ demo-gap-variance|demo-gap-variance-2)
         timeout 540 $abl --only "BN recalibration 50" "EMA 0.988 + BN recalibration 50" >> "$log" 2>&1
     fi
     cp runs/demo-gap-variance/recipe_ablation.json "$out/demo_gap_variance_$c.json"; tail -30 "$log" ;;
+detection)
+    # ~9 minutes: the GPU tests (both deployed forms per paradigm, compiled and graphed; fastest), then the benchmark
+    # under a budget; the sparse form's block paths compile with symbolic sizes (--sparse-compile dynamic) so that
+    # four sizes x batches fit one call (the static and dense-masked bodies compile whole at static shapes)
+    timeout 150 python -m pytest -q tests/detection/test_deploy.py -k gpu > "$out/pytest_detection_gpu_${dev}_$c.txt" 2>&1
+    tail -2 "$out/pytest_detection_gpu_${dev}_$c.txt"
+    name=bench_detection_r50_${dev}_$c
+    timeout 390 python benchmarks/bench_detection.py --sizes 800x1216 256x256 --batches 1 8 --heads-bf16 \
+        --sparse-compile dynamic --budget-s 330 ${CKPT:+--checkpoint "$CKPT" --data-root .data/fashion-mnist} \
+        ${DET_ARGS:-} --out "$out/$name.json" --commit "$c" > "$out/$name.log" 2>&1; echo "rc=$?"
+    sed -n '/^| size/,$p' "$out/$name.log" | cut -c1-200 ;;
 pareto)
     # the accuracy-latency figure; rerun until it prints rc=0 (carry .whl with torch-pruning and .data)
     python -m pip install -q --no-deps .whl/torch_pruning-*.whl
     python benchmarks/pareto.py --data-root .data/fashion-mnist --out runs/pareto --commit "$c" --budget-minutes 8.4 \
         --no-progress > "$out/pareto_$c.log" 2>&1; echo "rc=$?"
     cp runs/pareto/{pareto.json,pareto.md,pareto_latency.png,pareto_flops.png} "$out/"; tail -30 "$out/pareto_$c.log" ;;
-*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50, recipe-seeds, pareto)" >&2; exit 2 ;;
+*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50, recipe-seeds, pareto, detection)" >&2; exit 2 ;;
 esac

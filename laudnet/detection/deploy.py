@@ -34,10 +34,10 @@ from torchvision.ops import FrozenBatchNorm2d
 from laudnet.deploy import GraphedModel, deploy, deploy_dense_masked, tune_paths
 from laudnet.deploy.blocks import COMPILE_SHAPES
 from laudnet.deploy.model import DeployedModel
-from laudnet.deploy.tune import time_call
 from laudnet.detection.backbone import LaudBackboneBody
 from laudnet.models import create_model
 from laudnet.models._base import DynamicModel
+from laudnet.timing import time_call
 
 FORMS = ("sparse", "dense-masked", "fastest")
 
@@ -205,7 +205,7 @@ def deploy_backbone(
         out_dtype: dtype of the features handed to the FPN (None: `dtype`).
         stem: the stem's convolution (`laudnet.deploy.deploy`'s ``stem``).
         repeats: timed calls per block and path (tuning, half of them) and per form (``fastest``).
-        timer: ``timer(fn, device, repeats=...) -> seconds`` (`laudnet.deploy.tune.time_call`).
+        timer: ``timer(fn, device, repeats=...) -> seconds`` (`laudnet.timing.time_call`).
         setup: called on each deployed model before it is tuned, compiled or captured (benchmarks impose decisions
             with it: the blocks' `forced_keep`).
 

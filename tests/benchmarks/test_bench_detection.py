@@ -40,3 +40,13 @@ def test_smoke_run(tmp_path, fashion_root):
     assert set(trained["forms_ms"]) == {"sparse", "dense-masked"} and trained["rel_error"] < 0.05
     assert len(trained["block_rates"]) == 16 and 0 < trained["flops_ratio"] <= 1.05
     assert "| 64x96 | 2 | spatial | 0.25 |" in done.stdout  # the summary table
+
+
+def test_smoke_budget_records_skipped_cases(tmp_path):
+    out = tmp_path / "det.json"
+    done = run_benchmark("bench_detection", "--smoke", "--paradigms", "layer", "--budget-s", "0", "--out", out,
+                         timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["skipped"]) for r in rows] == [("static", "budget"), ("layer", "budget")]
+    assert "2 case(s) skipped or failed" in done.stdout

@@ -208,34 +208,53 @@ def test_bad_calls():
         deploy_detector(tv, torch.float32)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
-@pytest.mark.parametrize("form", ["sparse", "dense-masked", "fastest"])
-def test_deployed_detector_bf16_graphed_on_gpu(paradigm, form):
-    """On a GPU (Triton kernels, CUDA graphs; bf16): with the eval body's decisions imposed (bf16 rounding can flip a
-    borderline decision), the deployed body's features match the fp32 body's on a padded batch, replayed from a
-    graph per input shape; the detector runs end to end."""
-    detector = _detector("fasterrcnn", paradigm).cuda()
-    images = [im.cuda() for im in _images()]
-    batch = detector.transform(images)[0].tensors
-    with torch.no_grad():
-        expected = detector.backbone.body(batch)
+def _impose_eval_decisions(detector, paradigm: str):
+    """A `setup` giving the deployed blocks the decisions the detector's body took in its last forward."""
     infos = laudnet.collect_info(detector.backbone)
 
     def impose(deployed):
         for block, info in zip(deployed.blocks(), infos, strict=True):
             keep = info.masks["channel"] if paradigm == "channel" else info.masks["patch"][:, 0]
             block.forced_keep = (keep.reshape(-1) if paradigm == "layer" else keep) > 0.5
+    return impose
 
-    deployed = deploy_detector(detector, torch.bfloat16, form=form, example=images, setup=impose, repeats=3)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
+def test_deployed_detector_bf16_graphed_on_gpu(paradigm):
+    """On a GPU (Triton kernels, compiled dense parts, CUDA graphs; bf16), both forms: with the eval body's decisions
+    imposed (bf16 rounding can flip a borderline decision), the deployed body's features match the fp32 body's on a
+    padded batch, replayed from one graph per input shape; the detector runs end to end."""
+    detector = _detector("fasterrcnn", paradigm).cuda()
+    images = [im.cuda() for im in _images()]
+    batch = detector.transform(images)[0].tensors
+    with torch.no_grad():
+        expected = detector.backbone.body(batch)
+    impose = _impose_eval_decisions(detector, paradigm)
+    for form in ("sparse", "dense-masked"):
+        deployed = deploy_detector(detector, torch.bfloat16, form=form, example=images, setup=impose, repeats=3)
+        body = deployed.backbone.body
+        with torch.no_grad():
+            out = body(batch)
+            again = body(batch)
+        assert len(body._graphs) == 1
+        for k in expected:
+            assert ((out[k] - expected[k]).norm() / expected[k].norm()).item() < 3e-2, (form, k)
+            torch.testing.assert_close(again[k], out[k])
+        with torch.no_grad():
+            results = deployed(images)
+        assert len(results) == 3 and all(r["boxes"].dtype == torch.float32 for r in results)
+
+
+@pytest.mark.gpu
+def test_fastest_on_gpu_keeps_the_faster_form_and_graphs_each_shape():
+    detector = _detector("fasterrcnn", "spatial").cuda()
+    images = [im.cuda() for im in _images()]
+    deployed = deploy_detector(detector, torch.bfloat16, form="fastest", example=images, repeats=5)
     body = deployed.backbone.body
+    assert set(body.times_ms) == {"sparse", "dense-masked"} and not body.errors
+    assert body.form == min(body.times_ms, key=body.times_ms.get)
     with torch.no_grad():
-        out = body(batch)
-        again = body(batch)
-    assert len(body._graphs) == 1
-    for k in expected:
-        assert ((out[k] - expected[k]).norm() / expected[k].norm()).item() < 3e-2
-        torch.testing.assert_close(again[k], out[k])
-    with torch.no_grad():
-        results = deployed(images)
-    assert len(results) == 3 and all(r["boxes"].dtype == torch.float32 for r in results)
+        deployed(images)
+        deployed([torch.rand(3, 96, 64, device="cuda")])  # another padded size: a second graph
+    assert sorted(k[0] for k in body._graphs) == [(1, 3, 96, 64), (3, 3, 64, 128)]
