@@ -81,6 +81,24 @@ def test_lift_by_hand():
     assert s1.lift == pytest.approx(1.0)
 
 
+def test_lift_with_several_boxes_per_image_and_padding():
+    # Detection batches: a 12×8 input (3×2 cells of 4×4 pixels, patch 2 on a 6×4 map), image 0 fills it, image 1 is
+    # 8×8 padded below. Image 0 has two objects (top-left and bottom-right cells), image 1 none.
+    cells = [[[1, 0], [1, 0], [0, 1]], [[1, 1], [0, 0], [1, 1]]]
+    info = spatial_info("layer2.0", cells, 4)
+    info.masks["pixel"] = info.masks["patch"].repeat_interleave(2, 2).repeat_interleave(2, 3)
+    boxes = [torch.tensor([[0, 0, 4, 4], [4, 8, 8, 12]]), torch.zeros(0, 4)]
+    meter = AdaptivityMeter(1, [2])
+    meter.update([info], torch.zeros(2, dtype=torch.long), boxes, image_hw=(12, 8), image_sizes=[(12, 8), (8, 8)])
+    (s2,) = meter.result().stages
+    # In: image 0's 2 object cells, both computed. Out: image 0's 4 others (1 computed) and image 1's 4 cells inside
+    # the image (2 computed); its bottom row lies in the padding and is not counted.
+    assert (s2.cells_in, s2.computed_in, s2.cells_out, s2.computed_out) == (2, 2, 8, 3)
+    assert s2.lift == pytest.approx(1.0 / (3 / 8))
+    with pytest.raises(ValueError, match="1 box sets for a batch of 2 images"):
+        meter.update([info], torch.zeros(2, dtype=torch.long), boxes[:1], image_hw=(12, 8))
+
+
 def test_lift_degenerate_cases_and_json():
     # One cell covering the whole map: every box overlaps it, so no cell is outside -> P(out) and lift undefined.
     info = spatial_info("layer4.0", [[[1]], [[0]]], 2)
