@@ -16,9 +16,11 @@ only in the backbone's form and decisions:
   graph: ``sparse`` with each block's path chosen by `tune_paths` (``DeployedBody.tune``) and ``dense-masked``
   compiled whole; the faster is the form `deploy_detector(form="fastest")` keeps. Also the backbone's FLOPs ratio
   and each form's relative error against the fp32 training-form body holding the same decisions;
-* with ``--checkpoint`` (a laudnet classification checkpoint with trained maskers, from ``laudnet train``): that
-  backbone in the detector, its maskers deciding on the images, `deploy_detector(form="fastest", example=images)` as
-  an application runs it (``--backbone`` is then the checkpoint's model, so the static case is the same network).
+* with ``--checkpoint``, trained maskers: a detector of ``laudnet train --task detection|instance`` (its kind,
+  backbone and classes then those of the run) or a classification checkpoint of ``laudnet train`` (its backbone in a
+  ``--detector``); the maskers deciding on the images, `deploy_detector(form="fastest", example=images)` as an
+  application runs it. Every other detector of the run takes the checkpoint's weights (maskers apart), so the
+  static case is the same network.
 
 Backbone latency: the deployed body alone on the padded batch. Whole-detector latency: the detector's call on the
 list of images (transform, body, FPN, RPN, RoI heads, post-processing; eager, the body replayed from its CUDA graph),
@@ -172,34 +174,67 @@ def images_for(args, size: tuple[int, int], batch: int) -> list[torch.Tensor]:
     return [torch.rand(3, *size, generator=g).to(DEV) for _ in range(batch)]
 
 
-def build_detectors(args) -> dict:
+def build_detectors(args, trained: dict | None) -> dict:
     """The detectors of the run (eval, on DEV), all with one set of weights: ``static``, each paradigm, and with
-    --checkpoint ``trained``."""
+    --checkpoint ``trained`` (whose weights the others take, maskers apart)."""
     kw = dict(num_classes=args.num_classes)
     dets = {}
-    if args.checkpoint:
-        margs = checkpoint_args(args.checkpoint)
-        dets["trained"] = create_detector(args.detector, margs["name"], margs["paradigm"], margs.get("granularity"),
-                                          weights_backbone=args.checkpoint,
-                                          masker_norm=margs.get("masker_norm", True), **kw)
+    if trained is not None:
+        dets["trained"] = trained_detector(args, trained)
     dets["static"] = create_detector(args.detector, args.backbone, "static", **kw)
-    if "trained" in dets:  # the trained backbone's convolutions for every detector of the run
-        dets["static"].load_state_dict({k: v for k, v in dets["trained"].state_dict().items() if "masker" not in k})
+    if "trained" in dets:
+        load_shared(dets["static"], dets["trained"].state_dict())
     shared = dets["static"].state_dict()
     for paradigm in args.paradigms:
-        det = create_detector(args.detector, args.backbone, paradigm, **kw)
-        missing, unexpected = det.load_state_dict(shared, strict=False)
-        assert not unexpected and all("masker" in k for k in missing), (missing, unexpected)
-        dets[paradigm] = det
+        dets[paradigm] = create_detector(args.detector, args.backbone, paradigm, **kw)
+        load_shared(dets[paradigm], shared)
     return {name: det.to(DEV).eval() for name, det in dets.items()}
 
 
-def checkpoint_args(path: str) -> dict:
-    """`create_model` arguments of a laudnet training checkpoint."""
+def load_shared(det, state: dict) -> None:
+    """Every weight of `state` into `det` but the maskers (which only one of them may have; a BatchNorm's
+    ``num_batches_tracked`` neither, where one backbone has plain BN and the other frozen BN)."""
+    skip = ("masker", "num_batches_tracked")
+    missing, unexpected = det.load_state_dict({k: v for k, v in state.items() if not any(s in k for s in skip)},
+                                              strict=False)
+    left = [k for k in missing + unexpected if not any(s in k for s in skip)]
+    if left:
+        raise ValueError(f"the detectors of the run do not share their weights: {left[:3]}")
+
+
+def read_checkpoint(args) -> dict | None:
+    """The --checkpoint's state, and the run's detector kind, backbone and classes set from it: a detection
+    checkpoint (``laudnet train --task detection|instance``) is the whole trained detector, a classification one
+    (``laudnet train``) a trained backbone put into a detector of --detector."""
+    if not args.checkpoint:
+        return None
+    from laudnet.detection.task import is_detection_checkpoint
     from laudnet.train.checkpoint import load_checkpoint
     from laudnet.train.cli import checkpoint_model_args
 
-    return checkpoint_model_args(load_checkpoint(path))
+    state = load_checkpoint(args.checkpoint)
+    if is_detection_checkpoint(state):
+        margs = state["model_args"]
+        args.detector, args.backbone, args.num_classes = margs["kind"], margs["backbone"], margs["num_classes"]
+        state["checkpoint_kind"] = "detection"
+    else:
+        margs = checkpoint_model_args(state)
+        args.backbone = margs["name"]
+        state["checkpoint_kind"] = "classification"
+    state["create_args"] = margs
+    return state
+
+
+def trained_detector(args, state: dict):
+    """The trained detector of the checkpoint (see `read_checkpoint`)."""
+    if state["checkpoint_kind"] == "detection":
+        from laudnet.detection.task import trained_detector as rebuild
+
+        return rebuild(state, args.checkpoint)
+    margs = state["create_args"]
+    return create_detector(args.detector, margs["name"], margs["paradigm"], margs.get("granularity"),
+                           weights_backbone=args.checkpoint, masker_norm=margs.get("masker_norm", True),
+                           num_classes=args.num_classes)
 
 
 class Run:
@@ -276,8 +311,13 @@ def bench_paradigm(run: Run, det, paradigm: str, size, batch, images, x) -> None
             block.forced_keep = keep.to(DEV).clone()
 
     t0 = time.time()
-    forms = {form: deploy_backbone(body, torch.bfloat16, form=form, compile=compile_mode(args), setup=impose)
-             for form in ("sparse", "dense-masked")}
+    try:
+        forms = {form: deploy_backbone(body, torch.bfloat16, form=form, compile=compile_mode(args), setup=impose)
+                 for form in ("sparse", "dense-masked")}
+    except Exception as e:  # the other paradigms are still measured
+        traceback.print_exc()
+        run.save(dict(size=list(size), batch=batch, kind=paradigm, error=f"{type(e).__name__}: {str(e)[:300]}"))
+        return
     build_s = time.time() - t0
     for rate in args.rates:
         if run.over_budget():
@@ -286,18 +326,25 @@ def bench_paradigm(run: Run, det, paradigm: str, size, batch, images, x) -> None
         t0 = time.time()
         row = dict(size=list(size), batch=batch, kind=paradigm, rate=rate)
         try:
-            for form in forms.values():
-                for block, keep in zip(form.blocks(), decisions[rate], strict=True):
-                    block.forced_keep.copy_(keep)
-                form.clear_graphs()
-            paths = forms["sparse"].tune(x, repeats=max(3, args.repeats // 2))
-            times = {name: timed_ms(lambda f=form: f(x), args) for name, form in forms.items()}
-            fastest = min(times, key=times.get)
             ref, flops = reference(body, x, decisions[rate])
-            with torch.no_grad():
-                errors = {name: round(relative_error(form(x), ref), 5) for name, form in forms.items()}
+            times, errors, form_errors = {}, {}, {}
+            for name, form in forms.items():
+                try:  # a form this backbone cannot take (RegNetY layer skipping syncs: no CUDA graph) is left out
+                    for block, keep in zip(form.blocks(), decisions[rate], strict=True):
+                        block.forced_keep.copy_(keep)
+                    form.clear_graphs()
+                    if name == "sparse":
+                        row["dense_blocks"] = form.tune(x, repeats=max(3, args.repeats // 2)).count("dense")
+                    times[name] = timed_ms(lambda f=form: f(x), args)
+                    errors[name] = round(relative_error(form(x), ref), 5)
+                except Exception as e:
+                    traceback.print_exc()
+                    form_errors[name] = f"{type(e).__name__}: {str(e)[:300]}"
+            if not times:
+                raise RuntimeError(f"no form could be timed: {form_errors}")
+            fastest = min(times, key=times.get)
             row.update(flops_ratio=round(flops, 4), form=fastest, backbone_ms=times[fastest], forms_ms=times,
-                       dense_blocks=paths.count("dense"), rel_error=errors)
+                       rel_error=errors, **({"form_errors": form_errors} if form_errors else {}))
             row.update(detector_times(run, det, forms[fastest], images))
             row.update(ratios(run, (size, batch), row), build_s=round(time.time() - t0 + build_s, 1))
             build_s = 0.0
@@ -311,6 +358,7 @@ def bench_trained(run: Run, det, size, batch, images, x) -> None:
     """The trained maskers deciding on the images; `deploy_detector(form="fastest")` picks the form on them."""
     t0 = time.time()
     row = dict(size=list(size), batch=batch, kind="trained", paradigm=det.backbone.body.paradigm,
+               checkpoint=run.args.checkpoint,
                images="fashion-canvas-det" if run.args.data_root else "random")
     try:
         deployed = deploy_detector(det, torch.bfloat16, form="fastest", example=images,
@@ -360,8 +408,10 @@ def main() -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--num-classes", type=int, default=91)
     parser.add_argument("--checkpoint", default=None,
-                        help="a laudnet classification checkpoint with trained maskers: also time its backbone, the "
-                             "maskers deciding (sets --backbone to its model)")
+                        help="a laudnet checkpoint with trained maskers, of a detector (laudnet train --task "
+                             "detection: sets --detector, --backbone, --num-classes) or of a classifier (sets "
+                             "--backbone): also time it with its maskers deciding; every detector of the run takes "
+                             "its weights")
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST files: fashion-canvas-det images")
     parser.add_argument("--heads-bf16", action="store_true",
                         help="also time each whole detector with its FPN and heads in bf16 autocast")
@@ -392,14 +442,13 @@ def main() -> int:
     bad = [s for s in args.sizes if s[0] % 32 or s[1] % 32]
     if bad:
         raise SystemExit(f"sizes must be multiples of 32 (the detector pads to them), got {bad}")
-    if args.checkpoint:
-        args.backbone = checkpoint_args(args.checkpoint)["name"]
+    trained = read_checkpoint(args)
     torch.backends.cudnn.benchmark = True
     meta = dict(device=torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", torch=torch.__version__,
                 torchvision=torchvision.__version__, triton=_triton_version(), commit=args.commit,
                 args={k: v for k, v in vars(args).items()})
     run = Run(args, meta)
-    dets = build_detectors(args)
+    dets = build_detectors(args, trained)
     with torch.no_grad():
         for size in args.sizes:
             for det in dets.values():

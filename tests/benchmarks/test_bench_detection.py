@@ -50,3 +50,23 @@ def test_smoke_budget_records_skipped_cases(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["kind"], r["skipped"]) for r in rows] == [("static", "budget"), ("layer", "budget")]
     assert "2 case(s) skipped or failed" in done.stdout
+
+
+def test_smoke_with_a_detection_checkpoint(tmp_path):
+    """A checkpoint of `laudnet train --task detection` sets the run's detector, backbone and classes; every detector
+    of the run takes its weights."""
+    from laudnet.detection import create_detector
+
+    det = create_detector("retinanet", "laud_regnety_400mf", "layer", num_classes=5, min_size=64, max_size=96)
+    ckpt = save_checkpoint(tmp_path / "det.pt", {"model": det.state_dict(), "model_args": det.model_args,
+                                                 "task": "detection"}, model_name="laud_regnety_400mf")
+    out = tmp_path / "det.json"
+    done = run_benchmark("bench_detection", "--smoke", "--paradigms", "spatial", "--checkpoint", ckpt, "--out", out,
+                         timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    args = result["meta"]["args"]
+    assert (args["detector"], args["backbone"], args["num_classes"]) == ("retinanet", "laud_regnety_400mf", 5)
+    rows = {r["kind"]: r for r in result["rows"]}
+    assert set(rows) == {"static", "spatial", "trained"} and not [r for r in rows.values() if "error" in r]
+    assert rows["trained"]["paradigm"] == "layer" and rows["trained"]["images"] == "random"
