@@ -73,6 +73,12 @@ def _grid(*axes: tuple[int, ...]) -> list[np.ndarray]:
             for i, a in enumerate(axes)]
 
 
+def _map_tiles(c: int, h: int, w: int) -> tuple[np.ndarray, ...]:
+    """The tile search of an element-wise op over a `c x h x w` map: (ct, ht, wt, tile size, tile count) grids."""
+    ct, ht, wt = _grid(tile_candidates(c), tile_candidates(h), tile_candidates(w))
+    return ct, ht, wt, ct * ht * wt, np.ceil(c / ct) * np.ceil(h / ht) * np.ceil(w / wt)
+
+
 @lru_cache(maxsize=4096)
 def tile_candidates(n: int, pow2_limit: int = 8, max_div: int = 8) -> tuple[int, ...]:
     """Tile sizes searched along a dimension of size `n`.
@@ -270,9 +276,7 @@ class OpModel:
 
     def _add(self, c, h, w) -> Cost:
         B = self.batch
-        ct, ht, wt = _grid(tile_candidates(c), tile_candidates(h), tile_candidates(w))
-        tile = ct * ht * wt
-        n_tiles = np.ceil(c / ct) * np.ceil(h / ht) * np.ceil(w / wt)
+        ct, ht, wt, tile, n_tiles = _map_tiles(c, h, w)
         compute = tile / self.freq / self.lanes / ceil_eff(tile, self.fill) * np.ceil(n_tiles / self.n_pes)
         if self.compat:  # compat: every tile's 3 operands come from DRAM, padded tiles included
             mem = 3 * tile / self.dram * n_tiles
@@ -326,9 +330,7 @@ class OpModel:
 
     def _broadcast_mul(self, c, h, w) -> Cost:
         B = self.batch
-        ct, ht, wt = _grid(tile_candidates(c), tile_candidates(h), tile_candidates(w))
-        tile = ct * ht * wt
-        n_tiles = np.ceil(c / ct) * np.ceil(h / ht) * np.ceil(w / wt)
+        ct, ht, wt, tile, n_tiles = _map_tiles(c, h, w)
         mem = (2 * c * h * w + c) / self.dram + (2 * tile + ct) * n_tiles / self.l2 / mem_eff(wt, w - wt, self.sector)
         compute = tile / self.freq / self.lanes / ceil_eff(tile, self.fill) * np.ceil(n_tiles / self.n_pes)
         return self._best(compute * B, mem * B)
