@@ -440,13 +440,8 @@ class FashionCanvasDetection(Dataset):
 def fashion_canvas_det(
     root: str | os.PathLike | None = None, split: str = "train", download: bool = False, **kwargs
 ) -> FashionCanvasDetection:
-    """Build ``fashion-canvas-det`` from the Fashion-MNIST IDX files in ``root`` (`laudnet.data.fashion`).
-
-    Args:
-        root: folder with the IDX files (default: the Debian package's folder).
-        split: ``train`` or ``test`` (alias ``val``).
-        download: fetch Fashion-MNIST with torchvision when missing.
-        **kwargs: options of `FashionCanvasDetection` (``height``, ``width``, ``num_samples``, ``items_range``, ...).
-    """
+    """Build ``fashion-canvas-det`` from the Fashion-MNIST IDX files in ``root``: ``root``, ``split`` and ``download``
+    as for `laudnet.data.fashion_canvas`; ``kwargs`` are options of `FashionCanvasDetection` (``height``, ``width``,
+    ``num_samples``, ``items_range``, ...)."""
     images, labels = load_fashion_arrays(root, split, download)
     return FashionCanvasDetection(images, labels, split=split, **kwargs)
