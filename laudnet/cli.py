@@ -16,9 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("laudnet.train.demo", "train a small dynamic network on fashion-canvas on the CPU, evaluate and plot it"),
     "flops": ("laudnet.inspect_cli", "build each model, run a batch, print per-block activation rates and FLOPs"),
     "models": ("laudnet.inspect_cli", "list the registered models"),
-    "train": ("laudnet.train.cli", "train a static or dynamic network (-c config.yaml; torchrun for several GPUs)"),
-    "eval": ("laudnet.train.cli", "evaluate a checkpoint: top-1/top-5, FLOPs, per-block activation rates"),
-    "viz": ("laudnet.train.cli", "plot per-block activation rates and spatial masks of checkpoints"),
+    "train": ("laudnet.train.cli", "train a static or dynamic network or a detector (--task detection|instance); "
+                                   "-c config.yaml; torchrun"),
+    "eval": ("laudnet.train.cli", "evaluate a checkpoint: top-1/top-5 (or COCO AP), FLOPs, per-block activation "
+                                  "rates"),
+    "viz": ("laudnet.train.cli", "plot per-block activation rates, spatial masks and detections of checkpoints"),
     "latency": ("laudnet.latency.cli", "predict static and dynamic latency of a model on a device"),
     "granularity": ("laudnet.latency.cli", "latency ratio against activation rate per S and G; plots, table, advice"),
     "calibrate": ("laudnet.latency.cli", "measure the local device and write a hardware spec for --hardware"),

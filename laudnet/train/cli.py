@@ -52,9 +52,25 @@ def _one_line(err: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------------------- train
 
 
+TRAIN_EPILOG = """examples:
+  laudnet train -c my.yaml --mode static --run-name static
+  laudnet train -c my.yaml --paradigm spatial --target 0.5 --init runs/static/best.pt --run-name spatial
+  laudnet train --task detection --dataset fashion-canvas-det --model laud_resnet50 --init runs/static/best.pt
+  laudnet train -c laudnet/configs/detection-canvas.yaml --init runs/static/best.pt --run-name det
+  laudnet train --task instance --dataset coco --data-root ROOT --init resnet50-0676ba61.pth
+  torchrun --nproc-per-node 8 -m laudnet train -c my.yaml      (one process per GPU)
+
+--task detection|instance: a torchvision detector (--detector) with --model as its backbone; --dataset
+fashion-canvas-det (--data-root: the Fashion-MNIST folder) or coco, whose --data-root holds ROOT/train/ and
+ROOT/val/ (images) and ROOT/annotations/instances_train.json and instances_val.json (COCO 2017's train2017/,
+val2017/ and instances_{train,val}2017.json are found too)."""
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from laudnet.train.config import add_train_arguments as add_config_arguments
 
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the epilog's lines
+    parser.epilog = TRAIN_EPILOG
     add_config_arguments(parser)
 
 
@@ -225,7 +241,7 @@ def _evaluate_detector_checkpoint(model, state: dict[str, Any], cfg, path: str |
 
     loader = build_loader(detection_val_set(state, cfg, path), batch_size, train=False, num_workers=cfg.workers,
                           collate_fn=collate_detection)
-    return evaluate_detector(model.to(device), loader, device=device, amp=cfg.amp)
+    return evaluate_detector(model.to(device), loader, device=device)  # fp32, as the run's validation
 
 
 def format_eval(result, title: str) -> str:

@@ -50,8 +50,8 @@ class TrainConfig:
         "with --model as its backbone (and an FPN)", "task", TASK_NAMES,
     )
     detector: str | None = _f(
-        None, f"detection: {', '.join(DETECTOR_NAMES)} (default: fasterrcnn; --task instance needs maskrcnn, its "
-        "default)", "task",
+        None, f"detection: {', '.join(DETECTOR_NAMES)}; unset: fasterrcnn, or for --task instance maskrcnn (the only "
+        "one with masks)", "task",
     )
     min_size: int = _f(800, "detection: the detector resizes each image so that its shorter side is this", "task")
     max_size: int = _f(1333, "detection: ... and its longer side at most this", "task")
