@@ -186,3 +186,13 @@ def test_two_processes(tmp_path, fashion_root, monkeypatch, capsys):
     assert result["images"] == 5
     assert float(row["val_box_ap"]) == pytest.approx(100 * result["bbox"]["AP"], abs=1e-6)
     assert float(row["val_flops_ratio"]) == pytest.approx(result["backbone"]["flops_ratio"], rel=1e-5)
+
+
+def test_retinanet_layer_skipping_epoch(tmp_path, fashion_root, capsys):
+    out = tmp_path / "runs"
+    argv = ["train", "--task", "detection", "--detector", "retinanet", *CANVAS, "--data-root", str(fashion_root),
+            *SMALL, "--paradigm", "layer", "--train-subset", "4", "--val-subset", "2", "-o", str(out)]
+    assert main(argv) == 0
+    assert "retinanet on laud_regnety_400mf layer t=0.5" in capsys.readouterr().out
+    (row,) = _rows(out / "retinanet-laud_regnety_400mf-layer-fashion-canvas-det" / "metrics.csv")
+    assert row["loss_classification"] != "" and row["loss_bbox_regression"] != "" and row["val_box_ap"] != ""
