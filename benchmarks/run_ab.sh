@@ -145,7 +145,7 @@ detection)
     # ~9 minutes: the GPU tests (both deployed forms per paradigm, compiled and graphed; fastest), then the benchmark
     # under a budget; the sparse form's block paths compile with symbolic sizes (--sparse-compile dynamic) so that
     # four sizes x batches fit one call (the static and dense-masked bodies compile whole at static shapes)
-    timeout 150 python -m pytest -q tests/detection/test_deploy.py -k gpu > "$out/pytest_detection_gpu_${dev}_$c.txt" 2>&1
+    timeout 150 python -m pytest -q tests/detection/test_detection_deploy.py -k gpu > "$out/pytest_detection_gpu_${dev}_$c.txt" 2>&1
     tail -2 "$out/pytest_detection_gpu_${dev}_$c.txt"
     name=bench_detection_r50_${dev}_$c
     timeout 390 python benchmarks/bench_detection.py --sizes 800x1216 256x256 --batches 1 8 --heads-bf16 \
