@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from test_task import SMALL, write_coco
+from test_detection_task import SMALL, write_coco
 
 from laudnet.cli import main
 from laudnet.train.checkpoint import save_checkpoint
