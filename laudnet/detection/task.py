@@ -227,7 +227,8 @@ class DetectionTask:
     backbone; the methods of `laudnet.train.task.Task` (see `laudnet.train.task.ClassificationTask` for each).
 
     There is no distillation term (the official detection configs have none; ``kd_alpha`` is not used) and no
-    per-block bounds; λ is ``lambda_flops`` (the official detection configs use 1; ``configs/detection-canvas.yaml``).
+    per-block bounds; λ is ``lambda_flops`` (unset: 1, as the official detection configs and
+    ``configs/detection-canvas.yaml``).
 
     Args:
         cfg: the run's configuration (``task`` detection or instance).

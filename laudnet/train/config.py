@@ -135,7 +135,10 @@ class TrainConfig:
     masker_norm: bool = _f(
         True, "standardise each CNN masker's pooled input (--no-masker-norm: the paper's masker)", "dynamic"
     )
-    lambda_flops: float = _f(10.0, "weight of the FLOPs loss", "dynamic")
+    lambda_flops: float | None = _f(
+        None, "weight of the FLOPs loss; unset: 10 for classification (the official ImageNet recipe), 1 for detection "
+        "and instance (the official detection configs)", "dynamic",
+    )
     bounds_fraction: float = _f(0.33, "fraction of the epochs over which the per-block bounds relax", "dynamic")
     bounds_lower: float = _f(0.0, "per-block FLOPs-ratio lower bound after the relaxation (paper: 0)", "dynamic")
     bounds_upper: float = _f(1.0, "per-block FLOPs-ratio upper bound after the relaxation (paper: 1)", "dynamic")
@@ -239,6 +242,8 @@ def validate_config(cfg: TrainConfig) -> None:
 
     canonical_name(cfg.dataset, cfg.task)
     _validate_task(cfg)
+    if cfg.lambda_flops is None:  # resolved here, so args.yaml and checkpoints hold the number
+        cfg.lambda_flops = default_lambda_flops(cfg.task)
     positive = (
         "image_size",
         "epochs",
@@ -317,6 +322,12 @@ def _validate_task(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 16 when set, got {getattr(cfg, name)}")
     if not 0 <= cfg.trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in 0..5, got {cfg.trainable_layers}")
+
+
+def default_lambda_flops(task: str) -> float:
+    """λ when the user sets none: 10 for classification (the official ImageNet recipe), 1 for detection and instance
+    segmentation (the official detection configs, whose detector losses are of order 1)."""
+    return 10.0 if task == "classification" else 1.0
 
 
 def detector_kind(cfg: TrainConfig) -> str:

@@ -142,3 +142,18 @@ def test_dataset_kwargs():
     with pytest.raises(ValueError, match="canvas_scale_min <= canvas_scale_max"):
         parse("--canvas-scale-min", "0.8", "--canvas-scale-max", "0.7")
     assert parse("--dataset", "fashion-mnist", "--val-subset", "5").dataset_kwargs("val") == {"num_samples": 5}
+
+
+def test_lambda_flops_defaults_by_task(tmp_path):
+    # unset: 10 for classification (the ImageNet recipe), 1 for detection and instance (the official detection
+    # configs); resolved at construction, so args.yaml and checkpoints hold the number (classification unchanged)
+    assert parse().lambda_flops == 10.0
+    assert parse("--task", "detection", "--dataset", "fashion-canvas-det").lambda_flops == 1.0
+    assert parse("--task", "instance", "--dataset", "fashion-canvas-det").lambda_flops == 1.0
+    assert parse("--task", "detection", "--dataset", "fashion-canvas-det", "--lambda-flops", "10").lambda_flops == 10.0
+    assert parse("--lambda-flops", "2").lambda_flops == 2.0
+    path = tmp_path / "det.yaml"
+    path.write_text("task: detection\ndataset: fashion-canvas-det\nlambda_flops: 3\n")
+    assert parse("-c", str(path)).lambda_flops == 3.0
+    saved = save_resolved(parse(), tmp_path / "run")
+    assert yaml.safe_load(saved.read_text())["lambda_flops"] == 10.0
