@@ -25,3 +25,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def no_torchrun(monkeypatch):
+    """The test runs as if not launched by torchrun (its variables unset)."""
+    for name in TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)

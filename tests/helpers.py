@@ -1,7 +1,9 @@
 """Helpers shared by tests (imported as a plain module: tests/ is on sys.path through rootdir conftest)."""
 
+import csv
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,25 @@ def impose_model_decisions(deployed, model) -> None:
     """Give each deployed ViT block the decisions the model's blocks took in their last forward."""
     for block, info in zip(deployed.blocks, model.collect_info(), strict=True):
         block.forced = tuple(info.masks[k] > 0.5 if k in info.masks else None for k in ("token", "head", "layer"))
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file (a run's metrics.csv) as dicts."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_png(path: Path, min_side: int = 200) -> None:
+    """`path` is a PNG of at least `min_side` pixels a side that is not blank."""
+    import matplotlib.image
+
+    assert path.is_file(), path
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] >= min_side and image.shape[1] >= min_side and image.std() > 0.01
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a gloo process group's MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

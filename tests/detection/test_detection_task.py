@@ -3,15 +3,13 @@ viz` on the result; a generated COCO folder; init from a detection checkpoint; t
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import socket
 
-import matplotlib.image
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import check_png, csv_rows, free_port
 
 from laudnet.cli import main
 from laudnet.train.checkpoint import load_checkpoint
@@ -27,15 +25,6 @@ CANVAS = ["--dataset", "fashion-canvas-det", "--canvas-height", "64", "--canvas-
           "--val-subset", "4"]
 
 
-def _rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _check_png(path, min_side=200):
-    assert path.is_file(), path
-    image = matplotlib.image.imread(path)
-    assert image.shape[0] >= min_side and image.shape[1] >= min_side and image.std() > 0.01
 
 
 def test_detection_epoch_eval_viz(tmp_path, fashion_root, capsys):
@@ -48,7 +37,7 @@ def test_detection_epoch_eval_viz(tmp_path, fashion_root, capsys):
     assert "| val box AP " in text and "done: " in text and "best val box AP" in text
     run = out / "det"
     assert {"args.yaml", "metrics.csv", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
-    (row,) = _rows(run / "metrics.csv")
+    (row,) = csv_rows(run / "metrics.csv")
     for key in ("train_loss", "loss_detection", "loss_flops", "flops_ratio", "loss_classifier", "loss_box_reg",
                 "loss_objectness", "loss_rpn_box_reg", "temperature", "lr", "val_box_ap", "val_box_ap50",
                 "val_flops_ratio", "val_dense_gmacs", "val_dynamic_gmacs"):
@@ -81,7 +70,7 @@ def test_detection_epoch_eval_viz(tmp_path, fashion_root, capsys):
     viz = tmp_path / "viz"
     assert main(["viz", str(run / "last.pt"), "-o", str(viz), "--num-images", "2", "--score-threshold", "0"]) == 0
     for name in ("detections.png", "activation_rates.png", "execution_shares.png", "stage_lift.png"):
-        _check_png(viz / name)
+        check_png(viz / name)
 
 
 def write_coco(root, fashion_root, *, masks=True, train=6, val=4):
@@ -108,7 +97,7 @@ def test_instance_segmentation_on_a_coco_folder(tmp_path, fashion_root, capsys):
             "-o", str(out)]
     assert main(argv) == 0
     run = out / "maskrcnn-laud_regnety_400mf-static-coco"  # the default run name: detector, model, mode, data
-    (row,) = _rows(run / "metrics.csv")
+    (row,) = csv_rows(run / "metrics.csv")
     assert row["loss_mask"] != "" and row["val_mask_ap"] != "" and float(row["loss_flops"]) == 0
     state = load_checkpoint(run / "best.pt")
     assert (state["task"], state["best_metric"], state["model_args"]["kind"]) == ("instance", "val_mask_ap", "maskrcnn")
@@ -165,22 +154,17 @@ def _worker(rank, world, port, out, root):
     torch.save({"steps": result.steps_run, "digests": result.replica_digests}, f"{out}/rank{rank}.pt")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_processes(tmp_path, fashion_root, monkeypatch, capsys):
     """2 gloo processes: replicas stay identical, and the validation of the sharded set (5 images: one is padded
     onto both shards) equals `laudnet eval` of the checkpoint in one process."""
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(fashion_root)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), str(fashion_root)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert all(r["steps"] == 2 for r in ranks) and len(set(ranks[0]["digests"])) == 1
     assert json.loads((tmp_path / "ddp" / "replicas.json").read_text())["identical"] is True
-    (row,) = _rows(tmp_path / "ddp" / "metrics.csv")
+    (row,) = csv_rows(tmp_path / "ddp" / "metrics.csv")
     assert main(["eval", str(tmp_path / "ddp" / "last.pt"), "--json", str(tmp_path / "eval.json")]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["images"] == 5
@@ -194,5 +178,5 @@ def test_retinanet_layer_skipping_epoch(tmp_path, fashion_root, capsys):
             *SMALL, "--paradigm", "layer", "--train-subset", "4", "--val-subset", "2", "-o", str(out)]
     assert main(argv) == 0
     assert "retinanet on laud_regnety_400mf layer t=0.5" in capsys.readouterr().out
-    (row,) = _rows(out / "retinanet-laud_regnety_400mf-layer-fashion-canvas-det" / "metrics.csv")
+    (row,) = csv_rows(out / "retinanet-laud_regnety_400mf-layer-fashion-canvas-det" / "metrics.csv")
     assert row["loss_classification"] != "" and row["loss_bbox_regression"] != "" and row["val_box_ap"] != ""

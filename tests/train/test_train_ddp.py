@@ -5,16 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from laudnet.train.checkpoint import load_checkpoint
 from laudnet.train.config import TrainConfig
-
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _config(out, root, name, **kw):
@@ -39,16 +37,6 @@ def _worker(rank, world, port, out, root):
                f"{out}/rank{rank}.pt")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def no_torchrun(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def _train_loss(run_dir):
@@ -61,7 +49,7 @@ def test_two_processes_match_one(tmp_path, fashion_root, no_torchrun):
 
     single = train(_config(tmp_path, fashion_root, "single", grad_accum=2), log=None)
     assert single.steps_run == 6
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(fashion_root)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), str(fashion_root)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert all((r["steps"], r["global_step"]) == (6, 6) for r in ranks)
     # Every rank gathered the same two digests, they agree (DDP replicas in sync), and rank 0 wrote the verdict.

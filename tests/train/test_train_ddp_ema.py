@@ -4,16 +4,13 @@ model, the one last.pt holds."""
 from __future__ import annotations
 
 import os
-import socket
 
-import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from laudnet.train.checkpoint import load_checkpoint
 from laudnet.train.config import TrainConfig
-
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _worker(rank, world, port, out, root):
@@ -45,20 +42,10 @@ def _worker(rank, world, port, out, root):
         dist_utils.cleanup()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def no_torchrun(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def test_two_processes_evaluate_one_averaged_model(tmp_path, fashion_root, no_torchrun):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(fashion_root)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), str(fashion_root)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     # The averages' parameters are bit-identical without any communication, their BN statistics after the
     # recalibration (averaged over the ranks); so is the trained model (its statistics broadcast from rank 0).

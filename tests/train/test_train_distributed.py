@@ -1,20 +1,12 @@
 import copy
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch.utils.data import Dataset
 
 from laudnet.train import distributed as d
-
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture
-def no_torchrun(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def test_world_info_without_torchrun(no_torchrun):
@@ -92,14 +84,9 @@ def _worker(rank, world, port, out_dir):
     d.cleanup()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_process_gloo(tmp_path, no_torchrun):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for rank, res in enumerate(results):
         assert res["info"] == (rank, 2) and res["main"] == (rank == 0) and res["backend"] == "gloo"

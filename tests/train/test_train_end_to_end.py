@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
-import matplotlib.image
 import pytest
+from helpers import check_png, csv_rows
 
 from laudnet.cli import main
 from laudnet.train.checkpoint import load_checkpoint
-
-
-def _rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _check_png(path, min_side=200):
-    assert path.is_file(), path
-    image = matplotlib.image.imread(path)
-    assert image.shape[0] >= min_side and image.shape[1] >= min_side and image.std() > 0.01
 
 
 def test_fashion_canvas_epoch_eval_viz(tmp_path, fashion_root, capsys):
@@ -35,7 +23,7 @@ def test_fashion_canvas_epoch_eval_viz(tmp_path, fashion_root, capsys):
     assert main(argv) == 0
     run = out / "canvas"
     assert {"args.yaml", "metrics.csv", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
-    rows = _rows(run / "metrics.csv")
+    rows = csv_rows(run / "metrics.csv")
     assert len(rows) == 1 and rows[0]["epoch"] == "0"
     for key in ("train_loss", "loss_cls", "loss_flops", "loss_bounds", "loss_distill", "train_top1", "flops_ratio",
                 "temperature", "lr", "val_top1", "val_top5", "val_flops_ratio"):
@@ -59,8 +47,8 @@ def test_fashion_canvas_epoch_eval_viz(tmp_path, fashion_root, capsys):
 
     viz = tmp_path / "viz"
     assert main(["viz", str(run / "last.pt"), "-o", str(viz), "--num-images", "3", "--val-subset", "16"]) == 0
-    _check_png(viz / "activation_rates.png")
-    _check_png(viz / "masks.png")
+    check_png(viz / "activation_rates.png")
+    check_png(viz / "masks.png")
 
 
 def test_image_folder_static_then_dynamic_eval_viz(tmp_path, image_folder, capsys):
@@ -75,7 +63,7 @@ def test_image_folder_static_then_dynamic_eval_viz(tmp_path, image_folder, capsy
     argv = ["train", *common, "--mode", "dynamic", "--paradigm", "channel", "--granularity", "8",
             "--init", str(static), "--run-name", "channel"]
     assert main(argv) == 0
-    rows = _rows(out / "channel" / "metrics.csv")
+    rows = csv_rows(out / "channel" / "metrics.csv")
     assert float(rows[0]["loss_distill"]) > 0 and float(rows[0]["loss_flops"]) > 0
     capsys.readouterr()
 
@@ -87,5 +75,5 @@ def test_image_folder_static_then_dynamic_eval_viz(tmp_path, image_folder, capsy
     argv = ["viz", str(static), str(out / "channel" / "last.pt"), "-o", str(viz), "--labels", "static", "channel"]
     assert main(argv) == 0
     assert "no spatial model" in capsys.readouterr().out
-    _check_png(viz / "activation_rates.png")
+    check_png(viz / "activation_rates.png")
     assert not (viz / "masks.png").exists()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 
 import pytest
 import torch
+from helpers import csv_rows
 
 from laudnet.train.checkpoint import load_checkpoint
 from laudnet.train.config import TrainConfig
@@ -28,11 +28,6 @@ def reference(tmp_path_factory, fashion_root):
     """The uninterrupted run: 2 epochs of 5 steps."""
     torch.set_num_threads(1)
     return train(_config(tmp_path_factory.mktemp("reference"), fashion_root, "reference"), log=None)
-
-
-def _rows(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize("kill_at", [3, 7])  # mid epoch 0, mid epoch 1 (5 steps per epoch)
@@ -62,7 +57,7 @@ def test_sigterm_mid_epoch_then_resume(tmp_path, fashion_root, reference, kill_a
     got = load_checkpoint(second.run_dir / "last.pt")["model"]
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
-    rows, ref_rows = _rows(second.run_dir), _rows(reference.run_dir)
+    rows, ref_rows = csv_rows(second.run_dir / "metrics.csv"), csv_rows(reference.run_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["0", "1"]
     for row, ref in zip(rows, ref_rows, strict=True):
         for key in ("train_loss", "flops_ratio", "train_top1", "val_top1"):
@@ -102,4 +97,4 @@ def test_cli_sigterm_from_outside_then_resume(tmp_path, fashion_root):
     assert done.returncode == 0, done.stderr
     final = load_checkpoint(run / "last.pt")
     assert (final["global_step"], final["epoch"], final["step_in_epoch"]) == (60, 3, 0)
-    assert [r["epoch"] for r in _rows(run)] == ["0", "1", "2"]
+    assert [r["epoch"] for r in csv_rows(run / "metrics.csv")] == ["0", "1", "2"]
