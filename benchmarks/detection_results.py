@@ -454,6 +454,11 @@ def unit_time(ctx: Context, name: str, detector: str, paradigm: str) -> None:
     det = trained_detector(load_checkpoint(unit["checkpoint"]), unit["checkpoint"]).to(ctx.device).eval()
     if cuda:
         torch.backends.cudnn.benchmark = True
+        cfg = torch._dynamo.config  # 8 detectors x 2 sizes x 2 forms share the bodies' code objects' caches
+        for key in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                    "accumulated_cache_size_limit"):
+            if hasattr(cfg, key):
+                setattr(cfg, key, max(getattr(cfg, key), 1024))
     with torch.no_grad():
         for size in a.sizes:
             bd.set_size(det, size)
