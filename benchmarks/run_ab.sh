@@ -35,10 +35,14 @@
 #                                          # listed as skipped: rerun them with DET_ARGS (e.g. "--sizes 256x256");
 #                                          # CKPT=<laudnet checkpoint> adds its trained maskers on fashion-canvas-det
 #                                          # (carry the file and .data)
+#   OUT=dir benchmarks/run_ab.sh detection-results   # issue 21 item 6: LAUD-ResNet-50 Mask R-CNN and Faster R-CNN
+#                                          # on fashion-canvas-det, static and t = 0.5 per paradigm, box/mask AP,
+#                                          # FLOPs, batch-1 latency at 800x1216 and 256x256; ~21 min: run it up to
+#                                          # three times on the same warm machine until it prints rc=0 (carry .data)
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|pareto|detection"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|pareto|detection|detection-results"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -158,5 +162,12 @@ pareto)
     python benchmarks/pareto.py --data-root .data/fashion-mnist --out runs/pareto --commit "$c" --budget-minutes 8.4 \
         --no-progress > "$out/pareto_$c.log" 2>&1; echo "rc=$?"
     cp runs/pareto/{pareto.json,pareto.md,pareto_latency.png,pareto_flops.png} "$out/"; tail -30 "$out/pareto_$c.log" ;;
-*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50, recipe-seeds, pareto, detection)" >&2; exit 2 ;;
+detection-results)
+    # the detection results table; rerun until it prints rc=0 (carry .data); a call stops before a unit that would
+    # not fit 8.4 minutes (a training in progress saves last.pt and resumes next call; finished units are kept)
+    python benchmarks/detection_results.py --data-root .data/fashion-mnist --out runs/det-results --commit "$c" \
+        --budget-minutes 8.4 --no-progress ${DET_RESULTS_ARGS:-} > "$out/detection_results_$c.log" 2>&1; echo "rc=$?"
+    cp runs/det-results/{detection_results.json,detection_results.md,readme_table.md,units.json} "$out/"
+    grep -v "^   \\$ laudnet" "$out/detection_results_$c.log" | grep "^==\|^budget\|^error\|^total\|^|\|goal" | tail -40 ;;
+*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50, recipe-seeds, pareto, detection, detection-results)" >&2; exit 2 ;;
 esac
