@@ -75,9 +75,8 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +84,9 @@ import torch
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import resumable  # noqa: E402
+from resumable import BudgetReached, InputError, UnitContext, device_name, read_json  # noqa: E402
 
 RECIPE: dict[str, Any] = {
     # the detection data: the same canvases for every network (configs/detection-canvas.yaml's geometry)
@@ -123,17 +125,8 @@ EVAL_S = 15.0
 TIME_S = {"static": 30.0, "dynamic": 45.0}  # per size
 
 
-class InputError(Exception):
-    """Bad input: one line, exit status 2."""
-
-
-class BudgetReached(Exception):
-    """The next unit does not fit --budget-minutes (or a training run was stopped at the deadline)."""
-
-
 def fail(message: str) -> None:
-    print(f"detection_results.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    resumable.fail("detection_results.py", message)
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
@@ -189,80 +182,31 @@ def check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.workers < 0 or args.warmup < 0:
         raise InputError("--workers and --warmup must be >= 0")
-    if args.budget_minutes is not None and args.budget_minutes <= 0:
-        raise InputError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
-    root = Path(args.data_root)
-    if not root.is_dir():
-        raise InputError(f"data root {root} does not exist (or is not a folder)")
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
-        if not any((root / f"{stem}{ext}").is_file() for ext in ("", ".gz")):
-            raise InputError(f"data root {root} has no {stem}[.gz] (Fashion-MNIST's IDX files)")
+    resumable.check_budget_minutes(args.budget_minutes)
+    resumable.check_data_root(args.data_root)
 
 
 # ------------------------------------------------------------------------------------------------------- context
 
 
 @dataclass
-class Context:
-    args: argparse.Namespace
-    out: Path
-    device: torch.device
-    deadline: float | None
-    units: dict[str, dict] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
+class Context(UnitContext):
+    """resumable's context, and --stop-after-units: the units done by this call, counted."""
+
     done_here: int = 0
 
-    def guard(self, name: str, fn: Callable[[], Any]) -> Any:
-        """fn(); an error is printed and recorded (exit 1) and the other units go on."""
-        try:
-            return fn()
-        except (BudgetReached, KeyboardInterrupt):
-            raise
-        except Exception as e:
-            traceback.print_exc()
-            self.errors[name] = f"{type(e).__name__}: {str(e)[:600]}"
-            print(f"error in {name}: {self.errors[name]}; going on with the other units", flush=True)
-            return None
-
-    def correction(self, kind: str) -> float:
-        done = [u for u in self.units.values() if u.get("kind") == kind and u.get("estimate_s")]
-        if not done:
-            return 1.0
-        return max(0.75, sum(u["seconds"] for u in done) / sum(u["estimate_s"] for u in done))
-
-    def check_budget(self, name: str, kind: str, estimate_s: float) -> None:
+    def check_budget(self, name: str, kind: str, estimate_s: float) -> float:
         if self.args.stop_after_units is not None and self.done_here >= self.args.stop_after_units:
             raise BudgetReached(f"{name} (--stop-after-units {self.args.stop_after_units})")
-        if self.deadline is None:
-            return
-        need, left = estimate_s * self.correction(kind), self.deadline - time.time()
-        if need > left:
-            raise BudgetReached(f"{name} needs ~{need:.0f} s, {max(left, 0):.0f} s left")
+        return super().check_budget(name, kind, estimate_s)
 
     def record(self, name: str, kind: str, seconds: float, estimate_s: float) -> None:
         self.done_here += 1
-        self.units[name] = dict(kind=kind, seconds=round(seconds, 1), estimate_s=round(estimate_s, 1),
-                                device=device_name(self.device))
-        write_json(self.out / "units.json", self.units)
-
-    def run_dir(self, name: str) -> Path:
-        return self.out / "runs" / name
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        super().record(name, kind, seconds, estimate_s)
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> Any | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    resumable.write_json(path, data, default=str)
 
 
 def point_name(detector: str, paradigm: str) -> str:
@@ -635,19 +579,7 @@ def stage_report(ctx: Context) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    t_start = time.time()
-    if args.smoke:
-        device = torch.device("cpu")
-    elif torch.cuda.is_available():
-        device = torch.device("cuda")
-    elif args.stage == "report":
-        device = torch.device("cpu")
-    else:
-        fail("needs a CUDA device (or --smoke; --stage report runs anywhere)")
-    deadline = t_start + 60 * args.budget_minutes - 20 if args.budget_minutes else None  # 20 s for the report
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(args, out, device, deadline, units=read_json(out / "units.json") or {})
+    ctx, t_start = resumable.start(args, Context, fail)
     steps: list[tuple[str, Callable[[], None]]] = []
     if args.stage in ("train", "all"):
         steps.append(("backbone", lambda: unit_backbone(ctx)))
@@ -657,21 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             steps += [(n, lambda n=n, d=d, p=p: unit_detector(ctx, n, d, p)) for n, d, p in points]
         if args.stage in ("time", "all"):
             steps += [(f"timing {n}", lambda n=n, d=d, p=p: unit_time(ctx, n, d, p)) for n, d, p in points]
-    stopped = None
-    try:
-        for name, step in steps:
-            ctx.guard(name, step)
-    except BudgetReached as e:
-        stopped = str(e)
-        print(f"budget: stopping before {stopped}; rerun the same command to continue", flush=True)
-    data = stage_report(ctx)
-    print(f"total {time.time() - t_start:.0f} s", flush=True)
-    if ctx.errors:
-        print(f"errors: {json.dumps(ctx.errors, indent=1)}", flush=True)
-        return 1
-    if stopped is not None:
-        return 3
-    return 0 if data["complete"] or args.stage != "all" else 3
+    return resumable.run_units(ctx, steps, stage_report, t_start)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import math
 import os
 import platform
@@ -117,6 +116,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import resumable  # noqa: E402
+from resumable import BudgetReached, InputError, UnitContext, device_name, read_json, write_json  # noqa: E402
 
 # One recipe for every network. Keys are `laudnet.train.config.TrainConfig` fields (but "granularity" and "prune");
 # the CLI sets only the budget (epochs, subsets, batch). Another engineer tunes the masker recipe in "laud".
@@ -165,17 +168,8 @@ TIME_S = {"resnet18": 8, "resnet34": 11, "resnet50": 14, "resnet101": 22}  # one
 LAUD_TIME_S = 25  # deploy_fastest (two forms; later networks reuse compiled blocks) + timing, per batch size
 
 
-class InputError(Exception):
-    """Bad input: reported as one line, exit status 2."""
-
-
-class BudgetReached(Exception):
-    """The next unit does not fit --budget-minutes (or a training run was stopped at the deadline)."""
-
-
 def fail(message: str) -> None:
-    print(f"pareto.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    resumable.fail("pareto.py", message)
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
@@ -240,43 +234,22 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--prune-step must be in (0, 1), got {args.prune_step}")
     if args.workers < 0 or any(b < 1 for b in args.batches):
         raise InputError("--workers must be >= 0 and every batch size >= 1")
-    if args.budget_minutes is not None and args.budget_minutes <= 0:
-        raise InputError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
-    root = Path(args.data_root)
-    if not root.is_dir():
-        raise InputError(f"data root {root} does not exist (or is not a folder)")
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
-        if not any((root / f"{stem}{ext}").is_file() for ext in ("", ".gz")):
-            raise InputError(f"data root {root} has no {stem}[.gz] (Fashion-MNIST's IDX files)")
+    resumable.check_budget_minutes(args.budget_minutes)
+    resumable.check_data_root(args.data_root)
 
 
 # ------------------------------------------------------------------------------------------------------- context
 
 
 @dataclass
-class Context:
-    args: argparse.Namespace
-    out: Path
-    device: torch.device
-    deadline: float | None
-    units: dict[str, dict] = field(default_factory=dict)
-    stopped: list[str] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
+class Context(UnitContext):
+    """resumable's context, and: CUDA memory freed after every unit (done or failed), training stopped in this
+    process at the deadline (`stop_at_deadline`), the timing dtype."""
 
-    def guard(self, name: str, fn: Callable[[], Any]) -> Any:
-        """fn(); an error is printed and recorded (``pareto.json``'s ``errors``, exit status 1) and the other units go
-        on: the machine and its files stay only while it is held, so one failing unit must not cost the others."""
-        try:
-            return fn()
-        except (BudgetReached, KeyboardInterrupt):
-            raise
-        except Exception as e:
-            traceback.print_exc()
-            self.errors[name] = f"{type(e).__name__}: {str(e)[:600]}"
-            print(f"error in {name}: {self.errors[name]}; going on with the other units", flush=True)
-            free_cuda()
-            return None
+    stopped: list[str] = field(default_factory=list)
+
+    def after_error(self) -> None:
+        free_cuda()
 
     @property
     def cuda(self) -> bool:
@@ -286,51 +259,15 @@ class Context:
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.cuda else torch.float32
 
-    def run_dir(self, name: str) -> Path:
-        return self.out / "runs" / name
-
-    def correction(self, kind: str) -> float:
-        done = [u for u in self.units.values() if u.get("kind") == kind and u.get("estimate_s")]
-        if not done:
-            return 1.0
-        return max(0.75, sum(u["seconds"] for u in done) / sum(u["estimate_s"] for u in done))
-
-    def check_budget(self, name: str, kind: str, estimate_s: float) -> float:
-        """Raises BudgetReached when `estimate_s` (corrected by the measurements so far) would pass the deadline."""
-        if self.deadline is None:
-            return estimate_s
-        need = estimate_s * self.correction(kind)
-        left = self.deadline - time.time()
-        if need > left:
-            raise BudgetReached(f"{name} needs ~{need:.0f} s, {max(left, 0):.0f} s left")
-        return estimate_s
-
     def record(self, name: str, kind: str, seconds: float, estimate_s: float) -> None:
         free_cuda()  # loader workers, CUDA graphs and caching-allocator blocks of the unit just done
-        self.units[name] = dict(kind=kind, seconds=round(seconds, 1), estimate_s=round(estimate_s, 1),
-                                device=device_name(self.device))
-        write_json(self.out / "units.json", self.units)
+        super().record(name, kind, seconds, estimate_s)
 
     def stop_at_deadline(self, state) -> None:
         """laudnet's on_step hook: past the deadline, SIGTERM to ourselves, so the loop saves last.pt and returns."""
         if self.deadline is not None and time.time() > self.deadline and not self.stopped:
             self.stopped.append("sigterm")
             os.kill(os.getpid(), signal.SIGTERM)
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> Any | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def fmt_target(t: float) -> str:
@@ -1157,41 +1094,14 @@ def base_dense_macs(args) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    t_start = time.time()
-    if args.smoke:
-        device = torch.device("cpu")
-    elif torch.cuda.is_available():
-        device = torch.device("cuda")
-    elif args.stage == "report":
-        device = torch.device("cpu")
-    else:
-        fail("needs a CUDA device (or --smoke; --stage report runs anywhere)")
-    deadline = t_start + 60 * args.budget_minutes - 20 if args.budget_minutes else None  # 20 s for the report
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(args, out, device, deadline, units=read_json(out / "units.json") or {})
-    if device.type == "cuda":
+    ctx, t_start = resumable.start(args, Context, fail)
+    if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     stages = {"all": ("static", "dynamic", "prune", "time"), "train": ("static", "dynamic", "prune")}.get(
         args.stage, (args.stage,) if args.stage != "report" else ())
     run = {"static": stage_static, "dynamic": stage_dynamic, "prune": stage_prune, "time": stage_time}
-    stopped = None
-    try:
-        for stage in stages:
-            t0 = time.time()
-            ctx.guard(f"stage {stage}", partial(run[stage], ctx))
-            print(f"stage {stage}: {time.time() - t0:.0f} s", flush=True)
-    except BudgetReached as e:
-        stopped = str(e)
-        print(f"budget: stopping before {stopped}; rerun the same command to continue", flush=True)
-    data = stage_report(ctx)
-    print(f"total {time.time() - t_start:.0f} s", flush=True)
-    if ctx.errors:
-        print(f"errors: {json.dumps(ctx.errors, indent=1)}", flush=True)
-        return 1
-    if stopped is not None and args.stage != "report":
-        return 3
-    return 0 if data["complete"] or args.stage != "all" else 3
+    steps = [(f"stage {stage}", partial(run[stage], ctx)) for stage in stages]
+    return resumable.run_units(ctx, steps, stage_report, t_start, show_times=True)
 
 
 if __name__ == "__main__":

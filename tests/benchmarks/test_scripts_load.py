@@ -15,6 +15,8 @@ SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py"))
 # Scripts without a `main(argv)`: what each is for. Anything else must have a `main` that shows its help.
 HELPERS = {
     "report_models": "markdown tables from bench_models results, run on the files given (sys.argv, no options)",
+    "resumable": "the resumable, time-budgeted unit machinery (atomic JSON, units.json ledger, budget, exit codes) "
+                 "shared by pareto and detection_results",
 }
 
 
