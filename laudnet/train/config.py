@@ -506,8 +506,8 @@ def config_argv(cfg: TrainConfig) -> list[str]:
     defaults = TrainConfig.__dataclass_fields__
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if value == defaults[f.name].default:
-            continue
+        if value == defaults[f.name].default or (f.name == "lambda_flops" and value == default_lambda_flops(cfg.task)):
+            continue  # (an unset lambda_flops resolves to the task's default)
         flag = f"--{f.name.replace('_', '-')}"
         if value is None:
             raise ValueError(f"{f.name} is None but defaults to {defaults[f.name].default!r}: no flag sets it to None")

@@ -157,3 +157,15 @@ def test_lambda_flops_defaults_by_task(tmp_path):
     assert parse("-c", str(path)).lambda_flops == 3.0
     saved = save_resolved(parse(), tmp_path / "run")
     assert yaml.safe_load(saved.read_text())["lambda_flops"] == 10.0
+
+
+def test_config_argv_leaves_out_the_task_default_lambda():
+    from laudnet.train.config import config_argv
+
+    for task, extra, default in (("classification", [], 10.0), ("detection", ["--dataset", "fashion-canvas-det"], 1.0)):
+        cfg = parse("--task", task, *extra)
+        assert cfg.lambda_flops == default
+        assert "--lambda-flops" not in config_argv(cfg)  # the task's default, resolved: no flag needed
+        assert parse(*config_argv(cfg)) == cfg
+        changed = parse("--task", task, *extra, "--lambda-flops", "3")
+        assert "--lambda-flops" in config_argv(changed) and parse(*config_argv(changed)) == changed
