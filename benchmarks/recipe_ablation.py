@@ -162,6 +162,16 @@ def summarise(ev: dict) -> dict:
             "block_rates": [round(r, 3) for r in ev["block_rates"]]}
 
 
+def merged(payloads: list[dict]) -> dict:
+    """One payload holding the runs of several sweeps from the same static network (the first run of each
+    variant and seed kept)."""
+    tops = {p["static_top1"] for p in payloads}
+    if len(tops) > 1:
+        raise SystemExit(f"recipe_ablation.py: the sweeps start from different static networks (top-1 {sorted(tops)})")
+    runs = {(r["variant"], r["seed"]): r for p in reversed(payloads) for r in p["runs"]}
+    return {**payloads[0], "runs": list(runs.values())}
+
+
 def _fmt(value) -> str:
     if value is None:
         return "–"
@@ -203,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=None, help="variants to run (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny images and subsets, one epoch: checks the flow")
     parser.add_argument("--commit", default="unknown", help="commit recorded in the JSON")
-    parser.add_argument("--report", default=None, help="print the table of this JSON and exit")
+    parser.add_argument("--report", nargs="+", default=None,
+                        help="print the table of these JSONs (their runs together) and exit")
     args = parser.parse_args(argv)
     if args.report:
-        print(report(json.loads(Path(args.report).read_text())))
+        print(report(merged([json.loads(Path(f).read_text()) for f in args.report])))
         return 0
     if args.variants:
         try:

@@ -63,3 +63,21 @@ def test_variants_file(tmp_path):
     assert done.returncode == 2 and "cannot read --variants" in done.stderr.splitlines()[-1]
     shipped = module.load_variants(module.REPO / "benchmarks" / "configs" / "demo-gap-variants.yaml")
     assert shipped["demo"] == ("spatial", {}) and all(p == "spatial" for p, _ in shipped.values())
+
+
+def test_report_of_several_sweeps(tmp_path):
+    first = {"static_top1": 70.0, "runs": [
+        {"variant": "v", "seed": 0, "top1": 60.0, "flops_ratio": 0.5, "adaptive_fraction": 0.5, "lift": {}}]}
+    second = {"static_top1": 70.0, "runs": [
+        {"variant": "v", "seed": 1, "top1": 64.0, "flops_ratio": 0.5, "adaptive_fraction": 0.5, "lift": {}},
+        {"variant": "v", "seed": 0, "top1": 0.0, "flops_ratio": 0.5, "adaptive_fraction": 0.5, "lift": {}}]}
+    paths = []
+    for i, payload in enumerate((first, second)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(payload))
+    done = run_benchmark("recipe_ablation", "--report", *paths)
+    assert done.returncode == 0 and "| v | 2 | 62.00 |" in done.stdout  # seed 0 from the first file only
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**first, "static_top1": 69.0}))
+    done = run_benchmark("recipe_ablation", "--report", paths[0], other)
+    assert done.returncode != 0 and "different static networks" in done.stderr
