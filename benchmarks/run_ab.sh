@@ -51,7 +51,8 @@ dev=${dev:-gpu}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 case $part in
 vit)
-    timeout 200 python -m pytest -q tests/kernels tests/deploy -k "cuda or gpu" > "$out/pytest_gpu_${dev}_$c.txt" 2>&1
+    # ~90 s warm, longer on a fresh machine (Triton and Inductor compile caches empty)
+    timeout 300 python -m pytest -q tests/kernels tests/deploy -k "cuda or gpu" > "$out/pytest_gpu_${dev}_$c.txt" 2>&1
     tail -3 "$out/pytest_gpu_${dev}_$c.txt"
     timeout 90 python benchmarks/bench_stem.py --out "$out/bench_stem_r101_${dev}_$c.json" --commit "$c" 2>&1 | tail -4
     timeout 270 python benchmarks/bench_vit.py --batches 128 1 --budget-s 140 \
@@ -138,13 +139,13 @@ demo-gap-variance|demo-gap-variance-2)
     abl="python benchmarks/recipe_ablation.py --device cuda --data-root .data/fashion-mnist
          --out runs/demo-gap-variance --variants benchmarks/configs/demo-gap-variants.yaml --commit $c --jobs 10
          --seeds 0 1 2 3 4"
-    log="$out/demo_gap_variance_$c.log"
+    log="$out/demo_gap_variance_${dev}_$c.log"
     if [ "$part" = demo-gap-variance ]; then
         timeout 540 $abl --only demo "EMA 0.988" >> "$log" 2>&1
     else
         timeout 540 $abl --only "BN recalibration 50" "EMA 0.988 + BN recalibration 50" >> "$log" 2>&1
     fi
-    cp runs/demo-gap-variance/recipe_ablation.json "$out/demo_gap_variance_$c.json"; tail -30 "$log" ;;
+    cp runs/demo-gap-variance/recipe_ablation.json "$out/demo_gap_variance_${dev}_$c.json"; tail -30 "$log" ;;
 detection)
     # ~9 minutes: the GPU tests (both deployed forms per paradigm, compiled and graphed; fastest), then the benchmark
     # under a budget; the sparse form's block paths compile with symbolic sizes (--sparse-compile dynamic) so that
