@@ -6,19 +6,17 @@ the sparse paths do not pay, and that form was slower than the static network at
 same network compiled whole (static shapes) and replayed from one CUDA graph on the same input:
 
 - ``static``: the folded static network (the strongest static form);
-- ``dense-masked``: `deploy_dense_masked` as shipped (pool each window, then the masker's small GEMM);
-- ``dense-masked, reduce``: the maskers written as reductions Inductor can fuse with their producers instead of GEMM
-  launches — spatial: the decision weights applied per pixel, then pooled per patch (the two linear steps commute);
-  layer: one weighted sum over the whole map per sample; channel: the pooled vector's two small layers as
-  multiply-and-sum;
-- ``dense-masked, fixed masks``: every masker replaced by its decisions on this input, precomputed (the floor that
-  any form of the maskers can reach: static + applying the masks).
+- ``dense-masked, torch``: `deploy_dense_masked(maskers="torch")`: pool each window, then the masker's small GEMM;
+- ``dense-masked, reduce``: `deploy_dense_masked(maskers="reduce")` (the default): the spatial and channel maskers
+  written as reductions Inductor fuses with their producers instead of GEMM launches (layer maskers as ``torch``);
+- ``dense-masked, fixed``: every masker replaced by its decisions on this input, precomputed (the floor that any
+  form of the maskers can reach: static + applying the masks).
 
 For each: the median time, the CUDA kernels one forward launches (torch.profiler on the compiled function, outside
-the graph), and — for the variants — the share of decisions equal to the shipped form's and the largest output
+the graph), and — for the variants — the share of decisions equal to the ``torch`` form's and the largest output
 difference.
 
-    python benchmarks/probe_dense_maskers.py --batches 1 8 --out probe_dense_maskers.json --commit <hash>
+    python benchmarks/probe_dense_maskers.py --batches 1 8 128 --out probe_dense_maskers.json --commit <hash>
     python benchmarks/probe_dense_maskers.py --smoke --out /tmp/p.json    # the flow on the CPU, eager
 """
 
@@ -28,57 +26,31 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor
 
 import laudnet
 from laudnet.deploy import GraphedModel, deploy, deploy_dense_masked
-from laudnet.deploy.blocks import ChannelBlock, LayerBlock, SpatialBlock
-from laudnet.masks import pool_patches
+from laudnet.deploy.blocks import DeployedBlock
 from laudnet.timing import time_call
 
-
-def _spatial_reduce(self: SpatialBlock, x: Tensor) -> Tensor:
-    score = (x.float() * self.masker_w.view(1, -1, 1, 1)).sum(1, keepdim=True)  # w·x per pixel, then pooled
-    return pool_patches(score, self.stride, self.granularity, self._out_hw(x))[:, 0] + self.masker_b >= 0
-
-
-def _layer_reduce(self: LayerBlock, x: Tensor) -> Tensor:
-    score = (x.float() * self.masker_w.view(1, -1, 1, 1)).sum(dim=(1, 2, 3)) / (x.shape[2] * x.shape[3])
-    return score + self.masker_b >= 0
-
-
-def _channel_reduce(self: ChannelBlock, x: Tensor) -> Tensor:
-    pooled = x.mean(dim=(2, 3), dtype=torch.float32)
-    fc1 = self.masker_fc1
-    hidden = torch.relu((pooled[:, None, :] * fc1.weight.float()[None]).sum(-1) + fc1.bias.float())
-    return (hidden[:, None, :] * self.masker_w2[None]).sum(-1) + self.masker_b2 >= 0
-
-
-REDUCE = {SpatialBlock: _spatial_reduce, LayerBlock: _layer_reduce, ChannelBlock: _channel_reduce}
+FORMS = ("torch", "reduce", "fixed")
 
 
 @contextmanager
-def maskers(form: str, deployed, x: Tensor) -> Iterator[None]:
-    """The deployed network's maskers in `form` (``shipped``, ``reduce`` or ``fixed``) while the context is open."""
-    saved = {cls: cls._masker for cls in REDUCE}
+def fixed_decisions(deployed, x: Tensor) -> Iterator[None]:
+    """The deployed network's maskers replaced by their decisions on x while the context is open."""
+    keeps = decisions(deployed, x)
+    saved = DeployedBlock.decide
     try:
-        if form == "reduce":
-            for cls, fn in REDUCE.items():
-                cls._masker = fn
-        elif form == "fixed":
-            keeps = decisions(deployed, x)
-            for block, keep in zip(deployed.blocks(), keeps, strict=True):
-                if keep is not None:
-                    block.forced_keep = keep
-            for cls in REDUCE:
-                cls._masker = lambda self, x: self.forced_keep
+        for block, keep in zip(deployed.blocks(), keeps, strict=True):
+            block.forced_keep = keep
+        DeployedBlock.decide = lambda self, x: self.forced_keep
         yield
     finally:
-        for cls, fn in saved.items():
-            cls._masker = fn
+        DeployedBlock.decide = saved
         for block in deployed.blocks():
             block.forced_keep = None
 
@@ -108,11 +80,15 @@ def decisions(deployed, x: Tensor) -> list[Tensor | None]:
 
 
 def kernels_per_call(fn: Callable[[], object], calls: int = 3) -> float:
-    """CUDA kernels launched per call of fn (0 on the CPU)."""
+    """CUDA kernels launched per call of fn after a warm-up (0 on the CPU): the first calls also compile, and search
+    cuDNN's algorithms, and would be counted."""
     if not torch.cuda.is_available():
         return 0.0
     from torch.profiler import ProfilerActivity, profile
 
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
@@ -138,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="laud_resnet101")
     parser.add_argument("--paradigms", nargs="+", default=["spatial", "channel", "layer"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 128])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--count-all", action="store_true", help="count kernels at every batch (default: batch 1)")
@@ -176,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, p in model.named_parameters():  # decisions that differ by input and location
                 if "masker" in name and p.dim() > 1:
                     torch.nn.init.normal_(p, std=0.5)
-            deployed = deploy_dense_masked(model, dtype, device=dev)
+            ref = deploy_dense_masked(model, dtype, device=dev, maskers="torch")
             with torch.no_grad():
-                ref_out, ref_keep = deployed(x).float(), decisions(deployed, x)
-            for form in ("shipped", "reduce", "fixed"):
-                with maskers(form, deployed, x):
+                ref_out, ref_keep = ref(x).float(), decisions(ref, x)
+            for form in FORMS:
+                deployed = ref if form == "torch" else deploy_dense_masked(model, dtype, device=dev)
+                with fixed_decisions(deployed, x) if form == "fixed" else nullcontext():
                     with torch.no_grad():
                         out, keep = deployed(x).float(), decisions(deployed, x)
                     agree = [float((k == r).float().mean()) for k, r in zip(keep, ref_keep, strict=True)

@@ -22,7 +22,11 @@
 #                                         # attention kernel and the ViT paths, bench_vit head skipping (laudnet's
 #                                         # attention against flash heads), the batch-1 tile sweep and the
 #                                         # stem's tile heights
-#   OUT=dir benchmarks/run_ab.sh dense-maskers   # the dense-masked fallback's masker forms at batch 1 and 8
+#   OUT=dir benchmarks/run_ab.sh cnn-ab   # bench_models ResNet-101 (rate 0.5, batch 128 and 1, not tuned) of the code
+#                                         # before the package refactor (39d9c8c) and of this tree, one after the
+#                                         # other on one machine: first `mkdir -p .old && git archive 39d9c8c laudnet
+#                                         # benchmarks | tar -x -C .old`, then carry .old (~7 min)
+#   OUT=dir benchmarks/run_ab.sh dense-maskers   # the dense-masked fallback's masker forms at batch 1 and 128
 #   OUT=dir benchmarks/run_ab.sh demo-gap (then demo-gap-2)   # the demo recipe's variants, to close its accuracy gap
 #   OUT=dir benchmarks/run_ab.sh demo-gap-variance (then demo-gap-variance-2)   # the EMA of the weights and BN
 #                                          # recalibration against the demo's recipe, seeds 0-4 (its seed spread)
@@ -42,7 +46,7 @@
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|pareto|detection|detection-results"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|pareto|detection|detection-results"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -112,9 +116,21 @@ recipe-seeds)
         --seeds 0 1 2 --only spatial/paper "spatial/norm+anneal" "spatial/norm+anneal, masker lr x1" layer/paper \
         "layer/norm+anneal" --out runs/abl-seeds --commit "$c" > "$out/recipe_ablation_seeds_$c.log" 2>&1
     cp runs/abl-seeds/recipe_ablation.json "$out/recipe_ablation_seeds_$c.json"; tail -12 "$out/recipe_ablation_seeds_$c.log" ;;
+cnn-ab)
+    out=$(cd "$out" && pwd)
+    [ -d .old/laudnet ] || { echo "no .old: see the header (git archive 39d9c8c into .old, carry it)"; exit 2; }
+    for side in old new; do
+        name=bench_models_ab_${side}_r101_${dev}_$c
+        dir=$([ $side = old ] && echo .old || echo .)
+        (cd "$dir" && PYTHONPATH=$PWD timeout 280 python benchmarks/bench_models.py --models laud_resnet101 \
+            --batches 128 1 --rates 0.5 --out "$out/$name.json" --commit "$side-$c" > "$out/$name.log" 2>&1)
+        echo "$side: rc=$?"
+        python benchmarks/report_models.py "$out/$name.json" | grep -E "— static|^\| (layer|channel|spatial)" | cut -c1-200
+    done ;;
 dense-maskers)
-    # the dense-masked fallback's maskers at batch 1 and 8 (ResNet-101, every paradigm), ~4 minutes
-    timeout 500 python benchmarks/probe_dense_maskers.py --batches 1 8 --out "$out/probe_dense_maskers_${dev}_$c.json" \
+    # the dense-masked fallback's masker forms (torch, reduce, fixed) at batch 1 and 128 (ResNet-101, every
+    # paradigm), ~8 minutes (about 23 s per row: a whole-network compile each)
+    timeout 560 python benchmarks/probe_dense_maskers.py --batches 1 128 --out "$out/probe_dense_maskers_${dev}_$c.json" \
         --commit "$c" 2>&1 | grep "^{" | cut -c1-200 ;;
 demo-gap|demo-gap-2)
     # variants of the demo's dynamic fine-tuning (benchmarks/configs/demo-gap-variants.yaml), seed 0, in two calls

@@ -29,6 +29,10 @@ along in `DeployedModel.forward_features` (`forward_chained`). Summing is exact 
 window's pixels are not changed by the block, so its sum is kept; an executing window's sum is accumulated by the
 residual-scatter epilogue from the values it writes (after the ReLU, which is why sums cannot be updated
 incrementally); a projection block's final ReLU pass (or the dense path's) sums every window.
+
+``reduce`` is ``torch`` written for a network compiled whole (`deploy_dense_masked`): the spatial masker weighs each
+pixel's channels before pooling and the channel masker's two small layers are multiply-and-sum, so that Inductor fuses
+them into reductions instead of launching a GEMM per masker. Eager, it makes an fp32 copy of the block input.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from laudnet.kernels import channel as channel_ops
 from laudnet.kernels.indexing import MAP_WINDOW, MaskerDecisions
 from laudnet.masks import expand_channel_groups, expand_patches, pool_patches
 
-MASKERS = ("fused", "kernel", "torch")
+MASKERS = ("fused", "kernel", "torch", "reduce")
+TORCH_MASKERS = ("torch", "reduce")  # the modes whose decisions are PyTorch ops (traceable, no Triton launches)
 
 
 def nhwc(x: Tensor) -> Tensor:
@@ -167,7 +172,7 @@ class DeployedBlock(nn.Module):
     @property
     def fusable(self) -> bool:
         """Whether the masker runs on window sums through the Triton decision kernels (spatial/layer patch paths)."""
-        return self.patch_kernels and self.maskers != "torch"
+        return self.patch_kernels and self.maskers not in TORCH_MASKERS
 
     @property
     def in_window(self) -> int:
@@ -421,8 +426,14 @@ class SpatialBlock(PatchBlock):
         return self.granularity * self.stride
 
     def _masker(self, x: Tensor) -> Tensor:
+        out_hw = self._out_hw(x)
+        if self.maskers == "reduce":
+            # w·x per pixel in fp32, then pooled (both steps are linear, so they commute): one reduction over the
+            # input that Inductor fuses, no GEMM launch and no pooled map rounded to x's dtype.
+            score = (x.float() * self.masker_w.view(1, -1, 1, 1)).sum(1, keepdim=True)
+            return pool_patches(score, self.stride, self.granularity, out_hw)[:, 0] + self.masker_b >= 0
         # Pool first (fp32 accumulation, no fp32 copy of x), then the masker's tiny GEMM in fp32.
-        pooled = pool_patches(x, self.stride, self.granularity, self._out_hw(x)).float()
+        pooled = pool_patches(x, self.stride, self.granularity, out_hw).float()
         return torch.einsum("bchw,c->bhw", pooled, self.masker_w) + self.masker_b >= 0
 
     def _decision_shape(self, x: Tensor, out_hw: tuple[int, int]) -> tuple[int, ...]:
@@ -541,12 +552,19 @@ class ChannelBlock(DeployedBlock):
         super().prepare()
 
     def decide(self, x: Tensor) -> Tensor:
-        if self.maskers != "torch":
+        if self.maskers not in TORCH_MASKERS:
             return self._channel_keep(x, None)
         return super().decide(x)
 
     def _masker(self, x: Tensor) -> Tensor:
-        hidden = F.relu(self.masker_fc1(x.mean(dim=(2, 3), dtype=torch.float32)))
+        pooled = x.mean(dim=(2, 3), dtype=torch.float32)
+        fc1 = self.masker_fc1
+        if self.maskers == "reduce":
+            # The two small layers as multiply-and-sum: reductions that Inductor fuses, where a linear is a GEMM
+            # launch of its own (most of the masker's time at small batches).
+            hidden = F.relu((pooled[:, None, :] * fc1.weight[None]).sum(-1) + fc1.bias)
+            return (hidden[:, None, :] * self.masker_w2[None]).sum(-1) + self.masker_b2 >= 0
+        hidden = F.relu(fc1(pooled))
         return hidden @ self.masker_w2.t() + self.masker_b2 >= 0
 
     def _channel_keep(self, x: Tensor, sums: Tensor | None) -> Tensor:
@@ -560,7 +578,7 @@ class ChannelBlock(DeployedBlock):
                                 self._imposed((n, self.masker_w2.shape[0])))
 
     def _run(self, x: Tensor, sums: Tensor | None, emit: int | None) -> tuple[Tensor, Tensor | None]:
-        if self.channel_kernels and self.maskers != "torch":
+        if self.channel_kernels and self.maskers not in TORCH_MASKERS:
             return self._forward_channel_chained(x, sums, emit)
         return super()._run(x, sums, emit)
 

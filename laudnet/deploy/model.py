@@ -7,7 +7,14 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from laudnet.deploy.blocks import COMPILE_SHAPES, MASKERS, DeployedBlock, compiled_residual_branch, deploy_block
+from laudnet.deploy.blocks import (
+    COMPILE_SHAPES,
+    MASKERS,
+    TORCH_MASKERS,
+    DeployedBlock,
+    compiled_residual_branch,
+    deploy_block,
+)
 from laudnet.deploy.fold import fold_conv_bn
 from laudnet.deploy.graphs import GraphedModel
 from laudnet.deploy.stem import TritonStemConv
@@ -116,10 +123,12 @@ def deploy(
             ``fused`` (default) — each block's output kernel also accumulates the next block's masker window sums
             (no block re-reads its input to pool it) and one Triton kernel pair makes the decisions and index
             lists; ``kernel`` — the same decision kernels, but each block pools its own input (one Triton pass);
-            ``torch`` — the previous path (torch pooling, GEMV and list building, ~10 launches per block). All three
-            compute the same function (window sums up to float summation order). Channel maskers: ``torch`` runs
-            PyTorch's mean, linears and compare; the others one window-sum pass and one Triton launch for the MLP
-            and threshold (`laudnet.kernels.channel_masker`). Other maskers always use torch.
+            ``torch`` — the previous path (torch pooling, GEMV and list building, ~10 launches per block);
+            ``reduce`` — ``torch`` with the spatial and channel maskers written as reductions for a network compiled
+            whole (`deploy_dense_masked`'s default). All compute the same function (up to float summation order).
+            Channel maskers: ``torch`` and ``reduce`` run PyTorch's mean, MLP and compare; the others one window-sum
+            pass and one Triton launch for the MLP and threshold (`laudnet.kernels.channel_masker`). Other maskers
+            always use torch.
         stem: the stem's convolution + ReLU: ``triton`` (one kernel, `laudnet.kernels.stem_conv`; a custom op that
             `torch.compile` keeps), ``cudnn`` (PyTorch's conv, fused by `torch.compile` when `compile`) or ``auto``
             (default: ``triton`` when deployed on a CUDA device, ``cudnn`` elsewhere; chosen by measurement, see the
@@ -184,7 +193,8 @@ def deploy(
 
 
 def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16, *,
-                        device: torch.device | str | None = None, stem: str = "auto") -> DeployedModel | DeployedViT:
+                        device: torch.device | str | None = None, stem: str = "auto",
+                        maskers: str = "reduce") -> DeployedModel | DeployedViT:
     """The model deployed with every block on its dense-masked path: the same function as `deploy`, without
     data-dependent shapes or custom kernels (but the custom op of ``stem="triton"``), so that the whole network
     traces as one graph.
@@ -194,6 +204,9 @@ def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16
     (``torch.compile(deployed, dynamic=False)``) where skipping does not pay at the batch size at hand: it costs the
     static network plus the maskers and the masks (fused by Inductor), the form to fall back on when the sparse
     paths are slower than the static network compiled whole (`laudnet.deploy.deploy_fastest` measures both).
+
+    CNN maskers are PyTorch ops: ``reduce`` (default; the spatial and channel maskers as reductions that Inductor
+    fuses, no GEMM launch per masker) or ``torch`` (pooling, then the maskers' small GEMMs; see `deploy`).
     """
     if isinstance(model, LaudViT):
         if stem not in ("auto", "cudnn"):
@@ -202,7 +215,9 @@ def deploy_dense_masked(model: DynamicModel, dtype: torch.dtype = torch.bfloat16
         for block in deployed.blocks:
             block.path = "dense"
         return deployed
-    deployed = deploy(model, dtype, device=device, maskers="torch", stem=stem)
+    if maskers not in TORCH_MASKERS:
+        raise ValueError(f"a dense-masked network's maskers are one of {TORCH_MASKERS}, got {maskers!r}")
+    deployed = deploy(model, dtype, device=device, maskers=maskers, stem=stem)
     for b in deployed.blocks():
         b.path = "dense"
     return deployed

@@ -221,15 +221,16 @@ def test_channel_chain_through_triton_kernels_interpret(triton_interpreter, monk
         assert _rel(fused(x), expected) < 1e-5
 
 
+@pytest.mark.parametrize("maskers", ["reduce", "torch"])
 @pytest.mark.parametrize("paradigm", ["layer", "spatial", "channel"])
-def test_dense_masked_network_is_one_graph(paradigm):
+def test_dense_masked_network_is_one_graph(paradigm, maskers):
     """`deploy_dense_masked`: the same function as the eval model, and the whole network one graph for
     torch.compile (no data-dependent shapes, no custom kernels: nothing breaks the trace)."""
     model = _randomize_maskers(laudnet.create_model("laud_resnet50", paradigm=paradigm,
                                                     granularity="2-2-1-1" if paradigm == "spatial" else None,
                                                     num_classes=10))
-    deployed = deploy_dense_masked(model, torch.float32)
-    assert all(b.path == "dense" and b.maskers == "torch" for b in deployed.blocks())
+    deployed = deploy_dense_masked(model, torch.float32, maskers=maskers)
+    assert all(b.path == "dense" and b.maskers == maskers for b in deployed.blocks())
     x = torch.randn(3, 3, 48, 40)
     with torch.no_grad():
         expected = model(x)
@@ -238,3 +239,27 @@ def test_dense_masked_network_is_one_graph(paradigm):
         explained = torch._dynamo.explain(deployed)(x)
     torch._dynamo.reset()
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.parametrize("paradigm", ["spatial", "channel", "layer"])
+def test_reduce_maskers_decide_as_the_torch_ones(paradigm):
+    """``maskers="reduce"`` (`deploy_dense_masked`'s default: weigh the pixels, then pool; the channel MLP as
+    multiply-and-sum) makes the decisions of the pooling-then-GEMM form, on maps that the patches do not divide."""
+    model = _randomize_maskers(laudnet.create_model("laud_resnet50", paradigm=paradigm, num_classes=10))
+    reduce, torch_form = deploy_dense_masked(model, torch.float32), deploy_dense_masked(model, torch.float32,
+                                                                                       maskers="torch")
+    torch.manual_seed(1)
+    rates = []
+    for a, b in zip(reduce.blocks(), torch_form.blocks(), strict=True):
+        x = torch.randn(3, a.conv1.in_channels, 13, 11).relu()
+        keep, expected = a.decide(x), b.decide(x)
+        assert keep.shape == expected.shape and keep.dtype == torch.bool
+        assert (keep == expected).float().mean() > 0.99  # equal but for ties at the threshold (summation order)
+        rates.append(expected.float().mean())
+    assert 0 < sum(rates) / len(rates) < 1  # the random maskers do decide, both ways
+
+
+def test_dense_masked_maskers_are_torch_forms():
+    model = laudnet.create_model("laud_resnet50", paradigm="spatial", num_classes=10).eval()
+    with pytest.raises(ValueError, match="maskers are one of"):
+        deploy_dense_masked(model, torch.float32, maskers="fused")

@@ -26,7 +26,7 @@ def _rel(a, b):
 def _dense(run):
     if isinstance(run, DeployedViT):
         return all(b.path == "dense" for b in run.blocks)
-    return all(b.path == "dense" and b.maskers == "torch" for b in run.blocks())
+    return all(b.path == "dense" and b.maskers == "reduce" for b in run.blocks())
 
 
 def _form_timer(costs):
@@ -80,7 +80,7 @@ def test_a_form_that_fails_is_left_out_with_its_error():
     x = torch.randn(2, 3, 32, 32)
 
     def setup(deployed):
-        if any(b.maskers != "torch" for b in deployed.blocks()):
+        if any(b.maskers != "reduce" for b in deployed.blocks()):
             raise RuntimeError("cannot capture this one")
 
     with torch.no_grad():
