@@ -30,6 +30,8 @@
 #   OUT=dir benchmarks/run_ab.sh demo-gap (then demo-gap-2)   # the demo recipe's variants, to close its accuracy gap
 #   OUT=dir benchmarks/run_ab.sh demo-gap-variance (then demo-gap-variance-2)   # the EMA of the weights and BN
 #                                          # recalibration against the demo's recipe, seeds 0-4 (its seed spread)
+#   OUT=dir benchmarks/run_ab.sh demo-gap-warmup   # the FLOPs target's warm-up ("target warm-up 1/3") against
+#                                          # the demo's recipe, seeds 0-4, paired by seed (~5 min; carry .data)
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 #   OUT=dir benchmarks/run_ab.sh detection   # GPU tests of deploy_detector; bench_detection.py: LAUD-ResNet-50
@@ -46,7 +48,7 @@
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|pareto|detection|detection-results"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|demo-gap-warmup|pareto|detection|detection-results"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -162,6 +164,12 @@ demo-gap-variance|demo-gap-variance-2)
         timeout 540 $abl --only "BN recalibration 50" "EMA 0.988 + BN recalibration 50" >> "$log" 2>&1
     fi
     cp runs/demo-gap-variance/recipe_ablation.json "$out/demo_gap_variance_${dev}_$c.json"; tail -30 "$log" ;;
+demo-gap-warmup)
+    log="$out/demo_gap_warmup_${dev}_$c.log"
+    timeout 540 python benchmarks/recipe_ablation.py --device cuda --data-root .data/fashion-mnist \
+        --out runs/demo-gap-warmup --variants benchmarks/configs/demo-gap-variants.yaml --commit "$c" --jobs 10 \
+        --seeds 0 1 2 3 4 --only demo "target warm-up 1/3" >> "$log" 2>&1
+    cp runs/demo-gap-warmup/recipe_ablation.json "$out/demo_gap_warmup_${dev}_$c.json"; tail -12 "$log" ;;
 detection)
     # ~9 minutes: the GPU tests (both deployed forms per paradigm, compiled and graphed; fastest), then the benchmark
     # under a budget; the sparse form's block paths compile with symbolic sizes (--sparse-compile dynamic) so that

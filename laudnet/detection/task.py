@@ -37,6 +37,7 @@ from laudnet.train.build import model_paradigm
 from laudnet.train.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from laudnet.train.config import TrainConfig, detector_kind
 from laudnet.train.evaluation import autocast
+from laudnet.train.schedules import flops_target
 
 DETECTION_TASKS = ("detection", "instance")
 # The detectors' loss terms, as torchvision names them; metrics.csv prefixes RetinaNet's with "loss_".
@@ -301,7 +302,7 @@ class DetectionTask:
             model: the detector to call (the DDP wrapper under several processes).
             raw_model: the detector itself (its backbone holds the masks of the forward).
             batch: ``(images, targets)`` lists from `collate_detection`.
-            epoch: unused (no per-block bounds schedule).
+            epoch: epochs done (fractional), for the target's warm-up (no per-block bounds in detection).
         """
         images, targets = batch
         keys = ("boxes", "labels", "masks") if self.instance else ("boxes", "labels")
@@ -309,7 +310,8 @@ class DetectionTask:
         targets = [{k: t[k].to(self.device, non_blocking=True) for k in keys} for t in targets]
         cfg = self.cfg
         with autocast(self.device, cfg.amp):
-            loss, logs = detection_step(model, images, targets, cfg.target, cfg.lambda_flops, cfg.flops_loss,
+            target = flops_target(epoch, cfg.epochs, cfg.target, cfg.target_warmup)
+            loss, logs = detection_step(model, images, targets, target, cfg.lambda_flops, cfg.flops_loss,
                                         module=raw_model)
         values = [logs["loss"], logs["loss_detection"], logs["loss_flops"], logs["flops_ratio"],
                   *(logs[t] for t in self.terms)]

@@ -139,6 +139,10 @@ class TrainConfig:
         None, "weight of the FLOPs loss; unset: 10 for classification (the official ImageNet recipe), 1 for detection "
         "and instance (the official detection configs)", "dynamic",
     )
+    target_warmup: float = _f(
+        0.0, "fraction of the epochs over which the FLOPs target falls linearly from 1 to target (0: none, the paper)",
+        "dynamic",
+    )
     bounds_fraction: float = _f(0.33, "fraction of the epochs over which the per-block bounds relax", "dynamic")
     bounds_lower: float = _f(0.0, "per-block FLOPs-ratio lower bound after the relaxation (paper: 0)", "dynamic")
     bounds_upper: float = _f(1.0, "per-block FLOPs-ratio upper bound after the relaxation (paper: 1)", "dynamic")
@@ -279,6 +283,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not 0 <= cfg.target_warmup <= 1:
+        raise ValueError(f"target_warmup must be in [0, 1], got {cfg.target_warmup}")
     if not 0 < cfg.bounds_fraction <= 1:
         raise ValueError(f"bounds_fraction must be in (0, 1], got {cfg.bounds_fraction}")
     if not 0 <= cfg.bounds_lower <= cfg.target <= cfg.bounds_upper <= 1:

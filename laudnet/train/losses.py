@@ -2,7 +2,8 @@
 
 - L_flops = (F_dyn / F_static − t)², F over the whole network (stem and head included, maskers in F_dyn), with F_dyn
   the batch mean (the paper); or, with ``flops_reduction="sample"``, the mean over samples of (F_dyn,i / F_static − t)²,
-  which asks every image to spend the target instead of the batch on average.
+  which asks every image to spend the target instead of the batch on average. With a target warm-up, t falls from 1
+  over the first part of the run (`schedules.flops_target`) and the bounds pin each block to the current t.
 - L_bounds = mean over blocks of max(0, f_l − upper)² + max(0, lower − f_l)², with the schedule of
   `schedules.flops_bounds` (relaxing to [0, 1] in the paper, or to narrower ``final_bounds``).
 - KD = KL(softmax(z_t / T) ‖ softmax(z_s / T)) · T², from the frozen static network as teacher.
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from laudnet.train.schedules import FLOPS_REDUCTIONS, flops_bounds
+from laudnet.train.schedules import FLOPS_REDUCTIONS, flops_bounds, flops_target
 
 
 def flops_target_loss(ratio: Tensor, target: float) -> Tensor:
@@ -56,6 +57,7 @@ class LaudLoss(nn.Module):
         flops_reduction: ``batch`` (the paper: the batch-mean FLOPs ratio meets the target) or ``sample`` (every
             sample's ratio is pulled to the target).
         label_smoothing: of the cross-entropy.
+        target_warmup: fraction of the run over which the target falls linearly from 1 to ``target`` (0: none).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class LaudLoss(nn.Module):
         final_bounds: tuple[float, float] = (0.0, 1.0),
         flops_reduction: str = "batch",
         label_smoothing: float = 0.0,
+        target_warmup: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0 < target <= 1:
@@ -82,10 +85,16 @@ class LaudLoss(nn.Module):
         if flops_reduction not in FLOPS_REDUCTIONS:
             raise ValueError(f"unknown FLOPs reduction {flops_reduction!r}; choose from: {', '.join(FLOPS_REDUCTIONS)}")
         flops_bounds(0, 1, target, bounds_fraction, final_bounds)  # checks the final bounds against the target
+        flops_target(0, 1, target, target_warmup)  # checks the warm-up fraction
+        self.target_warmup = target_warmup
         self.bounds_fraction = bounds_fraction
         self.final_bounds = tuple(final_bounds)
         self.flops_reduction = flops_reduction
         self.label_smoothing = label_smoothing
+
+    def target_at(self, epoch: float) -> float:
+        """The FLOPs target at a (fractional) epoch."""
+        return flops_target(epoch, self.total_epochs, self.target, self.target_warmup)
 
     def forward(
         self,
@@ -107,9 +116,12 @@ class LaudLoss(nn.Module):
             ratio = per_sample.mean() / dense
             infos = [i for i in model.collect_info() if i.paradigm != "static"]
             block_ratios = torch.stack([i.mean_flops / i.dense_flops for i in infos])
-            lower, upper = flops_bounds(epoch, self.total_epochs, self.target, self.bounds_fraction, self.final_bounds)
+            target = self.target_at(epoch)
+            # Blocks are pinned to the current target, within the final bounds (which hold the final target).
+            pin = min(max(target, self.final_bounds[0]), self.final_bounds[1])
+            lower, upper = flops_bounds(epoch, self.total_epochs, pin, self.bounds_fraction, self.final_bounds)
             per_image = per_sample / dense if self.flops_reduction == "sample" else ratio
-            out["loss_flops"] = flops_target_loss(per_image, self.target)
+            out["loss_flops"] = flops_target_loss(per_image, target)
             out["loss_bounds"] = bounds_loss(block_ratios, lower, upper)
             out["flops_ratio"] = ratio.detach()
         else:

@@ -1,4 +1,5 @@
-"""Schedules of LAUDNet training: the learning rate, the Gumbel temperature and noise, the per-block FLOPs bounds."""
+"""Schedules of LAUDNet training: the learning rate, the Gumbel temperature and noise, the FLOPs target and the
+per-block FLOPs bounds."""
 
 from __future__ import annotations
 
@@ -100,6 +101,18 @@ def gate_noise(step: int, total_steps: int, kind: str = "constant", end: float =
     if kind == "linear":
         return 1.0 + (end - 1.0) * p
     return end + (1.0 - end) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def flops_target(epoch: float, total_epochs: int, target: float, warmup: float = 0.0) -> float:
+    """The FLOPs target at an epoch: 1 at the start, falling linearly to ``target`` over the first ``warmup`` fraction
+    of the run, ``target`` after it (``warmup`` 0: the target from the first step, the paper). Starting from a static
+    network, the maskers then take compute away gradually instead of halving it in the first steps."""
+    if not 0 <= warmup <= 1:
+        raise ValueError(f"target warm-up must be a fraction of the run in [0, 1], got {warmup}")
+    if warmup == 0:
+        return target
+    p = min(max(epoch / (warmup * total_epochs), 0.0), 1.0)
+    return 1.0 - p * (1.0 - target)
 
 
 def flops_bounds(

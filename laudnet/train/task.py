@@ -135,6 +135,7 @@ class ClassificationTask:
             final_bounds=(cfg.bounds_lower, cfg.bounds_upper),
             flops_reduction=cfg.flops_loss,
             label_smoothing=cfg.label_smoothing,
+            target_warmup=cfg.target_warmup,
         )
         return model
 

@@ -66,3 +66,25 @@ def test_static_model_has_no_flops_terms():
 def test_target_outside_unit_interval(target):
     with pytest.raises(ValueError, match=r"target FLOPs ratio must be in \(0, 1\]"):
         LaudLoss(target, 10)
+
+
+def test_target_warmup_moves_the_flops_term_and_the_bounds():
+    """With a target warm-up the FLOPs term pulls to the current target and the bounds pin every block to it; after
+    the warm-up both are the paper's."""
+    torch.manual_seed(0)
+    model = laudnet.create_model("laud_regnety_400mf", paradigm="layer", num_classes=4).eval()
+    logits, y = model(torch.randn(4, 3, 32, 32)), torch.arange(4)
+    ratio = model.dynamic_flops()[0].mean() / model.dynamic_flops()[1]
+    block = torch.stack([i.mean_flops / i.dense_flops for i in model.collect_info() if i.paradigm != "static"])
+    crit = LaudLoss(0.5, 10, target_warmup=0.5)
+    for epoch, target in ((0, 1.0), (2.5, 0.75), (5, 0.5), (8, 0.5)):
+        out = crit(logits, y, model, epoch=epoch)
+        assert crit.target_at(epoch) == pytest.approx(target)
+        assert out["loss_flops"].item() == pytest.approx(((ratio - target) ** 2).item(), rel=1e-5)
+    at_start = crit(logits, y, model, epoch=0)["loss_bounds"]
+    assert at_start.item() == pytest.approx(bounds_loss(block, 1.0, 1.0).item(), rel=1e-5)
+    narrow = LaudLoss(0.5, 10, target_warmup=0.5, final_bounds=(0.2, 0.8))  # the pin stays inside the final bounds
+    assert narrow(logits, y, model, epoch=0)["loss_bounds"].item() == pytest.approx(
+        bounds_loss(block, 0.8, 0.8).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="target warm-up"):
+        LaudLoss(0.5, 10, target_warmup=-0.1)

@@ -1,5 +1,5 @@
 """Schedules of a training run: the per-iteration lr (warm-up, cosine, the maskers' multiplier), the Gumbel
-temperature and noise, and the per-block FLOPs bounds."""
+temperature and noise, the FLOPs target's warm-up and the per-block FLOPs bounds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from torch import nn
 
 from laudnet.train.build import build_optimizer
 from laudnet.train.config import TrainConfig
-from laudnet.train.schedules import LRSchedule, flops_bounds, gate_noise, group_lr, gumbel_temperature, lr_factor
+from laudnet.train.schedules import (
+    LRSchedule,
+    flops_bounds,
+    flops_target,
+    gate_noise,
+    group_lr,
+    gumbel_temperature,
+    lr_factor,
+)
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -100,6 +108,15 @@ def test_temperature_schedules():
     assert gumbel_temperature(25, 100, kind="cosine") > gumbel_temperature(25, 100, kind="linear")
     with pytest.raises(ValueError, match="unknown temperature schedule 'step'"):
         gumbel_temperature(0, 10, kind="step")
+
+
+def test_flops_target_warmup():
+    assert flops_target(0, 10, 0.5) == flops_target(7.3, 10, 0.5) == 0.5  # no warm-up: the paper
+    assert flops_target(0, 10, 0.5, warmup=0.4) == pytest.approx(1.0)
+    assert flops_target(2, 10, 0.5, warmup=0.4) == pytest.approx(0.75)  # halfway through the 4 warm-up epochs
+    assert flops_target(4, 10, 0.5, warmup=0.4) == flops_target(9, 10, 0.5, warmup=0.4) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="target warm-up must be a fraction"):
+        flops_target(0, 10, 0.5, warmup=1.5)
 
 
 def test_bounds_schedule():

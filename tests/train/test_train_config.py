@@ -80,6 +80,7 @@ def test_bad_target_yaml(tmp_path):
         (["--epochs", "0"], "epochs must be >= 1"),
         (["--warmup-epochs", "5", "--epochs", "5"], "warmup_epochs"),
         (["--label-smoothing", "1"], "label_smoothing"),
+        (["--target-warmup", "1.5"], r"target_warmup must be in \[0, 1\], got 1.5"),
     ],
 )
 def test_invalid_values(argv, message):
