@@ -309,8 +309,8 @@ class DetectionTask:
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: t[k].to(self.device, non_blocking=True) for k in keys} for t in targets]
         cfg = self.cfg
+        target = flops_target(epoch, cfg.epochs, cfg.target, cfg.target_warmup)
         with autocast(self.device, cfg.amp):
-            target = flops_target(epoch, cfg.epochs, cfg.target, cfg.target_warmup)
             loss, logs = detection_step(model, images, targets, target, cfg.lambda_flops, cfg.flops_loss,
                                         module=raw_model)
         values = [logs["loss"], logs["loss_detection"], logs["loss_flops"], logs["flops_ratio"],

@@ -12,7 +12,9 @@ import torch.multiprocessing as mp
 from helpers import check_png, csv_rows, free_port
 
 from laudnet.cli import main
+from laudnet.detection import task as task_module
 from laudnet.train.checkpoint import load_checkpoint
+from laudnet.train.config import TrainConfig
 
 # pycocotools 2.0 decoding masks under numpy 2 (its own code, harmless)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -180,3 +182,23 @@ def test_retinanet_layer_skipping_epoch(tmp_path, fashion_root, capsys):
     assert "retinanet on laud_regnety_400mf layer t=0.5" in capsys.readouterr().out
     (row,) = csv_rows(out / "retinanet-laud_regnety_400mf-layer-fashion-canvas-det" / "metrics.csv")
     assert row["loss_classification"] != "" and row["loss_bbox_regression"] != "" and row["val_box_ap"] != ""
+
+
+def test_step_follows_the_target_warmup(monkeypatch):
+    """`DetectionTask.step` hands `detection_step` the FLOPs target of the (fractional) epoch: 1 at the start of a
+    target warm-up, `target` after it."""
+    seen = []
+
+    def fake_step(model, images, targets, target, lambda_flops, flops_loss, module):
+        seen.append(target)
+        logs = {k: torch.tensor(0.0) for k in ("loss", "loss_detection", "loss_flops", "flops_ratio",
+                                              *task_module.DETECTOR_LOSSES["fasterrcnn"])}
+        return torch.tensor(0.0), logs
+
+    monkeypatch.setattr(task_module, "detection_step", fake_step)
+    cfg = TrainConfig(task="detection", dataset="fashion-canvas-det", epochs=4, target=0.4, target_warmup=0.5)
+    task = task_module.DetectionTask(cfg, torch.device("cpu"))
+    batch = ([torch.zeros(3, 8, 8)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+    for epoch in (0, 1, 2, 3.5):
+        task.step(None, None, batch, epoch=epoch)
+    assert seen == pytest.approx([1.0, 0.7, 0.4, 0.4])
