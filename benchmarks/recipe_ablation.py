@@ -180,23 +180,37 @@ def _fmt(value) -> str:
     return f"{value:.2f}"
 
 
+def _mean(values) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return None if not vals else sum(vals) / len(vals)
+
+
 def report(payload: dict) -> str:
-    """Markdown table: one row per variant (mean over seeds, and the range where there are several)."""
+    """Markdown table: one row per variant — the mean over seeds, the top-1 range where there are several seeds, and
+    the top-1 difference to the first variant paired by seed (over the seeds both have; the seed spread is larger
+    than most differences, so unpaired means mislead)."""
     rows = payload["runs"]
     stages = sorted({s for r in rows for s in r["lift"]})
-    head = ["variant", "seeds", "top-1", "FLOPs", "adaptive"] + [f"lift {s}" for s in stages]
+    head = ["variant", "seeds", "top-1", "top-1 range", "paired Δ top-1", "FLOPs", "adaptive"]
+    head += [f"lift {s}" for s in stages]
     lines = [f"static top-1 {payload['static_top1']:.2f} %", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
-    for variant in dict.fromkeys(r["variant"] for r in rows):
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    by_seed = {v: {r.get("seed"): r["top1"] for r in rows if r["variant"] == v} for v in variants}
+    for variant in variants:
         runs = [r for r in rows if r["variant"] == variant]
-
-        def mean(values):
-            vals = [float(v) for v in values if v is not None]
-            return None if not vals else sum(vals) / len(vals)
-
-        cells = [variant, str(len(runs)), _fmt(mean(r["top1"] for r in runs)),
-                 _fmt(mean(r["flops_ratio"] for r in runs)), _fmt(mean(r["adaptive_fraction"] for r in runs))]
-        cells += [_fmt(mean(r["lift"].get(s) for r in runs)) for s in stages]
+        tops = [r["top1"] for r in runs]
+        spread = f"{min(tops):.1f}-{max(tops):.1f}" if len(tops) > 1 else "–"
+        shared = [s for s in by_seed[variant] if s is not None and s in by_seed[variants[0]]]
+        if variant == variants[0]:
+            paired = "(reference)"
+        elif shared:
+            paired = f"{_mean(by_seed[variant][s] - by_seed[variants[0]][s] for s in shared):+.2f} ({len(shared)})"
+        else:
+            paired = "–"
+        cells = [variant, str(len(runs)), _fmt(_mean(tops)), spread, paired,
+                 _fmt(_mean(r["flops_ratio"] for r in runs)), _fmt(_mean(r["adaptive_fraction"] for r in runs))]
+        cells += [_fmt(_mean(r["lift"].get(s) for r in runs)) for s in stages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

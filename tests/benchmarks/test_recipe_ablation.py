@@ -49,7 +49,15 @@ def test_unknown_variant_and_report(tmp_path, capsys):
         {"variant": "v", "top1": 62.0, "flops_ratio": 0.6, "adaptive_fraction": None, "lift": {"2": None}},
     ]}
     table = module.report(payload)
-    assert "| v | 2 | 61.00 | 0.55 | 0.50 | 3.00 |" in table  # means over seeds, missing values skipped
+    # means over seeds, missing values skipped; no seeds recorded: nothing to pair
+    assert "| v | 2 | 61.00 | 60.0-62.0 | (reference) | 0.55 | 0.50 | 3.00 |" in table
+    payload["runs"] = [{"variant": v, "seed": seed, "top1": top1, "flops_ratio": 0.5, "adaptive_fraction": 0.5,
+                        "lift": {}} for v, seed, top1 in (("a", 0, 60.0), ("a", 1, 70.0), ("b", 1, 71.5),
+                                                          ("b", 2, 90.0), ("c", 5, 1.0))]
+    table = module.report(payload)
+    assert "| a | 2 | 65.00 | 60.0-70.0 | (reference) |" in table
+    assert "| b | 2 | 80.75 | 71.5-90.0 | +1.50 (1) |" in table  # paired on seed 1 only
+    assert "| c | 1 | 1.00 | – | – |" in table
 
 
 def test_variants_file(tmp_path):
@@ -76,7 +84,7 @@ def test_report_of_several_sweeps(tmp_path):
         paths.append(tmp_path / f"{i}.json")
         paths[-1].write_text(json.dumps(payload))
     done = run_benchmark("recipe_ablation", "--report", *paths)
-    assert done.returncode == 0 and "| v | 2 | 62.00 |" in done.stdout  # seed 0 from the first file only
+    assert done.returncode == 0 and "| v | 2 | 62.00 | 60.0-64.0 |" in done.stdout  # seed 0 from the first file only
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**first, "static_top1": 69.0}))
     done = run_benchmark("recipe_ablation", "--report", paths[0], other)
