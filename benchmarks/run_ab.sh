@@ -32,6 +32,9 @@
 #                                          # recalibration against the demo's recipe, seeds 0-4 (its seed spread)
 #   OUT=dir benchmarks/run_ab.sh demo-gap-warmup   # the FLOPs target's warm-up ("target warm-up 1/3") against
 #                                          # the demo's recipe, seeds 0-4, paired by seed (~5 min; carry .data)
+#   OUT=dir benchmarks/run_ab.sh demo-gap-five   # the three variants that led over two or three seeds
+#                                          # ("patch 4-2-1-1", "warm-up 0.3 epoch", "lambda 3") and the demo's
+#                                          # recipe over seeds 0-4 (~8 min; carry .data)
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 #   OUT=dir benchmarks/run_ab.sh detection   # GPU tests of deploy_detector; bench_detection.py: LAUD-ResNet-50
@@ -48,7 +51,7 @@
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|demo-gap-warmup|pareto|detection|detection-results"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|demo-gap-warmup|demo-gap-five|pareto|detection|detection-results"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -164,6 +167,12 @@ demo-gap-variance|demo-gap-variance-2)
         timeout 540 $abl --only "BN recalibration 50" "EMA 0.988 + BN recalibration 50" >> "$log" 2>&1
     fi
     cp runs/demo-gap-variance/recipe_ablation.json "$out/demo_gap_variance_${dev}_$c.json"; tail -30 "$log" ;;
+demo-gap-five)
+    log="$out/demo_gap_five_${dev}_$c.log"
+    timeout 580 python benchmarks/recipe_ablation.py --device cuda --data-root .data/fashion-mnist \
+        --out runs/demo-gap-five --variants benchmarks/configs/demo-gap-variants.yaml --commit "$c" --jobs 10 \
+        --seeds 0 1 2 3 4 --only demo "patch 4-2-1-1" "warm-up 0.3 epoch" "lambda 3" >> "$log" 2>&1
+    cp runs/demo-gap-five/recipe_ablation.json "$out/demo_gap_five_${dev}_$c.json"; tail -12 "$log" ;;
 demo-gap-warmup)
     log="$out/demo_gap_warmup_${dev}_$c.log"
     timeout 540 python benchmarks/recipe_ablation.py --device cuda --data-root .data/fashion-mnist \
