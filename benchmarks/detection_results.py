@@ -86,7 +86,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import resumable  # noqa: E402
-from resumable import BudgetReached, InputError, UnitContext, device_name, read_json  # noqa: E402
+from resumable import BudgetReached, InputError, UnitContext, device_name, read_json, trained_and_timed  # noqa: E402
 
 RECIPE: dict[str, Any] = {
     # the detection data: the same canvases for every network (configs/detection-canvas.yaml's geometry)
@@ -437,14 +437,11 @@ def adaptivity_summary(adaptivity: Any) -> dict | None:
 
 
 def collect_points(out: Path, args) -> tuple[list[dict], bool]:
-    points, complete = [], True
-    for name, detector, paradigm in planned(args):
-        unit = read_json(out / "runs" / name / "result.json")
-        timing = read_json(out / "time" / f"{name}.json")
-        if unit is None or timing is None:
-            complete = False
-        if unit is None:
-            continue
+    plan = {name: (detector, paradigm) for name, detector, paradigm in planned(args)}
+    found, complete = trained_and_timed(out, list(plan))
+    points = []
+    for name, unit, timing in found:
+        detector, paradigm = plan[name]
         ev = unit["eval"]
         p = dict(name=name, detector=detector, paradigm=paradigm, target=unit["target"],
                  box_ap=percent((ev.get("bbox") or {}).get("AP")),

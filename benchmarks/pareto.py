@@ -119,7 +119,15 @@ from torch import nn
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import resumable  # noqa: E402
-from resumable import BudgetReached, InputError, UnitContext, device_name, read_json, write_json  # noqa: E402
+from resumable import (  # noqa: E402
+    BudgetReached,
+    InputError,
+    UnitContext,
+    device_name,
+    read_json,
+    trained_and_timed,
+    write_json,
+)
 
 # One recipe for every network. Keys are `laudnet.train.config.TrainConfig` fields (but "granularity" and "prune");
 # the CLI sets only the budget (epochs, subsets, batch). Another engineer tunes the masker recipe in "laud".
@@ -894,14 +902,9 @@ def frontier_at(curve: list[tuple[float, float]], x: float) -> float | None:
 
 def collect_points(ctx_out: Path, args) -> tuple[list[dict], bool]:
     base_dense = base_dense_macs(args) / 1e6
-    points, complete = [], True
-    for name in planned(args):
-        unit = read_json(ctx_out / "runs" / name / "result.json")
-        timing = read_json(ctx_out / "time" / f"{name}.json")
-        if unit is None or timing is None:
-            complete = False
-        if unit is None:
-            continue
+    found, complete = trained_and_timed(ctx_out, list(planned(args)))
+    points = []
+    for name, unit, timing in found:
         p = dict(name=name, family=unit["family"], arch=unit["arch"], paradigm=unit["paradigm"],
                  target=unit["target"], top1=unit["top1"], top5=unit.get("top5"), flops_mmacs=unit["flops_mmacs"],
                  flops_ratio=unit["flops_mmacs"] / base_dense, params_m=unit.get("params_m"), train=unit["train"])

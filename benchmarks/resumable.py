@@ -86,6 +86,18 @@ def read_json(path: Path) -> Any | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def trained_and_timed(out: Path, names: list[str]) -> tuple[list[tuple[str, dict, dict | None]], bool]:
+    """Each unit's training result (``runs/<name>/result.json``) and timing (``time/<name>.json``, None if not timed
+    yet), for the units that have a result; and whether every unit has both."""
+    found, complete = [], True
+    for name in names:
+        unit, timing = read_json(out / "runs" / name / "result.json"), read_json(out / "time" / f"{name}.json")
+        complete = complete and unit is not None and timing is not None
+        if unit is not None:
+            found.append((name, unit, timing))
+    return found, complete
+
+
 @dataclass
 class UnitContext:
     """A run's state: its arguments, output folder, device and deadline (None: no budget), the ledger of units done

@@ -101,3 +101,13 @@ def test_input_checks(resumable, tmp_path):
     with pytest.raises(SystemExit) as done:
         resumable.fail("x.py", "bad")
     assert done.value.code == 2
+
+
+def test_trained_and_timed(resumable, tmp_path):
+    for name in ("a", "b"):
+        resumable.write_json(tmp_path / "runs" / name / "result.json", {"unit": name})
+    resumable.write_json(tmp_path / "time" / "a.json", {"ms": 1.0})
+    found, complete = resumable.trained_and_timed(tmp_path, ["a", "b", "c"])
+    assert found == [("a", {"unit": "a"}, {"ms": 1.0}), ("b", {"unit": "b"}, None)] and not complete
+    resumable.write_json(tmp_path / "time" / "b.json", {"ms": 2.0})
+    assert resumable.trained_and_timed(tmp_path, ["a", "b"])[1]
