@@ -167,18 +167,18 @@ demo-gap-variance|demo-gap-variance-2)
         timeout 540 $abl --only "BN recalibration 50" "EMA 0.988 + BN recalibration 50" >> "$log" 2>&1
     fi
     cp runs/demo-gap-variance/recipe_ablation.json "$out/demo_gap_variance_${dev}_$c.json"; tail -30 "$log" ;;
-demo-gap-five)
-    log="$out/demo_gap_five_${dev}_$c.log"
+demo-gap-five|demo-gap-warmup)
+    # variants against the demo's recipe over seeds 0-4 (recipe_ablation's JSON and log named by the part)
+    if [ "$part" = demo-gap-five ]; then
+        variants=("patch 4-2-1-1" "warm-up 0.3 epoch" "lambda 3")
+    else
+        variants=("target warm-up 1/3")
+    fi
+    name=${part//-/_}_${dev}_$c
     timeout 580 python benchmarks/recipe_ablation.py --device cuda --data-root .data/fashion-mnist \
-        --out runs/demo-gap-five --variants benchmarks/configs/demo-gap-variants.yaml --commit "$c" --jobs 10 \
-        --seeds 0 1 2 3 4 --only demo "patch 4-2-1-1" "warm-up 0.3 epoch" "lambda 3" >> "$log" 2>&1
-    cp runs/demo-gap-five/recipe_ablation.json "$out/demo_gap_five_${dev}_$c.json"; tail -12 "$log" ;;
-demo-gap-warmup)
-    log="$out/demo_gap_warmup_${dev}_$c.log"
-    timeout 540 python benchmarks/recipe_ablation.py --device cuda --data-root .data/fashion-mnist \
-        --out runs/demo-gap-warmup --variants benchmarks/configs/demo-gap-variants.yaml --commit "$c" --jobs 10 \
-        --seeds 0 1 2 3 4 --only demo "target warm-up 1/3" >> "$log" 2>&1
-    cp runs/demo-gap-warmup/recipe_ablation.json "$out/demo_gap_warmup_${dev}_$c.json"; tail -12 "$log" ;;
+        --out "runs/$part" --variants benchmarks/configs/demo-gap-variants.yaml --commit "$c" --jobs 10 \
+        --seeds 0 1 2 3 4 --only demo "${variants[@]}" >> "$out/$name.log" 2>&1
+    cp "runs/$part/recipe_ablation.json" "$out/$name.json"; tail -12 "$out/$name.log" ;;
 detection)
     # ~9 minutes: the GPU tests (both deployed forms per paradigm, compiled and graphed; fastest), then the benchmark
     # under a budget; the sparse form's block paths compile with symbolic sizes (--sparse-compile dynamic) so that
