@@ -13,7 +13,7 @@ from helpers import check_png, csv_rows, free_port
 
 from laudnet.cli import main
 from laudnet.detection import task as task_module
-from laudnet.train.checkpoint import load_checkpoint
+from laudnet.train.checkpoint import load_checkpoint, save_checkpoint
 from laudnet.train.config import TrainConfig
 
 # pycocotools 2.0 decoding masks under numpy 2 (its own code, harmless)
@@ -202,3 +202,28 @@ def test_step_follows_the_target_warmup(monkeypatch):
     for epoch in (0, 1, 2, 3.5):
         task.step(None, None, batch, epoch=epoch)
     assert seen == pytest.approx([1.0, 0.7, 0.4, 0.4])
+
+
+def test_resume_may_change_the_flops_target_not_the_architecture(tmp_path, fashion_root, capsys):
+    """The FLOPs target is a training setting: a resume with another one continues (and records it); a resume with
+    another granularity is refused in one line."""
+    def train(*extra):
+        return main(["train", "--task", "detection", *CANVAS, "--data-root", str(fashion_root), *SMALL, "-o",
+                     str(tmp_path), "--run-name", "det", "--val-subset", "2", *extra])
+
+    assert train() == 0
+    path = tmp_path / "det" / "last.pt"
+    state = load_checkpoint(path)
+    state.update(epoch=0, step_in_epoch=2, global_step=2)  # as a save in the middle of the epoch leaves it
+    save_checkpoint(path, state)
+    capsys.readouterr()
+    assert train("--target", "0.4", "--resume", "auto") == 0
+    assert f"resumed from {path}: epoch 0, step 2/4" in capsys.readouterr().out
+    resumed = load_checkpoint(path)
+    assert resumed["model_args"]["target"] == 0.4 and resumed["global_step"] == 4
+
+    save_checkpoint(path, state)
+    capsys.readouterr()
+    assert train("--granularity", "1-1-1-1", "--resume", "auto") != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "granularity" in err[0] and "Traceback" not in err[0], err
