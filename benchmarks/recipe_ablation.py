@@ -185,10 +185,11 @@ def _mean(values) -> float | None:
     return None if not vals else sum(vals) / len(vals)
 
 
-def report(payload: dict) -> str:
+def report(payload: dict, reference: str | None = None) -> str:
     """Markdown table: one row per variant — the mean over seeds, the top-1 range where there are several seeds, and
-    the top-1 difference to the first variant paired by seed (over the seeds both have; the seed spread is larger
-    than most differences, so unpaired means mislead)."""
+    the top-1 difference to the ``reference`` variant paired by seed (over the seeds both have; the seed spread is
+    larger than most differences, so unpaired means mislead). The reference row comes first; by default it is
+    ``demo`` where the runs have it, else the first variant run."""
     rows = payload["runs"]
     stages = sorted({s for r in rows for s in r["lift"]})
     head = ["variant", "seeds", "top-1", "top-1 range", "paired Δ top-1", "FLOPs", "adaptive"]
@@ -196,6 +197,11 @@ def report(payload: dict) -> str:
     lines = [f"static top-1 {payload['static_top1']:.2f} %", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
+    reference = reference or ("demo" if "demo" in variants else variants[0])
+    if reference not in variants:
+        raise SystemExit(f"recipe_ablation.py: no run of the reference variant {reference!r} "
+                         f"(variants: {', '.join(variants)})")
+    variants.sort(key=lambda v: v != reference)
     by_seed = {v: {r.get("seed"): r["top1"] for r in rows if r["variant"] == v} for v in variants}
     for variant in variants:
         runs = [r for r in rows if r["variant"] == variant]
@@ -229,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default="unknown", help="commit recorded in the JSON")
     parser.add_argument("--report", nargs="+", default=None,
                         help="print the table of these JSONs (their runs together) and exit")
+    parser.add_argument("--reference", default=None,
+                        help="--report: the variant the others are paired with (default: demo, else the first)")
     args = parser.parse_args(argv)
     if args.report:
-        print(report(merged([json.loads(Path(f).read_text()) for f in args.report])))
+        print(report(merged([json.loads(Path(f).read_text()) for f in args.report]), args.reference))
         return 0
     if args.variants:
         try:

@@ -58,6 +58,12 @@ def test_unknown_variant_and_report(tmp_path, capsys):
     assert "| a | 2 | 65.00 | 60.0-70.0 | (reference) |" in table
     assert "| b | 2 | 80.75 | 71.5-90.0 | +1.50 (1) |" in table  # paired on seed 1 only
     assert "| c | 1 | 1.00 | – | – |" in table
+    table = module.report(payload, reference="b")  # the reference row first, the others paired with it
+    assert table.splitlines()[4].startswith("| b | 2 |") and "| a | 2 | 65.00 | 60.0-70.0 | -1.50 (1) |" in table
+    payload["runs"][0]["variant"] = "demo"  # the demo's recipe is the default reference
+    assert "| demo | 1 | 60.00 | – | (reference) |" in module.report(payload)
+    with pytest.raises(SystemExit, match="no run of the reference variant 'x'"):
+        module.report(payload, reference="x")
 
 
 def test_variants_file(tmp_path):
