@@ -35,6 +35,8 @@
 #   OUT=dir benchmarks/run_ab.sh demo-gap-five   # the three variants that led over two or three seeds
 #                                          # ("patch 4-2-1-1", "warm-up 0.3 epoch", "lambda 3") and the demo's
 #                                          # recipe over seeds 0-4 (~8 min; carry .data)
+#   OUT=dir benchmarks/run_ab.sh demo-gap-lambda   # weaker FLOPs weights (λ 3, λ 5, λ 3 at t = 0.47: the gain of
+#                                          # λ 3 without its FLOPs overshoot?) and the demo, seeds 0-4 (~8 min; .data)
 #   OUT=dir benchmarks/run_ab.sh full-r101 (or full-r50)   # the engine issue's whole-model table: every paradigm at
 #                                          # rates 0.25 / 0.5 / 0.75 (and FLOPs 0.5), batch 128 and 1, tuned
 #   OUT=dir benchmarks/run_ab.sh detection   # GPU tests of deploy_detector; bench_detection.py: LAUD-ResNet-50
@@ -51,7 +53,7 @@
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|demo-gap-warmup|demo-gap-five|pareto|detection|detection-results"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|demo-gap-warmup|demo-gap-five|demo-gap-lambda|pareto|detection|detection-results"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -167,10 +169,12 @@ demo-gap-variance|demo-gap-variance-2)
         timeout 540 $abl --only "BN recalibration 50" "EMA 0.988 + BN recalibration 50" >> "$log" 2>&1
     fi
     cp runs/demo-gap-variance/recipe_ablation.json "$out/demo_gap_variance_${dev}_$c.json"; tail -30 "$log" ;;
-demo-gap-five|demo-gap-warmup)
+demo-gap-five|demo-gap-warmup|demo-gap-lambda)
     # variants against the demo's recipe over seeds 0-4 (recipe_ablation's JSON and log named by the part)
     if [ "$part" = demo-gap-five ]; then
         variants=("patch 4-2-1-1" "warm-up 0.3 epoch" "lambda 3")
+    elif [ "$part" = demo-gap-lambda ]; then
+        variants=("lambda 3" "lambda 5" "lambda 3, target 0.47")
     else
         variants=("target warm-up 1/3")
     fi
