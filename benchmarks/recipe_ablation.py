@@ -207,11 +207,11 @@ def report(payload: dict, reference: str | None = None) -> str:
         runs = [r for r in rows if r["variant"] == variant]
         tops = [r["top1"] for r in runs]
         spread = f"{min(tops):.1f}-{max(tops):.1f}" if len(tops) > 1 else "–"
-        shared = [s for s in by_seed[variant] if s is not None and s in by_seed[variants[0]]]
-        if variant == variants[0]:
+        shared = [s for s in by_seed[variant] if s is not None and s in by_seed[reference]]
+        if variant == reference:
             paired = "(reference)"
         elif shared:
-            paired = f"{_mean(by_seed[variant][s] - by_seed[variants[0]][s] for s in shared):+.2f} ({len(shared)})"
+            paired = f"{_mean(by_seed[variant][s] - by_seed[reference][s] for s in shared):+.2f} ({len(shared)})"
         else:
             paired = "–"
         cells = [variant, str(len(runs)), _fmt(_mean(tops)), spread, paired,
