@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP) data lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 tests  # one worker per core (CI: 2)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
