@@ -45,11 +45,12 @@
 #                                          # rates 0.25 / 0.5 / 0.75 (heads fp32 and bf16); cases past its budget are
 #                                          # listed as skipped: rerun them with DET_ARGS (e.g. "--sizes 256x256");
 #                                          # CKPT=<laudnet checkpoint> adds its trained maskers on fashion-canvas-det
-#                                          # (carry the file and .data)
+#                                          # (carry the file and .data); carry .whl with pycocotools' cp312 wheel
 #   OUT=dir benchmarks/run_ab.sh detection-results   # issue 21 item 6: LAUD-ResNet-50 Mask R-CNN and Faster R-CNN
 #                                          # on fashion-canvas-det, static and t = 0.5 per paradigm, box/mask AP,
 #                                          # FLOPs, batch-1 latency at 800x1216 and 256x256; ~21 min: run it up to
-#                                          # three times on the same warm machine until it prints rc=0 (carry .data)
+#                                          # three times on the same warm machine until it prints rc=0 (carry .data
+#                                          # and .whl: pycocotools' cp312 wheel, which the device image lacks)
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
@@ -60,6 +61,14 @@ c=${COMMIT:-$(git rev-parse --short HEAD)}
 dev=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -io 'h[0-9]\+' | tr A-Z a-z)
 dev=${dev:-gpu}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+# pycocotools is not on the device image: the detection parts install the wheel carried in .whl (see below)
+need_cocotools() {
+    python -c "import pycocotools" 2>/dev/null && return
+    ls .whl/pycocotools-*.whl >/dev/null 2>&1 || { echo "pycocotools is missing: carry .whl with its cp312 wheel" \
+        "(pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl" \
+        "pycocotools)"; exit 2; }
+    python -m pip install -q --no-index --no-deps .whl/pycocotools-*.whl
+}
 case $part in
 vit)
     # ~90 s warm, longer on a fresh machine (Triton and Inductor compile caches empty)
@@ -184,6 +193,7 @@ demo-gap-five|demo-gap-warmup|demo-gap-lambda)
         --seeds 0 1 2 3 4 --only demo "${variants[@]}" >> "$out/$name.log" 2>&1
     cp "runs/$part/recipe_ablation.json" "$out/$name.json"; tail -12 "$out/$name.log" ;;
 detection)
+    need_cocotools
     # ~9 minutes: the GPU tests (both deployed forms per paradigm, compiled and graphed; fastest), then the benchmark
     # under a budget; the sparse form's block paths compile with symbolic sizes (--sparse-compile dynamic) so that
     # four sizes x batches fit one call (the static and dense-masked bodies compile whole at static shapes)
@@ -201,6 +211,7 @@ pareto)
         --no-progress > "$out/pareto_$c.log" 2>&1; echo "rc=$?"
     cp runs/pareto/{pareto.json,pareto.md,pareto_latency.png,pareto_flops.png} "$out/"; tail -30 "$out/pareto_$c.log" ;;
 detection-results)
+    need_cocotools
     # the detection results table; rerun until it prints rc=0 (carry .data); a call stops before a unit that would
     # not fit 8.4 minutes (a training in progress saves last.pt and resumes next call; finished units are kept)
     python benchmarks/detection_results.py --data-root .data/fashion-mnist --out runs/det-results --commit "$c" \
