@@ -64,8 +64,9 @@ def create_detector(
         **detector_kwargs: passed to the torchvision class (``min_size``, ``max_size``, ``box_detections_per_img``,
             ``rpn_batch_size_per_image``, ...).
 
-    The model records these arguments in ``model.model_args`` (``weights_backbone`` left out, the granularity
-    resolved), which `laudnet train` checkpoints store and ``create_detector(**model_args)`` rebuilds from.
+    The model records its architecture in ``model.model_args`` (these arguments without ``weights_backbone`` and
+    ``target``, the granularity resolved), which `laudnet train` checkpoints store and ``create_detector(**model_args)``
+    rebuilds from; the target is a training setting (a checkpoint keeps it in its ``config``).
 
     Raises:
         ValueError: an unknown detector kind or backbone (one line listing the choices), a bad paradigm or
@@ -96,8 +97,8 @@ def create_detector(
     body = fpn.body
     model.model_args = dict(
         kind=kind, backbone=backbone, paradigm=paradigm,
-        granularity=None if body.granularity[0] is None else list(body.granularity), target=target,
-        num_classes=num_classes, trainable_layers=trainable_layers, temperature=temperature, frozen_bn=frozen_bn,
+        granularity=None if body.granularity[0] is None else list(body.granularity), num_classes=num_classes,
+        trainable_layers=trainable_layers, temperature=temperature, frozen_bn=frozen_bn,
         freeze_masker_norm=freeze_masker_norm, masker_norm=masker_norm, **detector_kwargs,
     )
     model.flops_target = target

@@ -63,7 +63,7 @@ def detection_payload(result: dict[str, Any], state: dict[str, Any], cfg, checkp
         "model": state["model_name"],
         "paradigm": args["paradigm"],
         "granularity": args["granularity"],
-        "target": args["target"],
+        "target": state["config"].get("target") if args["paradigm"] != "static" else None,
         "dataset": cfg.dataset,
         "min_size": args.get("min_size"),
         "max_size": args.get("max_size"),

@@ -290,7 +290,7 @@ class DetectionTask:
         n_params = sum(p.numel() for p in model.parameters())
         n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         gran = f" {'-'.join(map(str, args['granularity']))}" if args["granularity"] else ""
-        target = f" t={args['target']}" if args["target"] is not None else ""
+        target = f" t={cfg.target}" if args["paradigm"] != "static" else ""
         return (f"{self.kind} on {cfg.model} {args['paradigm']}{gran}{target} on {cfg.dataset} ({self.data_text}, "
                 f"{self.num_classes - 1} classes + background, resized to {cfg.min_size}-{cfg.max_size} px): "
                 f"{n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), {self.init_note}")

@@ -343,7 +343,7 @@ def _detection_label(state: dict[str, Any]) -> str:
     """``fasterrcnn on laud_resnet50 spatial 4-4-2-1 t=0.5``."""
     args = state["model_args"]
     gran = f" {'-'.join(map(str, args['granularity']))}" if args["granularity"] else ""
-    target = f" t={args['target']}" if args["target"] is not None else ""
+    target = f" t={state['config'].get('target')}" if args["paradigm"] != "static" else ""
     return f"{args['kind']} on {state['model_name']} {args['paradigm']}{gran}{target}"
 
 

@@ -409,7 +409,7 @@ class TrainingRun:
         """
         saved = load_checkpoint(path, expected_model=self.cfg.model) if saved is None else saved
         for key, value in self.task.checkpoint_fields(self.raw_model).items():
-            if key in saved and _setup(key, saved[key]) != _setup(key, value):
+            if key in saved and saved[key] != value:
                 raise CheckpointError(f"checkpoint {path} has {key} {saved[key]!r}, but this run has {value!r}")
         steps, world = saved.get("steps_per_epoch"), saved.get("world_size")
         if steps != self.steps_per_epoch or world != self.world:
@@ -440,14 +440,6 @@ class TrainingRun:
         rng = saved["rng"]
         restore_rng_state(rng[self.rank] if self.rank < len(rng) else rng[0])
         self.say(f"resumed from {path}: epoch {state.epoch}, step {state.step_in_epoch}/{self.steps_per_epoch}")
-
-
-def _setup(key: str, value: Any) -> Any:
-    """A checkpoint field as a resume compares it: a detector's FLOPs target (kept in its ``model_args``) is a
-    training setting that a resume may change, as the classification target in the run's configuration is."""
-    if key == "model_args" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k != "target"}
-    return value
 
 
 def build_run(

@@ -51,7 +51,7 @@ def test_detection_epoch_eval_viz(tmp_path, fashion_root, capsys):
     args = state["model_args"]
     assert (args["kind"], args["backbone"], args["paradigm"], args["granularity"]) == (
         "fasterrcnn", "laud_regnety_400mf", "spatial", [2, 2, 1, 1])
-    assert (args["min_size"], args["max_size"], args["target"]) == (64, 96, 0.5)
+    assert (args["min_size"], args["max_size"], state["config"]["target"]) == (64, 96, 0.5) and "target" not in args
 
     report = tmp_path / "eval.json"
     assert main(["eval", str(run / "last.pt"), "--json", str(report)]) == 0
@@ -220,7 +220,7 @@ def test_resume_may_change_the_flops_target_not_the_architecture(tmp_path, fashi
     assert train("--target", "0.4", "--resume", "auto") == 0
     assert f"resumed from {path}: epoch 0, step 2/4" in capsys.readouterr().out
     resumed = load_checkpoint(path)
-    assert resumed["model_args"]["target"] == 0.4 and resumed["global_step"] == 4
+    assert resumed["config"]["target"] == 0.4 and resumed["global_step"] == 4
 
     save_checkpoint(path, state)
     capsys.readouterr()
