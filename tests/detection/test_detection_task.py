@@ -60,8 +60,8 @@ def test_detection_epoch_eval_viz(tmp_path, fashion_root, capsys):
                  "adaptivity (spatial, 4 images)", "masks on the items: lift s1"):
         assert word in text, word
     result = json.loads(report.read_text())
-    assert (result["task"], result["detector"], result["model"], result["images"]) == (
-        "detection", "fasterrcnn", "laud_regnety_400mf", 4)
+    assert (result["task"], result["detector"], result["model"], result["images"], result["target"]) == (
+        "detection", "fasterrcnn", "laud_regnety_400mf", 4, 0.5)
     assert set(result["bbox"]) == {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"} and "segm" not in result
     assert len(result["block_rates"]) == 16 and [s["stage"] for s in result["adaptivity"]["stages"]] == [
         "s1", "s2", "s3", "s4"]
