@@ -90,6 +90,15 @@ def _laudnet(args: list[str], log: Path) -> None:
         raise RuntimeError(f"laudnet {args[0]} failed (status {done.returncode}); see {log}")
 
 
+def oversubscription(jobs: int, threads: int | None, cpus: int | None) -> str | None:
+    """A warning when CPU runs at the same time ask for more threads than there are cores: their threads then wait
+    on each other and every run slows down far more than the cores shared would explain."""
+    if threads and cpus and jobs * threads > cpus:
+        return (f"recipe_ablation.py: warning: {jobs} jobs x {threads} threads on {cpus} cores: the runs slow each "
+                f"other down; use --jobs {max(cpus // threads, 1)}")
+    return None
+
+
 def load_recipe(config: Path, smoke: bool, device: str, data_root: str | None) -> tuple[dict, dict]:
     """(static options, dynamic options) of a demo recipe, for this sweep."""
     data = yaml.safe_load(config.read_text())
@@ -258,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     if not config.is_file():
         parser.error(f"recipe {config} does not exist")
     static, dynamic = load_recipe(config, args.smoke, args.device, args.data_root)
+    if args.device == "cpu" and (warning := oversubscription(args.jobs, dynamic.get("threads"), os.cpu_count())):
+        print(warning, file=sys.stderr, flush=True)
     t_start = time.time()
     init = train_static(out, static)
     static_eval = out / "static" / "eval.json"

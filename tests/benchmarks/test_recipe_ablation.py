@@ -95,3 +95,11 @@ def test_report_of_several_sweeps(tmp_path):
     other.write_text(json.dumps({**first, "static_top1": 69.0}))
     done = run_benchmark("recipe_ablation", "--report", paths[0], other)
     assert done.returncode != 0 and "different static networks" in done.stderr
+
+
+def test_oversubscribed_cpu_jobs_are_warned():
+    module = load_benchmark("recipe_ablation")
+    warning = module.oversubscription(2, 2, 2)  # the demo's 2 threads, two runs at once, two cores
+    assert warning.startswith("recipe_ablation.py: warning: 2 jobs x 2 threads on 2 cores") and "--jobs 1" in warning
+    assert module.oversubscription(1, 2, 2) is None and module.oversubscription(4, 1, 8) is None
+    assert module.oversubscription(3, None, 2) is None  # threads left to torch
