@@ -51,10 +51,14 @@
 #                                          # FLOPs, batch-1 latency at 800x1216 and 256x256; ~21 min: run it up to
 #                                          # three times on the same warm machine until it prints rc=0 (carry .data
 #                                          # and .whl: pycocotools' cp312 wheel, which the device image lacks)
+#   OUT=dir benchmarks/run_ab.sh detection-first   # the first detection call when device time is short (~8 min;
+#                                          # carry .data and .whl): the GPU tests of deploy_detector (beside it, 150 s)
+#                                          # and detection-results for Mask R-CNN static, spatial and layer at
+#                                          # 800x1216 only, the goal's case; detection-results then adds the rest
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
-part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|demo-gap-warmup|demo-gap-five|demo-gap-lambda|pareto|detection|detection-results"}
+part=${1:?"usage: OUT=dir $0 vit|cnn|fastest|fastest-vit|stem|conditional|next|kernels-b1|full-r101|full-r50|recipe-seeds|cnn-ab|dense-maskers|demo-gap|demo-gap-2|demo-gap-variance|demo-gap-variance-2|demo-gap-warmup|demo-gap-five|demo-gap-lambda|pareto|detection|detection-first|detection-results"}
 out=${OUT:?"set OUT to the results folder"}
 c=${COMMIT:-$(git rev-parse --short HEAD)}
 # the card that runs this, in file names (h100, h200, ...; "gpu" where nvidia-smi says nothing usable)
@@ -210,6 +214,13 @@ pareto)
     python benchmarks/pareto.py --data-root .data/fashion-mnist --out runs/pareto --commit "$c" --budget-minutes 8.4 \
         --no-progress > "$out/pareto_$c.log" 2>&1; echo "rc=$?"
     cp runs/pareto/{pareto.json,pareto.md,pareto_latency.png,pareto_flops.png} "$out/"; tail -30 "$out/pareto_$c.log" ;;
+detection-first)
+    need_cocotools
+    (timeout 150 python -m pytest -q -p no:cacheprovider tests/detection/test_detection_deploy.py -k gpu \
+        > "$out/pytest_detection_gpu_${dev}_$c.txt" 2>&1 &)
+    DET_RESULTS_ARGS="--detectors maskrcnn --paradigms spatial layer --sizes 800x1216 ${DET_RESULTS_ARGS:-}" \
+        bash "$0" detection-results
+    tail -3 "$out/pytest_detection_gpu_${dev}_$c.txt" ;;
 detection-results)
     need_cocotools
     # the detection results table; rerun until it prints rc=0 (carry .data); a call stops before a unit that would
@@ -218,5 +229,5 @@ detection-results)
         --budget-minutes 8.4 --no-progress ${DET_RESULTS_ARGS:-} > "$out/detection_results_$c.log" 2>&1; echo "rc=$?"
     cp runs/det-results/{detection_results.json,detection_results.md,readme_table.md,units.json} "$out/"
     grep -v "^   \\$ laudnet" "$out/detection_results_$c.log" | grep "^==\|^budget\|^error\|^total\|^|\|goal" | tail -40 ;;
-*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50, recipe-seeds, pareto, detection, detection-results)" >&2; exit 2 ;;
+*) echo "unknown part $part (vit, cnn, fastest, fastest-vit, stem, conditional, next, kernels-b1, full-r101, full-r50, recipe-seeds, pareto, detection, detection-first, detection-results)" >&2; exit 2 ;;
 esac
