@@ -54,7 +54,8 @@
 #   OUT=dir benchmarks/run_ab.sh detection-first   # the first detection call when device time is short (~8 min;
 #                                          # carry .data and .whl): the GPU tests of deploy_detector (beside it, 150 s)
 #                                          # and detection-results for Mask R-CNN static, spatial and layer at
-#                                          # 800x1216 only, the goal's case; detection-results then adds the rest
+#                                          # 800x1216 only, the goal's case; then DET_RESULTS_ARGS="--sizes 800x1216"
+#                                          # detection-results adds the rest (a timed network is not timed again)
 # COMMIT=<hash> names the results (default: git's HEAD, which a copied working tree may not have moved); the
 # card's model (h100, h200) is read from nvidia-smi.
 set -u
