@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from laudnet.detection.evaluate import AP_NAMES
 from laudnet.detection.models import backbone_masks
+from laudnet.train.checkpoint import checkpoint_target
 
 _IOU_NAMES = (("bbox", "box"), ("segm", "mask"))
 
@@ -63,7 +64,7 @@ def detection_payload(result: dict[str, Any], state: dict[str, Any], cfg, checkp
         "model": state["model_name"],
         "paradigm": args["paradigm"],
         "granularity": args["granularity"],
-        "target": state["config"].get("target") if args["paradigm"] != "static" else None,
+        "target": checkpoint_target(state),
         "dataset": cfg.dataset,
         "min_size": args.get("min_size"),
         "max_size": args.get("max_size"),

@@ -130,6 +130,12 @@ def load_checkpoint(
     return state
 
 
+def checkpoint_target(state: dict[str, Any]) -> float | None:
+    """The FLOPs target a training checkpoint was trained for (a training setting, in its ``config``); None for a
+    static network."""
+    return None if state["paradigm"] == "static" else state["config"].get("target")
+
+
 def capture_rng_state() -> dict[str, Any]:
     """The Python, numpy, torch CPU and CUDA generator states, in a form ``weights_only`` loads accept."""
     np_state = np.random.get_state(legacy=False)

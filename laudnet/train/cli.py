@@ -314,6 +314,8 @@ def run_eval(args: argparse.Namespace) -> int:
             print(format_detection_eval(result, f"{args.checkpoint}: {_detection_label(state)}, {cfg.dataset} val"))
             _write_json(out, detection_payload(result, state, cfg, args.checkpoint))
             return 0
+        from laudnet.train.checkpoint import checkpoint_target
+
         gran = state.get("granularity")
         what = f"{state['model_name']} {state['paradigm']}" + (f" ({'-'.join(map(str, gran))})" if gran else "")
         print(format_eval(result, f"{args.checkpoint}: {what}, {cfg.dataset} val at {cfg.image_size} px"))
@@ -322,7 +324,7 @@ def run_eval(args: argparse.Namespace) -> int:
             "model": state["model_name"],
             "paradigm": state["paradigm"],
             "granularity": gran,
-            "target": state["config"].get("target") if state["paradigm"] != "static" else None,
+            "target": checkpoint_target(state),
             "dataset": cfg.dataset,
             "image_size": cfg.image_size,
             **result.to_dict(),
@@ -341,9 +343,11 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def _detection_label(state: dict[str, Any]) -> str:
     """``fasterrcnn on laud_resnet50 spatial 4-4-2-1 t=0.5``."""
+    from laudnet.train.checkpoint import checkpoint_target
+
     args = state["model_args"]
     gran = f" {'-'.join(map(str, args['granularity']))}" if args["granularity"] else ""
-    target = f" t={state['config'].get('target')}" if args["paradigm"] != "static" else ""
+    target = f" t={checkpoint_target(state)}" if args["paradigm"] != "static" else ""
     return f"{args['kind']} on {state['model_name']} {args['paradigm']}{gran}{target}"
 
 
@@ -361,13 +365,15 @@ def add_viz_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_label(state: dict[str, Any]) -> str:
+    from laudnet.train.checkpoint import checkpoint_target
+
     if is_detection(state):
         return _detection_label(state)
     if state["paradigm"] == "static":
         return "static"
     gran = state.get("granularity")
     gran_text = f" {'-'.join(map(str, gran))}" if gran else ""
-    return f"{state['paradigm']}{gran_text} t={state['config'].get('target')}"
+    return f"{state['paradigm']}{gran_text} t={checkpoint_target(state)}"
 
 
 def mask_figure(model, cfg, path: Path, num_images: int, title: str) -> Path:
